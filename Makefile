@@ -1,0 +1,55 @@
+# The README's two commands: `make run` and `make test`. Everything they need is set up here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL_PATH ?= services/model_api/myfile.pkl
+export MODEL_PATH
+
+.DEFAULT_GOAL := help
+.PHONY: help run test install install-test model broker clean
+
+help:
+	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
+	@echo "make test   set up and run the whole test suite against a real RabbitMQ"
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "make: Python 3.11 or newer is needed as '$(PYTHON)' (try: make PYTHON=python3.11 ...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	  { rm -rf $(VENV); echo "make: could not create $(VENV); on Debian/Ubuntu: sudo apt-get install -y python3-venv"; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(MODEL_PATH): | $(VENV)/.installed
+	$(BIN)/python -m services.model_api.train --out $@
+
+model: $(MODEL_PATH)
+
+broker: $(VENV)/.installed
+	@$(BIN)/python -m services.common.ensure_broker
+
+run: $(VENV)/.installed $(MODEL_PATH) broker
+	@echo "Starting the four services (Ctrl-C stops them all). Open:"
+	@echo "  dashboard     http://localhost:$${PLOT_PORT:-8004}/"
+	@echo "  histogram     http://localhost:$${PLOT_PORT:-8004}/plot/latest.png"
+	@echo "  summary       http://localhost:$${METRIC_PORT:-8003}/metrics/summary"
+	@echo "  features_api  http://localhost:$${FEATURES_PORT:-8001}/docs"
+	@echo "  model_api     http://localhost:$${MODEL_PORT:-8002}/docs"
+	@echo "  metric_api    http://localhost:$${METRIC_PORT:-8003}/docs"
+	@echo "  outputs       $${LOGS_DIR:-logs}/metric_log.csv  $${LOGS_DIR:-logs}/error_distribution.png"
+	@PATH="$(abspath $(BIN)):$$PATH" exec honcho start -f Procfile
+
+test: $(VENV)/.installed-test broker
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""What every service needs once: settings, message schema, broker link and HTTP bits."""

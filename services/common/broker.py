@@ -1,0 +1,315 @@
+"""Broker topology, the service's one connection, confirmed publishing and validated consuming.
+
+The guarantees the whole system rests on live here, once:
+- queues are durable and dead-letter to ``<queue>.dlq``; messages are persistent;
+- a publish returns only after the broker confirmed it, and is retried until it is;
+- a consumer sees only messages that passed the schema; the rest go to the DLQ with the
+  reason in the ``x-dlq-reason`` header, and are acked only after that publish is confirmed.
+Acking after the effect is the handler's job: only it knows when its effect is durable.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ProbableAuthenticationError
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FEATURES, Y_TRUE, Y_PRED = "features", "y_true", "y_pred"
+
+MESSAGES_CONSUMED = Counter("messages_consumed", "Messages taken from a queue and validated", ["queue"])
+MESSAGES_PUBLISHED = Counter("messages_published", "Messages confirmed by the broker", ["queue"])
+MESSAGES_DEAD_LETTERED = Counter("messages_dead_lettered", "Messages sent to <queue>.dlq", ["queue"])
+PUBLISH_RETRIES = Counter("publish_retries", "Publishes retried after a failure or timeout", ["queue"])
+BROKER_RECONNECTS = Counter("broker_reconnects", "Times the broker connection was re-established")
+HANDLE_SECONDS = Histogram("message_handle_seconds", "Time to handle one delivery", ["queue"])
+
+M = TypeVar("M", bound=SampleMessage)
+
+
+def dlq_name(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+async def declare_queue(channel: AbstractRobustChannel, name: str) -> AbstractRobustQueue:
+    """Declare a durable queue and its durable dead-letter queue."""
+    await channel.declare_queue(dlq_name(name), durable=True)
+    return await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq_name(name)},
+    )
+
+
+async def settle(message: AbstractIncomingMessage, *, requeue: bool | None = None) -> None:
+    """Ack (or, with ``requeue`` given, nack) a delivery, tolerating a channel that died meanwhile.
+
+    A delivery whose channel closed is redelivered by the broker; the consumers are
+    idempotent by id, so losing the ack loses nothing.
+    """
+    try:
+        if requeue is None:
+            await message.ack()
+        else:
+            await message.nack(requeue=requeue)
+    except (ChannelInvalidStateError, AMQPError, ConnectionError) as exc:
+        log.info("could not settle delivery %s (%s); the broker will redeliver it", message.delivery_tag, exc)
+
+
+class BrokerLink:
+    """The service's one robust connection to RabbitMQ, and what /health says about it.
+
+    ``start()`` returns at once: the connection is made in the background, retried until
+    the broker answers, so the service starts (and /health says why it is not ready)
+    while the broker is down. Once connected, aio-pika's robust connection restores
+    channels, queues and consumers by itself after a drop.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        on_connect: Callable[[AbstractRobustConnection], Awaitable[None]],
+    ) -> None:
+        self._url = str(settings.AMQP_URL)
+        self._where = f"RabbitMQ at {settings.AMQP_URL.host}:{settings.AMQP_URL.port or 5672}"
+        self._user = settings.AMQP_URL.username or "guest"
+        self._service = service
+        self._on_connect = on_connect
+        self._task: asyncio.Task[None] | None = None
+        self._reason = f"connecting to {self._where}"
+        self._closing = False
+        self.connection: AbstractRobustConnection | None = None
+        self.channels: list[AbstractRobustChannel] = []
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect_until_up(), name=f"{self._service}-broker-connect")
+
+    async def ready(self) -> None:
+        """Wait until the first connection is up and the service's topology is declared."""
+        assert self._task is not None, "start() first"
+        await asyncio.shield(self._task)
+
+    async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        self.channels.append(channel)
+        return channel
+
+    def problem(self) -> str | None:
+        """Why the service cannot do its work now, or None when it can."""
+        if self.connection is None:
+            return self._reason
+        if not self.connection.connected.is_set():
+            return f"connection to {self._where} lost ({self._reason}); reconnecting"
+        closed = sum(channel.is_closed for channel in self.channels)
+        if closed:
+            return f"{closed} broker channel(s) closed; reopening"
+        return None
+
+    async def _connect_until_up(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                connection = await aio_pika.connect_robust(
+                    self._url,
+                    timeout=5,
+                    reconnect_interval=1,
+                    client_properties={"connection_name": self._service},
+                )
+            except ProbableAuthenticationError:
+                reason = (
+                    f"{self._where} refused the login of user {self._user!r} (ACCESS_REFUSED): "
+                    "check the user and password in AMQP_URL"
+                )
+            except (OSError, AMQPError, asyncio.TimeoutError) as exc:
+                reason = f"{self._where} is not reachable: {exc or type(exc).__name__}"
+            else:
+                try:
+                    self.connection = connection
+                    await self._on_connect(connection)
+                except (OSError, AMQPError, asyncio.TimeoutError) as exc:
+                    reason = f"connected to {self._where} but could not set up queues: {exc}"
+                    self.connection, self.channels = None, []
+                    await connection.close()
+                else:
+                    connection.close_callbacks.add(self._on_lost)
+                    connection.reconnect_callbacks.add(self._on_reconnect)
+                    log.info("connected to %s as %s", self._where, self._service)
+                    return
+            if reason != self._reason:
+                log.warning("%s; retrying", reason)
+            self._reason = reason
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _on_lost(self, _connection: object, exc: BaseException | None) -> None:
+        if self._closing:
+            return
+        self._reason = (str(exc) or type(exc).__name__) if exc else "closed by the broker"
+        log.warning("lost connection to %s: %s", self._where, self._reason)
+
+    def _on_reconnect(self, _connection: object) -> None:
+        BROKER_RECONNECTS.inc()
+        log.info("reconnected to %s", self._where)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.connection is not None:
+            await self.connection.close()
+
+
+class ConfirmedPublisher:
+    """Persistent publishes that return only once the broker has confirmed them.
+
+    A publish that fails (connection lost, nack, timeout) is retried until confirmed: a
+    lost confirm may mean the message did arrive, so consumers must be idempotent by id.
+    Many publishes may be in flight at once on one channel; confirms are pipelined.
+    """
+
+    def __init__(self, channel: AbstractRobustChannel, timeout_s: float) -> None:
+        self._channel = channel
+        self._timeout_s = timeout_s
+
+    async def publish(self, queue: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None) -> None:
+        delay = 0.05
+        while True:
+            message = aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="application/json",
+                message_id=message_id,
+                headers=headers,
+            )
+            try:
+                await self._channel.default_exchange.publish(message, routing_key=queue, timeout=self._timeout_s)
+            except (OSError, AMQPError, asyncio.TimeoutError, RuntimeError) as exc:
+                PUBLISH_RETRIES.labels(queue=queue).inc()
+                log.warning("publish of %s to %s not confirmed (%s); retrying in %.2fs", message_id, queue, exc or type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            else:
+                MESSAGES_PUBLISHED.labels(queue=queue).inc()
+                return
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One short line for the x-dlq-reason header: the first problems, where and what."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+class QueueConsumer(Generic[M]):
+    """Consumes one queue: validates each delivery, dead-letters bad ones, hands good ones on.
+
+    The handler receives the parsed message and the delivery, and settles the delivery
+    itself once its effect is durable. A handler that raises gets the delivery requeued
+    once; if it fails again on redelivery, the message is dead-lettered rather than
+    looping forever.
+    """
+
+    def __init__(
+        self,
+        queue: str,
+        schema: type[M],
+        handler: Callable[[M, AbstractIncomingMessage], Awaitable[None]],
+        dead_letters: ConfirmedPublisher,
+    ) -> None:
+        self.queue = queue
+        self._schema = schema
+        self._handler = handler
+        self._dead_letters = dead_letters
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._amqp_queue: AbstractRobustQueue | None = None
+        self._tag: str | None = None
+        self.dead_lettered = 0
+
+    async def start(self, channel: AbstractRobustChannel) -> None:
+        self._amqp_queue = await declare_queue(channel, self.queue)
+        self._tag = await self._amqp_queue.consume(self._on_delivery)
+
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            with HANDLE_SECONDS.labels(queue=self.queue).time():
+                await self._handle(message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        if len(message.body) > MAX_MESSAGE_BYTES:
+            await self.dead_letter(message, f"message of {len(message.body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+            return
+        try:
+            parsed = self._schema.model_validate_json(message.body)
+        except ValidationError as exc:
+            await self.dead_letter(message, describe_validation_error(exc))
+            return
+        MESSAGES_CONSUMED.labels(queue=self.queue).inc()
+        try:
+            await self._handler(parsed, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if message.redelivered:
+                log.exception("handling %s from %s failed again; dead-lettering it", parsed.id, self.queue)
+                await self.dead_letter(message, f"handler failed twice: {type(exc).__name__}: {exc}")
+            else:
+                log.exception("handling %s from %s failed; requeueing it once", parsed.id, self.queue)
+                await settle(message, requeue=True)
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Move a delivery to ``<queue>.dlq`` with the reason; ack it only once that is confirmed."""
+        log.warning("dead-lettering a message from %s: %s", self.queue, reason)
+        await self._dead_letters.publish(
+            dlq_name(self.queue),
+            message.body,
+            message_id=message.message_id or "",
+            headers={"x-dlq-reason": reason[:1000], "x-original-queue": self.queue},
+        )
+        MESSAGES_DEAD_LETTERED.labels(queue=self.queue).inc()
+        self.dead_lettered += 1
+        await settle(message)
+
+    async def pause(self) -> None:
+        """Stop taking deliveries; what is unacked stays with us until settled."""
+        if self._amqp_queue is not None and self._tag is not None:
+            tag, self._tag = self._tag, None
+            try:
+                await self._amqp_queue.cancel(tag)
+            except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError):
+                pass  # channel already gone: the broker requeues what we held
+
+    async def resume(self) -> None:
+        if self._amqp_queue is not None and self._tag is None:
+            self._tag = await self._amqp_queue.consume(self._on_delivery)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking deliveries and let the ones in hand finish (or stay unacked)."""
+        await self.pause()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace_s)

@@ -1,0 +1,27 @@
+"""Writing files so that a reader never sees half of one."""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# What the services write under LOGS_DIR (see README, "Reading the outputs").
+METRIC_LOG = "metric_log.csv"
+METRIC_LOG_HEADER = "id,y_true,y_pred,absolute_error"
+ERROR_HISTOGRAM = "error_distribution.png"

@@ -1,0 +1,46 @@
+"""One settings class for the whole system, read from the environment (see README)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, Field, UrlConstraints
+from pydantic_core import Url
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+
+    AMQP_URL: AmqpUrl = Url("amqp://guest:guest@localhost:5672/")
+    QUEUE_PREFIX: str = Field("", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=100)
+    LOGS_DIR: Path = Path("logs")
+    FEATURES_INTERVAL_S: float = Field(10.0, ge=0)
+    FEATURES_SEED: int | None = None
+    PLOT_INTERVAL_S: float = Field(10.0, gt=0)
+    MODEL_PATH: Path = Path("services/model_api/myfile.pkl")
+    HTTP_HOST: str = "127.0.0.1"
+    FEATURES_PORT: Port = 8001
+    MODEL_PORT: Port = 8002
+    METRIC_PORT: Port = 8003
+    PLOT_PORT: Port = 8004
+    METRIC_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8003")
+    # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
+    PREFETCH: int = Field(200, ge=1, le=65535)
+    # The metric service holds unmatched halves unacked until their partner comes,
+    # so it needs a wider window than a plain worker.
+    METRIC_PREFETCH: int = Field(2000, ge=1, le=65535)
+    PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
+
+    def queue(self, base: str) -> str:
+        """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""
+        return f"{self.QUEUE_PREFIX}{base}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,166 @@
+"""features_api: publishes samples (features and label under one id) on a timer and on demand."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, TypedDict
+
+from aio_pika.abc import AbstractRobustConnection
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from prometheus_client import Counter
+from pydantic import BaseModel, Field
+
+from services.common.broker import FEATURES, Y_TRUE, BrokerLink, ConfirmedPublisher, declare_queue
+from services.common.http import ops_router
+from services.common.messages import FeaturesMessage, LabelMessage
+from services.common.settings import Settings, get_settings
+from services.features_api.sampler import DiabetesSampler, Sample
+
+log = logging.getLogger(__name__)
+
+MAX_BURST = 100_000
+# Samples published concurrently in a burst: enough to keep confirms pipelined.
+BURST_WINDOW = 500
+SAMPLES_SENT = Counter("samples_published", "Samples whose features and label were both confirmed")
+
+
+class FeaturesPublisher:
+    """Draws samples and publishes each to ``features`` and ``y_true``, both confirmed."""
+
+    def __init__(self, settings: Settings, sampler: DiabetesSampler) -> None:
+        self.settings = settings
+        self.sampler = sampler
+        self.sent = 0
+        self.paused = False
+        self.link = BrokerLink(settings, "features_api", self._on_connect)
+        self._publisher: ConfirmedPublisher | None = None
+        self._features_queue = settings.queue(FEATURES)
+        self._labels_queue = settings.queue(Y_TRUE)
+        self._stop = asyncio.Event()
+
+    async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
+        channel = await self.link.channel()
+        for queue in (self._features_queue, self._labels_queue):
+            await declare_queue(channel, queue)
+        self._publisher = ConfirmedPublisher(channel, self.settings.PUBLISH_TIMEOUT_S)
+
+    async def publish_sample(self, sample: Sample) -> None:
+        assert self._publisher is not None, "not connected yet"
+        features = FeaturesMessage(id=sample.id, body=sample.features, ts=sample.ts)
+        label = LabelMessage(id=sample.id, body=sample.label, ts=sample.ts)
+        await asyncio.gather(
+            self._publisher.publish(self._features_queue, features.to_bytes(), message_id=sample.id),
+            self._publisher.publish(self._labels_queue, label.to_bytes(), message_id=sample.id),
+        )
+        self.sent += 1
+        SAMPLES_SENT.inc()
+
+    async def publish_burst(self, count: int) -> list[str]:
+        samples = [self.sampler.draw() for _ in range(count)]
+        for start in range(0, count, BURST_WINDOW):
+            await asyncio.gather(*(self.publish_sample(s) for s in samples[start : start + BURST_WINDOW]))
+        return [s.id for s in samples]
+
+    async def run(self) -> None:
+        """The timer loop: one sample every FEATURES_INTERVAL_S while not paused."""
+        await self.link.ready()
+        while not self._stop.is_set():
+            if not self.paused:
+                await self.publish_sample(self.sampler.draw())
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.FEATURES_INTERVAL_S)
+            except TimeoutError:
+                pass
+
+    async def stop_loop(self, task: asyncio.Task[None]) -> None:
+        # Let a sample being published finish, so its features never go out without its label.
+        self._stop.set()
+        if self.link.connection is None:
+            task.cancel()  # still waiting for the broker: nothing is being published
+        try:
+            await asyncio.wait_for(task, timeout=self.settings.PUBLISH_TIMEOUT_S)
+        except asyncio.CancelledError:
+            pass
+        except TimeoutError:
+            log.warning("the sample loop did not finish within %ss; stopping it", self.settings.PUBLISH_TIMEOUT_S)
+
+
+class State(TypedDict):
+    features: FeaturesPublisher
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    publisher = FeaturesPublisher(settings, DiabetesSampler.diabetes(settings.FEATURES_SEED))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+        publisher.link.start()
+        loop = asyncio.create_task(publisher.run(), name="features-loop")
+        try:
+            yield {"features": publisher}
+        finally:
+            await publisher.stop_loop(loop)
+            await publisher.link.close()
+
+    app = FastAPI(title="features_api", lifespan=lifespan)
+    app.include_router(ops_router("features_api", publisher.link.problem))
+    app.include_router(router)
+    return app
+
+
+def get_publisher(request: Request) -> FeaturesPublisher:
+    return request.state.features
+
+
+Publisher = Annotated[FeaturesPublisher, Depends(get_publisher)]
+
+
+class Status(BaseModel):
+    sent: int = Field(description="samples whose features and label were both confirmed by the broker")
+    interval_s: float
+    paused: bool
+    broker: str = Field(description="'connected', or why not")
+
+
+class BurstRequest(BaseModel):
+    count: int = Field(ge=1, le=MAX_BURST, description="samples to publish now")
+
+
+class BurstResponse(BaseModel):
+    count: int
+    ids: list[str]
+
+
+router = APIRouter(prefix="/features", tags=["features"])
+
+
+@router.get("/status")
+def status(publisher: Publisher) -> Status:
+    return Status(
+        sent=publisher.sent,
+        interval_s=publisher.settings.FEATURES_INTERVAL_S,
+        paused=publisher.paused,
+        broker=publisher.link.problem() or "connected",
+    )
+
+
+@router.post("/publish", responses={503: {"description": "broker not connected"}})
+async def publish(request: BurstRequest, publisher: Publisher) -> BurstResponse:
+    if (problem := publisher.link.problem()) is not None:
+        raise HTTPException(503, detail=f"cannot publish now: {problem}")
+    ids = await publisher.publish_burst(request.count)
+    return BurstResponse(count=len(ids), ids=ids)
+
+
+@router.post("/pause")
+def pause(publisher: Publisher) -> Status:
+    publisher.paused = True
+    return status(publisher)
+
+
+@router.post("/resume")
+def resume(publisher: Publisher) -> Status:
+    publisher.paused = False
+    return status(publisher)

@@ -1,0 +1,92 @@
+"""``metric_log.csv``: the durable record of joined rows, one per id, appended with fsync."""
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from services.common.files import METRIC_LOG_HEADER as CSV_HEADER
+from services.metric_api.join import MetricRow
+
+log = logging.getLogger(__name__)
+
+
+class MetricLogError(RuntimeError):
+    """The CSV cannot be used as it is; the message names the file and what to do."""
+
+
+class MetricLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+
+    def open(self) -> Iterator[MetricRow]:
+        """Create the file with its header, or read back the rows already in it.
+
+        A last line cut short by a crash mid-append is removed: its messages were never
+        acked, so the broker delivers them again and the row is written whole.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            with self.path.open("w", encoding="utf-8") as f:
+                f.write(CSV_HEADER + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            self._drop_torn_tail()
+        self._file = self.path.open("a", encoding="utf-8")
+        return self._read_rows()
+
+    def _drop_torn_tail(self) -> None:
+        with self.path.open("rb+") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+            log.warning("%s ends in a partial line (%r); removing it", self.path, tail[cut + 1 :][:80])
+            f.truncate(keep)
+            os.fsync(f.fileno())
+
+    def _read_rows(self) -> Iterator[MetricRow]:
+        with self.path.open(encoding="utf-8") as f:
+            header = f.readline().rstrip("\n")
+            if header != CSV_HEADER:
+                raise MetricLogError(
+                    f"{self.path} starts with {header[:80]!r}, not the header {CSV_HEADER!r}: "
+                    "move the file away (or point LOGS_DIR elsewhere) and start again"
+                )
+            for number, line in enumerate(f, start=2):
+                try:
+                    sample_id, y_true, y_pred, error = line.rstrip("\n").split(",")
+                    yield MetricRow(sample_id, float(y_true), float(y_pred), float(error))
+                except ValueError:
+                    raise MetricLogError(
+                        f"{self.path} line {number} is not id,y_true,y_pred,absolute_error: {line[:80]!r}; "
+                        "fix or remove that line and start again"
+                    ) from None
+
+    def append(self, rows: list[MetricRow]) -> None:
+        """Append rows and make them durable (fsync) before returning."""
+        if self._file is None:
+            raise MetricLogError(f"{self.path} is not open")
+        try:
+            self._file.write("".join(row.csv_line() for row in rows))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:
+            # The file may now end in a partial line; reopening repairs it.
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None

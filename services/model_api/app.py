@@ -1,0 +1,110 @@
+"""model_api: predicts for every features message and publishes the prediction to y_pred."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypedDict
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from fastapi import APIRouter, Depends, FastAPI, Request
+from prometheus_client import Counter
+from pydantic import BaseModel, Field
+
+from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
+from services.common.http import ops_router
+from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
+from services.common.settings import Settings, get_settings
+from services.model_api.modelstore import load_model
+from services.model_api.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = Counter("predictions", "Predictions made", ["path"])
+
+
+class ModelService:
+    """Consumes ``features``, predicts, publishes ``y_pred`` (confirmed), then acks."""
+
+    def __init__(self, settings: Settings) -> None:
+        model, self.metadata = load_model(settings.MODEL_PATH)
+        self.predictor = Predictor(model, version=self.metadata["sha256"][:12])
+        self.settings = settings
+        self.link = BrokerLink(settings, "model_api", self._on_connect)
+        self._predictions_queue = settings.queue(Y_PRED)
+        self._publisher: ConfirmedPublisher | None = None
+        self.consumer: QueueConsumer[FeaturesMessage] | None = None
+
+    async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
+        publish_channel = await self.link.channel()
+        await declare_queue(publish_channel, self._predictions_queue)
+        self._publisher = ConfirmedPublisher(publish_channel, self.settings.PUBLISH_TIMEOUT_S)
+        self.consumer = QueueConsumer(self.settings.queue(FEATURES), FeaturesMessage, self._on_features, self._publisher)
+        await self.consumer.start(await self.link.channel(prefetch=self.settings.PREFETCH))
+
+    async def _on_features(self, features: FeaturesMessage, delivery: AbstractIncomingMessage) -> None:
+        assert self._publisher is not None
+        [value] = self.predictor.predict([features.body])
+        PREDICTIONS.labels(path="queue").inc()
+        prediction = PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=self.predictor.version)
+        await self._publisher.publish(self._predictions_queue, prediction.to_bytes(), message_id=features.id)
+        await settle(delivery)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        await self.link.close()
+
+
+class State(TypedDict):
+    model: ModelService
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    service = ModelService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+        service.link.start()
+        try:
+            yield {"model": service}
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="model_api", lifespan=lifespan)
+    app.include_router(ops_router("model_api", service.link.problem))
+    app.include_router(router)
+    return app
+
+
+def get_service(request: Request) -> ModelService:
+    return request.state.model
+
+
+Service = Annotated[ModelService, Depends(get_service)]
+router = APIRouter(tags=["model"])
+
+
+class PredictRequest(BaseModel):
+    features: Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+
+
+class PredictResponse(BaseModel):
+    prediction: float
+    model_version: str
+
+
+@router.post("/predict")
+def predict(request: PredictRequest, service: Service) -> PredictResponse:
+    [value] = service.predictor.predict([request.features])
+    PREDICTIONS.labels(path="http").inc()
+    return PredictResponse(prediction=value, model_version=service.predictor.version)
+
+
+@router.get("/model/info")
+def model_info(service: Service) -> dict[str, Any]:
+    return {
+        "model_version": service.predictor.version,
+        "model_path": str(service.settings.MODEL_PATH),
+        **service.metadata,
+    }

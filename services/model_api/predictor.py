@@ -1,0 +1,27 @@
+"""Predicting with a fitted regression model. No I/O: the model comes in as an object."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from services.common.messages import FEATURE_COUNT
+
+
+class Predictor:
+    """A fitted scikit-learn regressor and the version string its predictions carry."""
+
+    def __init__(self, model: Any, version: str) -> None:
+        n_features = getattr(model, "n_features_in_", None)
+        if not callable(getattr(model, "predict", None)) or n_features is None:
+            raise TypeError(f"expected a fitted scikit-learn regressor, got {type(model).__name__}")
+        if n_features != FEATURE_COUNT:
+            raise ValueError(f"the model expects {n_features} features, but samples have {FEATURE_COUNT}")
+        self.model = model
+        self.version = version
+
+    def predict(self, rows: Sequence[Sequence[float]]) -> list[float]:
+        """One prediction per row, in one vectorised call."""
+        if not rows:
+            return []
+        return [float(v) for v in self.model.predict(np.asarray(rows, dtype=float))]

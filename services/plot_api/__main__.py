@@ -1,0 +1,6 @@
+from services.common.http import serve
+from services.common.settings import get_settings
+from services.plot_api.app import create_app
+
+settings = get_settings()
+serve(create_app(settings), settings.HTTP_HOST, settings.PLOT_PORT)
