@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from services.common.broker import FEATURES, Y_TRUE, BrokerLink, ConfirmedPublisher, declare_queue
-from services.common.http import ops_router
+from services.common.http import service_app
 from services.common.messages import FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
 from services.features_api.sampler import DiabetesSampler, Sample
@@ -104,8 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await publisher.stop_loop(loop)
             await publisher.link.close()
 
-    app = FastAPI(title="features_api", lifespan=lifespan)
-    app.include_router(ops_router("features_api", publisher.link.problem))
+    app = service_app("features_api", lifespan, publisher.link.problem)
     app.include_router(router)
     return app
 

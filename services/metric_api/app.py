@@ -12,7 +12,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer, settle
 from services.common.files import METRIC_LOG
-from services.common.http import ops_router
+from services.common.http import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.csvlog import MetricLog, MetricLogError
@@ -154,8 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(starting, return_exceptions=True)
             await service.stop()
 
-    app = FastAPI(title="metric_api", lifespan=lifespan)
-    app.include_router(ops_router("metric_api", service.problem))
+    app = service_app("metric_api", lifespan, service.problem)
     app.include_router(router)
     return app
 

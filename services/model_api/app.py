@@ -11,7 +11,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
-from services.common.http import ops_router
+from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.model_api.modelstore import load_model
@@ -71,8 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(title="model_api", lifespan=lifespan)
-    app.include_router(ops_router("model_api", service.link.problem))
+    app = service_app("model_api", lifespan, service.link.problem)
     app.include_router(router)
     return app
 

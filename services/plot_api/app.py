@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter, Histogram
 
 from services.common.files import ERROR_HISTOGRAM, METRIC_LOG, atomic_write
-from services.common.http import ops_router
+from services.common.http import service_app
 from services.common.settings import Settings, get_settings
 from services.plot_api.render import render_histogram
 from services.plot_api.tail import MetricLogTail
@@ -97,8 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await service.stop()
 
-    app = FastAPI(title="plot_api", lifespan=lifespan)
-    app.include_router(ops_router("plot_api", service.problem))
+    app = service_app("plot_api", lifespan, service.problem)
     app.include_router(router)
     return app
 

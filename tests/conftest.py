@@ -1,0 +1,41 @@
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from services.common.settings import Settings
+from services.model_api.train import train
+from tests.support import delete_queues, unique_prefix
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The real broker; ``make test`` makes sure one answers."""
+    url = str(Settings().AMQP_URL)
+
+    async def probe() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+        pytest.fail(f"no RabbitMQ at {url} ({exc}): run the suite with `make test`, which starts one")
+    return url
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "myfile.pkl"
+    train(path)
+    return path
+
+
+@pytest.fixture
+def queue_prefix(amqp_url: str) -> Iterator[str]:
+    """A prefix no other test uses; its queues are deleted afterwards."""
+    prefix = unique_prefix()
+    yield prefix
+    delete_queues(amqp_url, prefix)

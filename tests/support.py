@@ -1,0 +1,221 @@
+"""Running the real services as processes, and a TCP proxy to stand between them and the broker."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aio_pika
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("features_api", "model_api", "metric_api", "plot_api")
+PORT_SETTING = {
+    "features_api": "FEATURES_PORT",
+    "model_api": "MODEL_PORT",
+    "metric_api": "METRIC_PORT",
+    "plot_api": "PLOT_PORT",
+}
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class ServiceProcess:
+    """One service, started as a user starts it: ``python -m services.<name>``."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.port = int(env[PORT_SETTING[name]])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ServiceProcess":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def health(self) -> httpx.Response | None:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2)
+        except httpx.TransportError:
+            return None
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        def healthy() -> bool:
+            assert self.process is not None and self.process.poll() is None, (
+                f"{self.name} exited with {self.process and self.process.returncode}:\n{self.output()}"
+            )
+            answer = self.health()
+            return answer is not None and answer.status_code == 200
+
+        wait_until(healthy, timeout, f"{self.name} /health to answer 200")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Stop the process; return its exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"{self.name} did not stop within {timeout}s of {sig!r}:\n{self.output()[-3000:]}")
+        return self.process.returncode
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 to the broker, in a thread; ``cut()`` drops every connection."""
+
+    def __init__(self, target_port: int, listen_port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = listen_port or free_port()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> "TcpProxy":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            broker_reader, broker_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers |= {client_writer, broker_writer}
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(pump(client_reader, broker_writer), pump(broker_reader, client_writer))
+        self._writers -= {client_writer, broker_writer}
+
+    def cut(self) -> None:
+        def close_all() -> None:
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._loop.call_soon_threadsafe(close_all)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The environment of a service process: this one's, minus our settings, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if k not in PORT_SETTING.values()}
+    env.update(settings)
+    return env
+
+
+def stop_all(services: list[ServiceProcess], *, tracebacks_allowed: bool = False) -> None:
+    """Stop every started service with SIGTERM, then fail if any did not shut down cleanly.
+
+    uvicorn re-raises the signal once its shutdown is complete, so a clean stop exits
+    by SIGTERM after logging "Application shutdown complete".
+    """
+    problems = []
+    for service in reversed(services):
+        if service.process is None:
+            continue
+        try:
+            status = service.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+            continue
+        output = service.output()
+        if status not in (0, -signal.SIGTERM) or "Application shutdown complete" not in output:
+            problems.append(f"{service.name} exited {status}:\n{output[-3000:]}")
+        elif not tracebacks_allowed and "Traceback" in output:
+            problems.append(f"{service.name} logged a traceback:\n{output[-3000:]}")
+    assert not problems, "unclean shutdown:\n" + "\n".join(problems)
+
+
+@contextlib.contextmanager
+def running(services: list[ServiceProcess]) -> Iterator[list[ServiceProcess]]:
+    """Start services, wait until healthy; on exit stop them and check they stopped cleanly."""
+    try:
+        for service in services:
+            service.start()
+        for service in services:
+            service.wait_healthy()
+        yield services
+    finally:
+        stop_all(services)
+
+
+def unique_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}."
+
+
+def delete_queues(amqp_url: str, prefix: str) -> None:
+    """Remove a test's queues (and their dead-letter queues) from the broker."""
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            for base in ("features", "y_true", "y_pred"):
+                await channel.queue_delete(f"{prefix}{base}")
+                await channel.queue_delete(f"{prefix}{base}.dlq")
+
+    asyncio.run(delete())
