@@ -38,7 +38,7 @@ class DiabetesSampler:
     """Random rows of a feature matrix with their targets."""
 
     def __init__(self, features: np.ndarray, targets: np.ndarray, seed: int | None = None) -> None:
-        if features.ndim != 2 or len(features) != len(targets) or len(features) == 0:
+        if features.ndim != 2 or targets.ndim != 1 or len(features) != len(targets) or len(features) == 0:
             raise ValueError(f"need a non-empty 2-D feature matrix and one target per row, got {features.shape} and {targets.shape}")
         self._features = features.astype(float)
         self._targets = targets.astype(float)

@@ -22,44 +22,54 @@ class MetricLog:
         self._file: TextIO | None = None
 
     def open(self) -> Iterator[MetricRow]:
-        """Create the file with its header, or read back the rows already in it.
+        """Create the file with its header, or check and read back the rows already in it.
 
-        A last line cut short by a crash mid-append is removed: its messages were never
-        acked, so the broker delivers them again and the row is written whole.
+        A last line cut short by a crash mid-append is removed first: its messages were
+        never acked, so the broker delivers them again and the row is written whole.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._drop_torn_tail()
         if not self.path.exists() or self.path.stat().st_size == 0:
             with self.path.open("w", encoding="utf-8") as f:
                 f.write(CSV_HEADER + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        else:
-            self._drop_torn_tail()
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            header = f.readline().rstrip("\n")
+        if header != CSV_HEADER:
+            raise MetricLogError(
+                f"{self.path} starts with {header[:80]!r}, not the header {CSV_HEADER!r}: "
+                "move the file away (or point LOGS_DIR elsewhere) and start again"
+            )
         self._file = self.path.open("a", encoding="utf-8")
         return self._read_rows()
 
     def _drop_torn_tail(self) -> None:
+        """Cut the file back to just after its last newline (to nothing if it has none)."""
         with self.path.open("rb+") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            tail = f.read()
-            if tail.endswith(b"\n"):
+            size = f.seek(0, os.SEEK_END)
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                f.seek(start)
+                newline = f.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                end = start
+            else:
+                keep = 0
+            if keep == size:
                 return
-            cut = tail.rfind(b"\n")
-            keep = size - len(tail) + cut + 1 if cut >= 0 else 0
-            log.warning("%s ends in a partial line (%r); removing it", self.path, tail[cut + 1 :][:80])
+            f.seek(keep)
+            log.warning("%s ends in a partial line (%r); removing it", self.path, f.read(80))
             f.truncate(keep)
             os.fsync(f.fileno())
 
     def _read_rows(self) -> Iterator[MetricRow]:
         with self.path.open(encoding="utf-8") as f:
-            header = f.readline().rstrip("\n")
-            if header != CSV_HEADER:
-                raise MetricLogError(
-                    f"{self.path} starts with {header[:80]!r}, not the header {CSV_HEADER!r}: "
-                    "move the file away (or point LOGS_DIR elsewhere) and start again"
-                )
+            f.readline()  # the header, checked by open()
             for number, line in enumerate(f, start=2):
                 try:
                     sample_id, y_true, y_pred, error = line.rstrip("\n").split(",")

@@ -22,6 +22,6 @@ class Predictor:
 
     def predict(self, rows: Sequence[Sequence[float]]) -> list[float]:
         """One prediction per row, in one vectorised call."""
-        if not rows:
+        if len(rows) == 0:
             return []
         return [float(v) for v in self.model.predict(np.asarray(rows, dtype=float))]

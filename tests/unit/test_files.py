@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from services.common.files import atomic_write
+
+
+def leftovers(folder: Path, keep: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p != keep]
+
+
+def test_atomic_write_creates_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "error_distribution.png"
+    atomic_write(target, b"\x89PNG first")
+    assert target.read_bytes() == b"\x89PNG first"
+
+
+def test_atomic_write_replaces_the_content(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old content that is longer than the new one")
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    for i in range(20):
+        atomic_write(target, f"version {i}".encode())
+    assert target.read_bytes() == b"version 19"
+    assert leftovers(tmp_path, target) == []
+
+
+def test_atomic_write_creates_missing_folders(tmp_path: Path) -> None:
+    target = tmp_path / "logs" / "nested" / "metric.png"
+    atomic_write(target, b"data")
+    assert target.read_bytes() == b"data"
+
+
+def test_atomic_write_of_empty_data_gives_an_empty_file(tmp_path: Path) -> None:
+    target = tmp_path / "empty"
+    target.write_bytes(b"something")
+    atomic_write(target, b"")
+    assert target.read_bytes() == b""
+
+
+def test_a_failed_write_keeps_the_old_content_and_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        atomic_write(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert leftovers(tmp_path, target) == []
+
+
+def test_the_written_file_is_readable_by_others(tmp_path: Path) -> None:
+    # The PNG is served and read by other processes; mkstemp alone would make it 0600.
+    target = tmp_path / "out.bin"
+    atomic_write(target, b"x")
+    assert target.stat().st_mode & 0o644 == 0o644

@@ -1,0 +1,97 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import train_test_split
+
+from services.model_api.modelstore import load_model
+from services.model_api.train import main, train
+
+
+def reference_model(seed: int = 42) -> LinearRegression:
+    """What the README says train does, done here independently."""
+    features, targets = load_diabetes(return_X_y=True)
+    x_train, _, y_train, _ = train_test_split(features, targets, test_size=0.2, random_state=seed)
+    return LinearRegression().fit(x_train, y_train)
+
+
+def test_train_writes_the_pickle_and_a_sidecar_with_its_sha256(tmp_path: Path) -> None:
+    out = tmp_path / "myfile.pkl"
+    train(out)
+    sidecar = json.loads((tmp_path / "myfile.pkl.json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert sidecar["model_type"] == "LinearRegression"
+    assert sidecar["trained_at"]
+
+
+def test_the_trained_model_loads_and_predicts_like_a_reference_fit(tmp_path: Path) -> None:
+    out = tmp_path / "myfile.pkl"
+    train(out)
+    model, _ = load_model(out)
+    rows = load_diabetes(return_X_y=True)[0]
+    np.testing.assert_allclose(model.predict(rows), reference_model().predict(rows), rtol=1e-9)
+
+
+def test_the_reported_metrics_are_those_of_the_held_out_rows(tmp_path: Path) -> None:
+    metadata = train(tmp_path / "m.pkl")
+    features, targets = load_diabetes(return_X_y=True)
+    _, x_test, _, y_test = train_test_split(features, targets, test_size=0.2, random_state=42)
+    errors = y_test - reference_model().predict(x_test)
+    assert metadata["metrics"]["mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-9)
+    assert metadata["metrics"]["rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-9)
+    r2 = 1 - np.sum(errors**2) / np.sum((y_test - np.mean(y_test)) ** 2)
+    assert metadata["metrics"]["r2"] == pytest.approx(r2, rel=1e-9)
+    assert metadata["split"]["train_rows"] + metadata["split"]["test_rows"] == len(targets)
+
+
+def test_training_twice_gives_the_same_model_file(tmp_path: Path) -> None:
+    train(tmp_path / "a.pkl")
+    train(tmp_path / "b.pkl")
+    assert (tmp_path / "a.pkl").read_bytes() == (tmp_path / "b.pkl").read_bytes()
+
+
+def test_the_seed_changes_the_split(tmp_path: Path) -> None:
+    first = train(tmp_path / "a.pkl", seed=1)
+    second = train(tmp_path / "b.pkl", seed=2)
+    assert first["sha256"] != second["sha256"]
+    model, _ = load_model(tmp_path / "b.pkl")
+    rows = load_diabetes(return_X_y=True)[0][:10]
+    np.testing.assert_allclose(model.predict(rows), reference_model(seed=2).predict(rows), rtol=1e-9)
+
+
+def test_the_command_line_writes_where_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "nested" / "cli.pkl"
+    assert main(["--out", str(out)]) == 0
+    assert out.exists()
+    sidecar = json.loads((tmp_path / "nested" / "cli.pkl.json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    printed = capsys.readouterr().out
+    assert str(out) in printed
+    assert "MAE" in printed
+
+
+def test_the_command_line_defaults_to_model_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.common.settings import get_settings
+
+    out = tmp_path / "from_env.pkl"
+    monkeypatch.setenv("MODEL_PATH", str(out))
+    get_settings.cache_clear()
+    try:
+        assert main([]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert out.exists()
+    assert str(out) in capsys.readouterr().out
+
+
+def test_the_command_line_refuses_an_unknown_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--bogus"])
+    assert exc.value.code == 2
+    assert "--bogus" in capsys.readouterr().err
