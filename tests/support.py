@@ -11,11 +11,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
 import httpx
+import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("features_api", "model_api", "metric_api", "plot_api")
@@ -190,19 +192,6 @@ def stop_all(services: list[ServiceProcess], *, tracebacks_allowed: bool = False
     assert not problems, "unclean shutdown:\n" + "\n".join(problems)
 
 
-@contextlib.contextmanager
-def running(services: list[ServiceProcess]) -> Iterator[list[ServiceProcess]]:
-    """Start services, wait until healthy; on exit stop them and check they stopped cleanly."""
-    try:
-        for service in services:
-            service.start()
-        for service in services:
-            service.wait_healthy()
-        yield services
-    finally:
-        stop_all(services)
-
-
 def unique_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}."
 
@@ -219,3 +208,102 @@ def delete_queues(amqp_url: str, prefix: str) -> None:
                 await channel.queue_delete(f"{prefix}{base}.dlq")
 
     asyncio.run(delete())
+
+
+def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
+    """(messages ready, consumers) of each of a pipeline's queues and dead-letter queues."""
+
+    async def read() -> dict[str, tuple[int, int]]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            state = {}
+            for base in ("features", "y_true", "y_pred"):
+                for name in (base, f"{base}.dlq"):
+                    queue = await channel.declare_queue(f"{prefix}{name}", passive=True)
+                    result = queue.declaration_result
+                    state[name] = (result.message_count or 0, result.consumer_count or 0)
+            return state
+
+    return asyncio.run(read())
+
+
+@dataclass
+class Pipeline:
+    """The four services of one test, on their own queues (QUEUE_PREFIX) and LOGS_DIR."""
+
+    services: dict[str, ServiceProcess]
+    logs_dir: Path
+    model_path: Path
+    amqp_url: str
+    prefix: str
+
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    @property
+    def csv(self) -> Path:
+        return self.logs_dir / "metric_log.csv"
+
+    def rows(self) -> pd.DataFrame:
+        if not self.csv.exists():
+            return pd.DataFrame({"id": []}, dtype=str)
+        return pd.read_csv(self.csv, dtype={"id": str})
+
+    def sent(self) -> int:
+        return httpx.get(f"{self.url('features_api')}/features/status").json()["sent"]
+
+    def wait_all_joined(self, timeout: float = 60) -> pd.DataFrame:
+        """Wait until every sample sent so far has its row, and return the rows."""
+        wait_until(lambda: len(self.rows()) == self.sent(), timeout, "one CSV row per sample sent")
+        return self.rows()
+
+    def burst(self, count: int, timeout: float = 60) -> list[str]:
+        answer = httpx.post(f"{self.url('features_api')}/features/publish", json={"count": count}, timeout=timeout)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["ids"]
+
+    def queues(self) -> dict[str, tuple[int, int]]:
+        return queue_state(self.amqp_url, self.prefix)
+
+    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one service (kill -9 by default) and start it again, as a supervisor would."""
+        old = self.services[name]
+        old.stop(sig)
+        self.services[name] = ServiceProcess(name, old.env, self.logs_dir).start()
+        self.services[name].wait_healthy()
+
+
+@contextlib.contextmanager
+def running_pipeline(work_dir: Path, model_path: Path, amqp_url: str, **settings: str) -> Iterator[Pipeline]:
+    """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy)."""
+    prefix = unique_prefix()
+    logs_dir = work_dir / "logs"
+    logs_dir.mkdir(exist_ok=True)
+    ports = {setting: str(free_port()) for setting in PORT_SETTING.values()}
+    env = service_env(
+        **{
+            "AMQP_URL": amqp_url,
+            "QUEUE_PREFIX": prefix,
+            "LOGS_DIR": str(logs_dir),
+            "MODEL_PATH": str(model_path),
+            "FEATURES_INTERVAL_S": "3600",
+            "PLOT_INTERVAL_S": "0.5",
+            "METRIC_API_URL": f"http://127.0.0.1:{ports['METRIC_PORT']}",
+            **ports,
+            **settings,
+        }
+    )
+    services = {name: ServiceProcess(name, env, work_dir) for name in SERVICES}
+    pipeline = Pipeline(services, logs_dir, model_path, amqp_url, prefix)
+    try:
+        for service in services.values():
+            service.start()
+        for service in services.values():
+            service.wait_healthy()
+        yield pipeline
+    finally:
+        try:
+            stop_all(list(pipeline.services.values()))
+        finally:
+            delete_queues(amqp_url, prefix)

@@ -31,9 +31,8 @@ class Settings(BaseSettings):
     METRIC_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8003")
     # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
     PREFETCH: int = Field(200, ge=1, le=65535)
-    # The metric service holds unmatched halves unacked until their partner comes,
-    # so it needs a wider window than a plain worker.
-    METRIC_PREFETCH: int = Field(2000, ge=1, le=65535)
+    # A half whose partner has not come within this time is written to orphans.csv.
+    ORPHAN_TTL_S: float = Field(3600.0, gt=0)
     PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
 
     def queue(self, base: str) -> str:

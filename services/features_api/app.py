@@ -63,15 +63,16 @@ class FeaturesPublisher:
         return [s.id for s in samples]
 
     async def run(self) -> None:
-        """The timer loop: one sample every FEATURES_INTERVAL_S while not paused."""
+        """The timer loop: after every FEATURES_INTERVAL_S, one sample (unless paused)."""
         await self.link.ready()
         while not self._stop.is_set():
-            if not self.paused:
-                await self.publish_sample(self.sampler.draw())
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.settings.FEATURES_INTERVAL_S)
+                return
             except TimeoutError:
                 pass
+            if not self.paused:
+                await self.publish_sample(self.sampler.draw())
 
     async def stop_loop(self, task: asyncio.Task[None]) -> None:
         # Let a sample being published finish, so its features never go out without its label.

@@ -2,8 +2,11 @@
 
 import asyncio
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -11,129 +14,276 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 
 from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer, settle
-from services.common.files import METRIC_LOG
+from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, ORPHAN_LOG_HEADER
 from services.common.http import service_app
-from services.common.messages import LabelMessage, PredictionMessage
+from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
 from services.common.settings import Settings, get_settings
-from services.metric_api.csvlog import MetricLog, MetricLogError
-from services.metric_api.join import AlreadyWritten, Held, Joined, LabelPredictionJoin, Outcome
+from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
+from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin, MetricRow
 from services.metric_api.stats import RECENT_ROWS, RunningErrorStats
+from services.metric_api.store import SqliteHalfStore
 
 log = logging.getLogger(__name__)
 
 ROWS_WRITTEN = Counter("metric_rows_written", "Rows appended to metric_log.csv")
-DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves whose id already has its row (redeliveries)")
+DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves seen again (redeliveries, repeated publishes)")
+ORPHANS = Counter("metric_orphan_halves", "Halves whose partner did not come within ORPHAN_TTL_S", ["kind"])
 PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner", ["kind"])
-LOG_RETRY_S = 2.0
+BATCH_MAX = 500
+BATCH_WINDOW_S = 0.005  # a quiet pipeline does not wait for a batch to fill
+RETRY_S = 2.0
+StorageErrors = (OSError, MetricLogError, sqlite3.Error)
 
-Delivery = AbstractIncomingMessage
+
+@dataclass
+class Half:
+    kind: Kind
+    message: SampleMessage
+    delivery: AbstractIncomingMessage
+    consumer: QueueConsumer[Any]
+
+
+@dataclass
+class BatchResult:
+    rows: list[MetricRow] = field(default_factory=list)
+    done: list[Half] = field(default_factory=list)
+    conflicts: list[tuple[Half, str]] = field(default_factory=list)
 
 
 class MetricService:
+    """Halves go into an inbox; one worker takes them in batches, and for each batch
+    updates the state, appends the joined rows (fsync), commits, and only then acks."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.csv = MetricLog(settings.LOGS_DIR / METRIC_LOG)
-        self.join: LabelPredictionJoin[Delivery] = LabelPredictionJoin()
+        self.orphan_log = settings.LOGS_DIR / ORPHAN_LOG
+        self.store: SqliteHalfStore | None = None
         self.stats = RunningErrorStats()
-        self.log_problem: str | None = f"{self.csv.path} not opened yet"
+        self.storage_problem: str | None = f"{self.csv.path} not opened yet"
         self.link = BrokerLink(settings, "metric_api", self._on_connect)
         self.consumers: list[QueueConsumer[Any]] = []
-        self._recovering: asyncio.Task[None] | None = None
-        PENDING.labels(kind="y_true").set_function(lambda: self.join.pending_labels)
-        PENDING.labels(kind="y_pred").set_function(lambda: self.join.pending_predictions)
+        self._inbox: asyncio.Queue[Half] = asyncio.Queue()
+        self._state_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._suspended = False
+        self.orphans = 0
+        PENDING.labels(kind="y_true").set_function(lambda: self.pending("y_true"))
+        PENDING.labels(kind="y_pred").set_function(lambda: self.pending("y_pred"))
+
+    def pending(self, kind: Kind) -> int:
+        return self.store.held_count[kind] if self.store else 0
 
     def problem(self) -> str | None:
-        return self.log_problem or self.link.problem()
+        return self.storage_problem or self.link.problem()
 
-    def _open_log(self) -> None:
-        join: LabelPredictionJoin[Delivery] = LabelPredictionJoin()
-        stats = RunningErrorStats()
-        for row in self.csv.open():
-            join.written(row.id)
-            stats.add(row)
-        self.join, self.stats, self.log_problem = join, stats, None
-        log.info("%s holds %d rows", self.csv.path, stats.count)
+    @property
+    def dead_lettered(self) -> int:
+        return sum(consumer.dead_lettered for consumer in self.consumers)
 
-    async def _open_log_until_ok(self) -> None:
+    # -- storage
+    def _open(self) -> None:
+        """Open the CSV and the state, and make the state agree with the CSV."""
+        self.settings.LOGS_DIR.mkdir(parents=True, exist_ok=True)
+        store = SqliteHalfStore(self.settings.LOGS_DIR / METRIC_STATE)
+        try:
+            stats = RunningErrorStats()
+            known = store.counter("csv_rows")
+            new_rows: list[MetricRow] = []
+            for row in self.csv.open():
+                stats.add(row)
+                if stats.count > known:
+                    new_rows.append(row)
+            store.begin()
+            if stats.count < known:
+                log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, stats.count, known)
+                store.forget_written()
+                new_rows = list(self.csv.open())
+            store.record_rows_of_csv(new_rows)
+            store.set_counter("csv_rows", stats.count)
+            store.commit()
+        except BaseException:
+            store.close()
+            self.csv.close()
+            raise
+        if self.store is not None:
+            self.store.close()
+        self.store, self.stats, self.storage_problem = store, stats, None
+        self.orphans = store.counter("orphans")
+        log.info("%s holds %d rows; %s halves wait for their partner", self.csv.path, stats.count, store.held_count)
+
+    async def _open_until_ok(self) -> None:
         while True:
             try:
-                self._open_log()
+                async with self._state_lock:
+                    await asyncio.to_thread(self._open)
                 return
-            except (OSError, MetricLogError) as exc:
-                self.csv.close()
-                problem = f"cannot use {self.csv.path}: {exc}"
-                if problem != self.log_problem:
-                    log.error("%s; retrying every %ss", problem, LOG_RETRY_S)
-                self.log_problem = problem
-            await asyncio.sleep(LOG_RETRY_S)
+            except StorageErrors as exc:
+                problem = f"cannot use {self.settings.LOGS_DIR}: {exc}"
+                if problem != self.storage_problem:
+                    log.error("%s; retrying every %ss", problem, RETRY_S)
+                self.storage_problem = problem
+            await asyncio.sleep(RETRY_S)
 
     async def start(self) -> None:
-        await self._open_log_until_ok()
+        await self._open_until_ok()
+        self._tasks = [
+            asyncio.create_task(self._work(), name="metric-batches"),
+            asyncio.create_task(self._sweep_orphans(), name="metric-orphans"),
+        ]
         self.link.start()
 
+    # -- broker
     async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
         dead_letters = ConfirmedPublisher(await self.link.channel(), self.settings.PUBLISH_TIMEOUT_S)
         self.consumers = [
-            QueueConsumer(self.settings.queue(Y_TRUE), LabelMessage, self._on_label, dead_letters),
-            QueueConsumer(self.settings.queue(Y_PRED), PredictionMessage, self._on_prediction, dead_letters),
+            QueueConsumer(self.settings.queue(Y_TRUE), LabelMessage, self._take_label, dead_letters),
+            QueueConsumer(self.settings.queue(Y_PRED), PredictionMessage, self._take_prediction, dead_letters),
         ]
-        # One channel each, so a queue's unmatched halves never use up the other's prefetch.
         for consumer in self.consumers:
-            await consumer.start(await self.link.channel(prefetch=self.settings.METRIC_PREFETCH))
+            await consumer.start(await self.link.channel(prefetch=self.settings.PREFETCH))
 
-    async def _on_label(self, label: LabelMessage, delivery: Delivery) -> None:
-        await self._settle(self.join.add_label(label.id, label.body, delivery), delivery)
+    async def _take_label(self, message: SampleMessage, delivery: AbstractIncomingMessage) -> None:
+        await self._inbox.put(Half("y_true", message, delivery, self.consumers[0]))
 
-    async def _on_prediction(self, prediction: PredictionMessage, delivery: Delivery) -> None:
-        await self._settle(self.join.add_prediction(prediction.id, prediction.body, delivery), delivery)
+    async def _take_prediction(self, message: SampleMessage, delivery: AbstractIncomingMessage) -> None:
+        await self._inbox.put(Half("y_pred", message, delivery, self.consumers[1]))
 
-    async def _settle(self, outcome: Outcome[Delivery], delivery: Delivery) -> None:
-        match outcome:
-            case AlreadyWritten():
-                DUPLICATE_HALVES.inc()
-                await settle(delivery)
-            case Held(replaced=replaced) if replaced is not None:
-                await settle(replaced)  # a second copy of a held half: keep one
-            case Joined(row=row, tokens=tokens):
+    # -- the batch worker
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._inbox.get()]
+            deadline = loop.time() + BATCH_WINDOW_S
+            while len(batch) < BATCH_MAX:
                 try:
-                    self.csv.append([row])
-                except (OSError, MetricLogError) as exc:
-                    await self._suspend(f"cannot append to {self.csv.path}: {exc}", tokens)
-                    return
-                self.join.written(row.id)
-                self.stats.add(row)
-                ROWS_WRITTEN.inc()
-                for token in tokens:
-                    await settle(token)
+                    batch.append(self._inbox.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
+                except TimeoutError:
+                    break
+            await self._process(batch)
 
-    async def _suspend(self, problem: str, tokens: tuple[Delivery, ...]) -> None:
-        """The CSV cannot be written: hand every held message back and stop until it can."""
-        if self._recovering is not None:
-            for token in tokens:
-                await settle(token, requeue=True)
+    async def _process(self, batch: list[Half]) -> None:
+        if self._suspended:
+            for half in batch:
+                await settle(half.delivery, requeue=True)
             return
-        log.error("%s; pausing consumption until the file can be written again", problem)
-        self.log_problem = problem
+        try:
+            async with self._state_lock:
+                result = await asyncio.to_thread(self._apply, batch)
+        except StorageErrors as exc:
+            await self._suspend(f"cannot write to {self.settings.LOGS_DIR}: {exc}", batch)
+            return
+        for row in result.rows:
+            self.stats.add(row)
+        ROWS_WRITTEN.inc(len(result.rows))
+        for half in result.done:
+            await settle(half.delivery)
+        for half, reason in result.conflicts:
+            await half.consumer.dead_letter(half.delivery, reason)
+
+    def _apply(self, batch: list[Half]) -> BatchResult:
+        """One transaction: join every half, append the rows (fsync), commit. Runs in a thread."""
+        assert self.store is not None
+        join = LabelPredictionJoin(self.store)
+        result = BatchResult()
+        now = time.time()
+        self.store.begin()
+        try:
+            for half in batch:
+                outcome = join.add(half.kind, half.message.id, half.message.body, now)
+                if isinstance(outcome, Conflict):
+                    result.conflicts.append((half, outcome.reason))
+                    continue
+                if isinstance(outcome, Joined):
+                    result.rows.append(outcome.row)
+                elif isinstance(outcome, Duplicate):
+                    DUPLICATE_HALVES.inc()
+                result.done.append(half)
+            if result.rows:
+                self.csv.append(result.rows)
+                self.store.add_to_counter("csv_rows", len(result.rows))
+            self.store.commit()
+        except BaseException:
+            self.store.rollback()
+            raise
+        return result
+
+    async def _suspend(self, problem: str, batch: list[Half]) -> None:
+        """Storage failed: hand the batch back, stop consuming, and retry until it works."""
+        log.error("%s; pausing consumption until it can be written again", problem)
+        self.storage_problem = problem
+        self._suspended = True
         for consumer in self.consumers:
             await consumer.pause()
-        for token in (*tokens, *self.join.release_all()):
-            await settle(token, requeue=True)
-        self._recovering = asyncio.create_task(self._recover())
+        for half in batch:
+            await settle(half.delivery, requeue=True)
+        self._tasks.append(asyncio.create_task(self._recover(), name="metric-recover"))
 
     async def _recover(self) -> None:
-        await self._open_log_until_ok()
+        await asyncio.sleep(RETRY_S)
+        await self._open_until_ok()
+        self._suspended = False
         for consumer in self.consumers:
             await consumer.resume()
-        self._recovering = None
-        log.info("%s writable again; consuming", self.csv.path)
+        log.info("%s writable again; consuming", self.settings.LOGS_DIR)
+
+    # -- orphans
+    async def _sweep_orphans(self) -> None:
+        period = min(60.0, self.settings.ORPHAN_TTL_S / 4)
+        while True:
+            await asyncio.sleep(period)
+            if self._suspended:
+                continue
+            try:
+                async with self._state_lock:
+                    await asyncio.to_thread(self._write_orphans, time.time() - self.settings.ORPHAN_TTL_S)
+            except StorageErrors as exc:
+                log.error("cannot write %s: %s; will try again", self.orphan_log, exc)
+
+    def _write_orphans(self, arrived_before: float) -> None:
+        assert self.store is not None
+        self.store.begin()
+        try:
+            orphans = self.store.expired(arrived_before)
+            if not orphans:
+                self.store.rollback()
+                return
+            lines = [f"{sample_id},{kind},{value!r},{arrived_at!r}\n" for sample_id, kind, value, arrived_at in orphans]
+            append_with_header(self.orphan_log, ORPHAN_LOG_HEADER, lines)
+            for sample_id, kind, _value, _arrived_at in orphans:
+                self.store.release(sample_id, kind)  # type: ignore[arg-type]
+                ORPHANS.labels(kind=kind).inc()
+            self.store.add_to_counter("orphans", len(orphans))
+            self.store.commit()
+        except BaseException:
+            self.store.rollback()
+            raise
+        self.orphans += len(orphans)
+        log.warning("%d halves had no partner within %ss; written to %s", len(orphans), self.settings.ORPHAN_TTL_S, self.orphan_log)
 
     async def stop(self) -> None:
-        if self._recovering is not None:
-            self._recovering.cancel()
         for consumer in self.consumers:
             await consumer.stop()
+        # Let the worker finish what it took; anything not acked is redelivered later.
+        deadline = time.monotonic() + 5
+        while not self._inbox.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        async with self._state_lock:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.close()
         self.csv.close()
+        if self.store is not None:
+            self.store.close()
 
 
 class State(TypedDict):
@@ -175,8 +325,12 @@ def summary(service: Service) -> dict[str, Any]:
         "mae": stats.mae,
         "rmse": stats.rmse,
         "last_id": stats.last_id,
-        "pending_y_true": service.join.pending_labels,
-        "pending_y_pred": service.join.pending_predictions,
+        "join": {
+            "pending_y_true": service.pending("y_true"),
+            "pending_y_pred": service.pending("y_pred"),
+            "orphans": service.orphans,
+            "dead_lettered": service.dead_lettered,
+        },
         "csv": str(service.csv.path),
     }
 

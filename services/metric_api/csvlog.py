@@ -100,3 +100,13 @@ class MetricLog:
             except OSError:
                 pass
             self._file = None
+
+
+def append_with_header(path: Path, header: str, lines: list[str]) -> None:
+    """Append lines to a CSV (writing its header first if the file is new) and fsync."""
+    with path.open("a", encoding="utf-8") as f:
+        if f.tell() == 0:
+            f.write(header + "\n")
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,16 +1,19 @@
 """Joining labels and predictions by sample id into metric rows. No I/O.
 
-Halves arrive from two queues in any order. Each half is held, with an opaque token (the
-delivery to ack later), until its partner comes; then the pair becomes a ``MetricRow``
-and both tokens are handed back to be settled once the row is durable. An id already
-written is reported as such, so redeliveries never produce a second row.
+Halves arrive from two queues in any order, any number of times (at-least-once
+delivery). A half whose partner has not come is *held* in a ``HalfStore``; when the
+partner comes the pair becomes a ``MetricRow`` and the id is recorded as written, so a
+redelivered half is recognised as a duplicate and never makes a second row. A half that
+contradicts what is known of its id (another value for the same id) is a conflict.
+The store decides where halves live (memory in tests, SQLite in the service).
 """
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Literal, Protocol
 
-T = TypeVar("T")
-
+Kind = Literal["y_true", "y_pred"]
+LABEL: Kind = "y_true"
+PREDICTION: Kind = "y_pred"
 
 
 @dataclass(frozen=True)
@@ -29,79 +32,89 @@ class MetricRow:
         return f"{self.id},{self.y_true!r},{self.y_pred!r},{self.absolute_error!r}\n"
 
 
-@dataclass(frozen=True)
-class Half(Generic[T]):
-    value: float
-    token: T
+class HalfStore(Protocol):
+    def written(self, sample_id: str) -> MetricRow | None: ...
+    def held(self, sample_id: str, kind: Kind) -> float | None: ...
+    def hold(self, sample_id: str, kind: Kind, value: float, arrived_at: float) -> None: ...
+    def release(self, sample_id: str, kind: Kind) -> None: ...
+    def record_written(self, row: MetricRow) -> None: ...
 
 
 @dataclass(frozen=True)
-class Joined(Generic[T]):
+class Joined:
     row: MetricRow
-    tokens: tuple[T, T]
 
 
 @dataclass(frozen=True)
-class Held(Generic[T]):
-    """The half waits for its partner. ``replaced`` is an earlier copy of it, now free to settle."""
-
-    replaced: T | None = None
+class Held:
+    """The half waits in the store for its partner."""
 
 
 @dataclass(frozen=True)
-class AlreadyWritten:
-    """The id has its row already: this half is a redelivery or a duplicate."""
+class Duplicate:
+    """The same half was seen before (a redelivery): nothing to do."""
 
 
-Outcome = Joined[T] | Held[T] | AlreadyWritten
+@dataclass(frozen=True)
+class Conflict:
+    """The half contradicts what is known of its id."""
+
+    reason: str
 
 
-class LabelPredictionJoin(Generic[T]):
-    def __init__(self, written_ids: set[str] | None = None) -> None:
-        self.written_ids: set[str] = written_ids if written_ids is not None else set()
-        self._labels: dict[str, Half[T]] = {}
-        self._predictions: dict[str, Half[T]] = {}
+Outcome = Joined | Held | Duplicate | Conflict
 
-    @property
-    def pending_labels(self) -> int:
-        return len(self._labels)
 
-    @property
-    def pending_predictions(self) -> int:
-        return len(self._predictions)
+def other(kind: Kind) -> Kind:
+    return PREDICTION if kind == LABEL else LABEL
 
-    def add_label(self, sample_id: str, y_true: float, token: T) -> Outcome[T]:
-        return self._add(sample_id, Half(y_true, token), self._labels, self._predictions, label_first=True)
 
-    def add_prediction(self, sample_id: str, y_pred: float, token: T) -> Outcome[T]:
-        return self._add(sample_id, Half(y_pred, token), self._predictions, self._labels, label_first=False)
+class LabelPredictionJoin:
+    def __init__(self, store: HalfStore) -> None:
+        self.store = store
 
-    def _add(
-        self,
-        sample_id: str,
-        half: Half[T],
-        mine: dict[str, Half[T]],
-        theirs: dict[str, Half[T]],
-        *,
-        label_first: bool,
-    ) -> Outcome[T]:
-        if sample_id in self.written_ids:
-            return AlreadyWritten()
-        partner = theirs.pop(sample_id, None)
+    def add(self, kind: Kind, sample_id: str, value: float, arrived_at: float) -> Outcome:
+        row = self.store.written(sample_id)
+        if row is not None:
+            seen = row.y_true if kind == LABEL else row.y_pred
+            if seen == value:
+                return Duplicate()
+            return Conflict(f"id {sample_id} already has its row with {kind}={seen!r}; this message says {value!r}")
+        held = self.store.held(sample_id, kind)
+        if held is not None:
+            if held == value:
+                return Duplicate()
+            return Conflict(f"id {sample_id} already has {kind}={held!r} waiting; this message says {value!r}")
+        partner = self.store.held(sample_id, other(kind))
         if partner is None:
-            earlier = mine.get(sample_id)
-            mine[sample_id] = half
-            return Held(earlier.token if earlier else None)
-        label, prediction = (half, partner) if label_first else (partner, half)
-        return Joined(MetricRow.of(sample_id, label.value, prediction.value), (label.token, prediction.token))
+            self.store.hold(sample_id, kind, value, arrived_at)
+            return Held()
+        self.store.release(sample_id, other(kind))
+        y_true, y_pred = (value, partner) if kind == LABEL else (partner, value)
+        joined = MetricRow.of(sample_id, y_true, y_pred)
+        self.store.record_written(joined)
+        return Joined(joined)
 
-    def written(self, sample_id: str) -> None:
-        """Record that the row for ``sample_id`` is durable."""
-        self.written_ids.add(sample_id)
 
-    def release_all(self) -> list[T]:
-        """Forget every held half and return their tokens (to hand back to the broker)."""
-        tokens = [half.token for half in (*self._labels.values(), *self._predictions.values())]
-        self._labels.clear()
-        self._predictions.clear()
-        return tokens
+class MemoryHalfStore:
+    """A HalfStore in dicts: for tests, and to show what a store must do."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, MetricRow] = {}
+        self.halves: dict[tuple[str, Kind], tuple[float, float]] = {}
+
+    def written(self, sample_id: str) -> MetricRow | None:
+        return self.rows.get(sample_id)
+
+    def held(self, sample_id: str, kind: Kind) -> float | None:
+        half = self.halves.get((sample_id, kind))
+        return half[0] if half else None
+
+    def hold(self, sample_id: str, kind: Kind, value: float, arrived_at: float) -> None:
+        self.halves[(sample_id, kind)] = (value, arrived_at)
+
+    def release(self, sample_id: str, kind: Kind) -> None:
+        del self.halves[(sample_id, kind)]
+
+    def record_written(self, row: MetricRow) -> None:
+        self.rows[row.id] = row

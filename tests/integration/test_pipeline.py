@@ -5,7 +5,6 @@ import time
 import math
 import pickle
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -16,73 +15,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_diabetes
 
-from tests.support import (
-    PORT_SETTING,
-    SERVICES,
-    ServiceProcess,
-    delete_queues,
-    free_port,
-    running,
-    service_env,
-    unique_prefix,
-    wait_until,
-)
+from tests.support import Pipeline, running_pipeline, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass
-class Pipeline:
-    services: dict[str, ServiceProcess]
-    logs_dir: Path
-    model_path: Path
-
-    def url(self, name: str) -> str:
-        return self.services[name].url
-
-    @property
-    def csv(self) -> Path:
-        return self.logs_dir / "metric_log.csv"
-
-    def rows(self) -> pd.DataFrame:
-        return pd.read_csv(self.csv, dtype={"id": str})
-
-    def sent(self) -> int:
-        return httpx.get(f"{self.url('features_api')}/features/status").json()["sent"]
-
-    def wait_all_joined(self, timeout: float = 60) -> pd.DataFrame:
-        """Wait until every sample sent so far has its row, and return the rows."""
-        wait_until(lambda: len(self.rows()) == self.sent(), timeout, "one CSV row per sample sent")
-        return self.rows()
-
-    def burst(self, count: int) -> list[str]:
-        answer = httpx.post(f"{self.url('features_api')}/features/publish", json={"count": count}, timeout=60)
-        assert answer.status_code == 200, answer.text
-        return answer.json()["ids"]
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_url: str) -> Iterator[Pipeline]:
-    prefix = unique_prefix()
-    logs_dir = tmp_path_factory.mktemp("logs")
-    ports = {setting: str(free_port()) for setting in PORT_SETTING.values()}
-    env = service_env(
-        AMQP_URL=amqp_url,
-        QUEUE_PREFIX=prefix,
-        LOGS_DIR=str(logs_dir),
-        MODEL_PATH=str(model_path),
-        FEATURES_INTERVAL_S="0.5",
-        PLOT_INTERVAL_S="0.5",
-        METRIC_API_URL=f"http://127.0.0.1:{ports['METRIC_PORT']}",
-        **ports,
-    )
-    services = {name: ServiceProcess(name, env, logs_dir) for name in SERVICES}
-    try:
-        with running(list(services.values())):
-            yield Pipeline(services, logs_dir, model_path)
-    finally:
-        delete_queues(amqp_url, prefix)
+    with running_pipeline(tmp_path_factory.mktemp("pipeline"), model_path, amqp_url, FEATURES_INTERVAL_S="0.5") as pipeline:
+        yield pipeline
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +99,7 @@ def test_summary_and_recent_agree_with_the_csv(paused: Pipeline) -> None:
     assert math.isclose(summary["mae"], rows["absolute_error"].mean(), rel_tol=1e-9)
     assert math.isclose(summary["rmse"], math.sqrt((rows["absolute_error"] ** 2).mean()), rel_tol=1e-9)
     assert summary["last_id"] == rows["id"].iloc[-1]
-    assert summary["pending_y_true"] == summary["pending_y_pred"] == 0
+    assert summary["join"]["pending_y_true"] == summary["join"]["pending_y_pred"] == 0
 
     recent = httpx.get(f"{paused.url('metric_api')}/metrics/recent", params={"limit": 5}).json()
     assert [r["id"] for r in recent] == list(rows["id"].iloc[-5:])
