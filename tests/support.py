@@ -113,6 +113,7 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> "TcpProxy":
@@ -134,6 +135,8 @@ class TcpProxy:
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await reader.read(65536):
+                    if writer in self._stalled:
+                        continue  # a black hole: the connection stays open, nothing passes
                     writer.write(data)
                     await writer.drain()
             writer.close()
@@ -148,6 +151,14 @@ class TcpProxy:
             self._writers.clear()
 
         self._loop.call_soon_threadsafe(close_all)
+
+    def stall(self) -> None:
+        """From now on, pass nothing on the connections open now (new ones work)."""
+
+        def stall_all() -> None:
+            self._stalled |= self._writers
+
+        self._loop.call_soon_threadsafe(stall_all)
 
     def close(self) -> None:
         async def shutdown() -> None:

@@ -10,6 +10,7 @@ Acking after the effect is the handler's job: only it knows when its effect is d
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -23,6 +24,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ProbableAuthenticationError
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
+from yarl import URL
 
 from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
 from services.common.settings import Settings
@@ -85,7 +87,10 @@ class BrokerLink:
         service: str,
         on_connect: Callable[[AbstractRobustConnection], Awaitable[None]],
     ) -> None:
-        self._url = str(settings.AMQP_URL)
+        url = URL(str(settings.AMQP_URL))
+        if "heartbeat" not in url.query:
+            url = url.update_query(heartbeat=settings.AMQP_HEARTBEAT_S)
+        self._url = str(url)
         self._where = f"RabbitMQ at {settings.AMQP_URL.host}:{settings.AMQP_URL.port or 5672}"
         self._user = settings.AMQP_URL.username or "guest"
         self._service = service
@@ -189,6 +194,19 @@ class ConfirmedPublisher:
     def __init__(self, channel: AbstractRobustChannel, timeout_s: float) -> None:
         self._channel = channel
         self._timeout_s = timeout_s
+        self._last_warning = 0.0
+        self._unreported = 0
+
+    def _warn_retry(self, queue: str, exc: BaseException) -> None:
+        # During an outage every in-flight publish fails at once: say so once every few seconds.
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._last_warning >= 5:
+            log.warning(
+                "%d publish(es) not confirmed (last: to %s, %s); retrying until confirmed",
+                self._unreported, queue, str(exc) or type(exc).__name__,
+            )
+            self._last_warning, self._unreported = now, 0
 
     async def publish(self, queue: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None) -> None:
         delay = 0.05
@@ -202,9 +220,9 @@ class ConfirmedPublisher:
             )
             try:
                 await self._channel.default_exchange.publish(message, routing_key=queue, timeout=self._timeout_s)
-            except (OSError, AMQPError, asyncio.TimeoutError, RuntimeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - aiormq fails pending confirms with a bare Exception
                 PUBLISH_RETRIES.labels(queue=queue).inc()
-                log.warning("publish of %s to %s not confirmed (%s); retrying in %.2fs", message_id, queue, exc or type(exc).__name__, delay)
+                self._warn_retry(queue, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             else:

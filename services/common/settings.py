@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # A half whose partner has not come within this time is written to orphans.csv.
     ORPHAN_TTL_S: float = Field(3600.0, gt=0)
     PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
+    # A connection that stops answering is given up after about 3 heartbeats, then remade.
+    AMQP_HEARTBEAT_S: int = Field(5, ge=1, le=600)
 
     def queue(self, base: str) -> str:
         """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""

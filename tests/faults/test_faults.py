@@ -41,6 +41,19 @@ def all_healthy(pipeline: Pipeline) -> bool:
     return all((answer := s.health()) is not None and answer.status_code == 200 for s in pipeline.services.values())
 
 
+def reconnected(pipeline: Pipeline, times: int) -> bool:
+    """Whether each service with a broker connection has remade it ``times`` times."""
+    for name in ("features_api", "model_api", "metric_api"):
+        metrics = httpx.get(f"{pipeline.url(name)}/metrics").text
+        count = next(
+            (s.value for f in text_string_to_metric_families(metrics) for s in f.samples if s.name == "broker_reconnects_total"),
+            0,
+        )
+        if count < times:
+            return False
+    return True
+
+
 def settled(pipeline: Pipeline, ids: list[str], timeout: float = 120) -> Verdict:
     """Wait until every published id has a row and the queues are empty; return the verdict."""
     wanted = set(ids)
@@ -111,22 +124,26 @@ def test_broker_restart_mid_stream(pipeline: Pipeline, background: ThreadPoolExe
     assert_recovered(pipeline)
 
 
-def test_connections_cut_mid_stream(tmp_path: Path, model_path: Path, amqp_url: str, background: ThreadPoolExecutor) -> None:
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_connections_cut_or_stalled_mid_stream(
+    tmp_path: Path, model_path: Path, amqp_url: str, background: ThreadPoolExecutor, fault: str
+) -> None:
     proxy = TcpProxy(Url(amqp_url).port or 5672).start()
     try:
         proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
-        with running_pipeline(tmp_path, model_path, amqp_url, AMQP_URL=proxied) as pipeline:
+        # A stalled connection is only noticed by missed heartbeats: 2 s ones here.
+        with running_pipeline(tmp_path, model_path, amqp_url, AMQP_URL=proxied, AMQP_HEARTBEAT_S="2") as pipeline:
             burst = burst_in_background(background, pipeline)
             recoveries = []
-            for at_rows in (300, 1500):
+            for times, at_rows in enumerate((300, 1500), start=1):
                 wait_until(lambda n=at_rows: len(pipeline.rows()) >= n, 60, f"{at_rows} rows")
-                proxy.cut()
-                cut_at = time.monotonic()
-                time.sleep(0.2)
-                wait_until(lambda: all_healthy(pipeline), 30, "every service healthy after the cut")
-                recoveries.append(time.monotonic() - cut_at)
+                proxy.cut() if fault == "cut" else proxy.stall()
+                faulted_at = time.monotonic()
+                wait_until(lambda n=times: reconnected(pipeline, n), 60, f"every broker client to reconnect after the {fault}")
+                wait_until(lambda: all_healthy(pipeline), 60, f"every service healthy after the {fault}")
+                recoveries.append(time.monotonic() - faulted_at)
             verdict = settled(pipeline, burst.result())
-            report("all connections cut twice (TCP proxy)", verdict, max(recoveries))
+            report(f"all connections {fault} twice (TCP proxy)", verdict, max(recoveries))
             assert verdict.exact, verdict
             assert_recovered(pipeline)
     finally:
