@@ -106,4 +106,5 @@ def model_info(service: Service) -> dict[str, Any]:
         "model_version": service.predictor.version,
         "model_path": str(service.settings.MODEL_PATH),
         **service.metadata,
+        "dead_lettered": service.consumer.dead_lettered if service.consumer else 0,
     }

@@ -268,6 +268,7 @@ def test_poison_messages_go_to_the_dlq_and_good_ones_flow(pipeline: Pipeline, am
         assert all(headers.get("x-dlq-reason") for _, headers in found), found
     summary = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()
     assert summary["join"]["dead_lettered"] == len(poison("y_true")) + 1 + len(poison("y_pred"))
+    assert httpx.get(f"{pipeline.url('model_api')}/model/info").json()["dead_lettered"] == len(poison("features"))
     print(f"\nFAULT poison: {sum(len(poison(k)) for k in ('features', 'y_true', 'y_pred')) + 1} bad messages dead-lettered, {verdict}")
 
 
