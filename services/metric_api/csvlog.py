@@ -12,6 +12,29 @@ from services.metric_api.join import MetricRow
 log = logging.getLogger(__name__)
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut the file back to just after its last newline (to nothing if it has none)."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep == size:
+            return
+        f.seek(keep)
+        log.warning("%s ends in a partial line (%r); removing it", path, f.read(80))
+        f.truncate(keep)
+        os.fsync(f.fileno())
+
+
 class MetricLogError(RuntimeError):
     """The CSV cannot be used as it is; the message names the file and what to do."""
 
@@ -27,9 +50,10 @@ class MetricLog:
         A last line cut short by a crash mid-append is removed first: its messages were
         never acked, so the broker delivers them again and the row is written whole.
         """
+        self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            self._drop_torn_tail()
+            drop_torn_tail(self.path)
         if not self.path.exists() or self.path.stat().st_size == 0:
             with self.path.open("w", encoding="utf-8") as f:
                 f.write(CSV_HEADER + "\n")
@@ -44,28 +68,6 @@ class MetricLog:
             )
         self._file = self.path.open("a", encoding="utf-8")
         return self._read_rows()
-
-    def _drop_torn_tail(self) -> None:
-        """Cut the file back to just after its last newline (to nothing if it has none)."""
-        with self.path.open("rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            end = size
-            while end > 0:
-                start = max(0, end - 65536)
-                f.seek(start)
-                newline = f.read(end - start).rfind(b"\n")
-                if newline >= 0:
-                    keep = start + newline + 1
-                    break
-                end = start
-            else:
-                keep = 0
-            if keep == size:
-                return
-            f.seek(keep)
-            log.warning("%s ends in a partial line (%r); removing it", self.path, f.read(80))
-            f.truncate(keep)
-            os.fsync(f.fileno())
 
     def _read_rows(self) -> Iterator[MetricRow]:
         with self.path.open(encoding="utf-8") as f:
@@ -104,6 +106,8 @@ class MetricLog:
 
 def append_with_header(path: Path, header: str, lines: list[str]) -> None:
     """Append lines to a CSV (writing its header first if the file is new) and fsync."""
+    if path.exists():
+        drop_torn_tail(path)
     with path.open("a", encoding="utf-8") as f:
         if f.tell() == 0:
             f.write(header + "\n")

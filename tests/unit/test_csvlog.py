@@ -1,9 +1,10 @@
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from services.metric_api.csvlog import MetricLog, MetricLogError
+from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import MetricRow
 
 HEADER = "id,y_true,y_pred,absolute_error"
@@ -175,3 +176,48 @@ def test_append_after_close_is_refused(tmp_path: Path, open_log: OpenLog) -> Non
     with pytest.raises(MetricLogError):
         log.append(rows(1))
     assert path.read_text() == HEADER + "\n"
+
+
+# --- append_with_header (orphans.csv) --------------------------------------------------
+
+ORPHAN_HEADER = "id,kind,value,arrived_at"
+
+
+def test_append_with_header_writes_the_header_once_and_appends(tmp_path: Path) -> None:
+    path = tmp_path / "orphans.csv"
+    append_with_header(path, ORPHAN_HEADER, ["1669147134.196809,y_true,151.0,1669147134.5\n"])
+    assert path.read_text() == ORPHAN_HEADER + "\n1669147134.196809,y_true,151.0,1669147134.5\n"
+    append_with_header(
+        path,
+        ORPHAN_HEADER,
+        ["1669147135.000001,y_pred,150.37,1669147135.25\n", "1669147136.000002,y_true,0.30000000000000004,1669147136.0\n"],
+    )
+    append_with_header(path, ORPHAN_HEADER, [])
+    assert path.read_text() == (
+        "id,kind,value,arrived_at\n"
+        "1669147134.196809,y_true,151.0,1669147134.5\n"
+        "1669147135.000001,y_pred,150.37,1669147135.25\n"
+        "1669147136.000002,y_true,0.30000000000000004,1669147136.0\n"
+    )
+
+    frame = pd.read_csv(path, dtype={"id": str, "kind": str})
+    assert list(frame.columns) == ["id", "kind", "value", "arrived_at"]
+    assert frame["id"].tolist() == ["1669147134.196809", "1669147135.000001", "1669147136.000002"]
+    assert frame["kind"].tolist() == ["y_true", "y_pred", "y_true"]
+    assert frame["value"].tolist() == [151.0, 150.37, 0.1 + 0.2]
+    assert frame["arrived_at"].tolist() == [1669147134.5, 1669147135.25, 1669147136.0]
+
+
+def test_append_with_header_on_an_existing_empty_file_writes_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "orphans.csv"
+    path.touch()
+    append_with_header(path, ORPHAN_HEADER, ["1.000001,y_pred,2.5,3.0\n"])
+    assert path.read_text() == ORPHAN_HEADER + "\n1.000001,y_pred,2.5,3.0\n"
+
+
+def test_append_with_header_does_not_repeat_the_header_of_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "orphans.csv"
+    path.write_text(ORPHAN_HEADER + "\n1.000001,y_true,1.0,1.0\n")
+    append_with_header(path, ORPHAN_HEADER, ["1.000002,y_pred,2.0,2.0\n"])
+    assert path.read_text().count(ORPHAN_HEADER) == 1
+    assert len(pd.read_csv(path)) == 2

@@ -1,149 +1,270 @@
+"""The label/prediction join, run against both HalfStores: the in-memory fake and SQLite.
+
+Every behavioural test takes the ``join`` fixture, so the same assertions hold for
+``MemoryHalfStore`` and for ``SqliteHalfStore`` (on a file under tmp_path, each call in
+its own BEGIN/COMMIT, or a batch of calls in one, as the service does).
+"""
+
 import random
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from services.metric_api.join import AlreadyWritten, Held, Joined, LabelPredictionJoin, MetricRow
+from services.metric_api.join import (
+    LABEL,
+    PREDICTION,
+    Conflict,
+    Duplicate,
+    HalfStore,
+    Held,
+    Joined,
+    Kind,
+    LabelPredictionJoin,
+    MemoryHalfStore,
+    MetricRow,
+    Outcome,
+)
+from services.metric_api.store import SqliteHalfStore
+
+ID = "1669147134.196809"
 
 
-def test_label_then_prediction_joins() -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    assert join.add_label("1669147134.196809", 151.0, "label-token") == Held(None)
-    outcome = join.add_prediction("1669147134.196809", 150.37, "pred-token")
+@dataclass
+class JoinUnderTest:
+    store: HalfStore
+    transaction: Callable[[], AbstractContextManager[None]]
+
+    def add(self, kind: Kind, sample_id: str, value: float, arrived_at: float = 1669147134.0) -> Outcome:
+        """One half in its own transaction."""
+        with self.transaction():
+            return LabelPredictionJoin(self.store).add(kind, sample_id, value, arrived_at)
+
+    def add_batch(self, halves: list[tuple[Kind, str, float]], arrived_at: float) -> list[Outcome]:
+        """Several halves in one transaction, as the service applies a batch."""
+        with self.transaction():
+            join = LabelPredictionJoin(self.store)
+            return [join.add(kind, sample_id, value, arrived_at) for kind, sample_id, value in halves]
+
+    def nothing_held_for(self, sample_id: str) -> bool:
+        return self.store.held(sample_id, LABEL) is None and self.store.held(sample_id, PREDICTION) is None
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def join(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JoinUnderTest]:
+    if request.param == "memory":
+        yield JoinUnderTest(MemoryHalfStore(), nullcontext)
+        return
+    store = SqliteHalfStore(tmp_path / "metric_state.sqlite3")
+
+    @contextmanager
+    def transaction() -> Iterator[None]:
+        store.begin()
+        try:
+            yield
+        except BaseException:
+            store.rollback()
+            raise
+        store.commit()
+
+    try:
+        yield JoinUnderTest(store, transaction)
+    finally:
+        store.close()
+
+
+# --- joining ---------------------------------------------------------------------------
+
+
+def test_label_then_prediction_joins(join: JoinUnderTest) -> None:
+    assert join.add(LABEL, ID, 151.0) == Held()
+    outcome = join.add(PREDICTION, ID, 150.375)
+    assert outcome == Joined(MetricRow(ID, y_true=151.0, y_pred=150.375, absolute_error=0.625))
+    assert join.store.written(ID) == MetricRow(ID, 151.0, 150.375, 0.625)
+    assert join.nothing_held_for(ID)
+
+
+def test_prediction_then_label_joins_with_the_values_in_their_own_columns(join: JoinUnderTest) -> None:
+    assert join.add(PREDICTION, ID, 310.25) == Held()
+    outcome = join.add(LABEL, ID, 25.0)
+    # The prediction is too high: the error is still positive.
+    assert outcome == Joined(MetricRow(ID, y_true=25.0, y_pred=310.25, absolute_error=285.25))
+    assert join.store.written(ID) == MetricRow(ID, 25.0, 310.25, 285.25)
+    assert join.nothing_held_for(ID)
+
+
+@pytest.mark.parametrize("first", [LABEL, PREDICTION])
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "error"),
+    [
+        (151.0, 150.37, 0.6299999999999955),  # 151.0 - 150.37 in binary floating point
+        (0.1, 0.3, 0.19999999999999998),
+        (206.11666666666667, 206.11666666666667, 0.0),
+        (-3.5, 2.25, 5.75),
+    ],
+)
+def test_absolute_error_is_the_distance_between_label_and_prediction(
+    join: JoinUnderTest, first: Kind, y_true: float, y_pred: float, error: float
+) -> None:
+    assert error == abs(y_true - y_pred)  # the hand-written value is the float the CSV must hold
+    values = {LABEL: y_true, PREDICTION: y_pred}
+    second: Kind = PREDICTION if first == LABEL else LABEL
+    assert join.add(first, ID, values[first]) == Held()
+    outcome = join.add(second, ID, values[second])
     assert isinstance(outcome, Joined)
-    assert outcome.row.id == "1669147134.196809"
-    assert (outcome.row.y_true, outcome.row.y_pred) == (151.0, 150.37)
-    assert outcome.row.absolute_error == abs(151.0 - 150.37)
-    assert outcome.tokens == ("label-token", "pred-token")
+    assert (outcome.row.id, outcome.row.y_true, outcome.row.y_pred) == (ID, y_true, y_pred)
+    assert outcome.row.absolute_error == error
 
 
-def test_prediction_then_label_joins_with_tokens_in_label_prediction_order() -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    assert join.add_prediction("7.000001", 80.5, "pred-token") == Held(None)
-    outcome = join.add_label("7.000001", 100.0, "label-token")
+@pytest.mark.parametrize("kind", [LABEL, PREDICTION])
+def test_a_lone_half_is_held(join: JoinUnderTest, kind: Kind) -> None:
+    assert join.add(kind, ID, 151.0) == Held()
+    assert join.store.held(ID, kind) == 151.0
+    assert join.store.held(ID, PREDICTION if kind == LABEL else LABEL) is None
+    assert join.store.written(ID) is None
+
+
+def test_halves_of_different_ids_do_not_join(join: JoinUnderTest) -> None:
+    assert join.add(LABEL, "1669147134.000001", 1.0) == Held()
+    assert join.add(PREDICTION, "1669147134.000002", 2.0) == Held()
+    assert join.store.written("1669147134.000001") is None
+    assert join.store.written("1669147134.000002") is None
+    assert join.store.held("1669147134.000001", LABEL) == 1.0
+    assert join.store.held("1669147134.000002", PREDICTION) == 2.0
+
+
+# --- redeliveries ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [LABEL, PREDICTION])
+def test_the_same_half_again_while_held_is_a_duplicate(join: JoinUnderTest, kind: Kind) -> None:
+    assert join.add(kind, ID, 151.0) == Held()
+    assert join.add(kind, ID, 151.0) == Duplicate()
+    assert join.add(kind, ID, 151.0) == Duplicate()
+    assert join.store.held(ID, kind) == 151.0
+    # The partner still joins once, with the held value.
+    partner: Kind = PREDICTION if kind == LABEL else LABEL
+    outcome = join.add(partner, ID, 150.5)
     assert isinstance(outcome, Joined)
-    assert (outcome.row.y_true, outcome.row.y_pred) == (100.0, 80.5)
-    assert outcome.row.absolute_error == abs(100.0 - 80.5)
-    assert outcome.tokens == ("label-token", "pred-token")
+    assert outcome.row.absolute_error == 0.5
+    assert join.nothing_held_for(ID)
 
 
-def test_absolute_error_is_positive_when_the_prediction_is_too_high() -> None:
-    join: LabelPredictionJoin[int] = LabelPredictionJoin()
-    join.add_label("1", 25.0, 1)
-    outcome = join.add_prediction("1", 310.25, 2)
-    assert isinstance(outcome, Joined)
-    assert outcome.row.absolute_error == 285.25
+def test_either_half_again_after_its_row_is_written_is_a_duplicate(join: JoinUnderTest) -> None:
+    join.add(LABEL, ID, 151.0)
+    join.add(PREDICTION, ID, 150.5)
+    assert join.add(LABEL, ID, 151.0) == Duplicate()
+    assert join.add(PREDICTION, ID, 150.5) == Duplicate()
+    assert join.add(PREDICTION, ID, 150.5) == Duplicate()
+    # No second row, nothing left waiting.
+    assert join.store.written(ID) == MetricRow(ID, 151.0, 150.5, 0.5)
+    assert join.nothing_held_for(ID)
 
 
-def test_halves_of_different_ids_do_not_join() -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    assert join.add_label("1.000000", 1.0, "a") == Held(None)
-    assert join.add_prediction("2.000000", 2.0, "b") == Held(None)
-    assert (join.pending_labels, join.pending_predictions) == (1, 1)
+# --- conflicts -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("half", ["label", "prediction"])
-def test_an_id_already_written_is_reported_for_either_half(half: str) -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin(written_ids={"5.000000"})
-    add = join.add_label if half == "label" else join.add_prediction
-    assert add("5.000000", 1.0, "token") == AlreadyWritten()
-    assert (join.pending_labels, join.pending_predictions) == (0, 0)
+@pytest.mark.parametrize("kind", [LABEL, PREDICTION])
+def test_another_value_for_a_held_half_is_a_conflict_naming_the_id_and_both_values(
+    join: JoinUnderTest, kind: Kind
+) -> None:
+    assert join.add(kind, ID, 151.0) == Held()
+    outcome = join.add(kind, ID, 152.5)
+    assert isinstance(outcome, Conflict)
+    assert ID in outcome.reason
+    assert "151.0" in outcome.reason
+    assert "152.5" in outcome.reason
+    # The first value stays; the conflicting one is not kept.
+    assert join.store.held(ID, kind) == 151.0
+    partner: Kind = PREDICTION if kind == LABEL else LABEL
+    joined = join.add(partner, ID, 150.0)
+    assert isinstance(joined, Joined)
+    assert joined.row.absolute_error == 1.0
 
 
-def test_a_redelivery_after_the_row_is_written_is_not_joined_again() -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    join.add_label("9", 10.0, "l1")
-    outcome = join.add_prediction("9", 12.0, "p1")
-    assert isinstance(outcome, Joined)
-    join.written("9")
-    assert join.add_label("9", 10.0, "l2") == AlreadyWritten()
-    assert join.add_prediction("9", 12.0, "p2") == AlreadyWritten()
-    assert (join.pending_labels, join.pending_predictions) == (0, 0)
+@pytest.mark.parametrize(("kind", "kept", "other_value"), [(LABEL, "151.0", 99.25), (PREDICTION, "150.5", 0.125)])
+def test_another_value_after_the_row_is_written_is_a_conflict_naming_the_id_and_both_values(
+    join: JoinUnderTest, kind: Kind, kept: str, other_value: float
+) -> None:
+    join.add(LABEL, ID, 151.0)
+    join.add(PREDICTION, ID, 150.5)
+    outcome = join.add(kind, ID, other_value)
+    assert isinstance(outcome, Conflict)
+    assert ID in outcome.reason
+    assert kept in outcome.reason
+    assert repr(other_value) in outcome.reason  # "99.25" / "0.125"
+    assert join.store.written(ID) == MetricRow(ID, 151.0, 150.5, 0.5)
+    assert join.nothing_held_for(ID)
 
 
-@pytest.mark.parametrize("half", ["label", "prediction"])
-def test_a_second_copy_of_a_held_half_replaces_the_first(half: str) -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    add = join.add_label if half == "label" else join.add_prediction
-    assert add("3", 1.0, "first") == Held(None)
-    assert add("3", 1.0, "second") == Held(replaced="first")
-    assert add("3", 1.0, "third") == Held(replaced="second")
-    assert join.pending_labels + join.pending_predictions == 1
-    assert join.release_all() == ["third"]
+def test_a_conflict_on_one_id_leaves_other_ids_alone(join: JoinUnderTest) -> None:
+    join.add(LABEL, "1.000000", 10.0)
+    join.add(LABEL, "2.000000", 20.0)
+    assert isinstance(join.add(LABEL, "1.000000", 11.0), Conflict)
+    assert join.add(PREDICTION, "2.000000", 21.0) == Joined(MetricRow("2.000000", 20.0, 21.0, 1.0))
+    assert join.store.held("1.000000", LABEL) == 10.0
 
 
-def test_pending_counts_follow_held_and_joined_halves() -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    for i in range(5):
-        join.add_label(f"{i}", 1.0, f"l{i}")
-    for i in range(3, 10):
-        join.add_prediction(f"{i}", 1.0, f"p{i}")
-    # ids 3 and 4 joined; labels 0-2 and predictions 5-9 wait.
-    assert join.pending_labels == 3
-    assert join.pending_predictions == 5
+# --- many ids, any order ---------------------------------------------------------------
 
 
-def test_release_all_returns_every_held_token_and_empties() -> None:
-    join: LabelPredictionJoin[str] = LabelPredictionJoin()
-    join.add_label("1", 1.0, "l1")
-    join.add_label("2", 1.0, "l2")
-    join.add_prediction("3", 1.0, "p3")
-    assert sorted(join.release_all()) == ["l1", "l2", "p3"]
-    assert (join.pending_labels, join.pending_predictions) == (0, 0)
-    assert join.release_all() == []
-    # Released halves are forgotten: their partner now waits instead of joining.
-    assert join.add_prediction("1", 2.0, "p1") == Held(None)
-
-
-def test_many_interleaved_ids_in_random_order_all_join_exactly_once() -> None:
+def test_many_ids_in_random_order_with_random_duplicates_each_join_exactly_once(join: JoinUnderTest) -> None:
     rng = random.Random(20221122)
-    n = 5000
-    labels = {f"{1669147134 + i}.{i % 1_000_000:06d}": rng.uniform(25, 346) for i in range(n)}
-    predictions = {sample_id: rng.uniform(25, 346) for sample_id in labels}
-    events = [("label", sample_id) for sample_id in labels] + [("prediction", sample_id) for sample_id in labels]
-    rng.shuffle(events)
+    n = 1500
+    ids = [f"{1669147134 + i}.{(i * 7919) % 1_000_000:06d}" for i in range(n)]
+    labels = {sample_id: rng.uniform(25, 346) for sample_id in ids}
+    predictions = {sample_id: rng.uniform(25, 346) for sample_id in ids}
+    deliveries: list[tuple[Kind, str, float]] = []
+    for sample_id in ids:
+        deliveries += [(LABEL, sample_id, labels[sample_id])] * rng.randint(1, 3)
+        deliveries += [(PREDICTION, sample_id, predictions[sample_id])] * rng.randint(1, 3)
+    rng.shuffle(deliveries)
 
-    join: LabelPredictionJoin[tuple[str, str]] = LabelPredictionJoin()
-    rows: dict[str, MetricRow] = {}
-    for kind, sample_id in events:
-        if kind == "label":
-            outcome = join.add_label(sample_id, labels[sample_id], (kind, sample_id))
-        else:
-            outcome = join.add_prediction(sample_id, predictions[sample_id], (kind, sample_id))
+    # Where each id must join: at the first delivery of whichever half comes second.
+    first_seen: dict[tuple[Kind, str], int] = {}
+    for position, (kind, sample_id, _) in enumerate(deliveries):
+        first_seen.setdefault((kind, sample_id), position)
+    expected_join_at = {
+        sample_id: max(first_seen[(LABEL, sample_id)], first_seen[(PREDICTION, sample_id)]) for sample_id in ids
+    }
+
+    outcomes: list[Outcome] = []
+    position = 0
+    while position < len(deliveries):
+        size = rng.randint(1, 60)
+        outcomes += join.add_batch(deliveries[position : position + size], arrived_at=1669147134.0 + position)
+        position += size
+    assert len(outcomes) == len(deliveries)
+
+    joined_at: dict[str, int] = {}
+    kinds_of_outcome = {"held": 0, "duplicate": 0}
+    for position, outcome in enumerate(outcomes):
+        sample_id = deliveries[position][1]
         if isinstance(outcome, Joined):
-            assert sample_id not in rows, f"{sample_id} joined twice"
-            assert outcome.tokens == (("label", sample_id), ("prediction", sample_id))
-            rows[sample_id] = outcome.row
-            join.written(sample_id)
+            assert sample_id not in joined_at, f"{sample_id} joined twice"
+            joined_at[sample_id] = position
+            assert outcome.row == MetricRow(
+                sample_id,
+                labels[sample_id],
+                predictions[sample_id],
+                abs(labels[sample_id] - predictions[sample_id]),
+            )
+        elif isinstance(outcome, Held):
+            kinds_of_outcome["held"] += 1
+        elif isinstance(outcome, Duplicate):
+            kinds_of_outcome["duplicate"] += 1
         else:
-            assert outcome == Held(None)
+            pytest.fail(f"unexpected {outcome!r} for {deliveries[position]}")
 
-    assert rows.keys() == labels.keys()
-    for sample_id, row in rows.items():
+    assert joined_at == expected_join_at
+    assert kinds_of_outcome == {"held": n, "duplicate": len(deliveries) - 2 * n}
+    for sample_id in ids:
+        assert join.nothing_held_for(sample_id)
+        row = join.store.written(sample_id)
+        assert row is not None
         assert (row.y_true, row.y_pred) == (labels[sample_id], predictions[sample_id])
-        assert row.absolute_error == abs(labels[sample_id] - predictions[sample_id])
-    assert (join.pending_labels, join.pending_predictions) == (0, 0)
-
-
-def test_duplicated_deliveries_in_random_order_still_give_one_row_per_id() -> None:
-    rng = random.Random(7)
-    ids = [f"{i}.000000" for i in range(500)]
-    events = [(kind, i) for i in ids for kind in ("label", "prediction")] * 3  # every half three times
-    rng.shuffle(events)
-    join: LabelPredictionJoin[int] = LabelPredictionJoin()
-    joined: list[str] = []
-    settled_early = 0
-    for token, (kind, sample_id) in enumerate(events):
-        add = join.add_label if kind == "label" else join.add_prediction
-        outcome = add(sample_id, 1.0, token)
-        if isinstance(outcome, Joined):
-            joined.append(sample_id)
-            join.written(sample_id)
-        elif isinstance(outcome, Held) and outcome.replaced is not None or isinstance(outcome, AlreadyWritten):
-            settled_early += 1
-    assert sorted(joined) == sorted(ids)
-    # Every delivery is accounted for: two per row, the rest duplicates.
-    assert 2 * len(joined) + settled_early == len(events)
-    assert join.release_all() == []
 
 
 # --- MetricRow -------------------------------------------------------------------------
@@ -155,24 +276,29 @@ def test_metric_row_of_computes_the_absolute_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("y_true", "y_pred"),
+    ("y_true", "y_pred", "error"),
     [
-        (151.0, 150.37),
-        (0.1 + 0.2, 1 / 3),
-        (1e-300, 5e-324),
-        (1e17, -1e17),
-        (346.0, 346.0),
-        (25.0, 206.11666666666667),
+        (151.0, 150.37, 0.6299999999999955),
+        (0.1 + 0.2, 1 / 3, 0.03333333333333327),
+        (1e-300, 5e-324, 1e-300),
+        (1e17, -1e17, 2e17),
+        (346.0, 346.0, 0.0),
+        (25.0, 206.11666666666667, 181.11666666666667),
     ],
 )
-def test_csv_line_has_four_fields_no_spaces_and_floats_that_read_back_exactly(y_true: float, y_pred: float) -> None:
-    row = MetricRow.of("1669147134.196809", y_true, y_pred)
-    line = row.csv_line()
+def test_csv_line_has_four_fields_no_spaces_and_floats_that_read_back_exactly(
+    y_true: float, y_pred: float, error: float
+) -> None:
+    line = MetricRow.of(ID, y_true, y_pred).csv_line()
     assert line.endswith("\n") and line.count("\n") == 1
     assert " " not in line
     fields = line.rstrip("\n").split(",")
     assert len(fields) == 4
-    assert fields[0] == "1669147134.196809"
+    assert fields[0] == ID
     assert float(fields[1]) == y_true
     assert float(fields[2]) == y_pred
-    assert float(fields[3]) == abs(y_true - y_pred)
+    assert float(fields[3]) == error
+
+
+def test_csv_line_of_a_simple_row_is_plain_text() -> None:
+    assert MetricRow.of(ID, 151.0, 150.5).csv_line() == f"{ID},151.0,150.5,0.5\n"

@@ -1,0 +1,328 @@
+"""SqliteHalfStore beyond the HalfStore protocol (that part is in test_join.py): durability,
+transactions, the held counts, orphan expiry, and keeping up with the CSV."""
+
+import random
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from services.metric_api.join import LABEL, PREDICTION, Duplicate, Held, Joined, Kind, LabelPredictionJoin, MetricRow
+from services.metric_api.store import SqliteHalfStore
+
+OpenStore = Callable[[], SqliteHalfStore]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "metric_state.sqlite3"
+
+
+@pytest.fixture
+def open_store(path: Path) -> Iterator[OpenStore]:
+    """Open the store file; every store opened is closed afterwards, even when the test fails."""
+    opened: list[SqliteHalfStore] = []
+
+    def factory() -> SqliteHalfStore:
+        store = SqliteHalfStore(path)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@contextmanager
+def transaction(store: SqliteHalfStore) -> Iterator[None]:
+    store.begin()
+    try:
+        yield
+    except BaseException:
+        store.rollback()
+        raise
+    store.commit()
+
+
+def counted_in_file(path: Path) -> dict[str, int]:
+    """Held halves per kind, counted by a separate read-only connection."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        counts = dict(db.execute("SELECT kind, COUNT(*) FROM held GROUP BY kind").fetchall())
+    return {"y_true": counts.get("y_true", 0), "y_pred": counts.get("y_pred", 0)}
+
+
+# --- durability ------------------------------------------------------------------------
+
+
+def test_held_halves_written_rows_and_counters_survive_closing_and_reopening(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        store.hold("1.000001", LABEL, 151.0, 1000.5)
+        store.hold("1.000002", PREDICTION, 150.25, 1001.5)
+        store.hold("1.000003", LABEL, 42.0, 1002.5)
+        store.record_written(MetricRow.of("1.000009", 100.0, 90.5))
+        store.add_to_counter("csv_rows", 1)
+        store.set_counter("orphans", 4)
+    store.close()
+
+    again = open_store()
+    assert again.held("1.000001", LABEL) == 151.0
+    assert again.held("1.000002", PREDICTION) == 150.25
+    assert again.held("1.000003", LABEL) == 42.0
+    assert again.held("1.000001", PREDICTION) is None
+    assert again.held_count == {"y_true": 2, "y_pred": 1}
+    assert again.written("1.000009") == MetricRow("1.000009", 100.0, 90.5, 9.5)
+    assert again.counter("csv_rows") == 1
+    assert again.counter("orphans") == 4
+    # The arrival times came back too: the oldest half expires first.
+    assert again.expired(1002.0) == [("1.000001", "y_true", 151.0, 1000.5), ("1.000002", "y_pred", 150.25, 1001.5)]
+
+
+def test_a_join_committed_before_closing_is_a_duplicate_after_reopening(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        LabelPredictionJoin(store).add(LABEL, "7.000001", 80.5, 1.0)
+        outcome = LabelPredictionJoin(store).add(PREDICTION, "7.000001", 100.0, 2.0)
+    assert isinstance(outcome, Joined)
+    store.close()
+
+    again = open_store()
+    assert LabelPredictionJoin(again).add(LABEL, "7.000001", 80.5, 3.0) == Duplicate()
+    assert again.held_count == {"y_true": 0, "y_pred": 0}
+
+
+def test_work_not_committed_is_gone_after_reopening(open_store: OpenStore) -> None:
+    # A crash mid-batch: nothing of the batch was acked, so nothing of it may stay.
+    store = open_store()
+    with transaction(store):
+        store.hold("1.000001", LABEL, 1.0, 1.0)
+    store.begin()
+    store.hold("1.000002", LABEL, 2.0, 2.0)
+    store.release("1.000001", LABEL)
+    store.record_written(MetricRow.of("1.000003", 3.0, 4.0))
+    store.add_to_counter("csv_rows", 1)
+    store.close()
+
+    again = open_store()
+    assert again.held("1.000001", LABEL) == 1.0
+    assert again.held("1.000002", LABEL) is None
+    assert again.written("1.000003") is None
+    assert again.counter("csv_rows") == 0
+    assert again.held_count == {"y_true": 1, "y_pred": 0}
+
+
+# --- transactions ----------------------------------------------------------------------
+
+
+def test_rollback_undoes_holds_releases_written_rows_and_counters_and_restores_held_count(
+    open_store: OpenStore,
+) -> None:
+    store = open_store()
+    with transaction(store):
+        store.hold("1.000001", LABEL, 1.0, 1.0)
+        store.hold("1.000002", PREDICTION, 2.0, 2.0)
+        store.set_counter("csv_rows", 5)
+    assert store.held_count == {"y_true": 1, "y_pred": 1}
+
+    store.begin()
+    store.hold("1.000003", LABEL, 3.0, 3.0)
+    store.hold("1.000004", PREDICTION, 4.0, 4.0)
+    store.release("1.000001", LABEL)
+    store.release("1.000002", PREDICTION)
+    store.record_written(MetricRow.of("1.000005", 5.0, 6.0))
+    store.add_to_counter("csv_rows", 1)
+    assert store.held_count == {"y_true": 1, "y_pred": 1}  # one in, one out, each kind
+    store.hold("1.000006", LABEL, 6.0, 6.0)
+    assert store.held_count == {"y_true": 2, "y_pred": 1}
+    store.rollback()
+
+    assert store.held_count == {"y_true": 1, "y_pred": 1}
+    assert store.held("1.000001", LABEL) == 1.0
+    assert store.held("1.000002", PREDICTION) == 2.0
+    for sample_id, kind in [("1.000003", LABEL), ("1.000004", PREDICTION), ("1.000006", LABEL)]:
+        assert store.held(sample_id, kind) is None
+    assert store.written("1.000005") is None
+    assert store.counter("csv_rows") == 5
+    assert counted_in_file(store.path) == {"y_true": 1, "y_pred": 1}
+
+
+def test_rollback_of_a_batch_that_joined_puts_the_halves_back(open_store: OpenStore) -> None:
+    store = open_store()
+    join = LabelPredictionJoin(store)
+    with transaction(store):
+        assert join.add(LABEL, "1.000001", 151.0, 1.0) == Held()
+    store.begin()
+    assert isinstance(join.add(PREDICTION, "1.000001", 150.0, 2.0), Joined)
+    store.rollback()  # e.g. the CSV append failed: the batch is redelivered
+    assert store.held_count == {"y_true": 1, "y_pred": 0}
+    assert store.written("1.000001") is None
+    with transaction(store):
+        assert join.add(PREDICTION, "1.000001", 150.0, 3.0) == Joined(MetricRow("1.000001", 151.0, 150.0, 1.0))
+    assert store.held_count == {"y_true": 0, "y_pred": 0}
+
+
+def test_rollback_outside_a_transaction_changes_nothing(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        store.hold("1.000001", LABEL, 1.0, 1.0)
+    store.rollback()
+    assert store.held("1.000001", LABEL) == 1.0
+    assert store.held_count == {"y_true": 1, "y_pred": 0}
+
+
+# --- held_count ------------------------------------------------------------------------
+
+
+def test_held_count_matches_the_file_after_mixed_operations(open_store: OpenStore, path: Path) -> None:
+    rng = random.Random(1234)
+    store = open_store()
+    ids = [f"{1669147134 + i}.{i:06d}" for i in range(300)]
+    now = 0.0
+    for batch_number in range(120):
+        store.begin()
+        join = LabelPredictionJoin(store)
+        for _ in range(rng.randint(1, 15)):
+            now += 1.0
+            operation = rng.random()
+            sample_id = rng.choice(ids)
+            kind: Kind = rng.choice([LABEL, PREDICTION])
+            if operation < 0.75:
+                # Values fixed per id and kind, so repeats are duplicates; 1 in 20 conflicts.
+                value = float(ids.index(sample_id)) + (0.5 if kind == PREDICTION else 0.0)
+                if rng.random() < 0.05:
+                    value += 1000.0
+                join.add(kind, sample_id, value, now)
+            elif operation < 0.85:
+                store.release(sample_id, kind)  # sometimes held, sometimes not
+            elif operation < 0.95:
+                store.record_rows_of_csv([MetricRow.of(sample_id, 1.0, 2.0)])
+            else:
+                for orphan_id, orphan_kind, _value, _arrived in store.expired(now - 50):
+                    store.release(orphan_id, orphan_kind)  # type: ignore[arg-type]
+        if batch_number % 7 == 3:
+            store.rollback()
+        else:
+            store.commit()
+        assert store.held_count == counted_in_file(path), f"after batch {batch_number}"
+    assert sum(store.held_count.values()) > 0  # the check above was not only about empty tables
+    held_count = store.held_count
+    store.close()
+    assert open_store().held_count == held_count
+
+
+# --- orphans ---------------------------------------------------------------------------
+
+
+def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(open_store: OpenStore) -> None:
+    store = open_store()
+    halves = [
+        ("1.000004", "y_pred", 4.0, 400.0),
+        ("1.000001", "y_true", 1.0, 100.0),
+        ("1.000005", "y_true", 5.0, 500.0),
+        ("1.000003", "y_true", 3.0, 299.999),
+        ("1.000002", "y_pred", 2.0, 200.0),
+        ("1.000006", "y_pred", 6.0, 300.0),  # exactly at the cutoff: not older
+    ]
+    with transaction(store):
+        for sample_id, kind, value, arrived_at in halves:
+            store.hold(sample_id, kind, value, arrived_at)  # type: ignore[arg-type]
+
+    assert store.expired(300.0) == [
+        ("1.000001", "y_true", 1.0, 100.0),
+        ("1.000002", "y_pred", 2.0, 200.0),
+        ("1.000003", "y_true", 3.0, 299.999),
+    ]
+    assert store.expired(100.0) == []
+    assert [half[0] for half in store.expired(1e12)] == [
+        "1.000001",
+        "1.000002",
+        "1.000003",
+        "1.000006",
+        "1.000004",
+        "1.000005",
+    ]
+    # Looking does not release anything.
+    assert store.held_count == {"y_true": 3, "y_pred": 3}
+
+
+def test_expired_does_not_return_halves_that_joined(open_store: OpenStore) -> None:
+    store = open_store()
+    join = LabelPredictionJoin(store)
+    with transaction(store):
+        join.add(LABEL, "1.000001", 1.0, 10.0)
+        join.add(LABEL, "1.000002", 2.0, 20.0)
+        join.add(PREDICTION, "1.000001", 1.5, 30.0)
+    assert store.expired(1000.0) == [("1.000002", "y_true", 2.0, 20.0)]
+
+
+# --- keeping up with the CSV -----------------------------------------------------------
+
+
+def test_record_rows_of_csv_records_the_rows_and_releases_their_held_halves(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        store.hold("1.000001", LABEL, 151.0, 1.0)  # its row is in the CSV already
+        store.hold("1.000002", PREDICTION, 150.0, 2.0)  # its row is in the CSV already
+        store.hold("1.000003", LABEL, 10.0, 3.0)  # still waiting for its prediction
+    rows = [
+        MetricRow.of("1.000001", 151.0, 150.5),
+        MetricRow.of("1.000002", 149.0, 150.0),
+        MetricRow.of("1.000004", 20.0, 22.0),  # nothing held for this one
+    ]
+    with transaction(store):
+        store.record_rows_of_csv(rows)
+
+    assert store.written("1.000001") == MetricRow("1.000001", 151.0, 150.5, 0.5)
+    assert store.written("1.000002") == MetricRow("1.000002", 149.0, 150.0, 1.0)
+    assert store.written("1.000004") == MetricRow("1.000004", 20.0, 22.0, 2.0)
+    assert store.held("1.000001", LABEL) is None
+    assert store.held("1.000002", PREDICTION) is None
+    assert store.held("1.000003", LABEL) == 10.0
+    assert store.held_count == {"y_true": 1, "y_pred": 0}
+    assert counted_in_file(store.path) == {"y_true": 1, "y_pred": 0}
+    # A redelivered half of a recorded row does not make a second row.
+    join = LabelPredictionJoin(store)
+    with transaction(store):
+        assert join.add(PREDICTION, "1.000001", 150.5, 4.0) == Duplicate()
+        assert join.add(LABEL, "1.000004", 20.0, 4.0) == Duplicate()
+    assert store.held_count == {"y_true": 1, "y_pred": 0}
+
+
+def test_forget_written_empties_the_written_ids_and_keeps_the_held_halves(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        store.record_rows_of_csv([MetricRow.of(f"1.00000{i}", float(i), 0.0) for i in range(1, 6)])
+        store.hold("2.000001", LABEL, 1.0, 1.0)
+    with transaction(store):
+        store.forget_written()
+    for i in range(1, 6):
+        assert store.written(f"1.00000{i}") is None
+    assert store.held("2.000001", LABEL) == 1.0
+    assert store.held_count == {"y_true": 1, "y_pred": 0}
+    # Re-reading the CSV records its rows again (what the service does after forgetting).
+    with transaction(store):
+        store.record_rows_of_csv([MetricRow.of("1.000003", 3.0, 0.0)])
+    assert store.written("1.000003") == MetricRow("1.000003", 3.0, 0.0, 3.0)
+    assert store.written("1.000004") is None
+
+
+def test_counters_start_at_zero_accumulate_and_can_be_overwritten(open_store: OpenStore) -> None:
+    store = open_store()
+    assert store.counter("csv_rows") == 0
+    with transaction(store):
+        store.add_to_counter("csv_rows", 3)
+        store.add_to_counter("csv_rows", 4)
+        store.add_to_counter("orphans", 2)
+    assert store.counter("csv_rows") == 7
+    assert store.counter("orphans") == 2
+    with transaction(store):
+        store.set_counter("csv_rows", 2)
+    assert store.counter("csv_rows") == 2
+    with transaction(store):
+        store.add_to_counter("csv_rows", 5)
+        store.set_counter("fresh", 9)
+    assert store.counter("csv_rows") == 7
+    assert store.counter("fresh") == 9
+    assert store.counter("orphans") == 2
