@@ -7,7 +7,7 @@ its own BEGIN/COMMIT, or a batch of calls in one, as the service does).
 
 import random
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from services.metric_api.join import (
     Outcome,
 )
 from services.metric_api.store import SqliteHalfStore
+from tests.unit.sqlite_transaction import transaction
 
 ID = "1669147134.196809"
 
@@ -58,19 +59,8 @@ def join(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JoinUnderTe
         yield JoinUnderTest(MemoryHalfStore(), nullcontext)
         return
     store = SqliteHalfStore(tmp_path / "metric_state.sqlite3")
-
-    @contextmanager
-    def transaction() -> Iterator[None]:
-        store.begin()
-        try:
-            yield
-        except BaseException:
-            store.rollback()
-            raise
-        store.commit()
-
     try:
-        yield JoinUnderTest(store, transaction)
+        yield JoinUnderTest(store, lambda: transaction(store))
     finally:
         store.close()
 

@@ -4,13 +4,14 @@ transactions, the held counts, orphan expiry, and keeping up with the CSV."""
 import random
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from services.metric_api.join import LABEL, PREDICTION, Duplicate, Held, Joined, Kind, LabelPredictionJoin, MetricRow
 from services.metric_api.store import SqliteHalfStore
+from tests.unit.sqlite_transaction import transaction
 
 OpenStore = Callable[[], SqliteHalfStore]
 
@@ -33,17 +34,6 @@ def open_store(path: Path) -> Iterator[OpenStore]:
     yield factory
     for store in opened:
         store.close()
-
-
-@contextmanager
-def transaction(store: SqliteHalfStore) -> Iterator[None]:
-    store.begin()
-    try:
-        yield
-    except BaseException:
-        store.rollback()
-        raise
-    store.commit()
 
 
 def counted_in_file(path: Path) -> dict[str, int]:
