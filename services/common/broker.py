@@ -15,13 +15,15 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ProbableAuthenticationError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ProbableAuthenticationError, PublishError
+from pamqp.commands import Basic
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from yarl import URL
@@ -41,6 +43,7 @@ BROKER_RECONNECTS = Counter("broker_reconnects", "Times the broker connection wa
 HANDLE_SECONDS = Histogram("message_handle_seconds", "Time to handle one delivery", ["queue"])
 
 M = TypeVar("M", bound=SampleMessage)
+PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
 
 
 def dlq_name(queue: str) -> str:
@@ -209,17 +212,20 @@ class ConfirmedPublisher:
             self._last_warning, self._unreported = now, 0
 
     async def publish(self, queue: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None) -> None:
+        properties = aiormq.spec.Basic.Properties(
+            delivery_mode=PERSISTENT, content_type="application/json", message_id=message_id, headers=headers
+        )
         delay = 0.05
         while True:
-            message = aio_pika.Message(
-                body,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                content_type="application/json",
-                message_id=message_id,
-                headers=headers,
-            )
             try:
-                await self._channel.default_exchange.publish(message, routing_key=queue, timeout=self._timeout_s)
+                # aiormq directly, with wait=False: the confirm is still awaited, but a publish
+                # does not hold the channel until its bytes are flushed, so many stream out at once.
+                channel = await self._channel.get_underlay_channel()
+                result = await channel.basic_publish(
+                    body, routing_key=queue, properties=properties, mandatory=True, timeout=self._timeout_s, wait=False
+                )
+                if not isinstance(result, Basic.Ack):
+                    raise PublishError(f"the broker returned it ({result!r}): is the queue declared?")
             except Exception as exc:  # noqa: BLE001 - aiormq fails pending confirms with a bare Exception
                 PUBLISH_RETRIES.labels(queue=queue).inc()
                 self._warn_retry(queue, exc)
@@ -263,6 +269,8 @@ class QueueConsumer(Generic[M]):
         self._amqp_queue: AbstractRobustQueue | None = None
         self._tag: str | None = None
         self.dead_lettered = 0
+        self._consumed = MESSAGES_CONSUMED.labels(queue=queue)
+        self._handle_seconds = HANDLE_SECONDS.labels(queue=queue)
 
     async def start(self, channel: AbstractRobustChannel) -> None:
         self._amqp_queue = await declare_queue(channel, self.queue)
@@ -273,7 +281,7 @@ class QueueConsumer(Generic[M]):
         assert task is not None
         self._in_flight.add(task)
         try:
-            with HANDLE_SECONDS.labels(queue=self.queue).time():
+            with self._handle_seconds.time():
                 await self._handle(message)
         finally:
             self._in_flight.discard(task)
@@ -287,7 +295,7 @@ class QueueConsumer(Generic[M]):
         except ValidationError as exc:
             await self.dead_letter(message, describe_validation_error(exc))
             return
-        MESSAGES_CONSUMED.labels(queue=self.queue).inc()
+        self._consumed.inc()
         try:
             await self._handler(parsed, message)
         except asyncio.CancelledError:

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 
+from services.common.batching import next_batch
 from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer, settle
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, ORPHAN_LOG_HEADER
 from services.common.http import service_app
@@ -29,8 +30,6 @@ ROWS_WRITTEN = Counter("metric_rows_written", "Rows appended to metric_log.csv")
 DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves seen again (redeliveries, repeated publishes)")
 ORPHANS = Counter("metric_orphan_halves", "Halves whose partner did not come within ORPHAN_TTL_S", ["kind"])
 PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner", ["kind"])
-BATCH_MAX = 500
-BATCH_WINDOW_S = 0.005  # a quiet pipeline does not wait for a batch to fill
 RETRY_S = 2.0
 StorageErrors = (OSError, MetricLogError, sqlite3.Error)
 
@@ -151,24 +150,8 @@ class MetricService:
 
     # -- the batch worker
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._inbox.get()]
-            deadline = loop.time() + BATCH_WINDOW_S
-            while len(batch) < BATCH_MAX:
-                try:
-                    batch.append(self._inbox.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
-                except TimeoutError:
-                    break
-            await self._process(batch)
+            await self._process(await next_batch(self._inbox))
 
     async def _process(self, batch: list[Half]) -> None:
         if self._suspended:
@@ -180,6 +163,11 @@ class MetricService:
                 result = await asyncio.to_thread(self._apply, batch)
         except StorageErrors as exc:
             await self._suspend(f"cannot write to {self.settings.LOGS_DIR}: {exc}", batch)
+            return
+        except Exception:  # noqa: BLE001 - the worker must outlive a bad batch; redelivery retries it
+            log.exception("joining a batch of %d failed; handing it back", len(batch))
+            for half in batch:
+                await settle(half.delivery, requeue=True)
             return
         for row in result.rows:
             self.stats.add(row)

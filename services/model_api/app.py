@@ -1,5 +1,6 @@
 """model_api: predicts for every features message and publishes the prediction to y_pred."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
+from services.common.batching import next_batch
 from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
@@ -33,6 +35,8 @@ class ModelService:
         self._predictions_queue = settings.queue(Y_PRED)
         self._publisher: ConfirmedPublisher | None = None
         self.consumer: QueueConsumer[FeaturesMessage] | None = None
+        self._inbox: asyncio.Queue[tuple[FeaturesMessage, AbstractIncomingMessage]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
 
     async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
         publish_channel = await self.link.channel()
@@ -42,16 +46,54 @@ class ModelService:
         await self.consumer.start(await self.link.channel(prefetch=self.settings.PREFETCH))
 
     async def _on_features(self, features: FeaturesMessage, delivery: AbstractIncomingMessage) -> None:
+        await self._inbox.put((features, delivery))
+
+    async def _work(self) -> None:
+        while True:
+            batch = await next_batch(self._inbox)
+            try:
+                await self._predict_and_publish(batch)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive a bad batch
+                log.exception("predicting a batch of %d failed", len(batch))
+                for _, delivery in batch:
+                    if delivery.redelivered and self.consumer is not None:
+                        await self.consumer.dead_letter(delivery, f"prediction failed twice: {type(exc).__name__}: {exc}")
+                    else:
+                        await settle(delivery, requeue=True)
+
+    async def _predict_and_publish(self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]]) -> None:
+        """One predict call for the batch; publish every prediction (confirms pipelined); then ack."""
         assert self._publisher is not None
-        [value] = self.predictor.predict([features.body])
-        PREDICTIONS.labels(path="queue").inc()
-        prediction = PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=self.predictor.version)
-        await self._publisher.publish(self._predictions_queue, prediction.to_bytes(), message_id=features.id)
-        await settle(delivery)
+        values = self.predictor.predict([features.body for features, _ in batch])
+        PREDICTIONS.labels(path="queue").inc(len(batch))
+        version = self.predictor.version
+        await asyncio.gather(
+            *(
+                self._publisher.publish(
+                    self._predictions_queue,
+                    PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=version).to_bytes(),
+                    message_id=features.id,
+                )
+                for (features, _), value in zip(batch, values, strict=True)
+            )
+        )
+        for _, delivery in batch:
+            await settle(delivery)
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="model-batches")
+        self.link.start()
 
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+        # Let a batch in hand finish; what is not acked is redelivered to the next consumer.
+        deadline = asyncio.get_running_loop().time() + 5
+        while not self._inbox.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
         await self.link.close()
 
 
@@ -65,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
-        service.link.start()
+        service.start()
         try:
             yield {"model": service}
         finally:
