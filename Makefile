@@ -1,4 +1,4 @@
-# The README's two commands: `make run` and `make test`. Everything they need is set up here.
+# The README's commands: `make run`, `make test` and `make bench`. Everything they need is set up here.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,11 +7,12 @@ MODEL_PATH ?= services/model_api/myfile.pkl
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
-.PHONY: help run test install install-test model broker clean
+.PHONY: help run test bench install install-test model broker clean
 
 help:
 	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
 	@echo "make test   set up and run the whole test suite against a real RabbitMQ"
+	@echo "make bench  set up and run the benchmark (about 7 min; BENCH_ARGS=--smoke for a quick check)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
@@ -50,6 +51,10 @@ run: $(VENV)/.installed $(MODEL_PATH) broker
 
 test: $(VENV)/.installed-test broker
 	$(BIN)/python -m pytest
+
+# The benchmark: real services on the real broker; tables on stdout, JSON in bench/results/.
+bench: $(VENV)/.installed-test broker
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,42 @@
+"""The benchmark still runs: ``python -m bench.run --smoke`` (tiny figures) ends well."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@pytest.mark.timeout(330)
+def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path, amqp_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert "| samples |" in done.stdout
+
+    written = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
+    assert len(written) == 1 and (tmp_path / "latest.json").exists()
+    results = json.loads(written[0].read_text())
+    assert results == json.loads((tmp_path / "latest.json").read_text())
+    for name in ("machine", "throughput", "latency", "http", "scale"):
+        assert results.get(name), f"section {name} is missing or empty"
+    assert results["problems"] == []
+
+    throughput = results["throughput"]
+    assert throughput["samples"] == throughput["published"] == 200
+    assert throughput["lost"] == throughput["duplicated"] == throughput["unexpected"] == 0
+    assert throughput["samples_per_s"] > 0
+    assert [r["offered_per_s"] for r in results["latency"]] == [10, 50]
+    assert all(r["rows_seen"] == r["samples"] and r["p99_ms"] is not None for r in results["latency"])
+    assert {r["endpoint"] for r in results["http"]} >= {"GET /plot/latest.png", "POST /predict"}
+    assert results["scale"][0]["rows"] == 1000 and results["scale"][0]["first_png_s"] > 0
