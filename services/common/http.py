@@ -45,14 +45,14 @@ def ops_router(service: str, problem: Callable[[], str | None]) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/health", responses={503: {"description": "not ready, with the reason"}})
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         reason = problem()
         if reason is None:
             return JSONResponse({"status": "ok", "service": service})
         return JSONResponse({"status": "unavailable", "service": service, "reason": reason}, status_code=503)
 
     @router.get("/metrics", response_class=Response)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -78,4 +78,5 @@ def setup_logging() -> None:
 def serve(app: FastAPI, host: str, port: int) -> None:
     """Run one service in the foreground; SIGTERM/Ctrl-C run the lifespan's shutdown."""
     setup_logging()
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+    # No access log: dashboards and scrapers poll these routes many times a second.
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10)

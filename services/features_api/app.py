@@ -38,6 +38,7 @@ class FeaturesPublisher:
         self._features_queue = settings.queue(FEATURES)
         self._labels_queue = settings.queue(Y_TRUE)
         self._stop = asyncio.Event()
+        self._loop_sample = asyncio.Lock()
 
     async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
         channel = await self.link.channel()
@@ -71,8 +72,15 @@ class FeaturesPublisher:
                 return
             except TimeoutError:
                 pass
-            if not self.paused:
-                await self.publish_sample(self.sampler.draw())
+            async with self._loop_sample:
+                if not self.paused:
+                    await self.publish_sample(self.sampler.draw())
+
+    async def pause(self) -> None:
+        """Stop the loop; returns once a sample it was publishing is out, so none follows."""
+        self.paused = True
+        async with self._loop_sample:
+            pass
 
     async def stop_loop(self, task: asyncio.Task[None]) -> None:
         # Let a sample being published finish, so its features never go out without its label.
@@ -110,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def get_publisher(request: Request) -> FeaturesPublisher:
+async def get_publisher(request: Request) -> FeaturesPublisher:
     return request.state.features
 
 
@@ -137,7 +145,7 @@ router = APIRouter(prefix="/features", tags=["features"])
 
 
 @router.get("/status")
-def status(publisher: Publisher) -> Status:
+async def status(publisher: Publisher) -> Status:
     return Status(
         sent=publisher.sent,
         interval_s=publisher.settings.FEATURES_INTERVAL_S,
@@ -155,12 +163,12 @@ async def publish(request: BurstRequest, publisher: Publisher) -> BurstResponse:
 
 
 @router.post("/pause")
-def pause(publisher: Publisher) -> Status:
-    publisher.paused = True
-    return status(publisher)
+async def pause(publisher: Publisher) -> Status:
+    await publisher.pause()
+    return await status(publisher)
 
 
 @router.post("/resume")
-def resume(publisher: Publisher) -> Status:
+async def resume(publisher: Publisher) -> Status:
     publisher.paused = False
-    return status(publisher)
+    return await status(publisher)

@@ -297,7 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def get_service(request: Request) -> MetricService:
+async def get_service(request: Request) -> MetricService:
     return request.state.metric
 
 
@@ -306,7 +306,7 @@ router = APIRouter(prefix="/metrics", tags=["metrics"])
 
 
 @router.get("/summary")
-def summary(service: Service) -> dict[str, Any]:
+async def summary(service: Service) -> dict[str, Any]:
     stats = service.stats
     return {
         "count": stats.count,
@@ -324,5 +324,5 @@ def summary(service: Service) -> dict[str, Any]:
 
 
 @router.get("/recent")
-def recent(service: Service, limit: Annotated[int, Query(ge=1, le=RECENT_ROWS)] = 10) -> list[dict[str, Any]]:
+async def recent(service: Service, limit: Annotated[int, Query(ge=1, le=RECENT_ROWS)] = 10) -> list[dict[str, Any]]:
     return [vars(row) for row in service.stats.last(limit)]

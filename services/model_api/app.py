@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> ModelService:
     return request.state.model
 
 
@@ -136,14 +136,14 @@ class PredictResponse(BaseModel):
 
 
 @router.post("/predict")
-def predict(request: PredictRequest, service: Service) -> PredictResponse:
+async def predict(request: PredictRequest, service: Service) -> PredictResponse:
     [value] = service.predictor.predict([request.features])
     PREDICTIONS.labels(path="http").inc()
     return PredictResponse(prediction=value, model_version=service.predictor.version)
 
 
 @router.get("/model/info")
-def model_info(service: Service) -> dict[str, Any]:
+async def model_info(service: Service) -> dict[str, Any]:
     return {
         "model_version": service.predictor.version,
         "model_path": str(service.settings.MODEL_PATH),

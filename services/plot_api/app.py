@@ -102,11 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def get_service(request: Request) -> PlotService:
+async def get_service(request: Request) -> PlotService:
     return request.state.plot
 
 
-def get_metric_client(request: Request) -> httpx.AsyncClient:
+async def get_metric_client(request: Request) -> httpx.AsyncClient:
     return request.state.http
 
 
@@ -120,7 +120,7 @@ router = APIRouter(tags=["plot"])
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 304: {"description": "unchanged"}, 404: {"description": "no rows yet"}},
 )
-def latest_png(service: Service, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+async def latest_png(service: Service, if_none_match: Annotated[str | None, Header()] = None) -> Response:
     if service.png is None or service.etag is None:
         return JSONResponse(
             {"detail": f"no histogram yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"},
@@ -144,6 +144,6 @@ async def metric_summary(client: MetricClient) -> Any:
 
 
 @router.get("/", response_class=HTMLResponse)
-def dashboard(service: Service) -> HTMLResponse:
+async def dashboard(service: Service) -> HTMLResponse:
     interval_ms = int(service.settings.PLOT_INTERVAL_S * 1000)
     return HTMLResponse(DASHBOARD.replace("{{PLOT_INTERVAL_MS}}", str(interval_ms)))

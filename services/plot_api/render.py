@@ -38,7 +38,8 @@ def render_histogram(errors: np.ndarray, *, subtitle: str = "") -> bytes:
     figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.hist(errors, bins=histogram_bins(errors), color="#4C72B0", edgecolor="white")
+    counts, edges = np.histogram(errors, bins=histogram_bins(errors))
+    axes.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4C72B0", edgecolor="white")
     axes.axvline(summary.mean, color="#C44E52", linestyle="--", linewidth=2, label=f"mean {summary.mean:.2f}")
     axes.axvline(summary.median, color="#55A868", linestyle="-", linewidth=2, label=f"median {summary.median:.2f}")
     axes.set_xlabel("absolute error |y_true − y_pred|")
@@ -46,5 +47,6 @@ def render_histogram(errors: np.ndarray, *, subtitle: str = "") -> bytes:
     axes.set_title(f"Distribution of absolute errors (n = {summary.count})" + (f"\n{subtitle}" if subtitle else ""))
     axes.legend(loc="upper right")
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    # Fast zlib level: a few KB larger, tens of ms quicker per refresh.
+    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
     return buffer.getvalue()

@@ -44,8 +44,10 @@ def test_services_start_without_a_broker_and_connect_when_it_appears(
     proxy = None
     try:
         for service in services:
-            reason = wait_until(lambda s=service: unavailable_reason(s), 30, f"{service.name} to answer 503")
-            assert f"127.0.0.1:{proxy_port}" in reason and "not reachable" in reason, reason
+            reason = wait_until(
+                lambda s=service: "not reachable" in (r := unavailable_reason(s)) and r, 30, f"{service.name}'s 503 to say why"
+            )
+            assert f"127.0.0.1:{proxy_port}" in reason, reason
         burst = httpx.post(f"{services[0].url}/features/publish", json={"count": 1})
         assert burst.status_code == 503 and "not reachable" in burst.json()["detail"]
 
@@ -70,7 +72,10 @@ def test_wrong_credentials_are_named_in_health(amqp_url: str, queue_prefix: str,
     bad = f"amqp://guest:not-the-password@{url.host}:{url.port or 5672}/"
     service = services_at(bad, queue_prefix, tmp_path, model_path)[-1].start()
     try:
-        reason = wait_until(lambda: unavailable_reason(service), 30, "metric_api to answer 503")
+        # Before its first attempt is answered the reason is "connecting ..."; then it names the refusal.
+        reason = wait_until(
+            lambda: "refused" in (r := unavailable_reason(service)) and r, 30, "metric_api's 503 to name the refusal"
+        )
         assert "refused the login of user 'guest'" in reason and "AMQP_URL" in reason, reason
     finally:
         stop_all([service])
