@@ -22,7 +22,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ProbableAuthenticationError, PublishError
+from aio_pika.exceptions import AMQPError, ProbableAuthenticationError, PublishError
 from pamqp.commands import Basic
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
@@ -71,8 +71,9 @@ async def settle(message: AbstractIncomingMessage, *, requeue: bool | None = Non
             await message.ack()
         else:
             await message.nack(requeue=requeue)
-    except (ChannelInvalidStateError, AMQPError, ConnectionError) as exc:
-        log.info("could not settle delivery %s (%s); the broker will redeliver it", message.delivery_tag, exc)
+    except Exception as exc:  # noqa: BLE001 - aiormq fails a send on a dying channel with a bare Exception
+        # The lost connection is logged once by BrokerLink; each delivery it takes down is not news.
+        log.debug("could not settle delivery %s (%r); the broker will redeliver it", message.delivery_tag, exc)
 
 
 class BrokerLink:
@@ -101,6 +102,7 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
         self._reason = f"connecting to {self._where}"
         self._closing = False
+        self._up = False  # connected and the service's queues and consumers set up
         self.connection: AbstractRobustConnection | None = None
         self.channels: list[AbstractRobustChannel] = []
 
@@ -122,7 +124,7 @@ class BrokerLink:
 
     def problem(self) -> str | None:
         """Why the service cannot do its work now, or None when it can."""
-        if self.connection is None:
+        if self.connection is None or not self._up:
             return self._reason
         if not self.connection.connected.is_set():
             return f"connection to {self._where} lost ({self._reason}); reconnecting"
@@ -159,6 +161,7 @@ class BrokerLink:
                 else:
                     connection.close_callbacks.add(self._on_lost)
                     connection.reconnect_callbacks.add(self._on_reconnect)
+                    self._up = True
                     log.info("connected to %s as %s", self._where, self._service)
                     return
             if reason != self._reason:
@@ -327,8 +330,8 @@ class QueueConsumer(Generic[M]):
             tag, self._tag = self._tag, None
             try:
                 await self._amqp_queue.cancel(tag)
-            except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError):
-                pass  # channel already gone: the broker requeues what we held
+            except Exception:  # noqa: BLE001 - channel already gone: the broker requeues what we held
+                pass
 
     async def resume(self) -> None:
         if self._amqp_queue is not None and self._tag is None:
