@@ -29,3 +29,12 @@ async def next_batch(inbox: asyncio.Queue[T], max_size: int = BATCH_MAX, window_
         except TimeoutError:
             break
     return batch
+
+
+async def wait_until_empty(inbox: asyncio.Queue[T], timeout_s: float = 5.0) -> None:
+    """At shutdown: give the worker up to ``timeout_s`` to take what is queued; the rest is
+    redelivered by the broker, since it was never acked."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not inbox.empty() and loop.time() < deadline:
+        await asyncio.sleep(0.01)

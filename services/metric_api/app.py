@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 
-from services.common.batching import next_batch
+from services.common.batching import next_batch, wait_until_empty
 from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer, settle
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, ORPHAN_LOG_HEADER
 from services.common.http import service_app
@@ -260,10 +260,7 @@ class MetricService:
     async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
-        # Let the worker finish what it took; anything not acked is redelivered later.
-        deadline = time.monotonic() + 5
-        while not self._inbox.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until_empty(self._inbox)
         async with self._state_lock:
             for task in self._tasks:
                 task.cancel()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from services.common.batching import next_batch
+from services.common.batching import next_batch, wait_until_empty
 from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
@@ -87,10 +87,7 @@ class ModelService:
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
-        # Let a batch in hand finish; what is not acked is redelivered to the next consumer.
-        deadline = asyncio.get_running_loop().time() + 5
-        while not self._inbox.empty() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until_empty(self._inbox)
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
