@@ -98,6 +98,28 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (None if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (beam.smp), if the broker runs on this machine."""
+    found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def cpu_use(pids: dict[str, int | None]) -> dict[str, float | None]:
+    return {name: (cpu_s(pid) if pid is not None else None) for name, pid in pids.items()}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -307,6 +329,9 @@ def throughput(pipeline: Pipeline, rss: RssSampler, samples: int, problems: list
             time.sleep(COUNT_POLL_S)
 
     rss.take_window()
+    pids = {name: service.process.pid for name, service in pipeline.services.items() if service.process is not None}
+    pids["rabbitmq"] = broker_pid()
+    cpu_before = cpu_use(pids)
     ids: list[str] = []
     watcher = threading.Thread(target=watch, daemon=True, name="row-count")
     say(f"throughput: publishing {samples} samples in requests of at most {MAX_PUBLISH_COUNT}")
@@ -327,6 +352,12 @@ def throughput(pipeline: Pipeline, rss: RssSampler, samples: int, problems: list
     stop.set()
     watcher.join(2)
     peaks = rss.take_window()
+    cpu_after = cpu_use(pids)
+    cpu_ms_per_sample = {
+        name: round((cpu_after[name] - before) / samples * 1000, 3)
+        for name, before in cpu_before.items()
+        if before is not None and cpu_after.get(name) is not None
+    }
     time.sleep(1.0)  # let metric_api settle after its last batch
     metric_pid = pipeline.services["metric_api"].process.pid  # type: ignore[union-attr]
     metric_after = rss_mb(metric_pid)
@@ -346,6 +377,7 @@ def throughput(pipeline: Pipeline, rss: RssSampler, samples: int, problems: list
         "duplicated": verdict.duplicated,
         "unexpected": verdict.unexpected,
         "peak_rss_mb": peaks,
+        "cpu_ms_per_sample": cpu_ms_per_sample,
         "metric_api_rss_after_mb": rounded(metric_after),
     }
     if len(set(ids)) != len(ids):
@@ -753,6 +785,14 @@ def report(results: dict[str, Any]) -> str:
                         for n in names
                     ],
                 ),
+                "",
+            ]
+        cpu = t.get("cpu_ms_per_sample", {})
+        if cpu:
+            out += [
+                "**CPU per sample during the burst** (user + system, from /proc; ms of one core per sample).",
+                "",
+                md_table(["process", "CPU ms / sample"], [[n, v] for n, v in cpu.items()] + [["total", round(sum(cpu.values()), 3)]]),
                 "",
             ]
     lat = results.get("latency")

@@ -11,8 +11,11 @@ Acking after the effect is the handler's job: only it knows when its effect is d
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 import aiormq
@@ -23,11 +26,16 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 from aio_pika.exceptions import AMQPError, ProbableAuthenticationError, PublishError
+from aiormq.abc import ChannelFrame
+from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.body import ContentBody
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from yarl import URL
 
+from services.common.coalescing import CoalescingRobustConnection
 from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
 from services.common.settings import Settings
 
@@ -74,6 +82,14 @@ async def settle(message: AbstractIncomingMessage, *, requeue: bool | None = Non
     except Exception as exc:  # noqa: BLE001 - aiormq fails a send on a dying channel with a bare Exception
         # The lost connection is logged once by BrokerLink; each delivery it takes down is not news.
         log.debug("could not settle delivery %s (%r); the broker will redeliver it", message.delivery_tag, exc)
+
+
+async def _ack_up_to(channel: Any, tag: int) -> None:
+    """Ack every delivery on ``channel`` up to and including ``tag`` (AMQP ``multiple``)."""
+    try:
+        await channel.basic_ack(tag, multiple=True)
+    except Exception as exc:  # noqa: BLE001 - as in settle(): the broker will redeliver them
+        log.debug("could not ack deliveries up to %s (%r); the broker will redeliver them", tag, exc)
 
 
 class BrokerLink:
@@ -142,6 +158,7 @@ class BrokerLink:
                     timeout=5,
                     reconnect_interval=1,
                     client_properties={"connection_name": self._service},
+                    connection_class=CoalescingRobustConnection,
                 )
             except ProbableAuthenticationError:
                 reason = (
@@ -189,12 +206,71 @@ class BrokerLink:
             await self.connection.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: where, what, and the sample id it carries."""
+
+    queue: str
+    body: bytes
+    message_id: str
+    headers: dict[str, str] | None = None
+
+
+async def _send(channel: aiormq.Channel, messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
+    """Queue every message as one write on the channel; return each one's confirmation future.
+
+    aiormq's ``basic_publish`` sends one message per call, each taking the channel lock and a
+    turn of the event loop; this does what it does (delivery tags, confirmation futures,
+    mandatory-return bookkeeping) for a whole batch under one lock and one queued frame.
+    """
+    assert channel.publisher_confirms, "a ConfirmedPublisher needs a channel with publisher confirms"
+    frames: list[Any] = []
+    confirmations: list[asyncio.Future[Any]] = []
+    async with channel.lock:
+        first_tag = channel.delivery_tag + 1
+        try:
+            for message in messages:
+                channel.delivery_tag += 1
+                tag = channel.delivery_tag
+                confirmation = channel.create_future()
+                channel.confirmations[tag] = confirmation
+                # A Basic.Return names the message by its message_id: this maps it to the tag.
+                channel.message_id_delivery_tag[message.message_id] = tag
+                confirmation.add_done_callback(partial(_forget_message_id, channel, message.message_id, tag))
+                confirmations.append(confirmation)
+                properties = Basic.Properties(
+                    delivery_mode=PERSISTENT,
+                    content_type="application/json",
+                    message_id=message.message_id,
+                    headers=message.headers,
+                )
+                frames.append(Basic.Publish(exchange="", routing_key=message.queue, mandatory=True))
+                frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
+                step = channel.max_content_size
+                frames.extend(ContentBody(message.body[at : at + step]) for at in range(0, len(message.body), step))
+            await channel.write_queue.put(ChannelFrame.marshall(frames=frames, channel_number=channel.number))
+        except BaseException:
+            # Nothing reached the broker: give the delivery tags back, as aiormq does.
+            for tag in range(first_tag, channel.delivery_tag + 1):
+                channel.confirmations.pop(tag, None)
+            channel.delivery_tag = first_tag - 1
+            for confirmation in confirmations:
+                confirmation.cancel()
+            raise
+    return confirmations
+
+
+def _forget_message_id(channel: aiormq.Channel, message_id: str, tag: int, _done: object) -> None:
+    if channel.message_id_delivery_tag.get(message_id) == tag:
+        del channel.message_id_delivery_tag[message_id]
+
+
 class ConfirmedPublisher:
     """Persistent publishes that return only once the broker has confirmed them.
 
-    A publish that fails (connection lost, nack, timeout) is retried until confirmed: a
-    lost confirm may mean the message did arrive, so consumers must be idempotent by id.
-    Many publishes may be in flight at once on one channel; confirms are pipelined.
+    A publish that fails (connection lost, nack, return, timeout) is retried until
+    confirmed: a lost confirm may mean the message did arrive, so consumers must be
+    idempotent by id. A batch goes out in one write, its confirms pipelined.
     """
 
     def __init__(self, channel: AbstractRobustChannel, timeout_s: float) -> None:
@@ -203,40 +279,67 @@ class ConfirmedPublisher:
         self._last_warning = 0.0
         self._unreported = 0
 
-    def _warn_retry(self, queue: str, exc: BaseException) -> None:
+    def _warn_retry(self, count: int, queue: str, problem: str) -> None:
         # During an outage every in-flight publish fails at once: say so once every few seconds.
-        self._unreported += 1
+        self._unreported += count
         now = time.monotonic()
         if now - self._last_warning >= 5:
             log.warning(
                 "%d publish(es) not confirmed (last: to %s, %s); retrying until confirmed",
-                self._unreported, queue, str(exc) or type(exc).__name__,
+                self._unreported, queue, problem,
             )
             self._last_warning, self._unreported = now, 0
 
     async def publish(self, queue: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None) -> None:
-        properties = aiormq.spec.Basic.Properties(
-            delivery_mode=PERSISTENT, content_type="application/json", message_id=message_id, headers=headers
-        )
+        await self.publish_many([Outgoing(queue, body, message_id, headers)])
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish every message; return once the broker has confirmed them all."""
+        pending = list(messages)
         delay = 0.05
-        while True:
+        while pending:
             try:
-                # aiormq directly, with wait=False: the confirm is still awaited, but a publish
-                # does not hold the channel until its bytes are flushed, so many stream out at once.
                 channel = await self._channel.get_underlay_channel()
-                result = await channel.basic_publish(
-                    body, routing_key=queue, properties=properties, mandatory=True, timeout=self._timeout_s, wait=False
-                )
-                if not isinstance(result, Basic.Ack):
-                    raise PublishError(f"the broker returned it ({result!r}): is the queue declared?")
-            except Exception as exc:  # noqa: BLE001 - aiormq fails pending confirms with a bare Exception
-                PUBLISH_RETRIES.labels(queue=queue).inc()
-                self._warn_retry(queue, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                confirmations = await _send(channel, pending)
+            except Exception as exc:  # noqa: BLE001 - a closed or closing channel: retry on the next one
+                failed, problem = pending, str(exc) or type(exc).__name__
             else:
-                MESSAGES_PUBLISHED.labels(queue=queue).inc()
+                failed, problem = await self._unconfirmed(pending, confirmations)
+            confirmed = collections.Counter(message.queue for message in pending) - collections.Counter(m.queue for m in failed)
+            for queue, count in confirmed.items():
+                MESSAGES_PUBLISHED.labels(queue=queue).inc(count)
+            if not failed:
                 return
+            for queue, count in collections.Counter(message.queue for message in failed).items():
+                PUBLISH_RETRIES.labels(queue=queue).inc(count)
+            self._warn_retry(len(failed), failed[-1].queue, problem)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            pending = failed
+
+    async def _unconfirmed(
+        self, messages: list[Outgoing], confirmations: list[asyncio.Future[Any]]
+    ) -> tuple[list[Outgoing], str]:
+        """Wait (up to the timeout) for the confirms; the messages without a Basic.Ack, and why."""
+        await asyncio.wait(confirmations, timeout=self._timeout_s)
+        failed: list[Outgoing] = []
+        problem = ""
+        for message, confirmation in zip(messages, confirmations, strict=True):
+            if not confirmation.done():
+                confirmation.cancel()  # a late confirm for it is ignored; the message goes again
+                problem = f"no confirm within {self._timeout_s:g} s"
+            elif confirmation.cancelled():
+                problem = "channel closed"
+            elif (exc := confirmation.exception()) is not None:
+                problem = str(exc) or type(exc).__name__
+                if isinstance(exc, PublishError):
+                    problem = f"the broker returned it ({problem}): is the queue declared?"
+            elif isinstance(confirmation.result(), Basic.Ack):
+                continue
+            else:
+                problem = f"the broker answered {confirmation.result()!r}"
+            failed.append(message)
+        return failed, problem
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -269,6 +372,9 @@ class QueueConsumer(Generic[M]):
         self._handler = handler
         self._dead_letters = dead_letters
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Delivery tags received and not yet settled, per channel: an ack with multiple=True
+        # is sent only when it covers exactly the deliveries being acked.
+        self._unsettled: dict[object, set[int]] = {}
         self._amqp_queue: AbstractRobustQueue | None = None
         self._tag: str | None = None
         self.dead_lettered = 0
@@ -282,6 +388,10 @@ class QueueConsumer(Generic[M]):
     async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
+        try:
+            self._unsettled.setdefault(message.channel, set()).add(message.delivery_tag)
+        except ChannelInvalidStateError:
+            return  # its channel closed as it arrived: the broker redelivers it
         self._in_flight.add(task)
         try:
             with self._handle_seconds.time():
@@ -309,7 +419,7 @@ class QueueConsumer(Generic[M]):
                 await self.dead_letter(message, f"handler failed twice: {type(exc).__name__}: {exc}")
             else:
                 log.exception("handling %s from %s failed; requeueing it once", parsed.id, self.queue)
-                await settle(message, requeue=True)
+                await self.settle([message], requeue=True)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Move a delivery to ``<queue>.dlq`` with the reason; ack it only once that is confirmed."""
@@ -322,7 +432,37 @@ class QueueConsumer(Generic[M]):
         )
         MESSAGES_DEAD_LETTERED.labels(queue=self.queue).inc()
         self.dead_lettered += 1
-        await settle(message)
+        await self.settle([message])
+
+    async def settle(self, messages: Sequence[AbstractIncomingMessage], *, requeue: bool | None = None) -> None:
+        """Ack (or, with ``requeue`` given, nack) deliveries of this consumer, all in one write.
+
+        Acks become a single ``multiple=True`` ack per channel when no other unsettled
+        delivery of that channel has a lower tag (one being dead-lettered, say): acking it
+        by accident could lose it.
+        """
+        by_channel: dict[object, list[AbstractIncomingMessage]] = {}
+        for message in messages:
+            try:
+                by_channel.setdefault(message.channel, []).append(message)
+            except ChannelInvalidStateError:  # its channel closed: the broker redelivers it
+                continue
+        settling = []
+        for channel, group in by_channel.items():
+            unsettled = self._unsettled.get(channel, set())
+            tags = {message.delivery_tag for message in group}
+            top = max(tags)
+            if requeue is None and len(group) > 1 and all(tag in tags for tag in unsettled if tag <= top):
+                settling.append(_ack_up_to(channel, top))
+            else:
+                settling.extend(settle(message, requeue=requeue) for message in group)
+            unsettled -= tags
+        self._forget_closed_channels()
+        await asyncio.gather(*settling)
+
+    def _forget_closed_channels(self) -> None:
+        for channel in [channel for channel in self._unsettled if getattr(channel, "is_closed", False)]:
+            del self._unsettled[channel]
 
     async def pause(self) -> None:
         """Stop taking deliveries; what is unacked stays with us until settled."""

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from services.common.broker import FEATURES, Y_TRUE, BrokerLink, ConfirmedPublisher, declare_queue
+from services.common.broker import FEATURES, Y_TRUE, BrokerLink, ConfirmedPublisher, Outgoing, declare_queue
 from services.common.http import service_app
 from services.common.messages import FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
@@ -46,21 +46,25 @@ class FeaturesPublisher:
             await declare_queue(channel, queue)
         self._publisher = ConfirmedPublisher(channel, self.settings.PUBLISH_TIMEOUT_S)
 
-    async def publish_sample(self, sample: Sample) -> None:
-        assert self._publisher is not None, "not connected yet"
+    def _messages(self, sample: Sample) -> tuple[Outgoing, Outgoing]:
         features = FeaturesMessage(id=sample.id, body=sample.features, ts=sample.ts)
         label = LabelMessage(id=sample.id, body=sample.label, ts=sample.ts)
-        await asyncio.gather(
-            self._publisher.publish(self._features_queue, features.to_bytes(), message_id=sample.id),
-            self._publisher.publish(self._labels_queue, label.to_bytes(), message_id=sample.id),
+        return (
+            Outgoing(self._features_queue, features.to_bytes(), sample.id),
+            Outgoing(self._labels_queue, label.to_bytes(), sample.id),
         )
-        self.sent += 1
-        SAMPLES_SENT.inc()
+
+    async def publish_samples(self, samples: list[Sample]) -> None:
+        """Publish each sample's features and label; return once the broker confirmed all of them."""
+        assert self._publisher is not None, "not connected yet"
+        await self._publisher.publish_many([message for sample in samples for message in self._messages(sample)])
+        self.sent += len(samples)
+        SAMPLES_SENT.inc(len(samples))
 
     async def publish_burst(self, count: int) -> list[str]:
         samples = [self.sampler.draw() for _ in range(count)]
         for start in range(0, count, BURST_WINDOW):
-            await asyncio.gather(*(self.publish_sample(s) for s in samples[start : start + BURST_WINDOW]))
+            await self.publish_samples(samples[start : start + BURST_WINDOW])
         return [s.id for s in samples]
 
     async def run(self) -> None:
@@ -74,7 +78,7 @@ class FeaturesPublisher:
                 pass
             async with self._loop_sample:
                 if not self.paused:
-                    await self.publish_sample(self.sampler.draw())
+                    await self.publish_samples([self.sampler.draw()])
 
     async def pause(self) -> None:
         """Stop the loop; returns once a sample it was publishing is out, so none follows."""

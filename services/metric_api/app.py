@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 
 from services.common.batching import next_batch, wait_until_empty
-from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer, settle
+from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, ORPHAN_LOG_HEADER
 from services.common.http import service_app
 from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
@@ -155,8 +155,7 @@ class MetricService:
 
     async def _process(self, batch: list[Half]) -> None:
         if self._suspended:
-            for half in batch:
-                await settle(half.delivery, requeue=True)
+            await self._settle(batch, requeue=True)
             return
         try:
             async with self._state_lock:
@@ -166,16 +165,23 @@ class MetricService:
             return
         except Exception:  # noqa: BLE001 - the worker must outlive a bad batch; redelivery retries it
             log.exception("joining a batch of %d failed; handing it back", len(batch))
-            for half in batch:
-                await settle(half.delivery, requeue=True)
+            await self._settle(batch, requeue=True)
             return
         for row in result.rows:
             self.stats.add(row)
         ROWS_WRITTEN.inc(len(result.rows))
-        for half in result.done:
-            await settle(half.delivery)
+        await self._settle(result.done)
         for half, reason in result.conflicts:
             await half.consumer.dead_letter(half.delivery, reason)
+
+    async def _settle(self, halves: list[Half], *, requeue: bool | None = None) -> None:
+        """Ack (or nack) halves through their consumers: one write, multiple=True where safe."""
+        await asyncio.gather(
+            *(
+                consumer.settle([half.delivery for half in halves if half.consumer is consumer], requeue=requeue)
+                for consumer in {half.consumer for half in halves}
+            )
+        )
 
     def _apply(self, batch: list[Half]) -> BatchResult:
         """One transaction: join every half, append the rows (fsync), commit. Runs in a thread."""
@@ -211,8 +217,7 @@ class MetricService:
         self._suspended = True
         for consumer in self.consumers:
             await consumer.pause()
-        for half in batch:
-            await settle(half.delivery, requeue=True)
+        await self._settle(batch, requeue=True)
         self._tasks.append(asyncio.create_task(self._recover(), name="metric-recover"))
 
     async def _recover(self) -> None:

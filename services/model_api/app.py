@@ -12,7 +12,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from services.common.batching import next_batch, wait_until_empty
-from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
+from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, Outgoing, QueueConsumer, declare_queue
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
 from services.common.settings import Settings, get_settings
@@ -55,11 +55,12 @@ class ModelService:
                 await self._predict_and_publish(batch)
             except Exception as exc:  # noqa: BLE001 - the worker must outlive a bad batch
                 log.exception("predicting a batch of %d failed", len(batch))
+                assert self.consumer is not None
                 for _, delivery in batch:
-                    if delivery.redelivered and self.consumer is not None:
+                    if delivery.redelivered:
                         await self.consumer.dead_letter(delivery, f"prediction failed twice: {type(exc).__name__}: {exc}")
                     else:
-                        await settle(delivery, requeue=True)
+                        await self.consumer.settle([delivery], requeue=True)
 
     async def _predict_and_publish(self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]]) -> None:
         """One predict call for the batch; publish every prediction (confirms pipelined); then ack."""
@@ -67,18 +68,18 @@ class ModelService:
         values = self.predictor.predict([features.body for features, _ in batch])
         PREDICTIONS.labels(path="queue").inc(len(batch))
         version = self.predictor.version
-        await asyncio.gather(
-            *(
-                self._publisher.publish(
+        await self._publisher.publish_many(
+            [
+                Outgoing(
                     self._predictions_queue,
                     PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=version).to_bytes(),
-                    message_id=features.id,
+                    features.id,
                 )
                 for (features, _), value in zip(batch, values, strict=True)
-            )
+            ]
         )
-        for _, delivery in batch:
-            await settle(delivery)
+        assert self.consumer is not None
+        await self.consumer.settle([delivery for _, delivery in batch])
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="model-batches")
