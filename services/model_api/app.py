@@ -1,36 +1,46 @@
 """model_api: predicts for every features message and publishes the prediction to y_pred."""
 
 import asyncio
+import contextlib
 import logging
+import signal
+from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Self, TypedDict
 
+import sklearn
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.common.batching import next_batch, wait_until_empty
 from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
 from services.common.settings import Settings, get_settings
-from services.model_api.modelstore import load_model
-from services.model_api.predictor import Predictor
+from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = Counter("predictions", "Predictions made", ["path"])
+PREDICTIONS = Counter("predictions", "Predictions served", ["path", "model_version"])
+MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
+# The most rows one POST /predict may carry in "instances".
+PREDICT_BATCH_MAX = 1000
 
 
 class ModelService:
     """Consumes ``features``, predicts, publishes ``y_pred`` (confirmed), then acks."""
 
     def __init__(self, settings: Settings) -> None:
-        model, self.metadata = load_model(settings.MODEL_PATH)
-        self.predictor = Predictor(model, version=self.metadata["sha256"][:12])
         self.settings = settings
+        # The model in service. Swapped whole by reload(); each batch reads it once.
+        self.model = self._log_loaded(load_model(settings.MODEL_PATH, allow_unverified=settings.MODEL_ALLOW_UNVERIFIED))
+        self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
+        self._reload_lock = asyncio.Lock()
+        self._sighup_reloads: set[asyncio.Task[None]] = set()
         self.link = BrokerLink(settings, "model_api", self._on_connect)
         self._predictions_queue = settings.queue(Y_PRED)
         self._publisher: ConfirmedPublisher | None = None
@@ -64,9 +74,9 @@ class ModelService:
     async def _predict_and_publish(self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]]) -> None:
         """One predict call for the batch; publish every prediction (confirms pipelined); then ack."""
         assert self._publisher is not None
-        values = self.predictor.predict([features.body for features, _ in batch])
-        PREDICTIONS.labels(path="queue").inc(len(batch))
-        version = self.predictor.version
+        model = self.model  # one model for the whole batch, whatever a reload does meanwhile
+        values = model.predictor.predict([features.body for features, _ in batch])
+        version = model.version
         await asyncio.gather(
             *(
                 self._publisher.publish(
@@ -79,12 +89,69 @@ class ModelService:
         )
         for _, delivery in batch:
             await settle(delivery)
+        self.count_served(version, "queue", len(batch))
+
+    def count_served(self, version: str, path: str, count: int) -> None:
+        self.served.setdefault(version, Tally())[path] += count
+        PREDICTIONS.labels(path=path, model_version=version).inc(count)
+
+    @staticmethod
+    def _log_loaded(model: LoadedModel) -> LoadedModel:
+        log.info(
+            "model %s (%s) loaded from %s in %.2f s%s",
+            model.version,
+            model.metadata.get("model_type", type(model.predictor.model).__name__),
+            model.path,
+            model.load_seconds,
+            "" if model.verified else " UNVERIFIED",
+        )
+        for warning in model.warnings:
+            log.warning("%s", warning)
+        return model
+
+    async def reload(self) -> tuple[LoadedModel, LoadedModel]:
+        """Load MODEL_PATH again, off the event loop, and put it in service: (old, new).
+
+        On ModelFileError the old model stays in service. The swap is one assignment
+        between batches, so a batch is predicted by exactly one model.
+        """
+        async with self._reload_lock:
+            path = self.settings.MODEL_PATH
+            try:
+                new = await asyncio.to_thread(load_model, path, allow_unverified=self.settings.MODEL_ALLOW_UNVERIFIED)
+            except ModelFileError as exc:
+                MODEL_RELOADS.labels(outcome="refused").inc()
+                log.error("model reload refused, model %s stays in service: %s", self.model.version, exc)
+                raise
+            old, self.model = self.model, self._log_loaded(new)
+            MODEL_RELOADS.labels(outcome="loaded").inc()
+            log.info("model reloaded: %s -> %s", old.version, new.version)
+            return old, new
+
+    def _on_sighup(self) -> None:
+        async def reload_logged() -> None:
+            try:
+                await self.reload()
+            except ModelFileError:
+                pass  # reload() logged why; the old model serves on
+
+        task = asyncio.create_task(reload_logged(), name="model-reload-sighup")
+        self._sighup_reloads.add(task)
+        task.add_done_callback(self._sighup_reloads.discard)
+
+    def listen_for_sighup(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (RuntimeError, ValueError) as exc:  # not the main thread (an in-process test client)
+            log.info("SIGHUP will not reload the model here (%s); POST /model/reload does", exc)
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="model-batches")
         self.link.start()
 
     async def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.consumer is not None:
             await self.consumer.stop()
         await wait_until_empty(self._inbox)
@@ -105,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         service.start()
+        service.listen_for_sighup()
         try:
             yield {"model": service}
         finally:
@@ -123,8 +191,25 @@ Service = Annotated[ModelService, Depends(get_service)]
 router = APIRouter(tags=["model"])
 
 
+Row = Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+
+
 class PredictRequest(BaseModel):
-    features: Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+    """One row as ``features``, or a batch of rows as ``instances`` — exactly one of the two."""
+
+    features: Row | None = Field(None, description=f"one row of {FEATURE_COUNT} numbers")
+    instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] | None = Field(
+        None, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
+    )
+
+    @model_validator(mode="after")
+    def exactly_one_form(self) -> Self:
+        if (self.features is None) == (self.instances is None):
+            raise ValueError(
+                'give either "features": [10 numbers] (one row) or "instances": [[10 numbers], ...] (a batch), not '
+                + ("both" if self.features is not None else "neither")
+            )
+        return self
 
 
 class PredictResponse(BaseModel):
@@ -132,18 +217,62 @@ class PredictResponse(BaseModel):
     model_version: str
 
 
+class BatchPredictResponse(BaseModel):
+    predictions: list[float]
+    model_version: str
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_version: str
+    changed: bool
+    warnings: list[str]
+
+
+class ReloadRefused(BaseModel):
+    detail: str
+    model_version: str = Field(description="the model still in service")
+
+
 @router.post("/predict")
-async def predict(request: PredictRequest, service: Service) -> PredictResponse:
-    [value] = service.predictor.predict([request.features])
-    PREDICTIONS.labels(path="http").inc()
-    return PredictResponse(prediction=value, model_version=service.predictor.version)
+async def predict(request: PredictRequest, service: Service) -> PredictResponse | BatchPredictResponse:
+    model = service.model
+    rows = [request.features] if request.features is not None else request.instances or []
+    values = model.predictor.predict(rows)
+    service.count_served(model.version, "http", len(rows))
+    if request.features is not None:
+        return PredictResponse(prediction=values[0], model_version=model.version)
+    return BatchPredictResponse(predictions=values, model_version=model.version)
+
+
+@router.post(
+    "/model/reload",
+    response_model=ReloadResponse,
+    responses={409: {"model": ReloadRefused, "description": "the file was refused; the old model still serves"}},
+)
+async def reload_model(service: Service) -> ReloadResponse | JSONResponse:
+    try:
+        old, new = await service.reload()
+    except ModelFileError as exc:
+        return JSONResponse({"detail": str(exc), "model_version": service.model.version}, status_code=409)
+    return ReloadResponse(
+        model_version=new.version, previous_version=old.version, changed=new.version != old.version, warnings=list(new.warnings)
+    )
 
 
 @router.get("/model/info")
 async def model_info(service: Service) -> dict[str, Any]:
+    model = service.model
     return {
-        "model_version": service.predictor.version,
-        "model_path": str(service.settings.MODEL_PATH),
-        **service.metadata,
+        **model.metadata,
+        "model_version": model.version,
+        "model_path": str(model.path),
+        "verified": model.verified,
+        "sklearn_version_running": sklearn.__version__,
+        "warnings": list(model.warnings),
+        "loaded_at": model.loaded_at,
+        "load_seconds": model.load_seconds,
+        "predictions_served": sum(service.served.get(model.version, Tally()).values()),
+        "predictions_by_version": {version: dict(paths) for version, paths in service.served.items()},
         "dead_lettered": service.consumer.dead_lettered if service.consumer else 0,
     }
