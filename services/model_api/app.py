@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from collections import Counter as Tally
 from collections.abc import AsyncIterator
@@ -12,9 +13,10 @@ from typing import Annotated, Any, Self, TypedDict
 import sklearn
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from services.common.batching import next_batch, wait_until_empty
 from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, QueueConsumer, declare_queue, settle
@@ -29,6 +31,8 @@ PREDICTIONS = Counter("predictions", "Predictions served", ["path", "model_versi
 MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
 # The most rows one POST /predict may carry in "instances".
 PREDICT_BATCH_MAX = 1000
+# A generous sanity bound on a feature's value over HTTP: it keeps a model's arithmetic finite.
+FEATURE_BOUND = 1e6
 
 
 class ModelService:
@@ -76,6 +80,7 @@ class ModelService:
         assert self._publisher is not None
         model = self.model  # one model for the whole batch, whatever a reload does meanwhile
         values = model.predictor.predict([features.body for features, _ in batch])
+        batch, values = await self._dead_letter_unpredictable(batch, values, model.version)
         version = model.version
         await asyncio.gather(
             *(
@@ -90,6 +95,21 @@ class ModelService:
         for _, delivery in batch:
             await settle(delivery)
         self.count_served(version, "queue", len(batch))
+
+    async def _dead_letter_unpredictable(
+        self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]], values: list[float], version: str
+    ) -> tuple[list[tuple[FeaturesMessage, AbstractIncomingMessage]], list[float]]:
+        """A row the model predicts no finite number for goes to the DLQ alone, not with its batch."""
+        if all(math.isfinite(v) for v in values):
+            return batch, values
+        assert self.consumer is not None
+        kept = []
+        for (features, delivery), value in zip(batch, values, strict=True):
+            if math.isfinite(value):
+                kept.append(((features, delivery), value))
+            else:
+                await self.consumer.dead_letter(delivery, f"model {version} predicted {value} for these features")
+        return [item for item, _ in kept], [value for _, value in kept]
 
     def count_served(self, version: str, path: str, count: int) -> None:
         self.served.setdefault(version, Tally())[path] += count
@@ -191,25 +211,49 @@ Service = Annotated[ModelService, Depends(get_service)]
 router = APIRouter(tags=["model"])
 
 
-Row = Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+def _within_feature_bound(value: float) -> float:
+    if abs(value) > FEATURE_BOUND:
+        raise ValueError(f"must be between -{FEATURE_BOUND:g} and {FEATURE_BOUND:g} (the diabetes features are within ±0.3)")
+    return value
+
+
+Feature = Annotated[
+    Number,
+    AfterValidator(_within_feature_bound),
+    WithJsonSchema({"type": "number", "minimum": -FEATURE_BOUND, "maximum": FEATURE_BOUND}),
+]
+Row = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+
+
+def _one_of_the_two_forms(schema: dict[str, Any]) -> None:
+    """The schema says what the validator enforces: exactly one of the two fields, no nulls."""
+    schema["oneOf"] = [{"required": ["features"]}, {"required": ["instances"]}]
+    for field in schema["properties"].values():
+        field.pop("default", None)
 
 
 class PredictRequest(BaseModel):
     """One row as ``features``, or a batch of rows as ``instances`` — exactly one of the two."""
 
-    features: Row | None = Field(None, description=f"one row of {FEATURE_COUNT} numbers")
-    instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] | None = Field(
+    model_config = ConfigDict(json_schema_extra=_one_of_the_two_forms)
+
+    # Neither is optional in type: the one not given stays unset (see model_fields_set), never null.
+    features: Row = Field(None, description=f"one row of {FEATURE_COUNT} numbers")
+    instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] = Field(
         None, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
     )
 
-    @model_validator(mode="after")
-    def exactly_one_form(self) -> Self:
-        if (self.features is None) == (self.instances is None):
-            raise ValueError(
-                'give either "features": [10 numbers] (one row) or "instances": [[10 numbers], ...] (a batch), not '
-                + ("both" if self.features is not None else "neither")
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def exactly_one_form(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [form for form in ("features", "instances") if form in data]
+            if len(given) != 1:
+                raise ValueError(
+                    'give either "features": [10 numbers] (one row) or "instances": [[10 numbers], ...] (a batch), '
+                    + ("not both" if given else "neither was given")
+                )
+        return data
 
 
 class PredictResponse(BaseModel):
@@ -234,13 +278,27 @@ class ReloadRefused(BaseModel):
     model_version: str = Field(description="the model still in service")
 
 
-@router.post("/predict")
+@router.post("/predict", responses={400: {"description": "the body is not UTF-8 JSON"}})
 async def predict(request: PredictRequest, service: Service) -> PredictResponse | BatchPredictResponse:
     model = service.model
-    rows = [request.features] if request.features is not None else request.instances or []
+    one_row = "features" in request.model_fields_set
+    rows = [request.features] if one_row else request.instances
     values = model.predictor.predict(rows)
+    unpredictable = [i for i, value in enumerate(values) if not math.isfinite(value)]
+    if unpredictable:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "features") if one_row else ("body", "instances", i),
+                    "msg": f"model {model.version} predicts {values[i]} for this row, not a finite number",
+                    "input": rows[i],
+                }
+                for i in unpredictable
+            ]
+        )
     service.count_served(model.version, "http", len(rows))
-    if request.features is not None:
+    if one_row:
         return PredictResponse(prediction=values[0], model_version=model.version)
     return BatchPredictResponse(predictions=values, model_version=model.version)
 
