@@ -8,7 +8,7 @@ import signal
 from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Self, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import sklearn
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection

@@ -7,8 +7,6 @@ import math
 import pickle
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,16 @@ from sklearn.linear_model import LinearRegression
 
 from services.model_api.modelstore import save_model
 from services.model_api.train import train
-from tests.support import REPO_ROOT, ServiceProcess, delete_queues, free_port, service_env, stop_all, unique_prefix, wait_until
+from tests.support import (
+    ServiceProcess,
+    delete_queues,
+    free_port,
+    run_to_exit,
+    service_env,
+    stop_all,
+    unique_prefix,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -284,14 +291,7 @@ def test_sighup_reloads_the_file(reloadable, models) -> None:
 def test_an_unverified_file_is_served_only_when_allowed(tmp_path: Path, models, amqp_url: str) -> None:
     path = tmp_path / "bare.pkl"
     shutil.copyfile(models["linear"], path)
-    refused = subprocess.run(
-        [sys.executable, "-m", "services.model_api"],
-        cwd=REPO_ROOT,
-        env=service_env(MODEL_PATH=str(path), MODEL_PORT=str(free_port())),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = run_to_exit("model_api", service_env(MODEL_PATH=str(path), MODEL_PORT=str(free_port())))
     assert refused.returncode != 0
     assert str(path) in refused.stderr and "MODEL_ALLOW_UNVERIFIED=1" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -1,6 +1,5 @@
 """Swapping the model under a running pipeline: every id predicted by exactly one model, once."""
 
-import json
 import pickle
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -50,23 +49,23 @@ def test_a_model_swapped_mid_stream_predicts_each_id_once(tmp_path: Path, amqp_u
         model_api = pipeline.url("model_api")
         assert model_info(model_api)["model_version"] == linear_version
         with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(pipeline.burst, 2000)
+            first = pool.submit(pipeline.burst, 3000)
             wait_until(lambda: served_from_the_queue(model_api) > 0, 60, "the first predictions")
             shutil.copyfile(forest, serving)
             shutil.copyfile(f"{forest}.json", f"{serving}.json")
             reloaded = httpx.post(f"{model_api}/model/reload", timeout=30)
-            in_flight = pipeline.sent() - served_from_the_queue(model_api)
             ids = first.result()
         assert reloaded.status_code == 200, reloaded.text
         assert (reloaded.json()["previous_version"], reloaded.json()["model_version"]) == (linear_version, forest_version)
         after = pipeline.burst(300)
         ids += after
         rows = pipeline.wait_all_joined(timeout=180)
+        sent = pipeline.sent()
         info = model_info(model_api)
 
     # Every id once in the CSV, nothing else.
     assert rows["id"].is_unique
-    assert set(ids) <= set(rows["id"]) and len(rows) == pipeline.sent()
+    assert set(ids) <= set(rows["id"]) and len(rows) == sent
     # model_api predicted each row once: its per-version counts add up to the rows.
     by_version = {version: paths.get("queue", 0) for version, paths in info["predictions_by_version"].items()}
     assert set(by_version) == {linear_version, forest_version}
@@ -77,10 +76,10 @@ def test_a_model_swapped_mid_stream_predicts_each_id_once(tmp_path: Path, amqp_u
     assert all(len(names) == 1 for names in made_by), [names for names in made_by if len(names) != 1][:5]
     in_csv = {version: sum(names == [version] for names in made_by) for version in by_version}
     assert in_csv == by_version
-    assert in_csv[linear_version] > 0 and in_csv[forest_version] >= len(after)
+    # The swap came mid-stream: the first burst was predicted partly by each model.
+    assert in_csv[linear_version] > 0 and in_csv[forest_version] > len(after), in_csv
     after_rows = rows.set_index("id").loc[after]
     assert all(
         which_model(t, p, targets, predictions) == [forest_version]
         for t, p in zip(after_rows["y_true"], after_rows["y_pred"], strict=True)
     )
-    print(f"reloaded with about {in_flight} samples in flight; rows per model: {in_csv}")
