@@ -88,6 +88,8 @@ def unpickle(data: bytes, path: Path) -> tuple[Any, list[warnings.WarningMessage
 
     scikit-learn warns (InconsistentVersionWarning) when the pickle was made by another
     version; that is worth telling the operator, not a reason to refuse, so it is recorded.
+    (catch_warnings is process-wide: during a reload, a warning another thread raises in these
+    milliseconds is recorded here instead of shown — an accepted cost of a rare event.)
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
