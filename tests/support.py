@@ -173,6 +173,13 @@ class TcpProxy:
         self._loop.close()
 
 
+def run_to_exit(name: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a service that is expected to refuse to start; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", f"services.{name}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def service_env(**settings: str) -> dict[str, str]:
     """The environment of a service process: this one's, minus our settings, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if k not in PORT_SETTING.values()}

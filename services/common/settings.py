@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     FEATURES_SEED: int | None = None
     PLOT_INTERVAL_S: float = Field(10.0, gt=0)
     MODEL_PATH: Path = Path("services/model_api/myfile.pkl")
+    # Load a model file whose sha256 does not match its metadata (or that has none). Unpickling
+    # runs code: set it only for a file you trust.
+    MODEL_ALLOW_UNVERIFIED: bool = False
     HTTP_HOST: str = "127.0.0.1"
     FEATURES_PORT: Port = 8001
     MODEL_PORT: Port = 8002

@@ -8,6 +8,6 @@ from services.model_api.modelstore import ModelFileError
 settings = get_settings()
 try:
     app = create_app(settings)
-except (ModelFileError, TypeError, ValueError) as exc:
+except ModelFileError as exc:
     sys.exit(f"model_api: {exc}")
 serve(app, settings.HTTP_HOST, settings.MODEL_PORT)

@@ -1,36 +1,50 @@
 """model_api: predicts for every features message and publishes the prediction to y_pred."""
 
 import asyncio
+import contextlib
 import logging
+import math
+import signal
+from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict
 
+import sklearn
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from services.common.batching import next_batch, wait_until_empty
 from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, Outgoing, QueueConsumer, declare_queue
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
 from services.common.settings import Settings, get_settings
-from services.model_api.modelstore import load_model
-from services.model_api.predictor import Predictor
+from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = Counter("predictions", "Predictions made", ["path"])
+PREDICTIONS = Counter("predictions", "Predictions served", ["path", "model_version"])
+MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
+# The most rows one POST /predict may carry in "instances".
+PREDICT_BATCH_MAX = 1000
+# A generous sanity bound on a feature's value over HTTP: it keeps a model's arithmetic finite.
+FEATURE_BOUND = 1e6
 
 
 class ModelService:
     """Consumes ``features``, predicts, publishes ``y_pred`` (confirmed), then acks."""
 
     def __init__(self, settings: Settings) -> None:
-        model, self.metadata = load_model(settings.MODEL_PATH)
-        self.predictor = Predictor(model, version=self.metadata["sha256"][:12])
         self.settings = settings
+        # The model in service. Swapped whole by reload(); each batch reads it once.
+        self.model = self._log_loaded(load_model(settings.MODEL_PATH, allow_unverified=settings.MODEL_ALLOW_UNVERIFIED))
+        self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
+        self._reload_lock = asyncio.Lock()
+        self._sighup_reloads: set[asyncio.Task[None]] = set()
         self.link = BrokerLink(settings, "model_api", self._on_connect)
         self._predictions_queue = settings.queue(Y_PRED)
         self._publisher: ConfirmedPublisher | None = None
@@ -65,9 +79,10 @@ class ModelService:
     async def _predict_and_publish(self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]]) -> None:
         """One predict call for the batch; publish every prediction (confirms pipelined); then ack."""
         assert self._publisher is not None
-        values = self.predictor.predict([features.body for features, _ in batch])
-        PREDICTIONS.labels(path="queue").inc(len(batch))
-        version = self.predictor.version
+        model = self.model  # one model for the whole batch, whatever a reload does meanwhile
+        values = model.predictor.predict([features.body for features, _ in batch])
+        batch, values = await self._dead_letter_unpredictable(batch, values, model.version)
+        version = model.version
         await self._publisher.publish_many(
             [
                 Outgoing(
@@ -80,12 +95,84 @@ class ModelService:
         )
         assert self.consumer is not None
         await self.consumer.settle([delivery for _, delivery in batch])
+        self.count_served(version, "queue", len(batch))
+
+    async def _dead_letter_unpredictable(
+        self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]], values: list[float], version: str
+    ) -> tuple[list[tuple[FeaturesMessage, AbstractIncomingMessage]], list[float]]:
+        """A row the model predicts no finite number for goes to the DLQ alone, not with its batch."""
+        if all(math.isfinite(v) for v in values):
+            return batch, values
+        assert self.consumer is not None
+        kept = []
+        for (features, delivery), value in zip(batch, values, strict=True):
+            if math.isfinite(value):
+                kept.append(((features, delivery), value))
+            else:
+                await self.consumer.dead_letter(delivery, f"model {version} predicted {value} for these features")
+        return [item for item, _ in kept], [value for _, value in kept]
+
+    def count_served(self, version: str, path: str, count: int) -> None:
+        self.served.setdefault(version, Tally())[path] += count
+        PREDICTIONS.labels(path=path, model_version=version).inc(count)
+
+    @staticmethod
+    def _log_loaded(model: LoadedModel) -> LoadedModel:
+        log.info(
+            "model %s (%s) loaded from %s in %.2f s%s",
+            model.version,
+            model.metadata.get("model_type", type(model.predictor.model).__name__),
+            model.path,
+            model.load_seconds,
+            "" if model.verified else " UNVERIFIED",
+        )
+        for warning in model.warnings:
+            log.warning("%s", warning)
+        return model
+
+    async def reload(self) -> tuple[LoadedModel, LoadedModel]:
+        """Load MODEL_PATH again, off the event loop, and put it in service: (old, new).
+
+        On ModelFileError the old model stays in service. The swap is one assignment
+        between batches, so a batch is predicted by exactly one model.
+        """
+        async with self._reload_lock:
+            path = self.settings.MODEL_PATH
+            try:
+                new = await asyncio.to_thread(load_model, path, allow_unverified=self.settings.MODEL_ALLOW_UNVERIFIED)
+            except ModelFileError as exc:
+                MODEL_RELOADS.labels(outcome="refused").inc()
+                log.error("model reload refused, model %s stays in service: %s", self.model.version, exc)
+                raise
+            old, self.model = self.model, self._log_loaded(new)
+            MODEL_RELOADS.labels(outcome="loaded").inc()
+            log.info("model reloaded: %s -> %s", old.version, new.version)
+            return old, new
+
+    def _on_sighup(self) -> None:
+        async def reload_logged() -> None:
+            try:
+                await self.reload()
+            except ModelFileError:
+                pass  # reload() logged why; the old model serves on
+
+        task = asyncio.create_task(reload_logged(), name="model-reload-sighup")
+        self._sighup_reloads.add(task)
+        task.add_done_callback(self._sighup_reloads.discard)
+
+    def listen_for_sighup(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (RuntimeError, ValueError) as exc:  # not the main thread (an in-process test client)
+            log.info("SIGHUP will not reload the model here (%s); POST /model/reload does", exc)
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="model-batches")
         self.link.start()
 
     async def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.consumer is not None:
             await self.consumer.stop()
         await wait_until_empty(self._inbox)
@@ -106,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         service.start()
+        service.listen_for_sighup()
         try:
             yield {"model": service}
         finally:
@@ -124,8 +212,49 @@ Service = Annotated[ModelService, Depends(get_service)]
 router = APIRouter(tags=["model"])
 
 
+def _within_feature_bound(value: float) -> float:
+    if abs(value) > FEATURE_BOUND:
+        raise ValueError(f"must be between -{FEATURE_BOUND:g} and {FEATURE_BOUND:g} (the diabetes features are within ±0.3)")
+    return value
+
+
+Feature = Annotated[
+    Number,
+    AfterValidator(_within_feature_bound),
+    WithJsonSchema({"type": "number", "minimum": -FEATURE_BOUND, "maximum": FEATURE_BOUND}),
+]
+Row = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+
+
+def _one_of_the_two_forms(schema: dict[str, Any]) -> None:
+    """The schema says what the validator enforces: exactly one of the two fields, no nulls."""
+    schema["oneOf"] = [{"required": ["features"]}, {"required": ["instances"]}]
+    for field in schema["properties"].values():
+        field.pop("default", None)
+
+
 class PredictRequest(BaseModel):
-    features: Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+    """One row as ``features``, or a batch of rows as ``instances`` — exactly one of the two."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of_the_two_forms)
+
+    # Neither is optional in type: the one not given stays unset (see model_fields_set), never null.
+    features: Row = Field(None, description=f"one row of {FEATURE_COUNT} numbers")
+    instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] = Field(
+        None, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def exactly_one_form(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [form for form in ("features", "instances") if form in data]
+            if len(given) != 1:
+                raise ValueError(
+                    'give either "features": [10 numbers] (one row) or "instances": [[10 numbers], ...] (a batch), '
+                    + ("not both" if given else "neither was given")
+                )
+        return data
 
 
 class PredictResponse(BaseModel):
@@ -133,18 +262,76 @@ class PredictResponse(BaseModel):
     model_version: str
 
 
-@router.post("/predict")
-async def predict(request: PredictRequest, service: Service) -> PredictResponse:
-    [value] = service.predictor.predict([request.features])
-    PREDICTIONS.labels(path="http").inc()
-    return PredictResponse(prediction=value, model_version=service.predictor.version)
+class BatchPredictResponse(BaseModel):
+    predictions: list[float]
+    model_version: str
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_version: str
+    changed: bool
+    warnings: list[str]
+
+
+class ReloadRefused(BaseModel):
+    detail: str
+    model_version: str = Field(description="the model still in service")
+
+
+@router.post("/predict", responses={400: {"description": "the body is not UTF-8 JSON"}})
+async def predict(request: PredictRequest, service: Service) -> PredictResponse | BatchPredictResponse:
+    model = service.model
+    one_row = "features" in request.model_fields_set
+    rows = [request.features] if one_row else request.instances
+    values = model.predictor.predict(rows)
+    unpredictable = [i for i, value in enumerate(values) if not math.isfinite(value)]
+    if unpredictable:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "features") if one_row else ("body", "instances", i),
+                    "msg": f"model {model.version} predicts {values[i]} for this row, not a finite number",
+                    "input": rows[i],
+                }
+                for i in unpredictable
+            ]
+        )
+    service.count_served(model.version, "http", len(rows))
+    if one_row:
+        return PredictResponse(prediction=values[0], model_version=model.version)
+    return BatchPredictResponse(predictions=values, model_version=model.version)
+
+
+@router.post(
+    "/model/reload",
+    response_model=ReloadResponse,
+    responses={409: {"model": ReloadRefused, "description": "the file was refused; the old model still serves"}},
+)
+async def reload_model(service: Service) -> ReloadResponse | JSONResponse:
+    try:
+        old, new = await service.reload()
+    except ModelFileError as exc:
+        return JSONResponse({"detail": str(exc), "model_version": service.model.version}, status_code=409)
+    return ReloadResponse(
+        model_version=new.version, previous_version=old.version, changed=new.version != old.version, warnings=list(new.warnings)
+    )
 
 
 @router.get("/model/info")
 async def model_info(service: Service) -> dict[str, Any]:
+    model = service.model
     return {
-        "model_version": service.predictor.version,
-        "model_path": str(service.settings.MODEL_PATH),
-        **service.metadata,
+        **model.metadata,
+        "model_version": model.version,
+        "model_path": str(model.path),
+        "verified": model.verified,
+        "sklearn_version_running": sklearn.__version__,
+        "warnings": list(model.warnings),
+        "loaded_at": model.loaded_at,
+        "load_seconds": model.load_seconds,
+        "predictions_served": sum(service.served.get(model.version, Tally()).values()),
+        "predictions_by_version": {version: dict(paths) for version, paths in service.served.items()},
         "dead_lettered": service.consumer.dead_lettered if service.consumer else 0,
     }

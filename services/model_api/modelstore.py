@@ -1,51 +1,177 @@
-"""Reading and writing the model file and its sidecar metadata (``<model file>.json``)."""
+"""Reading and writing the model file and its sidecar metadata (``<model file>.json``).
+
+Unpickling runs code, so a model file is loaded only when its sha256 is the one its
+sidecar records: the sidecar is written when the file is made (``train``) or vouched for
+(``register``), and a file changed since then is refused. ``MODEL_ALLOW_UNVERIFIED=1``
+lifts that check for an operator who trusts the file anyway.
+"""
 
 import hashlib
 import json
 import pickle
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
+
 from services.common.files import atomic_write
+from services.common.messages import FEATURE_COUNT
+from services.model_api.predictor import Predictor
+
+TRAIN_COMMAND = "python -m services.model_api.train"
+REGISTER_COMMAND = "python -m services.model_api.register"
 
 
 class ModelFileError(RuntimeError):
     """The model file is missing or unusable; the message says which file and what to do."""
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified (or knowingly unverified) model in service, and what is known about it."""
+
+    predictor: Predictor
+    path: Path
+    metadata: dict[str, Any]  # the sidecar's, with ``sha256`` always that of the file read
+    verified: bool
+    warnings: tuple[str, ...]
+    loaded_at: str
+    load_seconds: float
+
+    @property
+    def version(self) -> str:
+        return self.predictor.version
+
+
 def metadata_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".json")
+
+
+def model_version(sha256: str) -> str:
+    """What predictions carry to say which model made them: the first 12 hex of the file's sha256."""
+    return sha256[:12]
 
 
 def save_model(model: Any, path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     """Pickle ``model`` to ``path`` and write its metadata, with the file's sha256, beside it."""
     data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-    metadata = {**metadata, "sha256": hashlib.sha256(data).hexdigest()}
     atomic_write(path, data)
+    return write_metadata(path, data, metadata)
+
+
+def write_metadata(path: Path, data: bytes, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Write ``<path>.json``: ``metadata`` plus the sha256 of ``data`` (the model file's bytes)."""
+    metadata = {**metadata, "sha256": hashlib.sha256(data).hexdigest()}
     atomic_write(metadata_path(path), json.dumps(metadata, indent=2).encode())
     return metadata
 
 
-def load_model(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The unpickled model and its metadata (``{}`` when there is no sidecar file)."""
+def read_model_file(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(
-            f"model file {path} does not exist: train one with `python -m services.model_api.train` "
+            f"model file {path} does not exist: train one with `{TRAIN_COMMAND}` "
             "(make run does this) or point MODEL_PATH at yours"
         ) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path}: {exc}") from exc
-    sha256 = hashlib.sha256(data).hexdigest()
+
+
+def unpickle(data: bytes, path: Path) -> tuple[Any, list[warnings.WarningMessage]]:
+    """The object pickled in ``data``, and the warnings unpickling it raised.
+
+    scikit-learn warns (InconsistentVersionWarning) when the pickle was made by another
+    version; that is worth telling the operator, not a reason to refuse, so it is recorded.
+    (catch_warnings is process-wide: during a reload, a warning another thread raises in these
+    milliseconds is recorded here instead of shown — an accepted cost of a rare event.)
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = pickle.loads(data)  # noqa: S301 - verified against the sidecar, or explicitly allowed
+        except Exception as exc:
+            raise ModelFileError(f"model file {path} could not be unpickled: {type(exc).__name__}: {exc}") from exc
+    return model, caught
+
+
+def warning_text(caught: warnings.WarningMessage) -> str:
+    return f"{caught.category.__name__}: {caught.message}"
+
+
+def predictor_for(model: Any, version: str, path: Path) -> Predictor:
+    """The model as a Predictor, or a ModelFileError saying why it cannot serve this pipeline."""
     try:
-        metadata = json.loads(metadata_path(path).read_text())
+        return Predictor(model, version)
+    except TypeError as exc:
+        raise ModelFileError(f"model file {path} holds no usable model: {exc}") from exc
+    except ValueError as exc:
+        raise ModelFileError(
+            f"model file {path} does not fit this pipeline: {exc} (the {FEATURE_COUNT} features of "
+            f"scikit-learn's diabetes data, in its order); retrain it on those, e.g. with `{TRAIN_COMMAND}`"
+        ) from exc
+
+
+def _unverified(path: Path, why: str, allow_unverified: bool) -> str:
+    """The warning for a model loaded unverified, or the error refusing it."""
+    if not allow_unverified:
+        raise ModelFileError(
+            f"refusing to load model file {path}: {why}. Unpickling runs code, so only a file whose sha256 "
+            f"matches its metadata is loaded. If you made this model, write its metadata with "
+            f"`{REGISTER_COMMAND} {path}` (or retrain with `{TRAIN_COMMAND} --out {path}`); if you trust "
+            "the file as it is, set MODEL_ALLOW_UNVERIFIED=1"
+        )
+    return f"unverified model file {path}: {why}; loaded because MODEL_ALLOW_UNVERIFIED=1"
+
+
+def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
+    """Read, verify, unpickle and schema-check the model file; ModelFileError says what is wrong."""
+    started = time.perf_counter()
+    data = read_model_file(path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    sidecar = metadata_path(path)
+    notes: list[str] = []
+    try:
+        metadata = json.loads(sidecar.read_text())
     except FileNotFoundError:
         metadata = {}
+        notes.append(_unverified(path, f"it has no metadata file {sidecar} (sha256 of the file: {sha256})", allow_unverified))
     except (OSError, ValueError) as exc:
-        raise ModelFileError(f"cannot read model metadata {metadata_path(path)}: {exc}") from exc
-    try:
-        model = pickle.loads(data)  # noqa: S301 - the file is the operator's own model
-    except Exception as exc:
-        raise ModelFileError(f"model file {path} could not be unpickled: {type(exc).__name__}: {exc}") from exc
-    return model, {**metadata, "sha256": sha256}
+        raise ModelFileError(f"cannot read model metadata {sidecar}: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"model metadata {sidecar} is not a JSON object")
+    expected = metadata.get("sha256")
+    verified = expected == sha256
+    if metadata and not verified:
+        notes.append(
+            _unverified(
+                path,
+                f"its sha256 is {sha256} but its metadata {sidecar} expects {expected}: "
+                "the file changed after the metadata was written",
+                allow_unverified,
+            )
+        )
+    model, caught = unpickle(data, path)
+    notes.extend(warning_text(w) for w in caught)
+    trained_with = metadata.get("sklearn_version")
+    sklearn_warned = any(issubclass(w.category, InconsistentVersionWarning) for w in caught)
+    if trained_with and trained_with != sklearn.__version__ and not sklearn_warned:
+        notes.append(
+            f"model file {path} was made with scikit-learn {trained_with} (its metadata says) and this "
+            f"service runs {sklearn.__version__}: its predictions may differ or fail; retrain it with this version"
+        )
+    predictor = predictor_for(model, model_version(sha256), path)
+    return LoadedModel(
+        predictor=predictor,
+        path=path,
+        metadata={**metadata, "sha256": sha256},
+        verified=verified,
+        warnings=tuple(notes),
+        loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        load_seconds=time.perf_counter() - started,
+    )

@@ -8,7 +8,17 @@ import httpx
 import pytest
 from pydantic_core import Url
 
-from tests.support import PORT_SETTING, REPO_ROOT, ServiceProcess, TcpProxy, free_port, service_env, stop_all, wait_until
+from tests.support import (
+    PORT_SETTING,
+    REPO_ROOT,
+    ServiceProcess,
+    TcpProxy,
+    free_port,
+    run_to_exit,
+    service_env,
+    stop_all,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 BROKER_SERVICES = ("features_api", "model_api", "metric_api")
@@ -83,14 +93,7 @@ def test_wrong_credentials_are_named_in_health(amqp_url: str, queue_prefix: str,
 
 def test_model_api_refuses_to_start_without_its_model_file(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "myfile.pkl"
-    result = subprocess.run(
-        [sys.executable, "-m", "services.model_api"],
-        cwd=REPO_ROOT,
-        env=service_env(MODEL_PATH=str(missing), MODEL_PORT=str(free_port())),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_to_exit("model_api", service_env(MODEL_PATH=str(missing), MODEL_PORT=str(free_port())))
     assert result.returncode != 0
     assert str(missing) in result.stderr and "python -m services.model_api.train" in result.stderr
     assert "Traceback" not in result.stderr

@@ -154,3 +154,15 @@ def test_a_prefix_that_is_not_a_queue_name_part_is_refused(monkeypatch: pytest.M
     monkeypatch.setenv("QUEUE_PREFIX", prefix)
     with pytest.raises(ValidationError, match="QUEUE_PREFIX"):
         Settings()
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("1", True), ("true", True), ("0", False), ("", False)])
+def test_model_allow_unverified_is_off_unless_set(monkeypatch: pytest.MonkeyPatch, value: str, allowed: bool) -> None:
+    monkeypatch.setenv("MODEL_ALLOW_UNVERIFIED", value)
+    assert Settings().MODEL_ALLOW_UNVERIFIED is allowed
+
+
+def test_model_allow_unverified_refuses_a_non_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_ALLOW_UNVERIFIED", "maybe")
+    with pytest.raises(ValidationError, match="MODEL_ALLOW_UNVERIFIED"):
+        Settings()

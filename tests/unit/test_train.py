@@ -4,8 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn
 from sklearn.datasets import load_diabetes
-from sklearn.linear_model import LinearRegression
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import train_test_split
 
 from services.model_api.modelstore import load_model
@@ -31,7 +33,7 @@ def test_train_writes_the_pickle_and_a_sidecar_with_its_sha256(tmp_path: Path) -
 def test_the_trained_model_loads_and_predicts_like_a_reference_fit(tmp_path: Path) -> None:
     out = tmp_path / "myfile.pkl"
     train(out)
-    model, _ = load_model(out)
+    model = load_model(out).predictor.model
     rows = load_diabetes(return_X_y=True)[0]
     np.testing.assert_allclose(model.predict(rows), reference_model().predict(rows), rtol=1e-9)
 
@@ -58,7 +60,7 @@ def test_the_seed_changes_the_split(tmp_path: Path) -> None:
     first = train(tmp_path / "a.pkl", seed=1)
     second = train(tmp_path / "b.pkl", seed=2)
     assert first["sha256"] != second["sha256"]
-    model, _ = load_model(tmp_path / "b.pkl")
+    model = load_model(tmp_path / "b.pkl").predictor.model
     rows = load_diabetes(return_X_y=True)[0][:10]
     np.testing.assert_allclose(model.predict(rows), reference_model(seed=2).predict(rows), rtol=1e-9)
 
@@ -95,3 +97,43 @@ def test_the_command_line_refuses_an_unknown_option(capsys: pytest.CaptureFixtur
         main(["--bogus"])
     assert exc.value.code == 2
     assert "--bogus" in capsys.readouterr().err
+
+
+def test_the_sidecar_says_what_was_trained_with_what(tmp_path: Path) -> None:
+    metadata = train(tmp_path / "m.pkl")
+    sidecar = json.loads((tmp_path / "m.pkl.json").read_text())
+    assert sidecar == metadata
+    assert sidecar["sklearn_version"] == sklearn.__version__
+    assert sidecar["feature_names"] == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    assert sidecar["params"] == LinearRegression().get_params()
+    _, _, y_train, _ = train_test_split(*load_diabetes(return_X_y=True), test_size=0.2, random_state=42)
+    assert sidecar["target_mean"] == pytest.approx(float(np.mean(y_train)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reference"),
+    [
+        ("ridge", lambda seed: Ridge(alpha=0.1)),
+        ("random_forest", lambda seed: RandomForestRegressor(n_estimators=50, min_samples_leaf=3, random_state=seed, n_jobs=1)),
+    ],
+)
+def test_other_kinds_of_model_fit_like_a_reference(tmp_path: Path, kind: str, reference) -> None:
+    out = tmp_path / f"{kind}.pkl"
+    assert main(["--out", str(out), "--model", kind, "--seed", "7"]) == 0
+    loaded = load_model(out)
+    features, targets = load_diabetes(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(features, targets, test_size=0.2, random_state=7)
+    expected = reference(7).fit(x_train, y_train)
+    assert loaded.metadata["model_type"] == type(expected).__name__
+    assert loaded.metadata["params"]["random_state" if kind == "random_forest" else "alpha"] == (7 if kind == "random_forest" else 0.1)
+    np.testing.assert_allclose(loaded.predictor.model.predict(features), expected.predict(features), rtol=1e-9)
+    mae = float(np.mean(np.abs(y_test - expected.predict(x_test))))
+    assert loaded.metadata["metrics"]["mae"] == pytest.approx(mae, rel=1e-9)
+
+
+def test_the_command_line_refuses_an_unknown_kind_of_model(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "xgboost"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "xgboost" in err and "random_forest" in err

@@ -1,0 +1,71 @@
+"""Vouch for your own model file: ``python -m services.model_api.register PATH``.
+
+Writes ``PATH.json``, the metadata model_api needs to load a pickled scikit-learn
+regressor you made yourself: its sha256 (model_api refuses the file if it changes
+afterwards), type, parameters, scikit-learn version, and its metrics on the same held-out
+rows of the diabetes data that ``train`` reports. Run it only on a file you made or trust:
+it unpickles the file, and unpickling runs code.
+"""
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
+
+from services.model_api.modelstore import (
+    ModelFileError,
+    predictor_for,
+    read_model_file,
+    unpickle,
+    warning_text,
+    write_metadata,
+)
+from services.model_api.train import DEFAULT_SEED, describe, diabetes_split, summary_line
+
+
+def register(path: Path, seed: int = DEFAULT_SEED) -> tuple[dict[str, Any], list[str]]:
+    """Write ``path``'s sidecar; return it and the warnings unpickling the file raised."""
+    data = read_model_file(path)
+    model, caught = unpickle(data, path)
+    predictor_for(model, "unregistered", path)  # refuses what cannot serve this pipeline
+    # The pickle knows which scikit-learn made it; scikit-learn says so only when it differs.
+    made_with = next(
+        (
+            w.message.original_sklearn_version
+            for w in caught
+            if isinstance(w.message, InconsistentVersionWarning)
+        ),
+        sklearn.__version__,
+    )
+    metadata = describe(
+        model,
+        diabetes_split(seed),
+        sklearn_version=made_with,
+        trained_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+    )
+    metadata["registered_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return write_metadata(path, data, metadata), [warning_text(w) for w in caught]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.model_api.register", description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="your pickled, fitted scikit-learn regressor (10 features)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random_state of the held-out split")
+    args = parser.parse_args(argv)
+    try:
+        metadata, warnings = register(args.path, args.seed)
+    except ModelFileError as exc:
+        print(f"register: {exc}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(summary_line("registered", args.path, metadata))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

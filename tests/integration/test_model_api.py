@@ -1,0 +1,347 @@
+"""model_api alone, as a real process on the real broker: HTTP inference, its inputs, reload."""
+
+import asyncio
+import contextlib
+import json
+import math
+import pickle
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import LinearRegression
+
+from services.model_api.modelstore import save_model
+from services.model_api.train import train
+from tests.support import (
+    ServiceProcess,
+    delete_queues,
+    free_port,
+    run_to_exit,
+    service_env,
+    stop_all,
+    unique_prefix,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+BATCH_LIMIT = 1000  # the README's documented limit of "instances"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A linear and a random-forest model file, each with its sidecar."""
+    folder = tmp_path_factory.mktemp("models")
+    return {kind: _trained(folder / f"{kind}.pkl", kind) for kind in ("linear", "random_forest")}
+
+
+def _trained(path: Path, kind: str) -> Path:
+    train(path, model=kind)
+    return path
+
+
+def install(source: Path, target: Path) -> str:
+    """Put a model file and its sidecar at ``target`` (as a user would copy them); its version."""
+    shutil.copyfile(source, target)
+    shutil.copyfile(f"{source}.json", f"{target}.json")
+    return json.loads(Path(f"{source}.json").read_text())["sha256"][:12]
+
+
+@contextlib.contextmanager
+def model_api(work_dir: Path, model_path: Path, amqp_url: str, **settings: str) -> Iterator[ServiceProcess]:
+    prefix = unique_prefix()
+    env = service_env(
+        AMQP_URL=amqp_url, QUEUE_PREFIX=prefix, MODEL_PATH=str(model_path), MODEL_PORT=str(free_port()), **settings
+    )
+    service = ServiceProcess("model_api", env, work_dir).start()
+    try:
+        service.wait_healthy()
+        yield service
+    finally:
+        try:
+            stop_all([service])
+        finally:
+            delete_queues(amqp_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], amqp_url: str) -> Iterator[ServiceProcess]:
+    """model_api serving the linear model; no test of this module swaps it."""
+    work_dir = tmp_path_factory.mktemp("model_api")
+    install(models["linear"], work_dir / "serving.pkl")
+    with model_api(work_dir, work_dir / "serving.pkl", amqp_url) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    return load_diabetes(return_X_y=True)[0]
+
+
+def unpickled(path: Path):
+    return pickle.loads(path.read_bytes())  # noqa: S301 - the test's own file
+
+
+def test_predict_one_row_and_a_batch_answer_as_the_model_does(serving: ServiceProcess, models, rows) -> None:
+    expected = unpickled(models["linear"]).predict(rows[:40])
+    version = json.loads(Path(f"{models['linear']}.json").read_text())["sha256"][:12]
+
+    one = httpx.post(f"{serving.url}/predict", json={"features": rows[3].tolist()})
+    assert one.status_code == 200, one.text
+    assert one.json() == {"prediction": pytest.approx(expected[3], rel=1e-12), "model_version": version}
+
+    batch = httpx.post(f"{serving.url}/predict", json={"instances": rows[:40].tolist()})
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["model_version"] == version
+    np.testing.assert_allclose(batch.json()["predictions"], expected, rtol=1e-12)
+    assert batch.json()["predictions"][3] == one.json()["prediction"]
+
+    limit = httpx.post(f"{serving.url}/predict", json={"instances": [rows[0].tolist()] * BATCH_LIMIT})
+    assert limit.status_code == 200 and len(limit.json()["predictions"]) == BATCH_LIMIT
+
+
+ROW = [0.01] * 10
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "what"),
+    [
+        ({"features": ROW[:9]}, ["body", "features"], "at least 10"),
+        ({"features": ROW + [0.0]}, ["body", "features"], "at most 10"),
+        ({"features": ["a"] + ROW[1:]}, ["body", "features", 0], "number"),
+        ({"features": ROW[:4] + [True] + ROW[5:]}, ["body", "features", 4], "number"),
+        ({"features": ROW[:2] + ["0.5"] + ROW[3:]}, ["body", "features", 2], "number"),
+        ({"features": ROW[:9] + [None]}, ["body", "features", 9], "number"),
+        ('{"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', ["body", "features", 0], "finite"),
+        ('{"features": [0, 0, 0, 0, 0, 0, 0, 0, 0, Infinity]}', ["body", "features", 9], "finite"),
+        ('{"instances": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, -Infinity, 0, 0, 0, 0, 0, 0]]}', ["body", "instances", 1, 3], "finite"),
+        ({"instances": []}, ["body", "instances"], "at least 1"),
+        ({"instances": [ROW] * (BATCH_LIMIT + 1)}, ["body", "instances"], f"at most {BATCH_LIMIT}"),
+        ({"instances": [ROW, ROW[:3]]}, ["body", "instances", 1], "at least 10"),
+        ({"instances": ROW}, ["body", "instances", 0], "list"),
+        ({}, ["body"], "neither"),
+        ({"features": None}, ["body", "features"], "valid list"),
+        ({"features": ROW, "instances": [ROW]}, ["body"], "both"),
+        ([ROW], ["body"], "object"),
+    ],
+    ids=[
+        "9 features", "11 features", "a string", "a boolean", "a numeric string", "null", "NaN", "Infinity",
+        "-Infinity in a batch", "empty batch", "oversize batch", "short row in a batch", "a row as the batch",
+        "neither form", "null features", "both forms", "not an object",
+    ],
+)
+def test_a_bad_body_is_refused_saying_where_and_what(serving: ServiceProcess, body, where: list, what: str) -> None:
+    if isinstance(body, str):
+        answer = httpx.post(f"{serving.url}/predict", content=body, headers={"content-type": "application/json"})
+    else:
+        answer = httpx.post(f"{serving.url}/predict", json=body)
+    assert answer.status_code == 422, answer.text
+    errors = answer.json()["detail"]
+    assert any(e["loc"][: len(where)] == where and what in e["msg"] for e in errors), errors
+
+
+def test_model_info_says_what_is_loaded_and_how_much_it_served(serving: ServiceProcess, models) -> None:
+    sidecar = json.loads(Path(f"{models['linear']}.json").read_text())
+    before = httpx.get(f"{serving.url}/model/info").json()
+    assert httpx.post(f"{serving.url}/predict", json={"instances": [ROW] * 7}).status_code == 200
+    info = httpx.get(f"{serving.url}/model/info").json()
+
+    for key in ("model_type", "params", "sklearn_version", "feature_names", "trained_at", "sha256", "metrics", "target_mean"):
+        assert info[key] == sidecar[key], key
+    assert info["model_version"] == sidecar["sha256"][:12]
+    assert info["verified"] is True and info["warnings"] == []
+    assert info["loaded_at"] and info["load_seconds"] >= 0
+    assert info["predictions_served"] == before["predictions_served"] + 7
+    assert info["predictions_by_version"][info["model_version"]]["http"] == before["predictions_served"] + 7
+
+
+def test_the_queue_path_predicts_what_predict_answers(serving: ServiceProcess, rows, amqp_url: str) -> None:
+    """The same model, the same row, the same number, up to the last bit or two: BLAS sums a
+    row's products in an order that depends on the batch it is in (measured: ≤ 2.5e-16 relative)."""
+    prefix = serving.env["QUEUE_PREFIX"]
+    ids = [f"1700000000.{i:06d}" for i in range(60)]
+    sent = {sample_id: rows[i * 7 % len(rows)].tolist() for i, sample_id in enumerate(ids)}
+
+    async def through_the_queues() -> dict[str, dict]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            predictions = await channel.declare_queue(f"{prefix}y_pred", passive=True)
+            for sample_id, features in sent.items():
+                body = json.dumps({"id": sample_id, "body": features, "ts": 1.0}).encode()
+                await channel.default_exchange.publish(aio_pika.Message(body), routing_key=f"{prefix}features")
+            received: dict[str, dict] = {}
+            async with asyncio.timeout(30):
+                async with predictions.iterator() as messages:
+                    async for message in messages:
+                        await message.ack()
+                        payload = json.loads(message.body)
+                        received[payload["id"]] = payload
+                        if len(received) == len(sent):
+                            break
+            return received
+
+    received = asyncio.run(through_the_queues())
+    assert set(received) == set(ids)
+    version = httpx.get(f"{serving.url}/model/info").json()["model_version"]
+    one_by_one = {
+        sample_id: httpx.post(f"{serving.url}/predict", json={"features": features}).json()["prediction"]
+        for sample_id, features in sent.items()
+    }
+    as_batch = httpx.post(f"{serving.url}/predict", json={"instances": list(sent.values())}).json()["predictions"]
+    for (sample_id, queued), batched in zip(sorted(received.items()), as_batch, strict=True):
+        assert queued["model_version"] == version
+        assert math.isclose(queued["body"], one_by_one[sample_id], rel_tol=1e-12), sample_id
+        assert math.isclose(queued["body"], batched, rel_tol=1e-12), sample_id
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+def test_no_request_the_schema_allows_or_forbids_makes_a_server_error(serving: ServiceProcess, mode: GenerationMode) -> None:
+    """schemathesis, over model_api's own OpenAPI schema: every route, valid and invalid requests,
+    checked for 5xx and for answers that disagree with the schema."""
+    schema = schemathesis.openapi.from_url(f"{serving.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/predict", "/model/info", "/model/reload", "/health"}
+    for operation in operations:
+        if mode is GenerationMode.NEGATIVE and not len(operation.body):
+            continue  # nothing to get wrong in a request without a body or parameters
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def answered_by_the_schema(case) -> None:
+            case.call_and_validate()
+
+        answered_by_the_schema()
+
+
+@pytest.fixture
+def reloadable(tmp_path: Path, models: dict[str, Path], amqp_url: str) -> Iterator[tuple[ServiceProcess, Path]]:
+    """model_api serving a copy of the linear model at a path the test may overwrite."""
+    path = tmp_path / "serving.pkl"
+    install(models["linear"], path)
+    with model_api(tmp_path, path, amqp_url) as service:
+        yield service, path
+
+
+def version_of(service: ServiceProcess) -> str:
+    return httpx.get(f"{service.url}/model/info").json()["model_version"]
+
+
+def test_reload_puts_the_new_file_in_service(reloadable, models, rows) -> None:
+    service, path = reloadable
+    linear = version_of(service)
+    forest = install(models["random_forest"], path)
+
+    answer = httpx.post(f"{service.url}/model/reload")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"model_version": forest, "previous_version": linear, "changed": True, "warnings": []}
+    info = httpx.get(f"{service.url}/model/info").json()
+    assert (info["model_version"], info["model_type"]) == (forest, "RandomForestRegressor")
+    predicted = httpx.post(f"{service.url}/predict", json={"instances": rows[:5].tolist()}).json()
+    assert predicted["model_version"] == forest
+    np.testing.assert_allclose(predicted["predictions"], unpickled(models["random_forest"]).predict(rows[:5]), rtol=1e-12)
+
+    again = httpx.post(f"{service.url}/model/reload").json()
+    assert (again["model_version"], again["changed"]) == (forest, False)
+
+
+def test_a_refused_reload_says_why_and_keeps_the_old_model(reloadable, models, tmp_path: Path, rows) -> None:
+    service, path = reloadable
+    linear = version_of(service)
+    expected = json.loads(Path(f"{path}.json").read_text())["sha256"]
+    shutil.copyfile(models["random_forest"], path)  # the file, without its sidecar
+    actual = json.loads(Path(f"{models['random_forest']}.json").read_text())["sha256"]
+
+    answer = httpx.post(f"{service.url}/model/reload")
+    assert answer.status_code == 409, answer.text
+    detail = answer.json()["detail"]
+    assert str(path) in detail and expected in detail and actual in detail
+    assert "MODEL_ALLOW_UNVERIFIED=1" in detail and "python -m services.model_api.register" in detail
+    assert answer.json()["model_version"] == linear
+
+    Path(f"{path}.json").unlink()
+    answer = httpx.post(f"{service.url}/model/reload")
+    assert answer.status_code == 409 and "has no metadata file" in answer.json()["detail"]
+
+    predicted = httpx.post(f"{service.url}/predict", json={"features": rows[9].tolist()}).json()
+    assert predicted["model_version"] == linear
+    assert math.isclose(predicted["prediction"], unpickled(models["linear"]).predict(rows[9:10])[0], rel_tol=1e-12)
+    assert "model reload refused" in service.output()
+
+
+def test_sighup_reloads_the_file(reloadable, models) -> None:
+    service, path = reloadable
+    forest = install(models["random_forest"], path)
+    assert service.process is not None
+    service.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: version_of(service) == forest, 20, "the model to be reloaded after SIGHUP")
+    assert service.process.poll() is None
+
+
+def test_an_unverified_file_is_served_only_when_allowed(tmp_path: Path, models, amqp_url: str) -> None:
+    path = tmp_path / "bare.pkl"
+    shutil.copyfile(models["linear"], path)
+    refused = run_to_exit("model_api", service_env(MODEL_PATH=str(path), MODEL_PORT=str(free_port())))
+    assert refused.returncode != 0
+    assert str(path) in refused.stderr and "MODEL_ALLOW_UNVERIFIED=1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    with model_api(tmp_path, path, amqp_url, MODEL_ALLOW_UNVERIFIED="1") as service:
+        info = httpx.get(f"{service.url}/model/info").json()
+        assert info["verified"] is False
+        assert any("MODEL_ALLOW_UNVERIFIED=1" in w for w in info["warnings"])
+        assert "UNVERIFIED" in service.output()
+
+
+def test_a_row_the_model_cannot_predict_is_refused_alone(reloadable, amqp_url: str) -> None:
+    """A model whose arithmetic overflows for some rows: those rows get a 422 over HTTP and go
+    to the DLQ from the queue, with the reason; the rows beside them are predicted."""
+    service, path = reloadable
+    overflowing = LinearRegression().fit(np.eye(10), np.zeros(10))
+    overflowing.coef_ = np.array([1e308, 1e308] + [0.0] * 8)
+    overflowing.intercept_ = 0.0
+    save_model(overflowing, path, {"model_type": "LinearRegression"})
+    assert httpx.post(f"{service.url}/model/reload").status_code == 200
+    fine, overflows = [0.1, 0.1] + [0.0] * 8, [0.9, 0.9] + [0.0] * 8
+
+    answer = httpx.post(f"{service.url}/predict", json={"instances": [fine, overflows]})
+    assert answer.status_code == 422
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["body", "instances", 1] and "not a finite number" in error["msg"]
+
+    prefix = service.env["QUEUE_PREFIX"]
+
+    async def through_the_queues() -> tuple[dict, dict]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            for sample_id, features in (("1700000001.000001", fine), ("1700000001.000002", overflows)):
+                body = json.dumps({"id": sample_id, "body": features}).encode()
+                await channel.default_exchange.publish(aio_pika.Message(body), routing_key=f"{prefix}features")
+            async with asyncio.timeout(30):
+                predicted = await _first_message(await channel.declare_queue(f"{prefix}y_pred", passive=True))
+                refused = await _first_message(await channel.declare_queue(f"{prefix}features.dlq", passive=True))
+            return json.loads(predicted.body), {"body": json.loads(refused.body), **refused.headers}
+
+    predicted, refused = asyncio.run(through_the_queues())
+    assert predicted["id"] == "1700000001.000001" and predicted["body"] == pytest.approx(2e307)
+    assert refused["body"]["id"] == "1700000001.000002"
+    assert "predicted inf" in refused["x-dlq-reason"]
+
+
+async def _first_message(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+    async with queue.iterator() as messages:
+        async for message in messages:
+            await message.ack()
+            return message
+    raise AssertionError(f"{queue.name} closed")
