@@ -316,3 +316,67 @@ def test_counters_start_at_zero_accumulate_and_can_be_overwritten(open_store: Op
     assert store.counter("csv_rows") == 7
     assert store.counter("fresh") == 9
     assert store.counter("orphans") == 2
+
+
+# --- what the CSV has no column for: model version, ts, join time ----------------------
+
+
+def test_a_joined_row_keeps_its_model_version_ts_lag_and_join_time(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        LabelPredictionJoin(store).add(PREDICTION, "1.000001", 150.5, 10.0, ts=9.5, model_version="v7")
+        LabelPredictionJoin(store).add(LABEL, "1.000002", 80.0, 11.0, ts=10.5)
+    store.close()
+    store = open_store()  # what was held survives a restart with its details
+    with transaction(store):
+        first = LabelPredictionJoin(store).add(LABEL, "1.000001", 151.0, 12.5, ts=9.5)
+        second = LabelPredictionJoin(store).add(PREDICTION, "1.000002", 82.0, 13.0, ts=10.5, model_version="v8")
+    assert isinstance(first, Joined) and isinstance(second, Joined)
+    assert (first.row.model_version, first.row.ts, first.row.lag_s) == ("v7", 9.5, 2.5)
+    assert (second.row.model_version, second.row.ts, second.row.lag_s) == ("v8", 10.5, 2.0)
+    assert sorted(row for rows in store.written_by_version() for row in rows) == [("v7", 151.0, 150.5), ("v8", 80.0, 82.0)]
+    assert store.written_times(["1.000001", "1.000002", "9.999999"], since=0.0) == [12.5, 13.0, None]
+
+
+def test_join_times_are_read_back_only_as_far_as_needed(open_store: OpenStore) -> None:
+    store = open_store()
+    ids = [f"1.{i:06d}" for i in range(2000)]
+    with transaction(store):
+        for i, sample_id in enumerate(ids):
+            store.record_written(MetricRow.of(sample_id, 1.0, 2.0), written_at=float(i))
+    times = store.written_times(ids, since=1700.0, chunk=100)
+    # The newest chunks down to the first one wholly before 1700: 1600-1699 is the last read.
+    assert times == [float(i) for i in range(1600, 2000)]
+
+
+def test_a_state_file_from_before_versions_gets_the_new_columns(path: Path, open_store: OpenStore) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE held (id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, arrived_at REAL NOT NULL,
+                               PRIMARY KEY (id, kind)) WITHOUT ROWID;
+            CREATE TABLE written (id TEXT PRIMARY KEY, y_true REAL NOT NULL, y_pred REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            INSERT INTO held VALUES ('1.000001', 'y_pred', 150.0, 1.0);
+            INSERT INTO written VALUES ('1.000000', 10.0, 12.0);
+            """
+        )
+    store = open_store()
+    with transaction(store):
+        outcome = LabelPredictionJoin(store).add(LABEL, "1.000001", 151.0, 2.0)
+        LabelPredictionJoin(store).add(PREDICTION, "1.000002", 5.0, 3.0, model_version="v2")
+        LabelPredictionJoin(store).add(LABEL, "1.000002", 6.0, 3.0)
+    assert isinstance(outcome, Joined) and outcome.row.model_version is None
+    assert sorted(row for rows in store.written_by_version() for row in rows) == [
+        ("unknown", 10.0, 12.0), ("unknown", 151.0, 150.0), ("v2", 6.0, 5.0),
+    ]  # fmt: skip
+
+
+def test_a_version_first_seen_in_a_rolled_back_batch_is_recorded_when_it_comes_again(open_store: OpenStore) -> None:
+    store = open_store()
+    store.begin()
+    store.record_written(MetricRow.of("1.000001", 1.0, 2.0, model_version="v9"))
+    store.rollback()
+    with transaction(store):
+        store.record_written(MetricRow.of("1.000002", 1.0, 2.0, model_version="v9"))
+    assert [row for rows in store.written_by_version() for row in rows] == [("v9", 1.0, 2.0)]
