@@ -96,25 +96,27 @@ class MetricService:
             new_rows: list[MetricRow] = []
             chunk: list[MetricRow] = []
             newest_ids: deque[str] = deque(maxlen=stats.ring.capacity)
+            count = 0
             for row in self.csv.open():
+                count += 1
                 chunk.append(row)
                 newest_ids.append(row.id)
-                if stats.count + len(chunk) > known:
+                if count > known:
                     new_rows.append(row)
                 if len(chunk) == READ_CHUNK_ROWS:
                     stats.add_history(chunk)
                     chunk = []
             stats.add_history(chunk)
             store.begin()
-            if stats.count < known:
-                log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, stats.count, known)
+            if count < known:
+                log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, count, known)
                 store.forget_written()
                 new_rows = list(self.csv.open())
             store.record_rows_of_csv(new_rows)
-            store.set_counter("csv_rows", stats.count)
+            store.set_counter("csv_rows", count)
             store.commit()
-            for rows in store.written_by_version():
-                stats.add_version_rows(rows)
+            for version, y_true, y_pred in store.written_by_version():
+                stats.add_version_rows(version, y_true, y_pred)
             stats.set_times_of_last(store.written_times(list(newest_ids), since=time.time() - LAST_5M_S))
         except BaseException:
             store.close()

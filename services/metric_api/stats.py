@@ -301,10 +301,14 @@ class QualityStats:
         y_true, y_pred = _columns(rows)
         self._add_to_all(rows, y_true, y_pred, np.full(len(rows), now))
         versions = [row.model_version or UNKNOWN_VERSION for row in rows]
-        if len(set(versions)) == 1:
+        distinct = dict.fromkeys(versions)
+        if len(distinct) == 1:
             self._version(versions[0]).add(y_true, y_pred)
         else:
-            self.add_version_rows(zip(versions, y_true.tolist(), y_pred.tolist(), strict=True))
+            labels = np.array(versions)
+            for version in distinct:
+                mine = labels == version
+                self._version(version).add(y_true[mine], y_pred[mine])
         self.latency_s.extend(now - row.ts for row in rows if row.ts is not None)
         self.lag_s.extend(row.lag_s for row in rows if row.lag_s is not None)
         self.last_row_at = now
@@ -316,15 +320,9 @@ class QualityStats:
             y_true, y_pred = _columns(rows)
             self._add_to_all(rows, y_true, y_pred, np.full(len(rows), np.nan))
 
-    def add_version_rows(self, rows: Iterable[tuple[str, float, float]]) -> None:
-        """(model version, y_true, y_pred) of rows already counted in ``all``."""
-        grouped: dict[str, tuple[list[float], list[float]]] = {}
-        for version, y_true, y_pred in rows:
-            trues, preds = grouped.setdefault(version, ([], []))
-            trues.append(y_true)
-            preds.append(y_pred)
-        for version, (trues, preds) in grouped.items():
-            self._version(version).add(np.array(trues), np.array(preds))
+    def add_version_rows(self, version: str, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        """Rows of one model version already counted in ``all`` (read back at start-up)."""
+        self._version(version).add(y_true, y_pred)
 
     def set_times_of_last(self, at: Sequence[float | None]) -> None:
         """When the newest ``len(at)`` rows were joined, oldest first (None: not known)."""

@@ -18,6 +18,8 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from services.metric_api.join import HeldHalf, Kind, MetricRow
 
 SCHEMA = """
@@ -131,12 +133,15 @@ class SqliteHalfStore:
             self._version_codes[name] = code
         return code
 
-    def written_by_version(self, chunk: int = 50_000) -> Iterator[list[tuple[str, float, float]]]:
-        """Every written row as (model version, y_true, y_pred), in chunks, in no set order."""
+    def written_by_version(self, chunk: int = 50_000) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Every written row's y_true and y_pred, by model version, in chunks, in no set order."""
         names = {code: name for name, code in self._version_codes.items()}
-        cursor = self._db.execute("SELECT version, y_true, y_pred FROM written")
+        cursor = self._db.execute("SELECT coalesce(version, -1), y_true, y_pred FROM written")
         while rows := cursor.fetchmany(chunk):
-            yield [(names.get(code, UNKNOWN_VERSION), y_true, y_pred) for code, y_true, y_pred in rows]
+            codes, y_true, y_pred = np.array(rows, dtype=float).T
+            for code in np.unique(codes):
+                mine = codes == code
+                yield names.get(int(code), UNKNOWN_VERSION), y_true[mine], y_pred[mine]
 
     def written_times(self, ids: Sequence[str], since: float, chunk: int = 500) -> list[float | None]:
         """When the rows of the newest of ``ids`` (oldest first) were joined (None: not recorded):

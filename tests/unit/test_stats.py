@@ -177,7 +177,9 @@ def test_rebuilding_from_history_equals_having_seen_the_rows_live() -> None:
         rebuilt.add_history([MetricRow.of(r.id, r.y_true, r.y_pred) for r in rows[start : start + 1000]])
     shuffled = list(rows)
     np.random.default_rng(11).shuffle(shuffled)  # as read from the state: in no set order
-    rebuilt.add_version_rows((r.model_version or "", r.y_true, r.y_pred) for r in shuffled)
+    for version in ("old", "new"):
+        mine = [r for r in shuffled if r.model_version == version]
+        rebuilt.add_version_rows(version, np.array([r.y_true for r in mine]), np.array([r.y_pred for r in mine]))
     rebuilt.set_times_of_last(times[-3000:])
 
     got, want = rebuilt.summary(now), live.summary(now)

@@ -321,6 +321,11 @@ def test_counters_start_at_zero_accumulate_and_can_be_overwritten(open_store: Op
 # --- what the CSV has no column for: model version, ts, join time ----------------------
 
 
+def version_rows(store: SqliteHalfStore) -> list[tuple[str, float, float]]:
+    rows = [(v, t, p) for v, trues, preds in store.written_by_version() for t, p in zip(trues, preds, strict=True)]
+    return sorted((v, float(t), float(p)) for v, t, p in rows)
+
+
 def test_a_joined_row_keeps_its_model_version_ts_lag_and_join_time(open_store: OpenStore) -> None:
     store = open_store()
     with transaction(store):
@@ -334,7 +339,7 @@ def test_a_joined_row_keeps_its_model_version_ts_lag_and_join_time(open_store: O
     assert isinstance(first, Joined) and isinstance(second, Joined)
     assert (first.row.model_version, first.row.ts, first.row.lag_s) == ("v7", 9.5, 2.5)
     assert (second.row.model_version, second.row.ts, second.row.lag_s) == ("v8", 10.5, 2.0)
-    assert sorted(row for rows in store.written_by_version() for row in rows) == [("v7", 151.0, 150.5), ("v8", 80.0, 82.0)]
+    assert version_rows(store) == [("v7", 151.0, 150.5), ("v8", 80.0, 82.0)]
     assert store.written_times(["1.000001", "1.000002", "9.999999"], since=0.0) == [12.5, 13.0, None]
 
 
@@ -367,7 +372,7 @@ def test_a_state_file_from_before_versions_gets_the_new_columns(path: Path, open
         LabelPredictionJoin(store).add(PREDICTION, "1.000002", 5.0, 3.0, model_version="v2")
         LabelPredictionJoin(store).add(LABEL, "1.000002", 6.0, 3.0)
     assert isinstance(outcome, Joined) and outcome.row.model_version is None
-    assert sorted(row for rows in store.written_by_version() for row in rows) == [
+    assert version_rows(store) == [
         ("unknown", 10.0, 12.0), ("unknown", 151.0, 150.0), ("v2", 6.0, 5.0),
     ]  # fmt: skip
 
@@ -379,4 +384,4 @@ def test_a_version_first_seen_in_a_rolled_back_batch_is_recorded_when_it_comes_a
     store.rollback()
     with transaction(store):
         store.record_written(MetricRow.of("1.000002", 1.0, 2.0, model_version="v9"))
-    assert [row for rows in store.written_by_version() for row in rows] == [("v9", 1.0, 2.0)]
+    assert version_rows(store) == [("v9", 1.0, 2.0)]
