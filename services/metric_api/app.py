@@ -143,6 +143,8 @@ class MetricService:
             await asyncio.sleep(RETRY_S)
 
     async def start(self) -> None:
+        if self.stats.baseline.problem:
+            log.warning("%s; baseline_mae and skill stay null", self.stats.baseline.problem)
         await self._open_until_ok()
         self._tasks = [
             asyncio.create_task(self._work(), name="metric-batches"),

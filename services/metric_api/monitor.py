@@ -61,7 +61,6 @@ def read_baseline(settings: Settings) -> Baseline:
             f"no baseline: cannot read target_mean from {sidecar} ({type(exc).__name__}: {exc}); "
             "set BASELINE_MEAN to the training-set mean of y"
         )
-        log.warning("%s; baseline_mae and skill stay null", problem)
         return Baseline(None, None, problem)
     return Baseline(float(mean), f"{sidecar} target_mean")
 
@@ -93,13 +92,16 @@ class QualityMonitor:
         """The rows of one committed batch, durable at ``now``."""
         if not rows:
             return
-        self.core.add_rows(rows, now)
-        for row in rows:
-            if row.ts is not None:
-                END_TO_END_LATENCY.observe(now - row.ts)
-            if row.lag_s is not None:
-                LABEL_PREDICTION_LAG.observe(row.lag_s)
-        self._check_alert(now)
+        try:
+            self.core.add_rows(rows, now)
+            for row in rows:
+                if row.ts is not None:
+                    END_TO_END_LATENCY.observe(now - row.ts)
+                if row.lag_s is not None:
+                    LABEL_PREDICTION_LAG.observe(row.lag_s)
+            self._check_alert(now)
+        except Exception:  # noqa: BLE001 - the rows are durable; a statistics bug must not stop the batch worker
+            log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
     def _check_alert(self, now: float) -> None:
         if self.alert is None:
