@@ -8,6 +8,7 @@ holds up the batch that caused the change.
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -45,12 +46,12 @@ class MaeAlert:
 
     def check(self, mae: float | None, now: float) -> AlertChange | None:
         """Take the current MAE (None: no rows yet); return the change, if this is one."""
-        self.mae = mae
         above = mae is not None and mae > self.threshold
+        self.mae = mae if mae is not None and math.isfinite(mae) else None  # reported as JSON
         if above == self.raised:
             return None
         self.since = now if above else None
-        return AlertChange("raised" if above else "cleared", ALERT_WINDOW, mae, self.threshold, now)
+        return AlertChange("raised" if above else "cleared", ALERT_WINDOW, self.mae, self.threshold, now)
 
     def state(self) -> dict[str, Any] | None:
         """The summary's ``alert``: null while not raised."""

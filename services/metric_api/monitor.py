@@ -110,10 +110,11 @@ class QualityMonitor:
         if change is None:
             return
         MAE_ALERT_RAISED.set(1 if change.state == "raised" else 0)
+        mae = "not finite" if change.mae is None else f"{change.mae:.4g}"
         if change.state == "raised":
-            log.warning("ALERT: the %s MAE is %.4g, above MAE_ALERT=%g", change.window, change.mae, change.threshold)
+            log.warning("ALERT: the %s MAE is %s, above MAE_ALERT=%g", change.window, mae, change.threshold)
         else:
-            log.info("alert cleared: the %s MAE is %.4g, back within MAE_ALERT=%g", change.window, change.mae, change.threshold)
+            log.info("alert cleared: the %s MAE is %s, back within MAE_ALERT=%g", change.window, mae, change.threshold)
         if self.notifier is not None:
             self.notifier.send(change)
 

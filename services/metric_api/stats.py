@@ -88,6 +88,7 @@ class ErrorSums:
         self.mean_y = 0.0
         self.m2_y = 0.0  # Σ (y_true - mean)²
 
+    @np.errstate(over="ignore", invalid="ignore")  # absurd values overflow to inf: reported as null
     def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         """Merge a batch in; return its absolute errors."""
         k = len(y_true)
@@ -116,6 +117,7 @@ class ErrorSums:
         self.count = total
         return ae
 
+    @np.errstate(over="ignore", invalid="ignore")
     def window(self, absolute_errors: np.ndarray, *, ascending: bool) -> Window:
         """The window's numbers; ``absolute_errors`` are those of the same rows (``ascending``:
         already sorted, so percentiles are read off rather than searched for)."""
@@ -348,6 +350,7 @@ class QualityStats:
     def mae(self) -> float | None:
         return self.all.sums.sum_ae.value / self.count if self.count else None
 
+    @np.errstate(over="ignore", invalid="ignore")
     def recent_mae(self, rows: int) -> float | None:
         """MAE of the newest ``rows`` rows (cheap: for checking an alert every batch)."""
         y_true, y_pred, _at = self.ring.last(rows)

@@ -99,3 +99,18 @@ def test_without_a_usable_sidecar_the_baseline_is_null_and_says_what_to_do(tmp_p
     baseline = read_baseline(Settings(MODEL_PATH=tmp_path / "model.pkl"))
     assert baseline.mean is None
     assert baseline.problem and "model.pkl.json" in baseline.problem and "BASELINE_MEAN" in baseline.problem
+
+
+def test_the_summary_json_is_strict_even_when_errors_overflow(tmp_path: Path) -> None:
+    from services.metric_api.join import MetricRow
+    from services.metric_api.monitor import QualityMonitor
+    from tests.quality import strict_json
+
+    monitor = QualityMonitor(Settings(MODEL_PATH=tmp_path / "none.pkl", MAE_ALERT=1.0))
+    monitor.add_rows([MetricRow.of("1.000001", 1e300, -1e300), MetricRow.of("1.000002", 5.0, 7.0)], 1000.0)
+    monitor.add_rows([MetricRow.of("1.000003", 1.7e308, -1.7e308)], 1000.2)  # |e| itself is inf
+    summary = strict_json(monitor.summary({"pending_y_true": 0}, "metric_log.csv", 1000.5))
+    assert summary["count"] == 3
+    assert summary["rmse"] is None  # e² overflows: no finite value to report
+    assert summary["alert"] == {"window": "last_100", "mae": None, "threshold": 1.0, "since": 1000.0}
+    assert summary["baseline"]["mean"] is None and "BASELINE_MEAN" in summary["baseline"]["problem"]
