@@ -58,15 +58,7 @@ class HalfStore(Protocol):
     def written(self, sample_id: str) -> MetricRow | None: ...
     def held(self, sample_id: str, kind: Kind) -> float | None: ...
     def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None: ...
-    def hold(
-        self,
-        sample_id: str,
-        kind: Kind,
-        value: float,
-        arrived_at: float,
-        ts: float | None = None,
-        model_version: str | None = None,
-    ) -> None: ...
+    def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None: ...
     def release(self, sample_id: str, kind: Kind) -> None: ...
     def record_written(self, row: MetricRow, written_at: float | None = None) -> None: ...
 
@@ -128,7 +120,7 @@ class LabelPredictionJoin:
             return Conflict(f"id {sample_id} already has {kind}={held!r} waiting; this message says {value!r}")
         partner = self.store.held_half(sample_id, other(kind))
         if partner is None:
-            self.store.hold(sample_id, kind, value, arrived_at, ts, model_version)
+            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
             return Held()
         self.store.release(sample_id, other(kind))
         if kind == LABEL:
@@ -164,16 +156,8 @@ class MemoryHalfStore:
     def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
         return self.halves.get((sample_id, kind))
 
-    def hold(
-        self,
-        sample_id: str,
-        kind: Kind,
-        value: float,
-        arrived_at: float,
-        ts: float | None = None,
-        model_version: str | None = None,
-    ) -> None:
-        self.halves[(sample_id, kind)] = HeldHalf(value, arrived_at, ts, model_version)
+    def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
+        self.halves[(sample_id, kind)] = half
 
     def release(self, sample_id: str, kind: Kind) -> None:
         del self.halves[(sample_id, kind)]

@@ -94,18 +94,10 @@ class SqliteHalfStore:
         ).fetchone()
         return HeldHalf(*found) if found else None
 
-    def hold(
-        self,
-        sample_id: str,
-        kind: Kind,
-        value: float,
-        arrived_at: float,
-        ts: float | None = None,
-        model_version: str | None = None,
-    ) -> None:
+    def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
         self._db.execute(
             "INSERT INTO held (id, kind, value, arrived_at, ts, model_version) VALUES (?, ?, ?, ?, ?, ?)",
-            (sample_id, kind, value, arrived_at, ts, model_version),
+            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version),
         )
         self.held_count[kind] += 1
 
