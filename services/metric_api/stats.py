@@ -73,6 +73,29 @@ class CompensatedSum:
         return self._sum + self._compensation
 
 
+class BatchSums:
+    """The sums of one batch of rows, computed once and merged into every window it belongs to."""
+
+    __slots__ = ("count", "sum_e", "sum_e2", "sum_ae", "sum_ape", "count_ape", "sum_baseline_ae", "mean_y", "m2_y", "absolute_errors")  # fmt: skip
+
+    @np.errstate(over="ignore", invalid="ignore")  # absurd values overflow to inf: reported as null
+    def __init__(self, y_true: np.ndarray, y_pred: np.ndarray, baseline: float | None) -> None:
+        k = self.count = len(y_true)
+        e = y_pred - y_true
+        ae = self.absolute_errors = np.abs(e)
+        self.sum_e = float(e.sum())
+        self.sum_e2 = float((e * e).sum())
+        self.sum_ae = float(ae.sum())
+        nonzero = y_true != 0
+        self.sum_ape = float(np.divide(ae, np.abs(y_true), out=np.zeros(k), where=nonzero).sum())
+        self.count_ape = int(np.count_nonzero(nonzero))
+        self.sum_baseline_ae = float(np.abs(y_true - baseline).sum()) if baseline is not None else 0.0
+        # Two passes within the batch; ErrorSums merges batches with Chan's formula.
+        self.mean_y = float(y_true.sum()) / k if k else 0.0
+        deviation = y_true - self.mean_y
+        self.m2_y = float((deviation * deviation).sum())
+
+
 class ErrorSums:
     """What a window's numbers are made of, merged one batch of rows at a time."""
 
@@ -88,34 +111,29 @@ class ErrorSums:
         self.mean_y = 0.0
         self.m2_y = 0.0  # Σ (y_true - mean)²
 
-    @np.errstate(over="ignore", invalid="ignore")  # absurd values overflow to inf: reported as null
     def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        """Merge a batch in; return its absolute errors."""
-        k = len(y_true)
+        """Merge rows in; return their absolute errors."""
+        batch = BatchSums(y_true, y_pred, self.baseline)
+        self.merge(batch)
+        return batch.absolute_errors
+
+    def merge(self, batch: BatchSums) -> None:
+        k = batch.count
         if k == 0:
-            return np.empty(0)
-        e = y_pred - y_true
-        ae = np.abs(e)
-        self.sum_e.add(float(np.sum(e)))
-        self.sum_e2.add(float(np.sum(e * e)))
-        self.sum_ae.add(float(np.sum(ae)))
-        nonzero = y_true != 0
-        ape = np.divide(ae, np.abs(y_true), out=np.zeros(k), where=nonzero)
-        self.sum_ape.add(float(np.sum(ape)))
-        self.count_ape += int(np.count_nonzero(nonzero))
-        if self.baseline is not None:
-            self.sum_baseline_ae.add(float(np.sum(np.abs(y_true - self.baseline))))
-        # Chan et al.: merge the batch's mean and squared deviations (two-pass within it).
-        batch_mean = float(np.mean(y_true))
-        deviation = y_true - batch_mean
-        batch_m2 = float(np.sum(deviation * deviation))
+            return
+        self.sum_e.add(batch.sum_e)
+        self.sum_e2.add(batch.sum_e2)
+        self.sum_ae.add(batch.sum_ae)
+        self.sum_ape.add(batch.sum_ape)
+        self.count_ape += batch.count_ape
+        self.sum_baseline_ae.add(batch.sum_baseline_ae)
+        # Chan et al.: the merged mean and squared deviations, without Σy² − n·ȳ².
         n = self.count
         total = n + k
-        delta = batch_mean - self.mean_y
+        delta = batch.mean_y - self.mean_y
         self.mean_y += delta * k / total
-        self.m2_y += batch_m2 + delta * delta * n * k / total
+        self.m2_y += batch.m2_y + delta * delta * n * k / total
         self.count = total
-        return ae
 
     @np.errstate(over="ignore", invalid="ignore")
     def window(self, absolute_errors: np.ndarray, *, ascending: bool) -> Window:
@@ -220,7 +238,11 @@ class ErrorHistory:
         return self.sums.count
 
     def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
-        self.absolute_errors.extend(self.sums.add(y_true, y_pred))
+        self.merge(BatchSums(y_true, y_pred, self.sums.baseline))
+
+    def merge(self, batch: BatchSums) -> None:
+        self.sums.merge(batch)
+        self.absolute_errors.extend(batch.absolute_errors)
 
     def window(self) -> Window:
         if self._cached is None or self._cached[0] != self.count:
@@ -301,11 +323,12 @@ class QualityStats:
         if not rows:
             return
         y_true, y_pred = _columns(rows)
-        self._add_to_all(rows, y_true, y_pred, np.full(len(rows), now))
+        batch = BatchSums(y_true, y_pred, self.baseline)
+        self._add_to_all(rows, batch, y_true, y_pred, np.full(len(rows), now))
         versions = [row.model_version or UNKNOWN_VERSION for row in rows]
         distinct = dict.fromkeys(versions)
         if len(distinct) == 1:
-            self._version(versions[0]).add(y_true, y_pred)
+            self._version(versions[0]).merge(batch)
         else:
             labels = np.array(versions)
             for version in distinct:
@@ -320,7 +343,7 @@ class QualityStats:
         separately (``add_version_rows``, ``set_times_of_last``)."""
         if rows:
             y_true, y_pred = _columns(rows)
-            self._add_to_all(rows, y_true, y_pred, np.full(len(rows), np.nan))
+            self._add_to_all(rows, BatchSums(y_true, y_pred, self.baseline), y_true, y_pred, np.full(len(rows), np.nan))
 
     def add_version_rows(self, version: str, y_true: np.ndarray, y_pred: np.ndarray) -> None:
         """Rows of one model version already counted in ``all`` (read back at start-up)."""
@@ -333,8 +356,10 @@ class QualityStats:
         if len(times) and len(self.ring):
             self.last_row_at = finite_or_none(times[-1])
 
-    def _add_to_all(self, rows: Sequence[MetricRow], y_true: np.ndarray, y_pred: np.ndarray, at: np.ndarray) -> None:
-        self.all.add(y_true, y_pred)
+    def _add_to_all(
+        self, rows: Sequence[MetricRow], batch: BatchSums, y_true: np.ndarray, y_pred: np.ndarray, at: np.ndarray
+    ) -> None:
+        self.all.merge(batch)
         self.ring.extend(y_true, y_pred, at)
         self.recent.extend(rows)
         self.last_id = rows[-1].id
