@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
     # A connection that stops answering is given up after about 3 heartbeats, then remade.
     AMQP_HEARTBEAT_S: int = Field(5, ge=1, le=600)
+    # metric_api: alert when the last_100 MAE is above this; POST each change to the URL.
+    MAE_ALERT: float | None = Field(None, ge=0, allow_inf_nan=False)
+    ALERT_WEBHOOK_URL: AnyHttpUrl | None = None
+    # metric_api: the constant predictor's value for baseline_mae/skill; by default the
+    # training-set mean of y from the model's sidecar (<MODEL_PATH>.json, target_mean).
+    BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
 
     def queue(self, base: str) -> str:
         """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""

@@ -4,13 +4,14 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from prometheus_client import Counter, Gauge
 
 from services.common.batching import next_batch, wait_until_empty
@@ -21,7 +22,8 @@ from services.common.messages import LabelMessage, PredictionMessage, SampleMess
 from services.common.settings import Settings, get_settings
 from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin, MetricRow
-from services.metric_api.stats import RECENT_ROWS, RunningErrorStats
+from services.metric_api.monitor import QualityMonitor
+from services.metric_api.stats import LAST_5M_S, RECENT_ROWS, QualityStats
 from services.metric_api.store import SqliteHalfStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves seen again (redeli
 ORPHANS = Counter("metric_orphan_halves", "Halves whose partner did not come within ORPHAN_TTL_S", ["kind"])
 PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner", ["kind"])
 RETRY_S = 2.0
+READ_CHUNK_ROWS = 10_000  # CSV rows folded into the statistics at a time at start-up
 StorageErrors = (OSError, MetricLogError, sqlite3.Error)
 
 
@@ -58,7 +61,7 @@ class MetricService:
         self.csv = MetricLog(settings.LOGS_DIR / METRIC_LOG)
         self.orphan_log = settings.LOGS_DIR / ORPHAN_LOG
         self.store: SqliteHalfStore | None = None
-        self.stats = RunningErrorStats()
+        self.stats = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.csv.path} not opened yet"
         self.link = BrokerLink(settings, "metric_api", self._on_connect)
         self.consumers: list[QueueConsumer[Any]] = []
@@ -81,41 +84,56 @@ class MetricService:
         return sum(consumer.dead_lettered for consumer in self.consumers)
 
     # -- storage
-    def _open(self) -> None:
-        """Open the CSV and the state, and make the state agree with the CSV."""
+    def _open(self) -> QualityStats:
+        """Open the CSV and the state, make the state agree with the CSV, and rebuild the
+        statistics: ``all`` and the windows from the CSV (the one full read), the model
+        versions and join times from the state."""
         self.settings.LOGS_DIR.mkdir(parents=True, exist_ok=True)
         store = SqliteHalfStore(self.settings.LOGS_DIR / METRIC_STATE)
         try:
-            stats = RunningErrorStats()
+            stats = self.stats.new_core()
             known = store.counter("csv_rows")
             new_rows: list[MetricRow] = []
+            chunk: list[MetricRow] = []
+            newest_ids: deque[str] = deque(maxlen=stats.ring.capacity)
+            count = 0
             for row in self.csv.open():
-                stats.add(row)
-                if stats.count > known:
+                count += 1
+                chunk.append(row)
+                newest_ids.append(row.id)
+                if count > known:
                     new_rows.append(row)
+                if len(chunk) == READ_CHUNK_ROWS:
+                    stats.add_history(chunk)
+                    chunk = []
+            stats.add_history(chunk)
             store.begin()
-            if stats.count < known:
-                log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, stats.count, known)
+            if count < known:
+                log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, count, known)
                 store.forget_written()
                 new_rows = list(self.csv.open())
             store.record_rows_of_csv(new_rows)
-            store.set_counter("csv_rows", stats.count)
+            store.set_counter("csv_rows", count)
             store.commit()
+            for version, y_true, y_pred in store.written_by_version():
+                stats.add_version_rows(version, y_true, y_pred)
+            stats.set_times_of_last(store.written_times(list(newest_ids), since=time.time() - LAST_5M_S))
         except BaseException:
             store.close()
             self.csv.close()
             raise
         if self.store is not None:
             self.store.close()
-        self.store, self.stats, self.storage_problem = store, stats, None
+        self.store, self.storage_problem = store, None
         self.orphans = store.counter("orphans")
         log.info("%s holds %d rows; %s halves wait for their partner", self.csv.path, stats.count, store.held_count)
+        return stats
 
     async def _open_until_ok(self) -> None:
         while True:
             try:
                 async with self._state_lock:
-                    await asyncio.to_thread(self._open)
+                    self.stats.replace(await asyncio.to_thread(self._open), time.time())
                 return
             except StorageErrors as exc:
                 problem = f"cannot use {self.settings.LOGS_DIR}: {exc}"
@@ -125,6 +143,8 @@ class MetricService:
             await asyncio.sleep(RETRY_S)
 
     async def start(self) -> None:
+        if self.stats.baseline.problem:
+            log.warning("%s; baseline_mae and skill stay null", self.stats.baseline.problem)
         await self._open_until_ok()
         self._tasks = [
             asyncio.create_task(self._work(), name="metric-batches"),
@@ -167,8 +187,7 @@ class MetricService:
             log.exception("joining a batch of %d failed; handing it back", len(batch))
             await self._settle(batch, requeue=True)
             return
-        for row in result.rows:
-            self.stats.add(row)
+        self.stats.add_rows(result.rows, time.time())
         ROWS_WRITTEN.inc(len(result.rows))
         await self._settle(result.done)
         for half, reason in result.conflicts:
@@ -192,7 +211,10 @@ class MetricService:
         self.store.begin()
         try:
             for half in batch:
-                outcome = join.add(half.kind, half.message.id, half.message.body, now)
+                message = half.message
+                outcome = join.add(
+                    half.kind, message.id, message.body, now, ts=message.ts, model_version=getattr(message, "model_version", None)
+                )
                 if isinstance(outcome, Conflict):
                     result.conflicts.append((half, outcome.reason))
                     continue
@@ -271,6 +293,7 @@ class MetricService:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.close()
+        await self.stats.close()
         self.csv.close()
         if self.store is not None:
             self.store.close()
@@ -307,24 +330,23 @@ Service = Annotated[MetricService, Depends(get_service)]
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
 
-@router.get("/summary")
-async def summary(service: Service) -> dict[str, Any]:
-    stats = service.stats
-    return {
-        "count": stats.count,
-        "mae": stats.mae,
-        "rmse": stats.rmse,
-        "last_id": stats.last_id,
-        "join": {
-            "pending_y_true": service.pending("y_true"),
-            "pending_y_pred": service.pending("y_pred"),
-            "orphans": service.orphans,
-            "dead_lettered": service.dead_lettered,
-        },
-        "csv": str(service.csv.path),
+@router.get("/summary", response_class=Response, responses={200: {"content": {"application/json": {}}}})
+async def summary(service: Service) -> Response:
+    """count, mae, rmse; per window and per model version the twelve numbers of README
+    "Model quality"; the join, latency, alert and baseline. Numbers are never NaN (null instead)."""
+    join = {
+        "pending_y_true": service.pending("y_true"),
+        "pending_y_pred": service.pending("y_pred"),
+        "orphans": service.orphans,
+        "dead_lettered": service.dead_lettered,
     }
+    body = service.stats.summary(join, str(service.csv.path), time.time())
+    return Response(body, media_type="application/json")
 
 
 @router.get("/recent")
 async def recent(service: Service, limit: Annotated[int, Query(ge=1, le=RECENT_ROWS)] = 10) -> list[dict[str, Any]]:
-    return [vars(row) for row in service.stats.last(limit)]
+    return [
+        {"id": row.id, "y_true": row.y_true, "y_pred": row.y_pred, "absolute_error": row.absolute_error}
+        for row in service.stats.core.last(limit)
+    ]

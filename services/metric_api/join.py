@@ -8,7 +8,7 @@ contradicts what is known of its id (another value for the same id) is a conflic
 The store decides where halves live (memory in tests, SQLite in the service).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Kind = Literal["y_true", "y_pred"]
@@ -18,26 +18,49 @@ PREDICTION: Kind = "y_pred"
 
 @dataclass(frozen=True)
 class MetricRow:
+    """One CSV row, and what the join knew of it besides (not in the CSV, not compared)."""
+
     id: str
     y_true: float
     y_pred: float
     absolute_error: float
+    model_version: str | None = field(default=None, compare=False)
+    # The features service's publish time, and how long the first half waited for the second.
+    ts: float | None = field(default=None, compare=False)
+    lag_s: float | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, sample_id: str, y_true: float, y_pred: float) -> "MetricRow":
-        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred))
+    def of(
+        cls,
+        sample_id: str,
+        y_true: float,
+        y_pred: float,
+        model_version: str | None = None,
+        ts: float | None = None,
+        lag_s: float | None = None,
+    ) -> "MetricRow":
+        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s)
 
     def csv_line(self) -> str:
         # repr() of a float is the shortest text that reads back as the same float.
         return f"{self.id},{self.y_true!r},{self.y_pred!r},{self.absolute_error!r}\n"
 
 
+@dataclass(frozen=True)
+class HeldHalf:
+    value: float
+    arrived_at: float
+    ts: float | None = None
+    model_version: str | None = None
+
+
 class HalfStore(Protocol):
     def written(self, sample_id: str) -> MetricRow | None: ...
     def held(self, sample_id: str, kind: Kind) -> float | None: ...
-    def hold(self, sample_id: str, kind: Kind, value: float, arrived_at: float) -> None: ...
+    def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None: ...
+    def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None: ...
     def release(self, sample_id: str, kind: Kind) -> None: ...
-    def record_written(self, row: MetricRow) -> None: ...
+    def record_written(self, row: MetricRow, written_at: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,17 @@ class LabelPredictionJoin:
     def __init__(self, store: HalfStore) -> None:
         self.store = store
 
-    def add(self, kind: Kind, sample_id: str, value: float, arrived_at: float) -> Outcome:
+    def add(
+        self,
+        kind: Kind,
+        sample_id: str,
+        value: float,
+        arrived_at: float,
+        *,
+        ts: float | None = None,
+        model_version: str | None = None,
+    ) -> Outcome:
+        """One half; ``ts`` and ``model_version`` (of a prediction) go along into the row."""
         row = self.store.written(sample_id)
         if row is not None:
             seen = row.y_true if kind == LABEL else row.y_pred
@@ -85,14 +118,24 @@ class LabelPredictionJoin:
             if held == value:
                 return Duplicate()
             return Conflict(f"id {sample_id} already has {kind}={held!r} waiting; this message says {value!r}")
-        partner = self.store.held(sample_id, other(kind))
+        partner = self.store.held_half(sample_id, other(kind))
         if partner is None:
-            self.store.hold(sample_id, kind, value, arrived_at)
+            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
             return Held()
         self.store.release(sample_id, other(kind))
-        y_true, y_pred = (value, partner) if kind == LABEL else (partner, value)
-        joined = MetricRow.of(sample_id, y_true, y_pred)
-        self.store.record_written(joined)
+        if kind == LABEL:
+            y_true, y_pred, model_version = value, partner.value, partner.model_version
+        else:
+            y_true, y_pred = partner.value, value
+        joined = MetricRow.of(
+            sample_id,
+            y_true,
+            y_pred,
+            model_version=model_version,
+            ts=ts if ts is not None else partner.ts,
+            lag_s=max(0.0, arrived_at - partner.arrived_at),
+        )
+        self.store.record_written(joined, arrived_at)
         return Joined(joined)
 
 
@@ -101,20 +144,23 @@ class MemoryHalfStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, MetricRow] = {}
-        self.halves: dict[tuple[str, Kind], tuple[float, float]] = {}
+        self.halves: dict[tuple[str, Kind], HeldHalf] = {}
 
     def written(self, sample_id: str) -> MetricRow | None:
         return self.rows.get(sample_id)
 
     def held(self, sample_id: str, kind: Kind) -> float | None:
         half = self.halves.get((sample_id, kind))
-        return half[0] if half else None
+        return half.value if half else None
 
-    def hold(self, sample_id: str, kind: Kind, value: float, arrived_at: float) -> None:
-        self.halves[(sample_id, kind)] = (value, arrived_at)
+    def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
+        return self.halves.get((sample_id, kind))
+
+    def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
+        self.halves[(sample_id, kind)] = half
 
     def release(self, sample_id: str, kind: Kind) -> None:
         del self.halves[(sample_id, kind)]
 
-    def record_written(self, row: MetricRow) -> None:
+    def record_written(self, row: MetricRow, written_at: float | None = None) -> None:
         self.rows[row.id] = row

@@ -8,25 +8,39 @@ The CSV is the record users read; this database must agree with it. ``csv_rows``
 the CSV rows the database knows of, updated in the same transaction that records them,
 so after a crash between appending rows and committing, the service can tell which
 rows are new to the database and record them (see MetricService._open).
+
+Beside each written id it keeps what the CSV has no column for: the model version that
+made the prediction (as a small code into ``versions``) and when the row was joined, so
+the per-version and time-window statistics can be rebuilt at start-up.
 """
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from services.metric_api.join import Kind, MetricRow
+import numpy as np
+
+from services.metric_api.join import HeldHalf, Kind, MetricRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS held (
     id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, arrived_at REAL NOT NULL,
+    ts REAL, model_version TEXT,
     PRIMARY KEY (id, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS held_by_age ON held (arrived_at);
 CREATE TABLE IF NOT EXISTS written (
-    id TEXT PRIMARY KEY, y_true REAL NOT NULL, y_pred REAL NOT NULL
+    id TEXT PRIMARY KEY, y_true REAL NOT NULL, y_pred REAL NOT NULL, version INTEGER, written_at REAL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
+# Columns added after the first release: a state file from then gets them at start-up.
+ADDED_COLUMNS = {
+    "held": {"ts": "REAL", "model_version": "TEXT"},
+    "written": {"version": "INTEGER", "written_at": "REAL"},
+}
+UNKNOWN_VERSION = "unknown"  # rows recorded without one (older state, rows recovered from the CSV)
 
 
 class SqliteHalfStore:
@@ -36,6 +50,13 @@ class SqliteHalfStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we ack
         self._db.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            present = {column[1] for column in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        self._version_codes: dict[str, int] = {}
+        self._load_versions()
         self.held_count: dict[str, int] = {"y_true": 0, "y_pred": 0}
         for kind, count in self._db.execute("SELECT kind, count(*) FROM held GROUP BY kind"):
             self.held_count[kind] = count
@@ -50,6 +71,7 @@ class SqliteHalfStore:
     def rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+            self._load_versions()
             self.held_count = dict.fromkeys(self.held_count, 0)
             for kind, count in self._db.execute("SELECT kind, count(*) FROM held GROUP BY kind"):
                 self.held_count[kind] = count
@@ -66,16 +88,68 @@ class SqliteHalfStore:
         found = self._db.execute("SELECT value FROM held WHERE id = ? AND kind = ?", (sample_id, kind)).fetchone()
         return found[0] if found else None
 
-    def hold(self, sample_id: str, kind: Kind, value: float, arrived_at: float) -> None:
-        self._db.execute("INSERT INTO held VALUES (?, ?, ?, ?)", (sample_id, kind, value, arrived_at))
+    def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
+        found = self._db.execute(
+            "SELECT value, arrived_at, ts, model_version FROM held WHERE id = ? AND kind = ?", (sample_id, kind)
+        ).fetchone()
+        return HeldHalf(*found) if found else None
+
+    def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
+        self._db.execute(
+            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version) VALUES (?, ?, ?, ?, ?, ?)",
+            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version),
+        )
         self.held_count[kind] += 1
 
     def release(self, sample_id: str, kind: Kind) -> None:
         if self._db.execute("DELETE FROM held WHERE id = ? AND kind = ?", (sample_id, kind)).rowcount:
             self.held_count[kind] -= 1
 
-    def record_written(self, row: MetricRow) -> None:
-        self._db.execute("INSERT OR IGNORE INTO written VALUES (?, ?, ?)", (row.id, row.y_true, row.y_pred))
+    def record_written(self, row: MetricRow, written_at: float | None = None) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO written (id, y_true, y_pred, version, written_at) VALUES (?, ?, ?, ?, ?)",
+            (row.id, row.y_true, row.y_pred, self._version_code(row.model_version), written_at),
+        )
+
+    # -- model versions, as small codes
+    def _load_versions(self) -> None:
+        self._version_codes = {name: code for code, name in self._db.execute("SELECT code, name FROM versions")}
+
+    def _version_code(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        code = self._version_codes.get(name)
+        if code is None:
+            code = self._db.execute("INSERT INTO versions (name) VALUES (?)", (name,)).lastrowid
+            assert code is not None
+            self._version_codes[name] = code
+        return code
+
+    def written_by_version(self, chunk: int = 50_000) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Every written row's y_true and y_pred, by model version, in chunks, in no set order."""
+        names = {code: name for name, code in self._version_codes.items()}
+        cursor = self._db.execute("SELECT coalesce(version, -1), y_true, y_pred FROM written")
+        while rows := cursor.fetchmany(chunk):
+            codes, y_true, y_pred = np.array(rows, dtype=float).T
+            for code in np.unique(codes):
+                mine = codes == code
+                yield names.get(int(code), UNKNOWN_VERSION), y_true[mine], y_pred[mine]
+
+    def written_times(self, ids: Sequence[str], since: float, chunk: int = 500) -> list[float | None]:
+        """When the rows of the newest of ``ids`` (oldest first) were joined (None: not recorded):
+        read back from the newest in chunks, stopping after the first chunk all before ``since``."""
+        chunks: list[list[float | None]] = []
+        end = len(ids)
+        while end > 0:
+            part = [ids[i] for i in range(max(0, end - chunk), end)]
+            marks = ",".join("?" * len(part))
+            found = dict(self._db.execute(f"SELECT id, written_at FROM written WHERE id IN ({marks})", part).fetchall())
+            times = [found.get(sample_id) for sample_id in part]
+            chunks.append(times)
+            if all(t is None or t < since for t in times):
+                break
+            end -= len(part)
+        return [t for times in reversed(chunks) for t in times]
 
     # -- keeping up with the CSV
     def counter(self, name: str) -> int:
@@ -97,6 +171,9 @@ class SqliteHalfStore:
     def record_rows_of_csv(self, rows: Iterable[MetricRow]) -> None:
         """Record rows found in the CSV (after a crash, or a CSV replaced by hand)."""
         for row in rows:
+            prediction = self.held_half(row.id, "y_pred")
+            if prediction is not None:  # its label came in the batch the crash cut short
+                row = MetricRow.of(row.id, row.y_true, row.y_pred, model_version=prediction.model_version)
             self.record_written(row)
             self.release(row.id, "y_true")
             self.release(row.id, "y_pred")

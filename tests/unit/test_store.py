@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from services.metric_api.join import LABEL, PREDICTION, Duplicate, Held, Joined, Kind, LabelPredictionJoin, MetricRow
+from services.metric_api.join import (
+    LABEL,
+    PREDICTION,
+    Duplicate,
+    Held,
+    HeldHalf,
+    Joined,
+    Kind,
+    LabelPredictionJoin,
+    MetricRow,
+)
 from services.metric_api.store import SqliteHalfStore
 from tests.unit.sqlite_transaction import transaction
 
@@ -49,9 +59,9 @@ def counted_in_file(path: Path) -> dict[str, int]:
 def test_held_halves_written_rows_and_counters_survive_closing_and_reopening(open_store: OpenStore) -> None:
     store = open_store()
     with transaction(store):
-        store.hold("1.000001", LABEL, 151.0, 1000.5)
-        store.hold("1.000002", PREDICTION, 150.25, 1001.5)
-        store.hold("1.000003", LABEL, 42.0, 1002.5)
+        store.hold("1.000001", LABEL, HeldHalf(151.0, 1000.5))
+        store.hold("1.000002", PREDICTION, HeldHalf(150.25, 1001.5))
+        store.hold("1.000003", LABEL, HeldHalf(42.0, 1002.5))
         store.record_written(MetricRow.of("1.000009", 100.0, 90.5))
         store.add_to_counter("csv_rows", 1)
         store.set_counter("orphans", 4)
@@ -87,9 +97,9 @@ def test_work_not_committed_is_gone_after_reopening(open_store: OpenStore) -> No
     # A crash mid-batch: nothing of the batch was acked, so nothing of it may stay.
     store = open_store()
     with transaction(store):
-        store.hold("1.000001", LABEL, 1.0, 1.0)
+        store.hold("1.000001", LABEL, HeldHalf(1.0, 1.0))
     store.begin()
-    store.hold("1.000002", LABEL, 2.0, 2.0)
+    store.hold("1.000002", LABEL, HeldHalf(2.0, 2.0))
     store.release("1.000001", LABEL)
     store.record_written(MetricRow.of("1.000003", 3.0, 4.0))
     store.add_to_counter("csv_rows", 1)
@@ -111,20 +121,20 @@ def test_rollback_undoes_holds_releases_written_rows_and_counters_and_restores_h
 ) -> None:
     store = open_store()
     with transaction(store):
-        store.hold("1.000001", LABEL, 1.0, 1.0)
-        store.hold("1.000002", PREDICTION, 2.0, 2.0)
+        store.hold("1.000001", LABEL, HeldHalf(1.0, 1.0))
+        store.hold("1.000002", PREDICTION, HeldHalf(2.0, 2.0))
         store.set_counter("csv_rows", 5)
     assert store.held_count == {"y_true": 1, "y_pred": 1}
 
     store.begin()
-    store.hold("1.000003", LABEL, 3.0, 3.0)
-    store.hold("1.000004", PREDICTION, 4.0, 4.0)
+    store.hold("1.000003", LABEL, HeldHalf(3.0, 3.0))
+    store.hold("1.000004", PREDICTION, HeldHalf(4.0, 4.0))
     store.release("1.000001", LABEL)
     store.release("1.000002", PREDICTION)
     store.record_written(MetricRow.of("1.000005", 5.0, 6.0))
     store.add_to_counter("csv_rows", 1)
     assert store.held_count == {"y_true": 1, "y_pred": 1}  # one in, one out, each kind
-    store.hold("1.000006", LABEL, 6.0, 6.0)
+    store.hold("1.000006", LABEL, HeldHalf(6.0, 6.0))
     assert store.held_count == {"y_true": 2, "y_pred": 1}
     store.rollback()
 
@@ -156,7 +166,7 @@ def test_rollback_of_a_batch_that_joined_puts_the_halves_back(open_store: OpenSt
 def test_rollback_outside_a_transaction_changes_nothing(open_store: OpenStore) -> None:
     store = open_store()
     with transaction(store):
-        store.hold("1.000001", LABEL, 1.0, 1.0)
+        store.hold("1.000001", LABEL, HeldHalf(1.0, 1.0))
     store.rollback()
     assert store.held("1.000001", LABEL) == 1.0
     assert store.held_count == {"y_true": 1, "y_pred": 0}
@@ -217,7 +227,7 @@ def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(o
     ]
     with transaction(store):
         for sample_id, kind, value, arrived_at in halves:
-            store.hold(sample_id, kind, value, arrived_at)  # type: ignore[arg-type]
+            store.hold(sample_id, kind, HeldHalf(value, arrived_at))  # type: ignore[arg-type]
 
     assert store.expired(300.0) == [
         ("1.000001", "y_true", 1.0, 100.0),
@@ -253,9 +263,9 @@ def test_expired_does_not_return_halves_that_joined(open_store: OpenStore) -> No
 def test_record_rows_of_csv_records_the_rows_and_releases_their_held_halves(open_store: OpenStore) -> None:
     store = open_store()
     with transaction(store):
-        store.hold("1.000001", LABEL, 151.0, 1.0)  # its row is in the CSV already
-        store.hold("1.000002", PREDICTION, 150.0, 2.0)  # its row is in the CSV already
-        store.hold("1.000003", LABEL, 10.0, 3.0)  # still waiting for its prediction
+        store.hold("1.000001", LABEL, HeldHalf(151.0, 1.0))  # its row is in the CSV already
+        store.hold("1.000002", PREDICTION, HeldHalf(150.0, 2.0))  # its row is in the CSV already
+        store.hold("1.000003", LABEL, HeldHalf(10.0, 3.0))  # still waiting for its prediction
     rows = [
         MetricRow.of("1.000001", 151.0, 150.5),
         MetricRow.of("1.000002", 149.0, 150.0),
@@ -284,7 +294,7 @@ def test_forget_written_empties_the_written_ids_and_keeps_the_held_halves(open_s
     store = open_store()
     with transaction(store):
         store.record_rows_of_csv([MetricRow.of(f"1.00000{i}", float(i), 0.0) for i in range(1, 6)])
-        store.hold("2.000001", LABEL, 1.0, 1.0)
+        store.hold("2.000001", LABEL, HeldHalf(1.0, 1.0))
     with transaction(store):
         store.forget_written()
     for i in range(1, 6):
@@ -316,3 +326,72 @@ def test_counters_start_at_zero_accumulate_and_can_be_overwritten(open_store: Op
     assert store.counter("csv_rows") == 7
     assert store.counter("fresh") == 9
     assert store.counter("orphans") == 2
+
+
+# --- what the CSV has no column for: model version, ts, join time ----------------------
+
+
+def version_rows(store: SqliteHalfStore) -> list[tuple[str, float, float]]:
+    rows = [(v, t, p) for v, trues, preds in store.written_by_version() for t, p in zip(trues, preds, strict=True)]
+    return sorted((v, float(t), float(p)) for v, t, p in rows)
+
+
+def test_a_joined_row_keeps_its_model_version_ts_lag_and_join_time(open_store: OpenStore) -> None:
+    store = open_store()
+    with transaction(store):
+        LabelPredictionJoin(store).add(PREDICTION, "1.000001", 150.5, 10.0, ts=9.5, model_version="v7")
+        LabelPredictionJoin(store).add(LABEL, "1.000002", 80.0, 11.0, ts=10.5)
+    store.close()
+    store = open_store()  # what was held survives a restart with its details
+    with transaction(store):
+        first = LabelPredictionJoin(store).add(LABEL, "1.000001", 151.0, 12.5, ts=9.5)
+        second = LabelPredictionJoin(store).add(PREDICTION, "1.000002", 82.0, 13.0, ts=10.5, model_version="v8")
+    assert isinstance(first, Joined) and isinstance(second, Joined)
+    assert (first.row.model_version, first.row.ts, first.row.lag_s) == ("v7", 9.5, 2.5)
+    assert (second.row.model_version, second.row.ts, second.row.lag_s) == ("v8", 10.5, 2.0)
+    assert version_rows(store) == [("v7", 151.0, 150.5), ("v8", 80.0, 82.0)]
+    assert store.written_times(["1.000001", "1.000002", "9.999999"], since=0.0) == [12.5, 13.0, None]
+
+
+def test_join_times_are_read_back_only_as_far_as_needed(open_store: OpenStore) -> None:
+    store = open_store()
+    ids = [f"1.{i:06d}" for i in range(2000)]
+    with transaction(store):
+        for i, sample_id in enumerate(ids):
+            store.record_written(MetricRow.of(sample_id, 1.0, 2.0), written_at=float(i))
+    times = store.written_times(ids, since=1700.0, chunk=100)
+    # The newest chunks down to the first one wholly before 1700: 1600-1699 is the last read.
+    assert times == [float(i) for i in range(1600, 2000)]
+
+
+def test_a_state_file_from_before_versions_gets_the_new_columns(path: Path, open_store: OpenStore) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE held (id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, arrived_at REAL NOT NULL,
+                               PRIMARY KEY (id, kind)) WITHOUT ROWID;
+            CREATE TABLE written (id TEXT PRIMARY KEY, y_true REAL NOT NULL, y_pred REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            INSERT INTO held VALUES ('1.000001', 'y_pred', 150.0, 1.0);
+            INSERT INTO written VALUES ('1.000000', 10.0, 12.0);
+            """
+        )
+    store = open_store()
+    with transaction(store):
+        outcome = LabelPredictionJoin(store).add(LABEL, "1.000001", 151.0, 2.0)
+        LabelPredictionJoin(store).add(PREDICTION, "1.000002", 5.0, 3.0, model_version="v2")
+        LabelPredictionJoin(store).add(LABEL, "1.000002", 6.0, 3.0)
+    assert isinstance(outcome, Joined) and outcome.row.model_version is None
+    assert version_rows(store) == [
+        ("unknown", 10.0, 12.0), ("unknown", 151.0, 150.0), ("v2", 6.0, 5.0),
+    ]  # fmt: skip
+
+
+def test_a_version_first_seen_in_a_rolled_back_batch_is_recorded_when_it_comes_again(open_store: OpenStore) -> None:
+    store = open_store()
+    store.begin()
+    store.record_written(MetricRow.of("1.000001", 1.0, 2.0, model_version="v9"))
+    store.rollback()
+    with transaction(store):
+        store.record_written(MetricRow.of("1.000002", 1.0, 2.0, model_version="v9"))
+    assert version_rows(store) == [("v9", 1.0, 2.0)]

@@ -1,0 +1,181 @@
+"""What metric_api tells about the model: the summary JSON, the alert, and the Prometheus
+metrics of model quality, around the pure ``QualityStats`` core."""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import REGISTRY, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.common.settings import Settings
+from services.metric_api.alerts import ALERT_ROWS, MaeAlert, WebhookNotifier
+from services.metric_api.join import MetricRow
+from services.metric_api.stats import QualityStats
+from services.model_api.modelstore import metadata_path
+
+log = logging.getLogger(__name__)
+
+TIME_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+END_TO_END_LATENCY = Histogram(
+    "end_to_end_latency_seconds",
+    "From a sample's publish by features_api (its ts) to its row being durable in metric_log.csv",
+    buckets=TIME_BUCKETS_S,
+)
+LABEL_PREDICTION_LAG = Histogram(
+    "label_prediction_lag_seconds",
+    "How long the first half of a row (label or prediction) waited for the second",
+    buckets=TIME_BUCKETS_S,
+)
+MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the last_100 MAE is above MAE_ALERT, else 0")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The constant predictor baseline_mae and skill are measured against."""
+
+    mean: float | None
+    source: str | None
+    problem: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"mean": self.mean, "source": self.source, "problem": self.problem}
+
+
+def read_baseline(settings: Settings) -> Baseline:
+    """BASELINE_MEAN if set, else ``target_mean`` of the model's sidecar file."""
+    if settings.BASELINE_MEAN is not None:
+        return Baseline(settings.BASELINE_MEAN, "BASELINE_MEAN")
+    sidecar = metadata_path(settings.MODEL_PATH)
+    try:
+        mean = json.loads(sidecar.read_text())["target_mean"]
+        if isinstance(mean, bool) or not isinstance(mean, int | float) or not math.isfinite(mean):
+            raise ValueError(f"target_mean is {mean!r}, not a finite number")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = (
+            f"no baseline: cannot read target_mean from {sidecar} ({type(exc).__name__}: {exc}); "
+            "set BASELINE_MEAN to the training-set mean of y"
+        )
+        return Baseline(None, None, problem)
+    return Baseline(float(mean), f"{sidecar} target_mean")
+
+
+class QualityMonitor:
+    """The statistics core of the running service, its alert and its summary, cached."""
+
+    def __init__(self, settings: Settings, service: str = "metric_api") -> None:
+        self.baseline = read_baseline(settings)
+        self.core = self.new_core()
+        self.alert = MaeAlert(settings.MAE_ALERT) if settings.MAE_ALERT is not None else None
+        url = settings.ALERT_WEBHOOK_URL
+        self.notifier = WebhookNotifier(str(url), service) if url is not None and self.alert else None
+        self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._cached: tuple[tuple[Any, ...], bytes] | None = None
+        _COLLECTOR.monitor = self
+
+    def new_core(self) -> QualityStats:
+        return QualityStats(self.baseline.mean)
+
+    # -- fed by the service
+    def replace(self, core: QualityStats, now: float) -> None:
+        """Take the core rebuilt at start-up."""
+        self.core = core
+        self._core_cached = self._cached = None
+        self._check_alert(now)
+
+    def add_rows(self, rows: Sequence[MetricRow], now: float) -> None:
+        """The rows of one committed batch, durable at ``now``."""
+        if not rows:
+            return
+        try:
+            self.core.add_rows(rows, now)
+            for row in rows:
+                if row.ts is not None:
+                    END_TO_END_LATENCY.observe(now - row.ts)
+                if row.lag_s is not None:
+                    LABEL_PREDICTION_LAG.observe(row.lag_s)
+            self._check_alert(now)
+        except Exception:  # noqa: BLE001 - the rows are durable; a statistics bug must not stop the batch worker
+            log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
+
+    def _check_alert(self, now: float) -> None:
+        if self.alert is None:
+            return
+        change = self.alert.check(self.core.recent_mae(ALERT_ROWS), now)
+        if change is None:
+            return
+        MAE_ALERT_RAISED.set(1 if change.state == "raised" else 0)
+        mae = "not finite" if change.mae is None else f"{change.mae:.4g}"
+        if change.state == "raised":
+            log.warning("ALERT: the %s MAE is %s, above MAE_ALERT=%g", change.window, mae, change.threshold)
+        else:
+            log.info("alert cleared: the %s MAE is %s, back within MAE_ALERT=%g", change.window, mae, change.threshold)
+        if self.notifier is not None:
+            self.notifier.send(change)
+
+    async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+
+    # -- read by /metrics/summary and /metrics
+    def core_summary(self, now: float) -> dict[str, Any]:
+        """The core's numbers, computed at most once a second while no row comes."""
+        key = (self.core.count, int(now))
+        if self._core_cached is None or self._core_cached[0] != key:
+            self._core_cached = (key, self.core.summary(now))
+        return self._core_cached[1]
+
+    def summary(self, join: dict[str, int], csv: str, now: float) -> bytes:
+        """The summary as JSON (never NaN), made again only when something in it changed."""
+        core = self.core_summary(now)
+        alert = self.alert.state() if self.alert else None
+        assert self._core_cached is not None
+        key = (self._core_cached[0], tuple(join.values()), alert and alert["since"], csv)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        all_rows = core["windows"]["all"]
+        summary = {
+            "count": all_rows["count"],
+            "mae": all_rows["mae"],
+            "rmse": all_rows["rmse"],
+            "windows": core["windows"],
+            "by_model_version": core["by_model_version"],
+            "join": {**join, "lag_p50_s": core["lag"]["p50_s"], "lag_p99_s": core["lag"]["p99_s"]},
+            "latency": core["latency"],
+            "last_id": core["last_id"],
+            "last_row_at": core["last_row_at"],
+            "rows_per_s": core["rows_per_s"],
+            "alert": alert,
+            "baseline": self.baseline.describe(),
+            "csv": csv,
+        }
+        body = json.dumps(summary, allow_nan=False, separators=(",", ":")).encode()
+        self._cached = (key, body)
+        return body
+
+
+class _ModelQualityCollector(Collector):
+    """model_mae and model_rmse by window, computed at scrape time (cached for a second)."""
+
+    def __init__(self) -> None:
+        self.monitor: QualityMonitor | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        mae = GaugeMetricFamily("model_mae", "Mean absolute error of the model, by window of rows", labels=["window"])
+        rmse = GaugeMetricFamily("model_rmse", "Root mean squared error of the model, by window", labels=["window"])
+        windows = self.monitor.core_summary(time.time())["windows"] if self.monitor else {}
+        for name, window in windows.items():
+            if window["mae"] is not None:
+                mae.add_metric([name], window["mae"])
+                rmse.add_metric([name], window["rmse"])
+        yield mae
+        yield rmse
+
+
+_COLLECTOR = _ModelQualityCollector()
+REGISTRY.register(_COLLECTOR)

@@ -1,0 +1,116 @@
+"""The MAE alert's state, its webhook (against a small local HTTP receiver), and the baseline."""
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import Settings
+from services.metric_api.alerts import AlertChange, MaeAlert, WebhookNotifier
+from services.metric_api.monitor import read_baseline
+from tests.support import free_port
+
+
+def test_the_alert_is_raised_once_above_the_threshold_and_cleared_once_back() -> None:
+    alert = MaeAlert(10.0)
+    assert alert.check(None, 1.0) is None  # no rows: nothing to say
+    assert alert.check(10.0, 2.0) is None  # at the threshold is not above it
+    raised = alert.check(10.5, 3.0)
+    assert raised == AlertChange("raised", "last_100", 10.5, 10.0, 3.0)
+    assert alert.check(12.0, 4.0) is None  # still raised: no second change
+    assert alert.state() == {"window": "last_100", "mae": 12.0, "threshold": 10.0, "since": 3.0}
+    cleared = alert.check(9.0, 5.0)
+    assert cleared == AlertChange("cleared", "last_100", 9.0, 10.0, 5.0)
+    assert alert.state() is None
+    assert alert.check(8.0, 6.0) is None
+
+
+class Receiver:
+    """A tiny HTTP server on 127.0.0.1 that records each POST body and answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.port = free_port()
+        self.status = status
+        self.bodies: list[dict] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        self.bodies.append(json.loads(await reader.readexactly(length)))
+        writer.write(f"HTTP/1.1 {self.status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+
+    async def __aenter__(self) -> "Receiver":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def test_each_change_is_posted_once_in_order() -> None:
+    async def run() -> list[dict]:
+        async with Receiver() as receiver:
+            notifier = WebhookNotifier(f"http://127.0.0.1:{receiver.port}/hook", "metric_api")
+            notifier.send(AlertChange("raised", "last_100", 12.5, 10.0, 100.0))
+            notifier.send(AlertChange("cleared", "last_100", 9.5, 10.0, 200.0))
+            await notifier.close(grace_s=10)
+            return receiver.bodies
+
+    assert asyncio.run(run()) == [
+        {"alert": "raised", "service": "metric_api", "window": "last_100", "mae": 12.5, "threshold": 10.0, "at": 100.0},
+        {"alert": "cleared", "service": "metric_api", "window": "last_100", "mae": 9.5, "threshold": 10.0, "at": 200.0},
+    ]
+
+
+def test_an_unreachable_webhook_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        notifier = WebhookNotifier(f"http://127.0.0.1:{free_port()}/hook", "metric_api", timeout_s=1, retry_delay_s=0)
+        notifier.send(AlertChange("raised", "last_100", 12.5, 10.0, 100.0))
+        await notifier.close(grace_s=10)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    attempts = [r.getMessage() for r in caplog.records if "ALERT_WEBHOOK_URL" in r.getMessage()]
+    assert len(attempts) == WebhookNotifier.ATTEMPTS
+    assert "attempt 3 of 3" in attempts[-1] and "ConnectError" in attempts[-1]
+
+
+def test_the_baseline_is_the_training_mean_from_the_model_sidecar(tmp_path: Path) -> None:
+    model = tmp_path / "model.pkl"
+    (tmp_path / "model.pkl.json").write_text(json.dumps({"target_mean": 151.25}))
+    baseline = read_baseline(Settings(MODEL_PATH=model))
+    assert (baseline.mean, baseline.problem) == (151.25, None)
+    assert str(tmp_path / "model.pkl.json") in (baseline.source or "")
+    assert read_baseline(Settings(MODEL_PATH=model, BASELINE_MEAN=140.0)).mean == 140.0
+
+
+@pytest.mark.parametrize("sidecar", [None, "{not json", '{"metrics": {}}', '{"target_mean": "151"}'])
+def test_without_a_usable_sidecar_the_baseline_is_null_and_says_what_to_do(tmp_path: Path, sidecar: str | None) -> None:
+    if sidecar is not None:
+        (tmp_path / "model.pkl.json").write_text(sidecar)
+    baseline = read_baseline(Settings(MODEL_PATH=tmp_path / "model.pkl"))
+    assert baseline.mean is None
+    assert baseline.problem and "model.pkl.json" in baseline.problem and "BASELINE_MEAN" in baseline.problem
+
+
+def test_the_summary_json_is_strict_even_when_errors_overflow(tmp_path: Path) -> None:
+    from services.metric_api.join import MetricRow
+    from services.metric_api.monitor import QualityMonitor
+    from tests.quality import strict_json
+
+    monitor = QualityMonitor(Settings(MODEL_PATH=tmp_path / "none.pkl", MAE_ALERT=1.0))
+    monitor.add_rows([MetricRow.of("1.000001", 1e300, -1e300), MetricRow.of("1.000002", 5.0, 7.0)], 1000.0)
+    monitor.add_rows([MetricRow.of("1.000003", 1.7e308, -1.7e308)], 1000.2)  # |e| itself is inf
+    summary = strict_json(monitor.summary({"pending_y_true": 0}, "metric_log.csv", 1000.5))
+    assert summary["count"] == 3
+    assert summary["rmse"] is None  # e² overflows: no finite value to report
+    assert summary["alert"] == {"window": "last_100", "mae": None, "threshold": 1.0, "since": 1000.0}
+    assert summary["baseline"]["mean"] is None and "BASELINE_MEAN" in summary["baseline"]["problem"]
