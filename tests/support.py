@@ -277,17 +277,27 @@ class Pipeline:
     def queues(self) -> dict[str, tuple[int, int]]:
         return queue_state(self.amqp_url, self.prefix)
 
-    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def replicas(self, name: str) -> list[ServiceProcess]:
+        """Every running process of one service (several for model_api with ``model_replicas``)."""
+        return [service for service in self.services.values() if service.name == name]
+
+    def restart(self, key: str, sig: int = signal.SIGKILL) -> None:
         """Stop one service (kill -9 by default) and start it again, as a supervisor would."""
-        old = self.services[name]
+        old = self.services[key]
         old.stop(sig)
-        self.services[name] = ServiceProcess(name, old.env, self.logs_dir).start()
-        self.services[name].wait_healthy()
+        self.services[key] = ServiceProcess(old.name, old.env, old.log_path.parent).start()
+        self.services[key].wait_healthy()
 
 
 @contextlib.contextmanager
-def running_pipeline(work_dir: Path, model_path: Path, amqp_url: str, **settings: str) -> Iterator[Pipeline]:
-    """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy)."""
+def running_pipeline(
+    work_dir: Path, model_path: Path, amqp_url: str, *, model_replicas: int = 1, **settings: str
+) -> Iterator[Pipeline]:
+    """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy).
+
+    ``model_replicas`` > 1 starts that many model_api processes, each on its own port and
+    log folder, all on the same queues: ``services["model_api"]``, ``["model_api-2"]``, ...
+    """
     prefix = unique_prefix()
     logs_dir = work_dir / "logs"
     logs_dir.mkdir(exist_ok=True)
@@ -306,6 +316,11 @@ def running_pipeline(work_dir: Path, model_path: Path, amqp_url: str, **settings
         }
     )
     services = {name: ServiceProcess(name, env, work_dir) for name in SERVICES}
+    for replica in range(2, model_replicas + 1):
+        replica_dir = work_dir / f"model_api-{replica}"
+        replica_dir.mkdir(exist_ok=True)
+        replica_env = {**env, PORT_SETTING["model_api"]: str(free_port())}
+        services[f"model_api-{replica}"] = ServiceProcess("model_api", replica_env, replica_dir)
     pipeline = Pipeline(services, logs_dir, model_path, amqp_url, prefix)
     try:
         for service in services.values():
