@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         md_table(
             ["replica", "port", "predictions", "share %"],
-            [[key, ports[key], int(count), round(100 * count / total, 1) if total else None] for key, count in split.items()],
+            [[key, str(ports[key]), int(count), round(100 * count / total, 1) if total else None] for key, count in split.items()],
         )
     )
     problems += [f"{key} made no prediction" for key, count in split.items() if count == 0]

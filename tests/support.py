@@ -326,7 +326,8 @@ def running_pipeline(
         for service in services.values():
             service.start()
         for service in services.values():
-            service.wait_healthy()
+            # They all start at once: each extra process slows everyone's start-up.
+            service.wait_healthy(timeout=30 + 10 * (model_replicas - 1))
         yield pipeline
     finally:
         try:
