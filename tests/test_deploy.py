@@ -270,6 +270,14 @@ def test_service_restarts_unless_stopped(compose, service):
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
+def test_service_runs_without_privileges(compose, service):
+    definition = compose["services"][service]
+    assert definition["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in definition["security_opt"]
+    assert "privileged" not in definition and "cap_add" not in definition
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
 def test_service_has_a_healthcheck_on_its_health_route(compose, service):
     """In compose.yml, or else the image's HEALTHCHECK (the health check command itself
     is run against a stub server further down)."""
