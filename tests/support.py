@@ -282,10 +282,12 @@ class Pipeline:
         return [service for service in self.services.values() if service.name == name]
 
     def restart(self, key: str, sig: int = signal.SIGKILL) -> None:
-        """Stop one service (kill -9 by default) and start it again, as a supervisor would."""
+        """Stop one service (kill -9 by default) and start it again, as a supervisor would.
+
+        ``key`` is its key in ``services``: its name, or e.g. "model_api-2" for a replica."""
         old = self.services[key]
         old.stop(sig)
-        self.services[key] = ServiceProcess(old.name, old.env, old.log_path.parent).start()
+        self.services[key] = ServiceProcess(old.name, old.env, self.logs_dir).start()
         self.services[key].wait_healthy()
 
 
