@@ -51,9 +51,10 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
 class ServiceProcess:
     """One service, started as a user starts it: ``python -m services.<name>``."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, cwd: Path = REPO_ROOT) -> None:
         self.name = name
         self.env = env
+        self.cwd = cwd  # where `services` is imported from
         self.port = int(env[PORT_SETTING[name]])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
@@ -63,7 +64,7 @@ class ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -287,7 +288,7 @@ class Pipeline:
         ``key`` is its key in ``services``: its name, or e.g. "model_api-2" for a replica."""
         old = self.services[key]
         old.stop(sig)
-        self.services[key] = ServiceProcess(old.name, old.env, self.logs_dir).start()
+        self.services[key] = ServiceProcess(old.name, old.env, self.logs_dir, old.cwd).start()
         self.services[key].wait_healthy()
 
 
