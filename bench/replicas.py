@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         say("stopping the services")
 
     total = sum(split.values())
-    print(f"\n### {args.replicas} model_api replicas, one burst of {args.samples:,} samples\n")
+    print(f"\n### {args.replicas} model_api process{'es' if args.replicas != 1 else ''}, one burst of {args.samples:,} samples\n")
     print(f"Consumers on the features queue: {consumers}.\n")
     print(
         md_table(
