@@ -62,6 +62,7 @@ def test_a_model_swapped_mid_stream_predicts_each_id_once(tmp_path: Path, amqp_u
         rows = pipeline.wait_all_joined(timeout=180)
         sent = pipeline.sent()
         info = model_info(model_api)
+        summary = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary", timeout=10).json()
 
     # Every id once in the CSV, nothing else.
     assert rows["id"].is_unique
@@ -76,6 +77,14 @@ def test_a_model_swapped_mid_stream_predicts_each_id_once(tmp_path: Path, amqp_u
     assert all(len(names) == 1 for names in made_by), [names for names in made_by if len(names) != 1][:5]
     in_csv = {version: sum(names == [version] for names in made_by) for version in by_version}
     assert in_csv == by_version
+    # metric_api's before/after, side by side: the same split, and each model's MAE is the
+    # MAE of the CSV rows that model predicted.
+    assert {version: window["count"] for version, window in summary["by_model_version"].items()} == in_csv
+    errors: dict[str, list[float]] = {version: [] for version in in_csv}
+    for names, error in zip(made_by, rows["absolute_error"], strict=True):
+        errors[names[0]].append(error)
+    for version, window in summary["by_model_version"].items():
+        assert window["mae"] == pytest.approx(sum(errors[version]) / len(errors[version]), rel=1e-9)
     # The swap came mid-stream: the first burst was predicted partly by each model.
     assert in_csv[linear_version] > 0 and in_csv[forest_version] > len(after), in_csv
     after_rows = rows.set_index("id").loc[after]
