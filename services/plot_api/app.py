@@ -93,9 +93,9 @@ class PlotService:
         images = await asyncio.to_thread(self._render_all)
         for name, image in images.items():
             await asyncio.to_thread(atomic_write, self.settings.LOGS_DIR / CHART_FILES[name], image.data)
-            self.images[name] = image
         RENDERS.inc()
         RENDER_SECONDS.observe(time.perf_counter() - started)
+        self.images = images  # all three at once, once written and counted
         return True
 
     def _render_all(self) -> dict[str, RenderedPng]:
