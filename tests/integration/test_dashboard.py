@@ -1,6 +1,8 @@
 """plot_api's three charts and its dashboard, with the real pipeline and a real headless Chromium."""
 
 import io
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -104,8 +106,8 @@ def shown_count(page: Page) -> int | None:
 
 def image_state(page: Page) -> list[dict]:
     return page.evaluate(
-        "[...document.images].map(i => ({id: i.id, src: i.src, complete: i.complete, naturalWidth: i.naturalWidth,"
-        " shownWidth: i.getBoundingClientRect().width}))"
+        "[...document.images].map(i => ({id: i.id, src: i.dataset.src, etag: i.dataset.etag, complete: i.complete,"
+        " naturalWidth: i.naturalWidth, shownWidth: i.getBoundingClientRect().width}))"
     )
 
 
@@ -118,17 +120,26 @@ def browser(tmp_path: Path) -> Iterator[Chromium]:
         pytest.fail(str(exc))
 
 
+def wait_until_shown(page: Page, charts: dict[str, httpx.Response], what: str) -> list[dict]:
+    """Wait until the page shows exactly these versions (ETags) of the charts, loaded."""
+    expected = {route.lstrip("/"): answer.headers["etag"] for route, answer in charts.items()}
+    return wait_until(
+        lambda: (state := image_state(page))
+        and {i["src"]: i.get("etag") for i in state} == expected
+        and all(i["complete"] and i["naturalWidth"] > 0 for i in state)
+        and state,
+        30,
+        what,
+    )
+
+
 def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, browser: Chromium, tmp_path: Path) -> None:
     pipeline.burst(300)
     rows = len(pipeline.wait_all_joined())
-    settled_charts(pipeline)
+    charts = settled_charts(pipeline)
     plot, metric = pipeline.url("plot_api"), pipeline.url("metric_api")
     page = browser.open(f"{plot}/")
-    images = wait_until(
-        lambda: (state := image_state(page)) and all(i["complete"] and i["naturalWidth"] > 0 for i in state) and state,
-        30,
-        "the three charts to load in the page",
-    )
+    images = wait_until_shown(page, charts, "the three charts to load in the page")
     assert sorted(i["id"] for i in images) == ["error_over_time", "histogram", "pred_vs_true"]
     # Readable on a laptop screen: no sideways scrolling, charts shown at least 3/4 of their size.
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
@@ -142,7 +153,6 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     page.screenshot(tmp_path / "dashboard-first.png")
 
     page.evaluate("window.stillTheSamePage = true")  # a reload would forget it
-    before = {i["id"]: i["src"] for i in images}
     pipeline.burst(200)
     more = len(pipeline.wait_all_joined())
     assert more == rows + 200
@@ -150,11 +160,9 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     summary = httpx.get(f"{metric}/metrics/summary").json()
     assert summary["count"] == more
     assert shown(page, "mae") == f"{summary['mae']:.3f}"
-    wait_until(
-        lambda: all(i["src"] != before[i["id"]] and i["naturalWidth"] > 0 for i in image_state(page)),
-        30,
-        "every chart to be replaced by its redrawn version",
-    )
+    redrawn = settled_charts(pipeline)
+    assert all(redrawn[r].headers["etag"] != charts[r].headers["etag"] for r in CHARTS)
+    wait_until_shown(page, redrawn, "the page to show every chart redrawn from the new rows")
     assert page.evaluate("window.stillTheSamePage") is True
 
     screenshot = page.screenshot(tmp_path / "dashboard.png")
@@ -162,6 +170,8 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     height, width = matplotlib.image.imread(str(screenshot)).shape[:2]
     assert (width, height) == (WIDTH, HEIGHT)
     print(f"dashboard screenshot: {screenshot}")
+    if copy_to := os.environ.get("DASHBOARD_SCREENSHOT"):  # e.g. docs/dashboard.png, to refresh the README's
+        shutil.copyfile(screenshot, copy_to)
 
     assert page.exceptions() == []
     foreign = [u for u in page.requested_urls() if not u.startswith((plot, "blob:", "data:"))]
