@@ -62,11 +62,12 @@ class Chart:
         self.headline = self.figure.text(0.5, 0.975, "", ha="center", va="top", fontsize=12)
         self.stamp = self.figure.text(0.5, 0.915, "", ha="center", va="top", fontsize=9, color=GREY)
 
-    def set_title(self, headline: str, stamp: str) -> None:
+    def png(self, xlim: tuple[float, float], ylim: tuple[float, float], headline: str, stamp: str) -> bytes:
+        """Set the limits and titles, draw, and encode as PNG."""
+        self.axes.set_xlim(*xlim)
+        self.axes.set_ylim(*ylim)
         self.headline.set_text(headline)
         self.stamp.set_text(stamp)
-
-    def png(self) -> bytes:
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", pil_kwargs=PNG_OPTIONS)
         return buffer.getvalue()
@@ -92,10 +93,8 @@ class HistogramChart(Chart):
         for line, text, label in zip((self.mean_line, self.median_line), self.legend.get_texts(), labels):
             line.set_label(label)
             text.set_text(label)
-        self.axes.set_xlim(*_padded(float(edges[0]), float(edges[-1])))
-        self.axes.set_ylim(0, max(1, int(counts.max())) * 1.05)
-        self.set_title("Distribution of absolute errors", stamp)
-        return self.png()
+        xlim, ylim = _padded(float(edges[0]), float(edges[-1])), (0, max(1, int(counts.max())) * 1.05)
+        return self.png(xlim, ylim, "Distribution of absolute errors", stamp)
 
 
 class ErrorOverTimeChart(Chart):
@@ -115,10 +114,8 @@ class ErrorOverTimeChart(Chart):
         rows = np.arange(first_row, first_row + errors.size)
         self.points.set_data(rows, errors)
         self.trend.set_data(rows, rolling_mean(errors, ROLLING_ROWS))
-        self.axes.set_xlim(*_padded(float(rows[0]), float(rows[-1])))
-        self.axes.set_ylim(0, max(float(errors.max()), 1e-9) * 1.05)
-        self.set_title("Absolute error per row, and its rolling mean", stamp)
-        return self.png()
+        xlim, ylim = _padded(float(rows[0]), float(rows[-1])), (0, max(float(errors.max()), 1e-9) * 1.05)
+        return self.png(xlim, ylim, "Absolute error per row, and its rolling mean", stamp)
 
 
 class PredVsTrueChart(Chart):
@@ -138,10 +135,7 @@ class PredVsTrueChart(Chart):
         self.points.set_data(y_true, y_pred)
         self.identity.set_data([low, high], [low, high])
         limits = _padded(low, high)
-        self.axes.set_xlim(*limits)
-        self.axes.set_ylim(*limits)
-        self.set_title("Prediction against label", stamp)
-        return self.png()
+        return self.png(limits, limits, "Prediction against label", stamp)
 
 
 def render_histogram(errors: np.ndarray, *, stamp: str = "") -> bytes:
