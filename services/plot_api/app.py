@@ -28,8 +28,8 @@ CHART_FILES = {"histogram": ERROR_HISTOGRAM, "error_over_time": ERROR_OVER_TIME,
 
 log = logging.getLogger(__name__)
 
-RENDERS = Counter("plot_renders", "Refreshes that redrew the charts and wrote their PNGs")
-RENDER_SECONDS = Histogram("plot_render_seconds", "Time of one refresh: read new rows, render and write every PNG")
+RENDERS = Counter("plot_renders", "Refreshes that redrew charts and wrote their PNGs")
+RENDER_SECONDS = Histogram("plot_render_seconds", "Time of one refresh that redrew: read new rows, render and write the charts behind")
 CHART_SECONDS = Histogram("plot_chart_render_seconds", "Time to render one chart to PNG bytes", ["chart"])
 DASHBOARD = files("services.plot_api").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -47,17 +47,35 @@ class RenderedPng:
         return cls(data, f'"{hashlib.sha256(data).hexdigest()[:20]}"', format_datetime(drawn_at, usegmt=True))
 
 
+RECENT_CHARTS = ("error_over_time", "pred_vs_true")
+
+
+def charts_to_draw(drawn: dict[str, tuple[int, int]], changes: int) -> list[str]:
+    """Which charts a refresh draws, given what each was last drawn from (``drawn[chart]`` =
+    (the tail's change count then, the refresh number then)) and the tail's change count now.
+
+    The histogram whenever it is behind. Of the two recent-rows charts, the ones never drawn,
+    else the one behind that was drawn longest ago: one refresh draws at most two charts, so
+    it stays within its time budget, and both are current at most two refreshes after the rows
+    stop coming.
+    """
+    chosen = [] if drawn.get("histogram", (None, 0))[0] == changes else ["histogram"]
+    never = [c for c in RECENT_CHARTS if c not in drawn]
+    behind = sorted((drawn[c][1], c) for c in RECENT_CHARTS if c in drawn and drawn[c][0] != changes)
+    return chosen + (never or [c for _, c in behind[:1]])
+
+
 class PlotService:
-    """Every PLOT_INTERVAL_S: take in new CSV rows; if there were any, redraw the three charts
-    and rewrite their PNGs. The histogram covers every row; the other two the last RECENT_ROWS."""
+    """Every PLOT_INTERVAL_S: take in new CSV rows and redraw the charts behind them, writing
+    their PNGs. The histogram covers every row; the other two the last RECENT_ROWS."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG)
-        self.histogram = HistogramChart()
-        self.over_time = ErrorOverTimeChart()
-        self.pred_vs_true = PredVsTrueChart()
+        self.charts = {"histogram": HistogramChart(), "error_over_time": ErrorOverTimeChart(), "pred_vs_true": PredVsTrueChart()}
         self.images: dict[str, RenderedPng] = {}
+        self.drawn: dict[str, tuple[int, int]] = {}
+        self.refreshes = 0
         self.last_problem: str | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -84,36 +102,40 @@ class PlotService:
                 log.error("%s", self.last_problem)
             await asyncio.sleep(self.settings.PLOT_INTERVAL_S)
 
-    async def refresh(self) -> bool:
-        """Redraw if rows were appended (or nothing is drawn yet); return whether it redrew."""
+    async def refresh(self) -> list[str]:
+        """Take in new rows and redraw the charts behind them; return the charts redrawn."""
         started = time.perf_counter()
-        added = await asyncio.to_thread(self.tail.read_new)
-        if self.tail.count == 0 or (added == 0 and len(self.images) == len(CHART_FILES)):
-            return False
-        images = await asyncio.to_thread(self._render_all)
+        await asyncio.to_thread(self.tail.read_new)
+        if self.tail.count == 0:
+            return []
+        changes = self.tail.changes
+        names = charts_to_draw(self.drawn, changes)
+        if not names:
+            return []
+        self.refreshes += 1
+        images = await asyncio.to_thread(self._render, names)
         for name, image in images.items():
             await asyncio.to_thread(atomic_write, self.settings.LOGS_DIR / CHART_FILES[name], image.data)
         RENDERS.inc()
         RENDER_SECONDS.observe(time.perf_counter() - started)
-        self.images = images  # all three at once, once written and counted
-        return True
+        self.images = {**self.images, **images}  # published together, once written and counted
+        self.drawn |= {name: (changes, self.refreshes) for name in names}
+        return names
 
-    def _render_all(self) -> dict[str, RenderedPng]:
+    def _render(self, names: list[str]) -> dict[str, RenderedPng]:
         tail = self.tail
         newest = tail.newest_row_time()
         y_true, y_pred, errors = tail.recent_rows()
-        recent = f"the last {errors.size:,} rows"
+        recent = stamp(tail.count, f"the last {errors.size:,} rows", newest)
         renders = {
-            "histogram": lambda: self.histogram.render(tail.distribution, stamp(tail.count, "all rows", newest)),
-            "error_over_time": lambda: self.over_time.render(
-                errors, tail.first_recent_row, stamp(tail.count, recent, newest)
-            ),
-            "pred_vs_true": lambda: self.pred_vs_true.render(y_true, y_pred, stamp(tail.count, recent, newest)),
+            "histogram": lambda: self.charts["histogram"].render(tail.distribution, stamp(tail.count, "all rows", newest)),
+            "error_over_time": lambda: self.charts["error_over_time"].render(errors, tail.first_recent_row, recent),
+            "pred_vs_true": lambda: self.charts["pred_vs_true"].render(y_true, y_pred, recent),
         }
         images = {}
-        for name, render in renders.items():
+        for name in names:
             with CHART_SECONDS.labels(name).time():
-                data = render()
+                data = renders[name]()
             images[name] = RenderedPng.of(data, datetime.now(UTC))
         return images
 

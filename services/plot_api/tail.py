@@ -30,9 +30,11 @@ class MetricLogTail:
         self.path = path
         self.recent = recent
         self.skipped_lines = 0
+        self.changes = 0  # goes up whenever what was read changes: rows added, or a new file
         self._start_over(None)
 
     def _start_over(self, inode: int | None) -> None:
+        self.changes += 1
         self._offset, self._inode = 0, inode
         self.distribution = ErrorDistribution()
         self._y_true: deque[float] = deque(maxlen=self.recent)
@@ -85,6 +87,8 @@ class MetricLogTail:
                     end = len(data)  # no newline in a whole chunk: not a metric row
                 added += self._take(data[:end].decode("utf-8", errors="replace").splitlines(), self._offset == 0)
                 self._offset += end
+        if added:
+            self.changes += 1
         return added
 
     def _take(self, lines: list[str], at_start: bool) -> int:
