@@ -147,13 +147,18 @@ class Chromium:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def open(self, url: str) -> Page:
-        """A new tab at a laptop's screen size, loading ``url``."""
+        """A new tab at a laptop's screen size, with ``url`` loaded."""
         target = httpx.put(f"http://127.0.0.1:{self.port}/json/new?about:blank", timeout=10).json()
         page = Page(self._pages.enter_context(connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=10)))
         page.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
         for domain in ("Page", "Runtime", "Network"):
             page.call(f"{domain}.enable")
         page.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 30
+        while page.evaluate("document.readyState === 'complete' && location.href") != url:
+            if time.monotonic() > deadline:
+                raise BrowserError(f"{url} did not finish loading within 30 s")
+            time.sleep(0.05)
         return page
 
     def close(self) -> None:
