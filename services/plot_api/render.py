@@ -130,8 +130,9 @@ class PredVsTrueChart(Chart):
     def render(self, y_true: np.ndarray, y_pred: np.ndarray, stamp: str = "") -> bytes:
         if y_true.size == 0 or y_true.shape != y_pred.shape:
             raise ValueError(f"need as many predictions as labels, and some: {y_true.shape} vs {y_pred.shape}")
-        low = float(min(y_true.min(), y_pred.min()))
-        high = float(max(y_true.max(), y_pred.max()))
+        both = np.concatenate([y_true, y_pred])
+        both = both[np.isfinite(both)]  # a point with a missing value is not drawn
+        low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         self.points.set_data(y_true, y_pred)
         self.identity.set_data([low, high], [low, high])
         limits = _padded(low, high)

@@ -94,27 +94,37 @@ class MetricLogTail:
     def _take(self, lines: list[str], at_start: bool) -> int:
         if at_start and lines and lines[0] == METRIC_LOG_HEADER:
             lines = lines[1:]
-        y_true: list[float] = []
-        y_pred: list[float] = []
+        # A metric row has four fields and a finite, non-negative absolute_error. y_true and
+        # y_pred are read only for the last `recent` lines (NaN where they do not parse).
+        keep_from = len(lines) - self.recent
+        if keep_from > 0:
+            self._y_true.clear(), self._y_pred.clear(), self._errors.clear()
         errors: list[float] = []
-        for line in lines:
+        last_id = None
+        for index, line in enumerate(lines):
             fields = line.split(",")
             try:
-                if len(fields) != 4:
-                    raise ValueError(f"{len(fields)} fields")
-                row = float(fields[1]), float(fields[2]), float(fields[3])
-                if not (all(map(math.isfinite, row)) and row[2] >= 0):
-                    raise ValueError("not finite, or a negative error")
+                error = float(fields[3]) if len(fields) == 4 else math.nan
             except ValueError:
+                error = math.nan
+            if not (error >= 0 and error - error == 0):  # x - x == 0 only for a finite x
                 self.skipped_lines += 1
                 log.warning("skipping a line of %s that is not a metric row: %r", self.path, line[:80])
                 continue
-            y_true.append(row[0])
-            y_pred.append(row[1])
-            errors.append(row[2])
-            self.last_id = fields[0]
+            errors.append(error)
+            last_id = fields[0]
+            if index >= keep_from:
+                self._y_true.append(_number(fields[1]))
+                self._y_pred.append(_number(fields[2]))
+                self._errors.append(error)
+        if last_id is not None:
+            self.last_id = last_id
         self.distribution.add(np.array(errors))
-        self._y_true.extend(y_true)
-        self._y_pred.extend(y_pred)
-        self._errors.extend(errors)
         return len(errors)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan

@@ -144,3 +144,6 @@ def test_pred_vs_true_has_the_identity_line_over_both_ranges() -> None:
     with pytest.raises(ValueError):
         chart.render(y_true, y_pred[:3])
     check_png(chart.render(np.array([5.0]), np.array([5.0])))  # one point: still a range
+    check_png(chart.render(np.array([np.nan, 10.0]), np.array([3.0, np.nan])))  # nothing to place
+    chart.render(np.array([np.nan, 10.0, 20.0]), np.array([3.0, 12.0, 18.0]))
+    assert chart.axes.get_xlim()[0] < 3.0 and chart.axes.get_xlim()[1] > 20.0

@@ -195,10 +195,35 @@ def test_a_large_file_is_read_in_chunks_that_cut_lines(tmp_path: Path, monkeypat
     assert tail.last_id == f"{1669147134 + 199}.{199:06d}"
 
 
-def test_a_row_with_a_bad_label_or_prediction_is_skipped(tmp_path: Path) -> None:
+def test_a_row_needs_four_fields_and_a_finite_non_negative_error(tmp_path: Path) -> None:
     path = tmp_path / "metric_log.csv"
-    path.write_text(HEADER + "1.1,abc,2.0,1.0\n" + "1.2,1.0,2.0,-1.0\n" + "1.3,1.0,nan,1.0\n" + "1.4,1.0,2.0,1.0,9\n" + line(0, 1.0, 3.0))
+    bad = ["1.1,1.0,2.0,-1.0", "1.2,1.0,2.0,nan", "1.3,1.0,2.0,inf", "1.4,1.0,2.0,1.0,9", "1.5,1.0,2.0"]
+    path.write_text(HEADER + "\n".join(bad) + "\n" + line(0, 1.0, 3.0))
     tail = MetricLogTail(path)
     assert tail.read_new() == 1
-    assert tail.skipped_lines == 4
+    assert tail.skipped_lines == 5
     assert tail.recent_errors().tolist() == [2.0]
+
+
+def test_an_unreadable_label_or_prediction_is_nan_in_the_recent_rows(tmp_path: Path) -> None:
+    path = tmp_path / "metric_log.csv"
+    path.write_text(HEADER + "1.1,abc,2.0,1.0\n" + "1.2,1.0,?,3.0\n")
+    tail = MetricLogTail(path)
+    assert tail.read_new() == 2 and tail.skipped_lines == 0
+    y_true, y_pred, errors = tail.recent_rows()
+    assert np.isnan(y_true[0]) and y_pred[0] == 2.0
+    assert y_true[1] == 1.0 and np.isnan(y_pred[1])
+    assert errors.tolist() == [1.0, 3.0]
+
+
+def test_the_recent_rows_are_the_last_ones_of_a_long_read(tmp_path: Path) -> None:
+    path = tmp_path / "metric_log.csv"
+    path.write_text(HEADER + "".join(line(i, 100.0, 100.0 + i) for i in range(30)))
+    tail = MetricLogTail(path, recent=10)
+    tail.read_new()
+    append(path, "".join(line(i, 100.0, 100.0 + i) for i in range(30, 33)))
+    tail.read_new()
+    y_true, y_pred, errors = tail.recent_rows()
+    assert errors.tolist() == [float(i) for i in range(23, 33)]
+    assert y_pred.tolist() == [100.0 + i for i in range(23, 33)]
+    assert tail.first_recent_row == 24 and tail.count == 33
