@@ -55,7 +55,7 @@ def charts_to_draw(drawn: dict[str, tuple[int, int]], changes: int) -> list[str]
     (the tail's change count then, the refresh number then)) and the tail's change count now.
 
     The histogram whenever it is behind. Of the two recent-rows charts, the ones never drawn,
-    else the one behind that was drawn longest ago: one refresh draws at most two charts, so
+    else the one behind that was drawn longest ago: after the first, a refresh draws at most two, so
     it stays within its time budget, and both are current at most two refreshes after the rows
     stop coming.
     """
