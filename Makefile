@@ -7,7 +7,7 @@ MODEL_PATH ?= services/model_api/myfile.pkl
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench install install-test model broker clean
+.PHONY: help run test bench install install-test model broker browser clean
 
 help:
 	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
@@ -49,7 +49,19 @@ run: $(VENV)/.installed $(MODEL_PATH) broker
 	@echo "  outputs       $${LOGS_DIR:-logs}/metric_log.csv  $${LOGS_DIR:-logs}/error_distribution.png"
 	@PATH="$(abspath $(BIN)):$$PATH" exec honcho start -f Procfile
 
-test: $(VENV)/.installed-test broker
+# The dashboard test drives Debian's chromium (headless); installed here when missing and we are root.
+browser:
+	@[ -n "$$CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: chromium is not installed; installing it with apt-get (a minute or two)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get update -q && apt-get install -y -q chromium; } >/dev/null || \
+	      { echo "make: apt-get could not install chromium (see above)"; exit 1; }; \
+	  else \
+	    echo "make: the dashboard test needs a headless Chromium: sudo apt-get install -y chromium (or set CHROMIUM)"; exit 1; \
+	  fi
+
+test: $(VENV)/.installed-test broker browser
 	$(BIN)/python -m pytest
 
 # The benchmark: real services on the real broker; tables on stdout, JSON in bench/results/.

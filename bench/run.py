@@ -636,13 +636,25 @@ def synthetic_rows(count: int, first_ts: float, rng: np.random.Generator) -> byt
     return (("%.6f,%r,%r,%r\n" * count) % tuple(values)).encode()
 
 
-def render_stats(service: ServiceProcess) -> tuple[float | None, float | None]:
-    """(sum, count) of plot_render_seconds from plot_api's /metrics, if it has them."""
+CHARTS = ("histogram", "error_over_time", "pred_vs_true")
+
+
+def render_stats(service: ServiceProcess) -> dict[str, tuple[float, float]]:
+    """(sum, count) of plot_api's render times: the whole refresh (``plot_render_seconds``,
+    key "refresh") and each chart (``plot_chart_render_seconds{chart=...}``); empty if unreadable."""
     try:
         text = httpx.get(f"{service.url}/metrics", timeout=10).text
     except httpx.HTTPError:
-        return None, None
-    return prometheus_value(text, "plot_render_seconds_sum"), prometheus_value(text, "plot_render_seconds_count")
+        return {}
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("plot_render_seconds", "plot_chart_render_seconds"):
+            continue
+        for sample in family.samples:
+            kind = sample.name.rsplit("_", 1)[-1]
+            if kind in ("sum", "count"):
+                found.setdefault(sample.labels.get("chart", "refresh"), {})[kind] = float(sample.value)
+    return {key: (v["sum"], v["count"]) for key, v in found.items() if {"sum", "count"} <= v.keys()}
 
 
 def scale_one(work: Path, rows: int, amqp_url: str, model_path: Path, problems: list[str]) -> dict[str, Any]:
@@ -688,15 +700,17 @@ def scale_one(work: Path, rows: int, amqp_url: str, model_path: Path, problems: 
 
         first = wait_until(first_png, 600, f"plot_api's first histogram of {rows} rows", 0.02)
         result["first_png_s"] = round(time.perf_counter() - started, 3)
-        total, count = render_stats(service)
+        first_stats = render_stats(service)
+        total, count = first_stats.get("refresh", (None, None))
         result["first_render_s"] = rounded(total, 3) if count == 1 else None
         pid = service.process.pid  # type: ignore[union-attr]
         result["rss_after_first_mb"] = rounded(rss_mb(pid))
 
         etag = first.headers.get("etag")
-        walls, renders = [], []
+        walls: list[float] = []
+        renders: dict[str, list[float]] = {key: [] for key in ("refresh", *CHARTS)}
         for _ in range(SCALE_APPENDS):
-            before_sum, before_count = render_stats(service)
+            before = render_stats(service)
             with csv.open("ab") as f:
                 appended = time.perf_counter()
                 f.write(synthetic_rows(SCALE_APPEND_ROWS, next_ts, rng))
@@ -710,13 +724,16 @@ def scale_one(work: Path, rows: int, amqp_url: str, model_path: Path, problems: 
 
             etag = wait_until(changed, 120, f"the histogram to change after appending to {rows} rows", 0.01)
             walls.append(time.perf_counter() - appended)
-            after_sum, after_count = render_stats(service)
-            if None not in (before_sum, before_count, after_sum, after_count) and after_count > before_count:  # type: ignore[operator]
-                renders.append((after_sum - before_sum) / (after_count - before_count))  # type: ignore[operator]
+            after = render_stats(service)
+            for key, times in renders.items():
+                if key in before and key in after and after[key][1] > before[key][1]:
+                    times.append((after[key][0] - before[key][0]) / (after[key][1] - before[key][1]))
         result["refresh_wall_s"] = rounded(float(np.median(walls)), 3)
         result["refresh_wall_max_s"] = rounded(max(walls), 3)
-        result["refresh_render_s"] = rounded(float(np.median(renders)), 3) if renders else None
-        result["refresh_render_max_s"] = rounded(max(renders), 3) if renders else None
+        refresh = renders.pop("refresh")
+        result["refresh_render_s"] = rounded(float(np.median(refresh)), 3) if refresh else None
+        result["refresh_render_max_s"] = rounded(max(refresh), 3) if refresh else None
+        result["chart_render_s"] = {key: rounded(float(np.median(t)), 3) if t else None for key, t in renders.items()}
         result["rss_after_refresh_mb"] = rounded(rss_mb(pid))
         result["png_bytes"] = (logs / ERROR_HISTOGRAM).stat().st_size if (logs / ERROR_HISTOGRAM).exists() else None
     finally:
@@ -846,12 +863,16 @@ def report(results: dict[str, Any]) -> str:
             "**Scale of data** — plot_api alone (PLOT_INTERVAL_S=1) started on a CSV of N rows: time from starting "
             f"the process to the first `/plot/latest.png` 200 (start-up + full read + render); then {SCALE_APPENDS}× "
             f"{SCALE_APPEND_ROWS} rows appended: median time until the ETag changes (includes waiting up to 1 s "
-            "for the next refresh tick) and median `plot_render_seconds` of that refresh (read new rows + render + write).",
+            "for the next refresh tick), median `plot_render_seconds` of that refresh (read new rows + render the "
+            "three charts + write the three PNGs) and, of it, the median `plot_chart_render_seconds` of each chart.",
             "",
             md_table(
-                ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s", "RSS after refresh MB"],
+                ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
+                 "histogram s", "error over time s", "pred vs true s", "RSS after refresh MB"],
                 [
-                    [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"), s.get("refresh_wall_s"), s.get("refresh_render_s"), s.get("rss_after_refresh_mb")]
+                    [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"), s.get("refresh_wall_s"), s.get("refresh_render_s")]
+                    + [s.get("chart_render_s", {}).get(chart) for chart in CHARTS]
+                    + [s.get("rss_after_refresh_mb")]
                     for s in scale
                 ],
             ),

@@ -1,38 +1,70 @@
 """Following ``metric_log.csv``: read only what was appended since the last look."""
 
 import logging
+import math
 import os
-from array import array
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from services.common.files import METRIC_LOG_HEADER
+from services.plot_api.distribution import ErrorDistribution
 
 log = logging.getLogger(__name__)
 
 
+RECENT_ROWS = 5000
+READ_CHUNK = 4 << 20  # bytes
+
+
 class MetricLogTail:
-    """The ``absolute_error`` column of the CSV, kept up to date by reading new complete lines.
+    """The CSV's rows, kept up to date by reading new complete lines, in bounded memory:
+    the distribution of every ``absolute_error`` and the last ``recent`` rows in full.
 
     A line still being written (no newline yet) is left for the next look. If the file is
     replaced or truncated, it is read again from the start.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, recent: int = RECENT_ROWS) -> None:
         self.path = path
-        self._offset = 0
-        self._inode: int | None = None
-        self._errors = array("d")
-        self.last_id: str | None = None
+        self.recent = recent
         self.skipped_lines = 0
+        self.changes = 0  # goes up whenever what was read changes: rows added, or a new file
+        self._start_over(None)
+
+    def _start_over(self, inode: int | None) -> None:
+        self.changes += 1
+        self._offset, self._inode = 0, inode
+        self.distribution = ErrorDistribution()
+        self._y_true: deque[float] = deque(maxlen=self.recent)
+        self._y_pred: deque[float] = deque(maxlen=self.recent)
+        self._errors: deque[float] = deque(maxlen=self.recent)
+        self.last_id: str | None = None
 
     @property
     def count(self) -> int:
-        return len(self._errors)
+        return self.distribution.count
 
-    def errors(self) -> np.ndarray:
-        return np.frombuffer(self._errors, dtype=float).copy()
+    def recent_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(y_true, y_pred, absolute_error) of the last rows, oldest first (copies)."""
+        return np.array(self._y_true), np.array(self._y_pred), np.array(self._errors)
+
+    def recent_errors(self) -> np.ndarray:
+        return np.array(self._errors)
+
+    @property
+    def first_recent_row(self) -> int:
+        """The number (from 1) of the oldest row in ``recent_rows()``."""
+        return self.count - len(self._errors) + 1
+
+    def newest_row_time(self) -> float | None:
+        """The newest row's id read as a time (epoch s): the features service's publish time."""
+        try:
+            value = float(self.last_id) if self.last_id is not None else math.nan
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
 
     def read_new(self) -> int:
         """Take in the rows appended since the last call; return how many."""
@@ -41,27 +73,58 @@ class MetricLogTail:
         except FileNotFoundError:
             return 0
         if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self._offset, self._inode, self._errors, self.last_id = 0, stat.st_ino, array("d"), None
-        if stat.st_size == self._offset:
-            return 0
+            self._start_over(stat.st_ino)
+        added = 0
         with self.path.open("rb") as f:
-            f.seek(self._offset)
-            data = f.read(stat.st_size - self._offset)
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            return 0
-        lines = data[:end].decode("utf-8", errors="replace").splitlines()
-        if self._offset == 0 and lines and lines[0] == METRIC_LOG_HEADER:
+            # In chunks: a first look at a large file never holds all of it in memory.
+            while self._offset < stat.st_size:
+                f.seek(self._offset)
+                data = f.read(min(READ_CHUNK, stat.st_size - self._offset))
+                end = data.rfind(b"\n") + 1
+                if end == 0:
+                    if len(data) < READ_CHUNK:
+                        break  # the last line is still being written
+                    end = len(data)  # no newline in a whole chunk: not a metric row
+                added += self._take(data[:end].decode("utf-8", errors="replace").splitlines(), self._offset == 0)
+                self._offset += end
+        if added:
+            self.changes += 1
+        return added
+
+    def _take(self, lines: list[str], at_start: bool) -> int:
+        if at_start and lines and lines[0] == METRIC_LOG_HEADER:
             lines = lines[1:]
-        self._offset += end
-        before = len(self._errors)
-        for line in lines:
+        # A metric row has four fields and a finite, non-negative absolute_error. y_true and
+        # y_pred are read only for the last `recent` lines (NaN where they do not parse).
+        keep_from = len(lines) - self.recent
+        if keep_from > 0:
+            self._y_true.clear(), self._y_pred.clear(), self._errors.clear()
+        errors: list[float] = []
+        last_id = None
+        for index, line in enumerate(lines):
             fields = line.split(",")
             try:
-                self._errors.append(float(fields[3]))
-            except (IndexError, ValueError):
+                error = float(fields[3]) if len(fields) == 4 else math.nan
+            except ValueError:
+                error = math.nan
+            if not (error >= 0 and error - error == 0):  # x - x == 0 only for a finite x
                 self.skipped_lines += 1
                 log.warning("skipping a line of %s that is not a metric row: %r", self.path, line[:80])
                 continue
-            self.last_id = fields[0]
-        return len(self._errors) - before
+            errors.append(error)
+            last_id = fields[0]
+            if index >= keep_from:
+                self._y_true.append(_number(fields[1]))
+                self._y_pred.append(_number(fields[2]))
+                self._errors.append(error)
+        if last_id is not None:
+            self.last_id = last_id
+        self.distribution.add(np.array(errors))
+        return len(errors)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan

@@ -1,0 +1,254 @@
+"""plot_api's three charts and its dashboard, with the real pipeline and a real headless Chromium."""
+
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import matplotlib.image
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.browser import HEIGHT, WIDTH, BrowserError, Chromium, Page
+from tests.support import Pipeline, ServiceProcess, free_port, running_pipeline, service_env, stop_all, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CHARTS = {
+    "/plot/latest.png": "error_distribution.png",
+    "/plot/error_over_time.png": "error_over_time.png",
+    "/plot/pred_vs_true.png": "pred_vs_true.png",
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_url: str) -> Iterator[Pipeline]:
+    with running_pipeline(tmp_path_factory.mktemp("dashboard"), model_path, amqp_url) as pipeline:
+        yield pipeline
+
+
+def get_all_charts(pipeline: Pipeline) -> dict[str, httpx.Response]:
+    plot = pipeline.url("plot_api")
+    return {route: httpx.get(f"{plot}{route}") for route in CHARTS}
+
+
+def settled_charts(pipeline: Pipeline) -> dict[str, httpx.Response]:
+    """The three charts once they are served and no longer change (drawn from every row there
+    is): the same ETags before and after more than two refresh periods (PLOT_INTERVAL_S=0.5)."""
+
+    def settled() -> dict[str, httpx.Response] | None:
+        before = get_all_charts(pipeline)
+        time.sleep(1.2)
+        after = get_all_charts(pipeline)
+        served = all(a.status_code == 200 for a in after.values())
+        same = all(before[r].headers.get("etag") == after[r].headers.get("etag") for r in CHARTS)
+        return after if served and same else None
+
+    return wait_until(settled, 30, "the three charts to be served and settled")
+
+
+def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: Pipeline) -> None:
+    pipeline.burst(120)
+    pipeline.wait_all_joined()
+    first = settled_charts(pipeline)
+    plot = pipeline.url("plot_api")
+    for route, answer in first.items():
+        assert answer.headers["content-type"] == "image/png", route
+        assert answer.content.startswith(PNG_SIGNATURE), route
+        height, width = matplotlib.image.imread(io.BytesIO(answer.content)).shape[:2]
+        assert width > height > 0, route
+        assert answer.headers["cache-control"] == "no-cache", route
+        assert parsedate_to_datetime(answer.headers["last-modified"]).tzinfo is not None, route
+        etag = answer.headers["etag"]
+        again = httpx.get(f"{plot}{route}", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, route
+        assert httpx.get(f"{plot}{route}", headers={"If-None-Match": '"something-else"'}).status_code == 200, route
+        written = pipeline.logs_dir / CHARTS[route]
+        wait_until(lambda: written.exists() and written.read_bytes() == httpx.get(f"{plot}{route}").content, 10, f"{written} to be the served {route}")
+    assert len({a.content for a in first.values()}) == 3
+
+    pipeline.burst(30)
+    pipeline.wait_all_joined()
+    for route, old in first.items():
+        wait_until(lambda: httpx.get(f"{plot}{route}").headers["etag"] != old.headers["etag"], 10, f"{route} redrawn after new rows")
+        assert httpx.get(f"{plot}{route}", headers={"If-None-Match": old.headers["etag"]}).status_code == 200
+
+
+def test_render_times_are_exported_for_prometheus(pipeline: Pipeline) -> None:
+    pipeline.burst(20)
+    pipeline.wait_all_joined()
+    settled_charts(pipeline)
+    text = httpx.get(f"{pipeline.url('plot_api')}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["plot_render_seconds"].type == "histogram"
+    refresh = {s.name: s.value for s in families["plot_render_seconds"].samples if not s.labels.get("le")}
+    assert refresh["plot_render_seconds_count"] >= 1 and refresh["plot_render_seconds_sum"] > 0
+    per_chart = {
+        s.labels["chart"]: s.value for s in families["plot_chart_render_seconds"].samples if s.name == "plot_chart_render_seconds_count"
+    }
+    assert families["plot_chart_render_seconds"].type == "histogram"
+    assert set(per_chart) == {"histogram", "error_over_time", "pred_vs_true"}
+    assert all(count >= 1 for count in per_chart.values())
+
+
+def shown(page: Page, element_id: str) -> str:
+    return page.evaluate(f"document.getElementById({element_id!r}).textContent")
+
+
+def shown_count(page: Page) -> int | None:
+    text = shown(page, "count").replace(",", "")
+    return int(text) if text.isdigit() else None
+
+
+def image_state(page: Page) -> list[dict]:
+    return page.evaluate(
+        "[...document.images].map(i => ({id: i.id, src: i.dataset.src, etag: i.dataset.etag, complete: i.complete,"
+        " naturalWidth: i.naturalWidth, shownWidth: i.getBoundingClientRect().width}))"
+    )
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Chromium]:
+    try:
+        with Chromium(tmp_path / "chromium") as browser:
+            yield browser
+    except BrowserError as exc:
+        pytest.fail(str(exc))
+
+
+def wait_until_shown(page: Page, charts: dict[str, httpx.Response], what: str) -> list[dict]:
+    """Wait until the page shows exactly these versions (ETags) of the charts, loaded."""
+    expected = {route.lstrip("/"): answer.headers["etag"] for route, answer in charts.items()}
+    return wait_until(
+        lambda: (state := image_state(page))
+        and {i["src"]: i.get("etag") for i in state} == expected
+        and all(i["complete"] and i["naturalWidth"] > 0 for i in state)
+        and state,
+        30,
+        what,
+    )
+
+
+def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, browser: Chromium, tmp_path: Path) -> None:
+    pipeline.burst(300)
+    rows = len(pipeline.wait_all_joined())
+    charts = settled_charts(pipeline)
+    plot, metric = pipeline.url("plot_api"), pipeline.url("metric_api")
+    page = browser.open(f"{plot}/")
+    images = wait_until_shown(page, charts, "the three charts to load in the page")
+    assert sorted(i["id"] for i in images) == ["error_over_time", "histogram", "pred_vs_true"]
+    # Readable on a laptop screen: no sideways scrolling, charts shown at least 3/4 of their size.
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+    assert all(i["shownWidth"] >= 0.75 * i["naturalWidth"] for i in images), images
+
+    summary = httpx.get(f"{metric}/metrics/summary").json()
+    assert summary["count"] == rows
+    wait_until(lambda: shown_count(page) == rows, 15, f"the page to show {rows} rows")
+    assert shown(page, "mae") == f"{summary['mae']:.3f}"
+    assert shown(page, "rmse") == f"{summary['rmse']:.3f}"
+    page.screenshot(tmp_path / "dashboard-first.png")
+
+    page.evaluate("window.stillTheSamePage = true")  # a reload would forget it
+    pipeline.burst(200)
+    more = len(pipeline.wait_all_joined())
+    assert more == rows + 200
+    wait_until(lambda: shown_count(page) == more, 30, f"the page to show {more} rows without a reload")
+    summary = httpx.get(f"{metric}/metrics/summary").json()
+    assert summary["count"] == more
+    assert shown(page, "mae") == f"{summary['mae']:.3f}"
+    redrawn = settled_charts(pipeline)
+    assert all(redrawn[r].headers["etag"] != charts[r].headers["etag"] for r in CHARTS)
+    wait_until_shown(page, redrawn, "the page to show every chart redrawn from the new rows")
+    assert page.evaluate("window.stillTheSamePage") is True
+
+    screenshot = page.screenshot(tmp_path / "dashboard.png")
+    page.screenshot(tmp_path / "dashboard-full.png", full_page=True)
+    height, width = matplotlib.image.imread(str(screenshot)).shape[:2]
+    assert (width, height) == (WIDTH, HEIGHT)
+    print(f"dashboard screenshot: {screenshot}")
+    if copy_to := os.environ.get("DASHBOARD_SCREENSHOT"):  # e.g. docs/dashboard.png, to refresh the README's
+        shutil.copyfile(screenshot, copy_to)
+
+    assert page.exceptions() == []
+    foreign = [u for u in page.requested_urls() if not u.startswith((plot, "blob:", "data:"))]
+    assert foreign == [], "the page must load nothing from elsewhere (offline machine, no CDN)"
+    assert all(shown(page, k) != "" for k in ("me", "r2", "orphans", "last_row"))
+
+
+def window(count: int, mae: float, **other: float | None) -> dict:
+    keys = ("rmse", "me", "mape", "r2", "max_ae", "p50_ae", "p90_ae", "p95_ae", "baseline_mae", "skill")
+    return {"count": count, "mae": mae, **dict.fromkeys(keys), **other}
+
+
+NEW_SUMMARY = {
+    "count": 1234, "mae": 41.5, "rmse": 52.25,
+    "windows": {
+        "all": window(1234, 41.5, rmse=52.25, me=-1.25, r2=0.4321, p50_ae=35.125, p95_ae=101.5, skill=0.123),
+        "last_100": window(100, 48.75),
+        "last_1000": window(1000, 42.0),
+        "last_5m": window(0, None),
+    },
+    "by_model_version": {"a1b2c3d4e5f6": window(1000, 40.0, rmse=50.0, me=-1.0, r2=0.45), "0f9e8d7c6b5a": window(234, 47.9)},
+    "join": {"pending_y_true": 3, "pending_y_pred": 1, "orphans": 2, "dead_lettered": 5, "lag_p50_s": 0.01, "lag_p99_s": 0.2},
+    "latency": {"p50_s": 0.012, "p99_s": 0.045},
+    "last_id": "1700000000.000001", "last_row_at": 1700000000.000001, "rows_per_s": 12.5,
+    "alert": {"window": "last_100", "mae": 48.75, "threshold": 45.0, "since": 1699999990.0},
+    "csv": "logs/metric_log.csv",
+}
+
+
+class FixedSummary(BaseHTTPRequestHandler):
+    """Answers /metrics/summary with NEW_SUMMARY: the page's mapping of every field, checked
+    without waiting for a pipeline to produce alerts and several model versions."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = json.dumps(NEW_SUMMARY).encode()
+        self.send_response(200 if self.path == "/metrics/summary" else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_path: Path) -> None:
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), FixedSummary)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    env = service_env(
+        LOGS_DIR=str(tmp_path), PLOT_INTERVAL_S="0.5", PLOT_PORT=str(free_port()),
+        METRIC_API_URL=f"http://127.0.0.1:{stub.server_address[1]}",
+    )
+    plot = ServiceProcess("plot_api", env, tmp_path).start()
+    try:
+        plot.wait_healthy()
+        page = browser.open(f"{plot.url}/")
+        wait_until(lambda: shown(page, "count") == "1,234", 15, "the page to show the summary")
+        expected = {
+            "mae": "41.500", "rmse": "52.250", "me": "-1.250", "r2": "0.432", "skill": "12.3 %", "p50_ae": "35.125",
+            "p95_ae": "101.500", "mae_last_100": "48.750", "rows_per_s": "12.5", "latency_p99": "45.0 ms",
+            "pending_y_true": "3", "pending_y_pred": "1", "orphans": "2", "dead_lettered": "5",
+        }
+        assert {k: shown(page, k) for k in expected} == expected
+        assert "ago" in shown(page, "last_row")
+        alert = page.evaluate("(a => a.offsetHeight > 0 && a.textContent)(document.getElementById('alert'))")
+        assert alert and "last 100" in alert and "48.750" in alert and "45.000" in alert
+        table = page.evaluate("[...document.querySelectorAll('#by_model_version tr')].map(r => [...r.cells].map(c => c.textContent))")
+        assert table == [
+            ["a1b2c3d4e5f6", "1,000", "40.000", "50.000", "-1.000", "0.450"],
+            ["0f9e8d7c6b5a", "234", "47.900", "—", "—", "—"],
+        ]
+        page.screenshot(tmp_path / "dashboard-all-numbers.png")
+        assert page.exceptions() == []
+    finally:
+        stop_all([plot])
+        stub.shutdown()
+        stub.server_close()
