@@ -30,3 +30,12 @@ PRED_VS_TRUE = "pred_vs_true.png"
 ORPHAN_LOG = "orphans.csv"
 ORPHAN_LOG_HEADER = "id,kind,value,arrived_at"
 METRIC_STATE = "metric_state.sqlite3"
+
+
+def metadata_path(model_path: Path) -> Path:
+    """The model file's sidecar (``<file>.json``): its hash, provenance and training metrics.
+
+    Here rather than in model_api so that metric_api (which reads the training-target mean)
+    does not import scikit-learn for it: that alone was ~110 MB of its memory.
+    """
+    return model_path.with_name(model_path.name + ".json")

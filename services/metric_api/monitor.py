@@ -13,11 +13,11 @@ from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.files import metadata_path
 from services.common.settings import Settings
 from services.metric_api.alerts import ALERT_ROWS, MaeAlert, WebhookNotifier
 from services.metric_api.join import MetricRow
 from services.metric_api.stats import QualityStats
-from services.model_api.modelstore import metadata_path
 
 log = logging.getLogger(__name__)
 

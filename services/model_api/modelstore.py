@@ -19,7 +19,7 @@ from typing import Any
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
-from services.common.files import atomic_write
+from services.common.files import atomic_write, metadata_path
 from services.common.messages import FEATURE_COUNT
 from services.model_api.predictor import Predictor
 
@@ -46,10 +46,6 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.predictor.version
-
-
-def metadata_path(model_path: Path) -> Path:
-    return model_path.with_name(model_path.name + ".json")
 
 
 def model_version(sha256: str) -> str:
