@@ -8,7 +8,6 @@ and running what the images run (each service's app imports, the health check co
 against a stub /health, the dependency-list step of the Dockerfile).
 """
 
-import http.server
 import importlib.util
 import json
 import os
@@ -18,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +47,7 @@ from tests.deploy_files import (
     published,
     target_instructions,
 )
-from tests.support import PORT_SETTING, free_port
+from tests.support import PORT_SETTING, JsonStub, free_port
 
 SERVICES_WITH_LOGS = ["metric_api", "plot_api"]
 PUBLISHED_BY_DEFAULT = {*APP_PORTS.values(), 15672}
@@ -314,31 +312,10 @@ def test_each_container_command_imports_in_the_venv():
     assert not failed, "\n".join(failed.values())
 
 
-class StubHealth(http.server.BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        body = b'{"status": "ok"}' if self.status == 200 else b'{"status": "unavailable", "reason": "broker down"}'
-        self.send_response(self.status if self.path == "/health" else 404)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def stub_health() -> Iterator[tuple[int, type[StubHealth]]]:
-    handler = type("Handler", (StubHealth,), {"status": 200})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], handler
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+def stub_health() -> Iterator[JsonStub]:
+    with JsonStub("/health", {"status": "ok"}) as stub:
+        yield stub
 
 
 def run_healthcheck(service: str, port: int) -> subprocess.CompletedProcess[str]:
@@ -356,11 +333,9 @@ def run_healthcheck(service: str, port: int) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_healthcheck_passes_on_a_200_and_fails_on_a_503(service, stub_health):
-    port, handler = stub_health
-    handler.status = 200
-    assert run_healthcheck(service, port).returncode == 0
-    handler.status = 503
-    failed = run_healthcheck(service, port)
+    assert run_healthcheck(service, stub_health.port).returncode == 0
+    stub_health.status, stub_health.body = 503, {"status": "unavailable", "reason": "broker down"}
+    failed = run_healthcheck(service, stub_health.port)
     assert failed.returncode == 1 and "503" in failed.stderr and "broker down" in failed.stderr
 
 

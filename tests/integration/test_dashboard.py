@@ -1,14 +1,11 @@
 """plot_api's three charts and its dashboard, with the real pipeline and a real headless Chromium."""
 
 import io
-import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -17,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser import HEIGHT, WIDTH, BrowserError, Chromium, Page
-from tests.support import Pipeline, ServiceProcess, free_port, running_pipeline, service_env, stop_all, wait_until
+from tests.support import JsonStub, Pipeline, ServiceProcess, free_port, running_pipeline, service_env, stop_all, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -204,51 +201,34 @@ NEW_SUMMARY = {
 }
 
 
-class FixedSummary(BaseHTTPRequestHandler):
-    """Answers /metrics/summary with NEW_SUMMARY: the page's mapping of every field, checked
-    without waiting for a pipeline to produce alerts and several model versions."""
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        body = json.dumps(NEW_SUMMARY).encode()
-        self.send_response(200 if self.path == "/metrics/summary" else 404)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_path: Path) -> None:
-    stub = ThreadingHTTPServer(("127.0.0.1", 0), FixedSummary)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
-    env = service_env(
-        LOGS_DIR=str(tmp_path), PLOT_INTERVAL_S="0.5", PLOT_PORT=str(free_port()),
-        METRIC_API_URL=f"http://127.0.0.1:{stub.server_address[1]}",
-    )
-    plot = ServiceProcess("plot_api", env, tmp_path).start()
-    try:
-        plot.wait_healthy()
-        page = browser.open(f"{plot.url}/")
-        wait_until(lambda: shown(page, "count") == "1,234", 15, "the page to show the summary")
-        expected = {
-            "mae": "41.500", "rmse": "52.250", "me": "-1.250", "r2": "0.432", "skill": "12.3 %", "p50_ae": "35.125",
-            "p95_ae": "101.500", "mae_last_100": "48.750", "rows_per_s": "12.5", "latency_p99": "45.0 ms",
-            "pending_y_true": "3", "pending_y_pred": "1", "orphans": "2", "dead_lettered": "5",
-        }
-        assert {k: shown(page, k) for k in expected} == expected
-        assert "ago" in shown(page, "last_row")
-        alert = page.evaluate("(a => a.offsetHeight > 0 && a.textContent)(document.getElementById('alert'))")
-        assert alert and "last 100" in alert and "48.750" in alert and "45.000" in alert
-        table = page.evaluate("[...document.querySelectorAll('#by_model_version tr')].map(r => [...r.cells].map(c => c.textContent))")
-        assert table == [
-            ["a1b2c3d4e5f6", "1,000", "40.000", "50.000", "-1.000", "0.450"],
-            ["0f9e8d7c6b5a", "234", "47.900", "—", "—", "—"],
-        ]
-        page.screenshot(tmp_path / "dashboard-all-numbers.png")
-        assert page.exceptions() == []
-    finally:
-        stop_all([plot])
-        stub.shutdown()
-        stub.server_close()
+    # A stand-in metric_api serving NEW_SUMMARY: the page's mapping of every field, checked
+    # without waiting for a pipeline to produce alerts and several model versions.
+    with JsonStub("/metrics/summary", NEW_SUMMARY) as stub:
+        env = service_env(
+            LOGS_DIR=str(tmp_path), PLOT_INTERVAL_S="0.5", PLOT_PORT=str(free_port()),
+            METRIC_API_URL=f"http://127.0.0.1:{stub.port}",
+        )
+        plot = ServiceProcess("plot_api", env, tmp_path).start()
+        try:
+            plot.wait_healthy()
+            page = browser.open(f"{plot.url}/")
+            wait_until(lambda: shown(page, "count") == "1,234", 15, "the page to show the summary")
+            expected = {
+                "mae": "41.500", "rmse": "52.250", "me": "-1.250", "r2": "0.432", "skill": "12.3 %", "p50_ae": "35.125",
+                "p95_ae": "101.500", "mae_last_100": "48.750", "rows_per_s": "12.5", "latency_p99": "45.0 ms",
+                "pending_y_true": "3", "pending_y_pred": "1", "orphans": "2", "dead_lettered": "5",
+            }
+            assert {k: shown(page, k) for k in expected} == expected
+            assert "ago" in shown(page, "last_row")
+            alert = page.evaluate("(a => a.offsetHeight > 0 && a.textContent)(document.getElementById('alert'))")
+            assert alert and "last 100" in alert and "48.750" in alert and "45.000" in alert
+            table = page.evaluate("[...document.querySelectorAll('#by_model_version tr')].map(r => [...r.cells].map(c => c.textContent))")
+            assert table == [
+                ["a1b2c3d4e5f6", "1,000", "40.000", "50.000", "-1.000", "0.450"],
+                ["0f9e8d7c6b5a", "234", "47.900", "—", "—", "—"],
+            ]
+            page.screenshot(tmp_path / "dashboard-all-numbers.png")
+            assert page.exceptions() == []
+        finally:
+            stop_all([plot])

@@ -4,10 +4,8 @@ broker and real processes, checked against pandas/scikit-learn on the CSV (tests
 import asyncio
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.messages import format_sample_id
 from tests.quality import differences, expected_window, strict_json
 from tests.support import (
+    JsonStub,
     Pipeline,
     ServiceProcess,
     delete_queues,
@@ -127,35 +126,6 @@ def test_a_restarted_metric_api_rebuilds_the_same_summary_from_the_csv(pipeline:
 # --- metric_api alone, fed by the test: alert, webhook, model versions -------------------
 
 
-class WebhookReceiver:
-    """A small HTTP server on 127.0.0.1 recording each POST's JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
-                receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "WebhookReceiver":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def publish_rows(amqp_url: str, prefix: str, rows: list[tuple[str, float, float, str]]) -> None:
     """Publish each (id, y_true, y_pred, model_version) as its label and its prediction."""
 
@@ -185,7 +155,7 @@ def test_the_alert_is_raised_and_cleared_once_each_and_versions_are_kept_apart(
     first_id = int(time.time() * 1_000_000)
     worse = [(format_sample_id(first_id + i), 100.0 + i, 110.0 + i, "v1") for i in range(150)]  # error 10
     better = [(format_sample_id(first_id + 1000 + i), 100.0 + i, 99.0 + i, "v2") for i in range(150)]  # error 1
-    with WebhookReceiver() as receiver:
+    with JsonStub("/alerts") as receiver:
         env = service_env(
             AMQP_URL=amqp_url,
             QUEUE_PREFIX=prefix,
@@ -201,7 +171,7 @@ def test_the_alert_is_raised_and_cleared_once_each_and_versions_are_kept_apart(
             metric.wait_healthy()
             publish_rows(amqp_url, prefix, worse)
             wait_until(lambda: read_summary(metric.url)["count"] == 150, 30, "150 rows")
-            wait_until(lambda: receiver.bodies, 10, "the webhook to be called")
+            wait_until(lambda: receiver.posted, 10, "the webhook to be called")
             summary = read_summary(metric.url)
             assert summary["alert"]["window"] == "last_100" and summary["alert"]["threshold"] == 5.0
             assert summary["alert"]["mae"] == 10.0 and summary["alert"]["since"] <= time.time()
@@ -211,12 +181,12 @@ def test_the_alert_is_raised_and_cleared_once_each_and_versions_are_kept_apart(
 
             publish_rows(amqp_url, prefix, better)
             wait_until(lambda: read_summary(metric.url)["count"] == 300, 30, "300 rows")
-            wait_until(lambda: len(receiver.bodies) >= 2, 10, "the webhook to be called again")
-            assert [(b["alert"], b["window"], b["threshold"]) for b in receiver.bodies] == [
+            wait_until(lambda: len(receiver.posted) >= 2, 10, "the webhook to be called again")
+            assert [(b["alert"], b["window"], b["threshold"]) for b in receiver.posted] == [
                 ("raised", "last_100", 5.0),
                 ("cleared", "last_100", 5.0),
             ]
-            assert receiver.bodies[0]["mae"] == 10.0 and receiver.bodies[1]["mae"] <= 5.0
+            assert receiver.posted[0]["mae"] == 10.0 and receiver.posted[1]["mae"] <= 5.0
             assert read_summary(metric.url)["alert"] is None
             assert [s.value for s in scrape(metric.url)["model_mae_alert"]] == [0.0]
 
@@ -232,7 +202,7 @@ def test_the_alert_is_raised_and_cleared_once_each_and_versions_are_kept_apart(
             services = [metric]
             metric.wait_healthy()
             assert_agrees_with_the_csv(read_summary(metric.url), rows, training_mean(model_path), versions)
-            assert len(receiver.bodies) == 2
+            assert len(receiver.posted) == 2
         finally:
             stop_all(services)
             delete_queues(amqp_url, prefix)
