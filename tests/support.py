@@ -299,6 +299,14 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
     return asyncio.run(read())
 
 
+# plot_api's chart routes and the file each is written to in LOGS_DIR
+CHART_ROUTES = {
+    "/plot/latest.png": "error_distribution.png",
+    "/plot/error_over_time.png": "error_over_time.png",
+    "/plot/pred_vs_true.png": "pred_vs_true.png",
+}
+
+
 @dataclass
 class Pipeline:
     """The four services of one test, on their own queues (QUEUE_PREFIX) and LOGS_DIR."""
@@ -336,6 +344,24 @@ class Pipeline:
 
     def queues(self) -> dict[str, tuple[int, int]]:
         return queue_state(self.amqp_url, self.prefix)
+
+    def settled_charts(self, timeout: float = 30) -> dict[str, httpx.Response]:
+        """plot_api's charts once served and no longer changing (drawn from every row there is):
+        the same ETags before and after more than two refresh periods (PLOT_INTERVAL_S=0.5).
+        A chart fetched earlier may still be redrawn from rows plot_api had not read yet."""
+
+        def get_all() -> dict[str, httpx.Response]:
+            return {route: httpx.get(f"{self.url('plot_api')}{route}") for route in CHART_ROUTES}
+
+        def settled() -> dict[str, httpx.Response] | None:
+            before = get_all()
+            time.sleep(1.2)
+            after = get_all()
+            served = all(answer.status_code == 200 for answer in after.values())
+            same = all(before[route].headers.get("etag") == after[route].headers.get("etag") for route in CHART_ROUTES)
+            return after if served and same else None
+
+        return wait_until(settled, timeout, "the charts to be served and settled")
 
     def replicas(self, name: str) -> list[ServiceProcess]:
         """Every running process of one service (several for model_api with ``model_replicas``)."""

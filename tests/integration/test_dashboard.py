@@ -14,15 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser import HEIGHT, WIDTH, BrowserError, Chromium, Page
-from tests.support import JsonStub, Pipeline, ServiceProcess, free_port, running_pipeline, service_env, stop_all, wait_until
+from tests.support import CHART_ROUTES, JsonStub, Pipeline, ServiceProcess, free_port, running_pipeline, service_env, stop_all, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHARTS = {
-    "/plot/latest.png": "error_distribution.png",
-    "/plot/error_over_time.png": "error_over_time.png",
-    "/plot/pred_vs_true.png": "pred_vs_true.png",
-}
 
 
 @pytest.fixture(scope="module")
@@ -31,30 +26,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_ur
         yield pipeline
 
 
-def get_all_charts(pipeline: Pipeline) -> dict[str, httpx.Response]:
-    plot = pipeline.url("plot_api")
-    return {route: httpx.get(f"{plot}{route}") for route in CHARTS}
-
-
-def settled_charts(pipeline: Pipeline) -> dict[str, httpx.Response]:
-    """The three charts once they are served and no longer change (drawn from every row there
-    is): the same ETags before and after more than two refresh periods (PLOT_INTERVAL_S=0.5)."""
-
-    def settled() -> dict[str, httpx.Response] | None:
-        before = get_all_charts(pipeline)
-        time.sleep(1.2)
-        after = get_all_charts(pipeline)
-        served = all(a.status_code == 200 for a in after.values())
-        same = all(before[r].headers.get("etag") == after[r].headers.get("etag") for r in CHARTS)
-        return after if served and same else None
-
-    return wait_until(settled, 30, "the three charts to be served and settled")
-
-
 def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: Pipeline) -> None:
     pipeline.burst(120)
     pipeline.wait_all_joined()
-    first = settled_charts(pipeline)
+    first = pipeline.settled_charts()
     plot = pipeline.url("plot_api")
     for route, answer in first.items():
         assert answer.headers["content-type"] == "image/png", route
@@ -67,7 +42,7 @@ def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: 
         again = httpx.get(f"{plot}{route}", headers={"If-None-Match": etag})
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, route
         assert httpx.get(f"{plot}{route}", headers={"If-None-Match": '"something-else"'}).status_code == 200, route
-        written = pipeline.logs_dir / CHARTS[route]
+        written = pipeline.logs_dir / CHART_ROUTES[route]
         wait_until(lambda: written.exists() and written.read_bytes() == httpx.get(f"{plot}{route}").content, 10, f"{written} to be the served {route}")
     assert len({a.content for a in first.values()}) == 3
 
@@ -81,7 +56,7 @@ def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: 
 def test_render_times_are_exported_for_prometheus(pipeline: Pipeline) -> None:
     pipeline.burst(20)
     pipeline.wait_all_joined()
-    settled_charts(pipeline)
+    pipeline.settled_charts()
     text = httpx.get(f"{pipeline.url('plot_api')}/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["plot_render_seconds"].type == "histogram"
@@ -136,7 +111,7 @@ def wait_until_shown(page: Page, charts: dict[str, httpx.Response], what: str) -
 def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, browser: Chromium, tmp_path: Path) -> None:
     pipeline.burst(300)
     rows = len(pipeline.wait_all_joined())
-    charts = settled_charts(pipeline)
+    charts = pipeline.settled_charts()
     plot, metric = pipeline.url("plot_api"), pipeline.url("metric_api")
     page = browser.open(f"{plot}/")
     images = wait_until_shown(page, charts, "the three charts to load in the page")
@@ -160,8 +135,8 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     summary = httpx.get(f"{metric}/metrics/summary").json()
     assert summary["count"] == more
     assert shown(page, "mae") == f"{summary['mae']:.3f}"
-    redrawn = settled_charts(pipeline)
-    assert all(redrawn[r].headers["etag"] != charts[r].headers["etag"] for r in CHARTS)
+    redrawn = pipeline.settled_charts()
+    assert all(redrawn[r].headers["etag"] != charts[r].headers["etag"] for r in CHART_ROUTES)
     wait_until_shown(page, redrawn, "the page to show every chart redrawn from the new rows")
     assert page.evaluate("window.stillTheSamePage") is True
 
