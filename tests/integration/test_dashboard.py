@@ -3,7 +3,6 @@
 import io
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
