@@ -12,7 +12,6 @@ Exits 1 when an id is lost, duplicated or unexpected, or a replica made no predi
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,9 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.run import DEFAULT_AMQP_URL, RssSampler, broker_answers, md_table, say, throughput  # noqa: E402
+from bench.run import md_table, say, throughput  # noqa: E402
+from services.common.ensure_broker import unreachable  # noqa: E402
+from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
 from tests.support import Pipeline, ServiceProcess, running_pipeline  # noqa: E402
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=3, help="model_api processes (3)")
     parser.add_argument("--samples", type=int, default=20_000, help="samples in the burst (20000)")
     args = parser.parse_args(argv)
-    amqp_url = os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
-    if (reason := broker_answers(amqp_url)) is not None:
+    amqp_url = str(Settings().AMQP_URL)
+    if (reason := unreachable(amqp_url)) is not None:
         print(f"bench.replicas: no RabbitMQ answers at {amqp_url} ({reason}); `make bench` starts one", file=sys.stderr)
         return 1
 
@@ -68,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         work, model_path, amqp_url, model_replicas=args.replicas, FEATURES_INTERVAL_S="3600", PLOT_INTERVAL_S="10"
     ) as pipeline:
         consumers = pipeline.queues()["features"][1]
-        rss = RssSampler(pipeline.services)
-        rss.start()
-        try:
-            result = throughput(pipeline, rss, args.samples, problems)
-        finally:
-            rss.stop()
+        result = throughput(pipeline, None, args.samples, problems)  # no memory figures here
         split = predictions_by_replica(pipeline)
         ports = {key: pipeline.services[key].port for key in split}
         say("stopping the services")

@@ -44,7 +44,9 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from services.common.ensure_broker import unreachable  # noqa: E402
 from services.common.files import ERROR_HISTOGRAM, METRIC_LOG, METRIC_LOG_HEADER  # noqa: E402
+from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
 from tests.faults.checker import check  # noqa: E402
 from tests.support import (  # noqa: E402
@@ -54,11 +56,9 @@ from tests.support import (  # noqa: E402
     running_pipeline,
     service_env,
     stop_all,
-    unique_prefix,
     wait_until,
 )
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 MAX_PUBLISH_COUNT = 10_000  # samples per POST /features/publish in the throughput burst
 STALL_S = 60.0  # no new CSV row for this long (after publishing ended) = the pipeline is stuck
 SCALE_APPENDS = 3  # incremental refreshes measured per CSV size
@@ -244,14 +244,6 @@ def wait_for_progress(
     return True
 
 
-def prometheus_value(text: str, name: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and not sample.labels:
-                return float(sample.value)
-    return None
-
-
 # --------------------------------------------------------------------------------------
 # 1. Machine
 
@@ -311,7 +303,7 @@ def machine(amqp_url: str) -> dict[str, Any]:
 # 2. Throughput
 
 
-def throughput(pipeline: Pipeline, rss: RssSampler, samples: int, problems: list[str]) -> dict[str, Any]:
+def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problems: list[str]) -> dict[str, Any]:
     features = pipeline.url("features_api")
     counter = LineCounter(pipeline.csv)
     baseline = counter.rows()
@@ -328,7 +320,8 @@ def throughput(pipeline: Pipeline, rss: RssSampler, samples: int, problems: list
                 return
             time.sleep(COUNT_POLL_S)
 
-    rss.take_window()
+    if rss is not None:
+        rss.take_window()
     pids = {name: service.process.pid for name, service in pipeline.services.items() if service.process is not None}
     pids["rabbitmq"] = broker_pid()
     cpu_before = cpu_use(pids)
@@ -351,7 +344,7 @@ def throughput(pipeline: Pipeline, rss: RssSampler, samples: int, problems: list
     complete = wait_for_progress(lambda: current[0], target, "throughput rows")
     stop.set()
     watcher.join(2)
-    peaks = rss.take_window()
+    peaks = rss.take_window() if rss is not None else {}
     cpu_after = cpu_use(pids)
     cpu_ms_per_sample = {
         name: round((cpu_after[name] - before) / samples * 1000, 3)
@@ -657,7 +650,7 @@ def render_stats(service: ServiceProcess) -> dict[str, tuple[float, float]]:
     return {key: (v["sum"], v["count"]) for key, v in found.items() if {"sum", "count"} <= v.keys()}
 
 
-def scale_one(work: Path, rows: int, amqp_url: str, model_path: Path, problems: list[str]) -> dict[str, Any]:
+def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
     logs = work / f"scale-{rows}"
     logs.mkdir()
     rng = np.random.default_rng(rows)
@@ -673,10 +666,7 @@ def scale_one(work: Path, rows: int, amqp_url: str, model_path: Path, problems: 
     next_ts = time.time()
 
     env = service_env(
-        AMQP_URL=amqp_url,
-        QUEUE_PREFIX=unique_prefix(),  # plot_api has no queues; isolated all the same
         LOGS_DIR=str(logs),
-        MODEL_PATH=str(model_path),
         PLOT_INTERVAL_S="1",
         PLOT_PORT=str(free_port()),
         METRIC_API_URL=f"http://127.0.0.1:{free_port()}",
@@ -863,8 +853,8 @@ def report(results: dict[str, Any]) -> str:
             "**Scale of data** — plot_api alone (PLOT_INTERVAL_S=1) started on a CSV of N rows: time from starting "
             f"the process to the first `/plot/latest.png` 200 (start-up + full read + render); then {SCALE_APPENDS}× "
             f"{SCALE_APPEND_ROWS} rows appended: median time until the ETag changes (includes waiting up to 1 s "
-            "for the next refresh tick), median `plot_render_seconds` of that refresh (read new rows + render the "
-            "three charts + write the three PNGs) and, of it, the median `plot_chart_render_seconds` of each chart.",
+            "for the next refresh tick), median `plot_render_seconds` of that refresh (read new rows + render and write "
+            "the histogram and one of the two recent-rows charts, drawn in turn) and, of it, the median `plot_chart_render_seconds` of each chart.",
             "",
             md_table(
                 ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
@@ -912,18 +902,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def broker_answers(amqp_url: str) -> str | None:
-    async def probe() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=5)
-        await connection.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - any failure means the same here
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def section(name: str, problems: list[str], run: Callable[[], Any]) -> Any:
     """Run one section; a failure is recorded as a problem and the next section still runs."""
     try:
@@ -943,8 +921,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    amqp_url = os.environ.get("AMQP_URL") or DEFAULT_AMQP_URL
-    if (reason := broker_answers(amqp_url)) is not None:
+    amqp_url = str(Settings().AMQP_URL)
+    if (reason := unreachable(amqp_url)) is not None:
         print(f"bench: no RabbitMQ answers at {amqp_url} ({reason}); `make bench` starts one", file=sys.stderr)
         return 1
 
@@ -1015,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = []
         for rows in args.scale_rows:
             say(f"scale: plot_api on {rows} rows")
-            one = section(f"scale {rows}", problems, lambda rows=rows: scale_one(work, rows, amqp_url, model_path, problems))
+            one = section(f"scale {rows}", problems, lambda rows=rows: scale_one(work, rows, problems))
             if one is not None:
                 scale.append(one)
         results["scale"] = scale

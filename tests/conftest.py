@@ -1,10 +1,9 @@
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import aio_pika
 import pytest
 
+from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
 from tests.support import delete_queues, unique_prefix
@@ -14,15 +13,8 @@ from tests.support import delete_queues, unique_prefix
 def amqp_url() -> str:
     """The real broker; ``make test`` makes sure one answers."""
     url = str(Settings().AMQP_URL)
-
-    async def probe() -> None:
-        connection = await aio_pika.connect(url, timeout=5)
-        await connection.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
-        pytest.fail(f"no RabbitMQ at {url} ({exc}): run the suite with `make test`, which starts one")
+    if (reason := unreachable(url)) is not None:
+        pytest.fail(f"no RabbitMQ at {url} ({reason}): run the suite with `make test`, which starts one")
     return url
 
 

@@ -21,6 +21,9 @@ import aio_pika
 import httpx
 import pandas as pd
 
+from services.common.broker import FEATURES, Y_PRED, Y_TRUE, dlq_name
+from services.common.files import ERROR_HISTOGRAM, ERROR_OVER_TIME, METRIC_LOG, PRED_VS_TRUE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("features_api", "model_api", "metric_api", "plot_api")
 PORT_SETTING = {
@@ -267,6 +270,11 @@ def unique_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}."
 
 
+def queue_names() -> list[str]:
+    """A pipeline's queues and their dead-letter queues, without the prefix."""
+    return [name for base in (FEATURES, Y_TRUE, Y_PRED) for name in (base, dlq_name(base))]
+
+
 def delete_queues(amqp_url: str, prefix: str) -> None:
     """Remove a test's queues (and their dead-letter queues) from the broker."""
 
@@ -274,9 +282,8 @@ def delete_queues(amqp_url: str, prefix: str) -> None:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            for base in ("features", "y_true", "y_pred"):
-                await channel.queue_delete(f"{prefix}{base}")
-                await channel.queue_delete(f"{prefix}{base}.dlq")
+            for name in queue_names():
+                await channel.queue_delete(f"{prefix}{name}")
 
     asyncio.run(delete())
 
@@ -289,11 +296,10 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
         async with connection:
             channel = await connection.channel()
             state = {}
-            for base in ("features", "y_true", "y_pred"):
-                for name in (base, f"{base}.dlq"):
-                    queue = await channel.declare_queue(f"{prefix}{name}", passive=True)
-                    result = queue.declaration_result
-                    state[name] = (result.message_count or 0, result.consumer_count or 0)
+            for name in queue_names():
+                queue = await channel.declare_queue(f"{prefix}{name}", passive=True)
+                result = queue.declaration_result
+                state[name] = (result.message_count or 0, result.consumer_count or 0)
             return state
 
     return asyncio.run(read())
@@ -301,9 +307,9 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
 CHART_ROUTES = {
-    "/plot/latest.png": "error_distribution.png",
-    "/plot/error_over_time.png": "error_over_time.png",
-    "/plot/pred_vs_true.png": "pred_vs_true.png",
+    "/plot/latest.png": ERROR_HISTOGRAM,
+    "/plot/error_over_time.png": ERROR_OVER_TIME,
+    "/plot/pred_vs_true.png": PRED_VS_TRUE,
 }
 
 
@@ -322,7 +328,7 @@ class Pipeline:
 
     @property
     def csv(self) -> Path:
-        return self.logs_dir / "metric_log.csv"
+        return self.logs_dir / METRIC_LOG
 
     def rows(self) -> pd.DataFrame:
         if not self.csv.exists():

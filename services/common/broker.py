@@ -9,9 +9,9 @@ Acking after the effect is the handler's job: only it knows when its effect is d
 """
 
 import asyncio
+import collections
 import logging
 import time
-import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial

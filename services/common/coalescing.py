@@ -23,12 +23,11 @@ from yarl import URL
 
 STREAM_LIMIT = 2**16  # asyncio.open_connection's default reader limit
 
-# aiormq queues frames for its writer in a queue of 10. A publish holds the channel lock
-# while it queues, so once the queue is full every other publish waits for the lock, and
-# from then on one publish leaves per loop turn, each in its own send(): a batch of 500
-# predictions took 500 turns. With room for every frame of our largest batch (a burst
-# window: 500 samples x 2 queues, plus the acks of a consumer batch), a whole batch is
-# queued in one turn and leaves in one write. Frames are a few hundred bytes: ~1 MB at most.
+# aiormq queues frames for its writer in a queue of 10; once it is full, each further frame
+# waits a loop turn (and a publish holds the channel lock meanwhile). publish_many queues a
+# whole batch as one frame, but single acks (when one multiple ack cannot cover a batch),
+# nacks and dead-letter publishes are a frame each: with room for a batch of them (500), they
+# are queued in one turn and leave in one write. Frames are a few hundred bytes: ~1 MB at most.
 aiormq.Connection.FRAME_BUFFER_SIZE = 4096
 
 
@@ -78,29 +77,11 @@ class CoalescingTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
 
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._transport.get_protocol()
+    # Reading, flow control and the protocol stay with the real transport: the protocol was
+    # handed that one by create_connection, and StreamWriter calls none of them on this one.
 
 
 class CoalescingTransportFactory(aiormq.TransportFactory):

@@ -34,6 +34,15 @@ async def _probe(url: str) -> None:
     await connection.close()
 
 
+def unreachable(url: str) -> str | None:
+    """Why no broker lets us in at ``url``, in one line; None when one does."""
+    try:
+        asyncio.run(_probe(url))
+    except Exception as exc:  # noqa: BLE001 - any failure means the same here
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def answers(url: str) -> bool:
     try:
         asyncio.run(_probe(url))

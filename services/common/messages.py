@@ -56,6 +56,11 @@ class LabelMessage(SampleMessage):
     body: Number
 
 
+# The model version of a prediction that did not say (an older producer), and of rows
+# whose version is not known (older metric state, rows recovered from the CSV).
+UNKNOWN_VERSION = "unknown"
+
+
 class PredictionMessage(SampleMessage):
     body: Number
-    model_version: str = Field("unknown", max_length=64)
+    model_version: str = Field(UNKNOWN_VERSION, max_length=64)

@@ -8,16 +8,17 @@ holds up the batch that caused the change.
 import asyncio
 import contextlib
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import httpx
 
+from services.metric_api.stats import LAST_N_WINDOWS, finite_or_none
+
 log = logging.getLogger(__name__)
 
 ALERT_WINDOW = "last_100"
-ALERT_ROWS = 100
+ALERT_ROWS = LAST_N_WINDOWS[ALERT_WINDOW]
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class MaeAlert:
     def check(self, mae: float | None, now: float) -> AlertChange | None:
         """Take the current MAE (None: no rows yet); return the change, if this is one."""
         above = mae is not None and mae > self.threshold
-        self.mae = mae if mae is not None and math.isfinite(mae) else None  # reported as JSON
+        self.mae = finite_or_none(mae)  # reported as JSON
         if above == self.raised:
             return None
         self.since = now if above else None

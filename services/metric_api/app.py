@@ -265,12 +265,13 @@ class MetricService:
 
     def _write_orphans(self, arrived_before: float) -> None:
         assert self.store is not None
+        # Look first: the batch worker is kept out by _state_lock, and an empty sweep then
+        # costs no write transaction (and no recount of the held halves on its rollback).
+        orphans = self.store.expired(arrived_before)
+        if not orphans:
+            return
         self.store.begin()
         try:
-            orphans = self.store.expired(arrived_before)
-            if not orphans:
-                self.store.rollback()
-                return
             lines = [f"{sample_id},{kind},{value!r},{arrived_at!r}\n" for sample_id, kind, value, arrived_at in orphans]
             append_with_header(self.orphan_log, ORPHAN_LOG_HEADER, lines)
             for sample_id, kind, _value, _arrived_at in orphans:

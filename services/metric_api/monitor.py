@@ -93,12 +93,11 @@ class QualityMonitor:
         if not rows:
             return
         try:
-            self.core.add_rows(rows, now)
-            for row in rows:
-                if row.ts is not None:
-                    END_TO_END_LATENCY.observe(now - row.ts)
-                if row.lag_s is not None:
-                    LABEL_PREDICTION_LAG.observe(row.lag_s)
+            latencies, lags = self.core.add_rows(rows, now)
+            for latency in latencies:
+                END_TO_END_LATENCY.observe(latency)
+            for lag in lags:
+                LABEL_PREDICTION_LAG.observe(lag)
             self._check_alert(now)
         except Exception:  # noqa: BLE001 - the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.messages import UNKNOWN_VERSION
 from services.metric_api.join import MetricRow
 
 WINDOW_FIELDS = (
@@ -34,7 +35,6 @@ LAST_5M_S = 300.0
 LAST_5M_MAX_ROWS = 300_000
 RATE_WINDOW_S = 60.0  # rows_per_s is over the last minute
 TIMING_SAMPLES = 10_000  # latency and lag percentiles are over the newest rows joined by this process
-UNKNOWN_VERSION = "unknown"
 
 Window = dict[str, float | int | None]
 
@@ -318,10 +318,12 @@ class QualityStats:
         return self.all.count
 
     # -- feeding
-    def add_rows(self, rows: Sequence[MetricRow], now: float) -> None:
-        """Rows just made durable at ``now``, each carrying its model version, ts and lag."""
+    def add_rows(self, rows: Sequence[MetricRow], now: float) -> tuple[list[float], list[float]]:
+        """Rows just made durable at ``now``, each carrying its model version, ts and lag.
+
+        Returns their end-to-end latencies and label-to-prediction lags (s), for the histograms."""
         if not rows:
-            return
+            return [], []
         y_true, y_pred = _columns(rows)
         batch = BatchSums(y_true, y_pred, self.baseline)
         self._add_to_all(rows, batch, y_true, y_pred, np.full(len(rows), now))
@@ -334,9 +336,12 @@ class QualityStats:
             for version in distinct:
                 mine = labels == version
                 self._version(version).add(y_true[mine], y_pred[mine])
-        self.latency_s.extend(now - row.ts for row in rows if row.ts is not None)
-        self.lag_s.extend(row.lag_s for row in rows if row.lag_s is not None)
+        latencies = [now - row.ts for row in rows if row.ts is not None]
+        lags = [row.lag_s for row in rows if row.lag_s is not None]
+        self.latency_s.extend(latencies)
+        self.lag_s.extend(lags)
         self.last_row_at = now
+        return latencies, lags
 
     def add_history(self, rows: Sequence[MetricRow]) -> None:
         """Rows read back at start-up (the CSV, in order): their versions and times come
@@ -387,30 +392,23 @@ class QualityStats:
             return []
         return list(self.recent)[-limit:]
 
-    def windows(self, now: float) -> dict[str, Window]:
+    def summary(self, now: float) -> dict[str, Any]:
+        """Everything this core knows, JSON-ready (no NaN: null instead)."""
         windows = {"all": self.all.window()}
         for name, size in LAST_N_WINDOWS.items():
             y_true, y_pred, _at = self.ring.last(size)
             windows[name] = window_of(y_true, y_pred, self.baseline)
-        y_true, y_pred, at = self.ring.last(self.ring.capacity)
+        y_true, y_pred, at = self.ring.last(self.ring.capacity)  # once: a copy when the ring has wrapped
         within = at >= now - LAST_5M_S  # NaN (time unknown) is never within
         windows["last_5m"] = window_of(y_true[within], y_pred[within], self.baseline)
-        return windows
-
-    def rows_per_s(self, now: float) -> float:
-        _y_true, _y_pred, at = self.ring.last(self.ring.capacity)
-        return int(np.count_nonzero(at >= now - RATE_WINDOW_S)) / RATE_WINDOW_S
-
-    def summary(self, now: float) -> dict[str, Any]:
-        """Everything this core knows, JSON-ready (no NaN: null instead)."""
         return {
-            "windows": self.windows(now),
+            "windows": windows,
             "by_model_version": {version: history.window() for version, history in self.by_version.items()},
             "latency": _p50_p99(self.latency_s),
             "lag": _p50_p99(self.lag_s),
             "last_id": self.last_id,
             "last_row_at": self.last_row_at,
-            "rows_per_s": self.rows_per_s(now),
+            "rows_per_s": int(np.count_nonzero(at >= now - RATE_WINDOW_S)) / RATE_WINDOW_S,
         }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.messages import UNKNOWN_VERSION
 from services.metric_api.join import HeldHalf, Kind, MetricRow
 
 SCHEMA = """
@@ -40,7 +41,6 @@ ADDED_COLUMNS = {
     "held": {"ts": "REAL", "model_version": "TEXT"},
     "written": {"version": "INTEGER", "written_at": "REAL"},
 }
-UNKNOWN_VERSION = "unknown"  # rows recorded without one (older state, rows recovered from the CSV)
 
 
 class SqliteHalfStore:
@@ -57,9 +57,11 @@ class SqliteHalfStore:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         self._version_codes: dict[str, int] = {}
         self._load_versions()
+        self._count_held()
+
+    def _count_held(self) -> None:
         self.held_count: dict[str, int] = {"y_true": 0, "y_pred": 0}
-        for kind, count in self._db.execute("SELECT kind, count(*) FROM held GROUP BY kind"):
-            self.held_count[kind] = count
+        self.held_count.update(self._db.execute("SELECT kind, count(*) FROM held GROUP BY kind"))
 
     # -- transactions: the service wraps each batch in one
     def begin(self) -> None:
@@ -72,9 +74,7 @@ class SqliteHalfStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
             self._load_versions()
-            self.held_count = dict.fromkeys(self.held_count, 0)
-            for kind, count in self._db.execute("SELECT kind, count(*) FROM held GROUP BY kind"):
-                self.held_count[kind] = count
+            self._count_held()
 
     def close(self) -> None:
         self._db.close()

@@ -125,6 +125,15 @@ def _unverified(path: Path, why: str, allow_unverified: bool) -> str:
     return f"unverified model file {path}: {why}; loaded because MODEL_ALLOW_UNVERIFIED=1"
 
 
+def pickled_sklearn_version(caught: list[warnings.WarningMessage]) -> str | None:
+    """The scikit-learn version a pickle was made with, when it is not this one (scikit-learn
+    warns only then), from the warnings caught while unpickling it."""
+    return next(
+        (w.message.original_sklearn_version for w in caught if isinstance(w.message, InconsistentVersionWarning)),
+        None,
+    )
+
+
 def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
     """Read, verify, unpickle and schema-check the model file; ModelFileError says what is wrong."""
     started = time.perf_counter()
@@ -155,7 +164,7 @@ def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
     model, caught = unpickle(data, path)
     notes.extend(warning_text(w) for w in caught)
     trained_with = metadata.get("sklearn_version")
-    sklearn_warned = any(issubclass(w.category, InconsistentVersionWarning) for w in caught)
+    sklearn_warned = pickled_sklearn_version(caught) is not None
     if trained_with and trained_with != sklearn.__version__ and not sklearn_warned:
         notes.append(
             f"model file {path} was made with scikit-learn {trained_with} (its metadata says) and this "

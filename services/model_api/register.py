@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import sklearn
-from sklearn.exceptions import InconsistentVersionWarning
 
 from services.model_api.modelstore import (
     ModelFileError,
+    pickled_sklearn_version,
     predictor_for,
     read_model_file,
     unpickle,
@@ -32,15 +32,7 @@ def register(path: Path, seed: int = DEFAULT_SEED) -> tuple[dict[str, Any], list
     data = read_model_file(path)
     model, caught = unpickle(data, path)
     predictor_for(model, "unregistered", path)  # refuses what cannot serve this pipeline
-    # The pickle knows which scikit-learn made it; scikit-learn says so only when it differs.
-    made_with = next(
-        (
-            w.message.original_sklearn_version
-            for w in caught
-            if isinstance(w.message, InconsistentVersionWarning)
-        ),
-        sklearn.__version__,
-    )
+    made_with = pickled_sklearn_version(caught) or sklearn.__version__
     metadata = describe(
         model,
         diabetes_split(seed),

@@ -22,7 +22,7 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 from sklearn.model_selection import train_test_split
 
 from services.common.settings import get_settings
-from services.model_api.modelstore import save_model
+from services.model_api.modelstore import model_version, save_model
 
 TEST_SIZE = 0.2
 DEFAULT_SEED = 42
@@ -99,7 +99,7 @@ def train(out: Path, seed: int = DEFAULT_SEED, model: str = "linear") -> dict[st
 def summary_line(done: str, out: Path, metadata: dict[str, Any]) -> str:
     metrics = metadata["metrics"]
     return (
-        f"{done} {out} ({metadata['model_type']}, model_version {metadata['sha256'][:12]}): "
+        f"{done} {out} ({metadata['model_type']}, model_version {model_version(metadata['sha256'])}): "
         f"held-out MAE {metrics['mae']:.2f}, RMSE {metrics['rmse']:.2f}, R2 {metrics['r2']:.3f}"
     )
 

@@ -113,20 +113,20 @@ class PlotService:
         if not names:
             return []
         self.refreshes += 1
-        images = await asyncio.to_thread(self._render, names)
-        for name, image in images.items():
-            await asyncio.to_thread(atomic_write, self.settings.LOGS_DIR / CHART_FILES[name], image.data)
+        images = await asyncio.to_thread(self._render_and_write, names)
         RENDERS.inc()
         RENDER_SECONDS.observe(time.perf_counter() - started)
         self.images = {**self.images, **images}  # published together, once written and counted
         self.drawn |= {name: (changes, self.refreshes) for name in names}
         return names
 
-    def _render(self, names: list[str]) -> dict[str, RenderedPng]:
+    def _render_and_write(self, names: list[str]) -> dict[str, RenderedPng]:
+        """Draw the named charts and write each to LOGS_DIR (atomically). Runs in a thread."""
         tail = self.tail
         newest = tail.newest_row_time()
-        y_true, y_pred, errors = tail.recent_rows()
-        recent = stamp(tail.count, f"the last {errors.size:,} rows", newest)
+        if {"error_over_time", "pred_vs_true"} & set(names):  # only those two need the recent rows
+            y_true, y_pred, errors = tail.recent_rows()
+            recent = stamp(tail.count, f"the last {errors.size:,} rows", newest)
         renders = {
             "histogram": lambda: self.charts["histogram"].render(tail.distribution, stamp(tail.count, "all rows", newest)),
             "error_over_time": lambda: self.charts["error_over_time"].render(errors, tail.first_recent_row, recent),
@@ -137,6 +137,7 @@ class PlotService:
             with CHART_SECONDS.labels(name).time():
                 data = renders[name]()
             images[name] = RenderedPng.of(data, datetime.now(UTC))
+            atomic_write(self.settings.LOGS_DIR / CHART_FILES[name], data)
         return images
 
 

@@ -74,6 +74,8 @@ class MetricLogTail:
             return 0
         if stat.st_ino != self._inode or stat.st_size < self._offset:
             self._start_over(stat.st_ino)
+        if stat.st_size == self._offset:
+            return 0  # nothing appended: the file need not be opened
         added = 0
         with self.path.open("rb") as f:
             # In chunks: a first look at a large file never holds all of it in memory.

@@ -9,17 +9,22 @@ def leftovers(folder: Path, keep: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p != keep]
 
 
-def test_atomic_write_creates_the_file(tmp_path: Path) -> None:
-    target = tmp_path / "error_distribution.png"
-    atomic_write(target, b"\x89PNG first")
-    assert target.read_bytes() == b"\x89PNG first"
-
-
-def test_atomic_write_replaces_the_content(tmp_path: Path) -> None:
-    target = tmp_path / "out.bin"
-    target.write_bytes(b"old content that is longer than the new one")
-    atomic_write(target, b"new")
-    assert target.read_bytes() == b"new"
+@pytest.mark.parametrize(
+    ("name", "old", "data"),
+    [
+        ("error_distribution.png", None, b"\x89PNG first"),
+        ("out.bin", b"old content that is longer than the new one", b"new"),
+        ("logs/nested/metric.png", None, b"data"),
+        ("empty", b"something", b""),
+    ],
+    ids=["creates_the_file", "replaces_the_content", "creates_missing_folders", "of_empty_data_gives_an_empty_file"],
+)
+def test_atomic_write(tmp_path: Path, name: str, old: bytes | None, data: bytes) -> None:
+    target = tmp_path / name
+    if old is not None:
+        target.write_bytes(old)
+    atomic_write(target, data)
+    assert target.read_bytes() == data
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
@@ -28,19 +33,6 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
         atomic_write(target, f"version {i}".encode())
     assert target.read_bytes() == b"version 19"
     assert leftovers(tmp_path, target) == []
-
-
-def test_atomic_write_creates_missing_folders(tmp_path: Path) -> None:
-    target = tmp_path / "logs" / "nested" / "metric.png"
-    atomic_write(target, b"data")
-    assert target.read_bytes() == b"data"
-
-
-def test_atomic_write_of_empty_data_gives_an_empty_file(tmp_path: Path) -> None:
-    target = tmp_path / "empty"
-    target.write_bytes(b"something")
-    atomic_write(target, b"")
-    assert target.read_bytes() == b""
 
 
 def test_a_failed_write_keeps_the_old_content_and_no_temporary_file(tmp_path: Path) -> None:

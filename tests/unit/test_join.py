@@ -26,6 +26,7 @@ from services.metric_api.join import (
     MemoryHalfStore,
     MetricRow,
     Outcome,
+    other,
 )
 from services.metric_api.store import SqliteHalfStore
 from tests.unit.sqlite_transaction import transaction
@@ -112,7 +113,7 @@ def test_absolute_error_is_the_distance_between_label_and_prediction(
 def test_a_lone_half_is_held(join: JoinUnderTest, kind: Kind) -> None:
     assert join.add(kind, ID, 151.0) == Held()
     assert join.store.held(ID, kind) == 151.0
-    assert join.store.held(ID, PREDICTION if kind == LABEL else LABEL) is None
+    assert join.store.held(ID, other(kind)) is None
     assert join.store.written(ID) is None
 
 
@@ -135,7 +136,7 @@ def test_the_same_half_again_while_held_is_a_duplicate(join: JoinUnderTest, kind
     assert join.add(kind, ID, 151.0) == Duplicate()
     assert join.store.held(ID, kind) == 151.0
     # The partner still joins once, with the held value.
-    partner: Kind = PREDICTION if kind == LABEL else LABEL
+    partner: Kind = other(kind)
     outcome = join.add(partner, ID, 150.5)
     assert isinstance(outcome, Joined)
     assert outcome.row.absolute_error == 0.5
@@ -168,7 +169,7 @@ def test_another_value_for_a_held_half_is_a_conflict_naming_the_id_and_both_valu
     assert "152.5" in outcome.reason
     # The first value stays; the conflicting one is not kept.
     assert join.store.held(ID, kind) == 151.0
-    partner: Kind = PREDICTION if kind == LABEL else LABEL
+    partner: Kind = other(kind)
     joined = join.add(partner, ID, 150.0)
     assert isinstance(joined, Joined)
     assert joined.row.absolute_error == 1.0
