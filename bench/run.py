@@ -45,7 +45,8 @@ import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from services.common.ensure_broker import unreachable  # noqa: E402
-from services.common.files import ERROR_HISTOGRAM, METRIC_LOG, METRIC_LOG_HEADER  # noqa: E402
+from services.common.files import ERROR_HISTOGRAM, METRIC_LOG  # noqa: E402
+from services.common.metric_rows import METRIC_LOG_HEADER, format_columns  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
 from tests.faults.checker import check  # noqa: E402
@@ -623,10 +624,8 @@ def synthetic_rows(count: int, first_ts: float, rng: np.random.Generator) -> byt
     """CSV lines (no header) as metric_api writes them: id, y_true, y_pred, absolute_error."""
     y_true = rng.integers(25, 347, size=count).astype(float)
     y_pred = y_true + rng.normal(0.0, 50.0, size=count)
-    error = np.abs(y_true - y_pred)
-    ids = first_ts + np.arange(count) * 1e-4
-    values = np.column_stack([ids, y_true, y_pred, error]).ravel().tolist()
-    return (("%.6f,%r,%r,%r\n" * count) % tuple(values)).encode()
+    ids = [f"{ts:.6f}" for ts in (first_ts + np.arange(count) * 1e-4).tolist()]
+    return format_columns(ids, y_true.tolist(), y_pred.tolist()).encode()
 
 
 CHARTS = ("histogram", "error_over_time", "pred_vs_true")

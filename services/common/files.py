@@ -23,12 +23,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 # What the services write under LOGS_DIR (see README, "Reading the outputs").
 METRIC_LOG = "metric_log.csv"
-METRIC_LOG_HEADER = "id,y_true,y_pred,absolute_error"
 ERROR_HISTOGRAM = "error_distribution.png"
 ERROR_OVER_TIME = "error_over_time.png"
 PRED_VS_TRUE = "pred_vs_true.png"
 ORPHAN_LOG = "orphans.csv"
-ORPHAN_LOG_HEADER = "id,kind,value,arrived_at"
 METRIC_STATE = "metric_state.sqlite3"
 
 

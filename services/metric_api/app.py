@@ -16,12 +16,13 @@ from prometheus_client import Counter, Gauge
 
 from services.common.batching import next_batch, wait_until_empty
 from services.common.broker import Y_PRED, Y_TRUE, BrokerLink, ConfirmedPublisher, QueueConsumer
-from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, ORPHAN_LOG_HEADER
+from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG
+from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.http import service_app
 from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
-from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin, MetricRow
+from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
 from services.metric_api.monitor import QualityMonitor
 from services.metric_api.stats import LAST_5M_S, RECENT_ROWS, QualityStats
 from services.metric_api.store import SqliteHalfStore
@@ -97,7 +98,8 @@ class MetricService:
             chunk: list[MetricRow] = []
             newest_ids: deque[str] = deque(maxlen=stats.ring.capacity)
             count = 0
-            for row in self.csv.open():
+            self.csv.open_for_append()
+            for row in self.csv.rows():
                 count += 1
                 chunk.append(row)
                 newest_ids.append(row.id)
@@ -111,7 +113,7 @@ class MetricService:
             if count < known:
                 log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, count, known)
                 store.forget_written()
-                new_rows = list(self.csv.open())
+                new_rows = list(self.csv.rows())
             store.record_rows_of_csv(new_rows)
             store.set_counter("csv_rows", count)
             store.commit()
@@ -272,7 +274,7 @@ class MetricService:
             return
         self.store.begin()
         try:
-            lines = [f"{sample_id},{kind},{value!r},{arrived_at!r}\n" for sample_id, kind, value, arrived_at in orphans]
+            lines = [format_orphan(Orphan(*orphan)) for orphan in orphans]
             append_with_header(self.orphan_log, ORPHAN_LOG_HEADER, lines)
             for sample_id, kind, _value, _arrived_at in orphans:
                 self.store.release(sample_id, kind)  # type: ignore[arg-type]

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from services.common.files import METRIC_LOG_HEADER as CSV_HEADER
-from services.metric_api.join import MetricRow
+from services.common.metric_rows import METRIC_LOG_HEADER as CSV_HEADER
+from services.common.metric_rows import MetricRow, RowFormatError, format_rows, parse_row
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class MetricLog:
         self.path = path
         self._file: TextIO | None = None
 
-    def open(self) -> Iterator[MetricRow]:
-        """Create the file with its header, or check and read back the rows already in it.
+    def open_for_append(self) -> None:
+        """Create the file with its header, or check the header of the one there; then keep it open for appends.
 
         A last line cut short by a crash mid-append is removed first: its messages were
         never acked, so the broker delivers them again and the row is written whole.
@@ -67,18 +67,17 @@ class MetricLog:
                 "move the file away (or point LOGS_DIR elsewhere) and start again"
             )
         self._file = self.path.open("a", encoding="utf-8")
-        return self._read_rows()
 
-    def _read_rows(self) -> Iterator[MetricRow]:
+    def rows(self) -> Iterator[MetricRow]:
+        """Every row of the file, read from disk (after ``open_for_append()`` checked its header)."""
         with self.path.open(encoding="utf-8") as f:
-            f.readline()  # the header, checked by open()
+            f.readline()  # the header
             for number, line in enumerate(f, start=2):
                 try:
-                    sample_id, y_true, y_pred, error = line.rstrip("\n").split(",")
-                    yield MetricRow(sample_id, float(y_true), float(y_pred), float(error))
-                except ValueError:
+                    yield parse_row(line)
+                except RowFormatError as exc:
                     raise MetricLogError(
-                        f"{self.path} line {number} is not id,y_true,y_pred,absolute_error: {line[:80]!r}; "
+                        f"{self.path} line {number} is not a metric row ({exc}): {line[:80]!r}; "
                         "fix or remove that line and start again"
                     ) from None
 
@@ -87,7 +86,7 @@ class MetricLog:
         if self._file is None:
             raise MetricLogError(f"{self.path} is not open")
         try:
-            self._file.write("".join(row.csv_line() for row in rows))
+            self._file.write(format_rows(rows))
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError:

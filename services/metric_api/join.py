@@ -8,42 +8,14 @@ contradicts what is known of its id (another value for the same id) is a conflic
 The store decides where halves live (memory in tests, SQLite in the service).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from services.common.metric_rows import MetricRow
 
 Kind = Literal["y_true", "y_pred"]
 LABEL: Kind = "y_true"
 PREDICTION: Kind = "y_pred"
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    """One CSV row, and what the join knew of it besides (not in the CSV, not compared)."""
-
-    id: str
-    y_true: float
-    y_pred: float
-    absolute_error: float
-    model_version: str | None = field(default=None, compare=False)
-    # The features service's publish time, and how long the first half waited for the second.
-    ts: float | None = field(default=None, compare=False)
-    lag_s: float | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(
-        cls,
-        sample_id: str,
-        y_true: float,
-        y_pred: float,
-        model_version: str | None = None,
-        ts: float | None = None,
-        lag_s: float | None = None,
-    ) -> "MetricRow":
-        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s)
-
-    def csv_line(self) -> str:
-        # repr() of a float is the shortest text that reads back as the same float.
-        return f"{self.id},{self.y_true!r},{self.y_pred!r},{self.absolute_error!r}\n"
 
 
 @dataclass(frozen=True)

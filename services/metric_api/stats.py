@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.common.messages import UNKNOWN_VERSION
-from services.metric_api.join import MetricRow
+from services.common.metric_rows import MetricRow
 
 WINDOW_FIELDS = (
     "count", "mae", "rmse", "me", "mape", "r2", "max_ae", "p50_ae", "p90_ae", "p95_ae", "baseline_mae", "skill",

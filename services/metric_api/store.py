@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from services.common.messages import UNKNOWN_VERSION
-from services.metric_api.join import HeldHalf, Kind, MetricRow
+from services.common.metric_rows import MetricRow
+from services.metric_api.join import HeldHalf, Kind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS held (

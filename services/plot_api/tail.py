@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.files import METRIC_LOG_HEADER
+from services.common.metric_rows import ID, METRIC_LOG_HEADER, Y_PRED, Y_TRUE, RowFormatError, parse_error, parse_number, split_line
 from services.plot_api.distribution import ErrorDistribution
 
 log = logging.getLogger(__name__)
@@ -104,29 +104,21 @@ class MetricLogTail:
         errors: list[float] = []
         last_id = None
         for index, line in enumerate(lines):
-            fields = line.split(",")
             try:
-                error = float(fields[3]) if len(fields) == 4 else math.nan
-            except ValueError:
-                error = math.nan
-            if not (error >= 0 and error - error == 0):  # x - x == 0 only for a finite x
+                fields = split_line(line)
+                error = parse_error(fields)
+            except RowFormatError:
                 self.skipped_lines += 1
                 log.warning("skipping a line of %s that is not a metric row: %r", self.path, line[:80])
                 continue
             errors.append(error)
-            last_id = fields[0]
+            last_id = fields[ID]
             if index >= keep_from:
-                self._y_true.append(_number(fields[1]))
-                self._y_pred.append(_number(fields[2]))
+                self._y_true.append(parse_number(fields[Y_TRUE]))
+                self._y_pred.append(parse_number(fields[Y_PRED]))
                 self._errors.append(error)
         if last_id is not None:
             self.last_id = last_id
         self.distribution.add(np.array(errors))
         return len(errors)
 
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
-from services.metric_api.join import MetricRow
+from services.common.metric_rows import MetricRow, format_row, format_rows
 
 HEADER = "id,y_true,y_pred,absolute_error"
 # Open a MetricLog on a path; give it back with the rows already in the file.
@@ -26,7 +26,8 @@ def open_log(logs: list[MetricLog]) -> OpenLog:
     def factory(path: Path) -> tuple[MetricLog, list[MetricRow]]:
         log = MetricLog(path)
         logs.append(log)
-        return log, list(log.open())
+        log.open_for_append()
+        return log, list(log.rows())
 
     return factory
 
@@ -89,10 +90,10 @@ def test_appending_nothing_changes_nothing(tmp_path: Path, open_log: OpenLog) ->
 def test_a_torn_last_line_is_removed_and_the_rest_kept(tmp_path: Path, open_log: OpenLog) -> None:
     path = tmp_path / "metric_log.csv"
     complete = rows(3)
-    path.write_text(HEADER + "\n" + "".join(r.csv_line() for r in complete) + "1669147200.000001,151.0,15")
+    path.write_text(HEADER + "\n" + format_rows(complete) + "1669147200.000001,151.0,15")
     log, existing = open_log(path)
     assert existing == complete
-    assert path.read_text() == HEADER + "\n" + "".join(r.csv_line() for r in complete)
+    assert path.read_text() == HEADER + "\n" + format_rows(complete)
     # The row whose line was torn is redelivered and written whole after the repair.
     log.append([MetricRow.of("1669147200.000001", 151.0, 150.0)])
     _, after = open_log(path)
@@ -112,10 +113,10 @@ def test_a_long_torn_tail_does_not_lose_the_complete_rows(tmp_path: Path, open_l
     # ext4/XFS): one torn "line" of 4096 bytes or more with no newline in it.
     path = tmp_path / "metric_log.csv"
     complete = rows(100)
-    path.write_bytes((HEADER + "\n" + "".join(r.csv_line() for r in complete)).encode() + b"\0" * 4096)
+    path.write_bytes((HEADER + "\n" + format_rows(complete)).encode() + b"\0" * 4096)
     _, existing = open_log(path)
     assert existing == complete
-    assert path.read_text() == HEADER + "\n" + "".join(r.csv_line() for r in complete)
+    assert path.read_text() == HEADER + "\n" + format_rows(complete)
 
 
 def test_a_torn_header_is_replaced_by_a_whole_one(tmp_path: Path, open_log: OpenLog) -> None:
@@ -153,8 +154,8 @@ def test_a_garbage_line_is_refused_with_its_line_number(
     why: str,
 ) -> None:
     path = tmp_path / "metric_log.csv"
-    good = "".join(r.csv_line() for r in rows(3))
-    path.write_text(HEADER + "\n" + good + bad_line + "\n" + rows(1, start=9)[0].csv_line())
+    good = format_rows(rows(3))
+    path.write_text(HEADER + "\n" + good + bad_line + "\n" + format_row(rows(1, start=9)[0]))
     with pytest.raises(MetricLogError) as exc:
         open_log(path)
     message = str(exc.value)

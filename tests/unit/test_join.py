@@ -24,10 +24,10 @@ from services.metric_api.join import (
     Kind,
     LabelPredictionJoin,
     MemoryHalfStore,
-    MetricRow,
     Outcome,
     other,
 )
+from services.common.metric_rows import MetricRow
 from services.metric_api.store import SqliteHalfStore
 from tests.unit.sqlite_transaction import transaction
 
@@ -259,37 +259,3 @@ def test_many_ids_in_random_order_with_random_duplicates_each_join_exactly_once(
 
 
 # --- MetricRow -------------------------------------------------------------------------
-
-
-def test_metric_row_of_computes_the_absolute_error() -> None:
-    assert MetricRow.of("1", 100.0, 150.5) == MetricRow("1", 100.0, 150.5, 50.5)
-    assert MetricRow.of("1", 150.5, 100.0) == MetricRow("1", 150.5, 100.0, 50.5)
-
-
-@pytest.mark.parametrize(
-    ("y_true", "y_pred", "error"),
-    [
-        (151.0, 150.37, 0.6299999999999955),
-        (0.1 + 0.2, 1 / 3, 0.03333333333333327),
-        (1e-300, 5e-324, 1e-300),
-        (1e17, -1e17, 2e17),
-        (346.0, 346.0, 0.0),
-        (25.0, 206.11666666666667, 181.11666666666667),
-    ],
-)
-def test_csv_line_has_four_fields_no_spaces_and_floats_that_read_back_exactly(
-    y_true: float, y_pred: float, error: float
-) -> None:
-    line = MetricRow.of(ID, y_true, y_pred).csv_line()
-    assert line.endswith("\n") and line.count("\n") == 1
-    assert " " not in line
-    fields = line.rstrip("\n").split(",")
-    assert len(fields) == 4
-    assert fields[0] == ID
-    assert float(fields[1]) == y_true
-    assert float(fields[2]) == y_pred
-    assert float(fields[3]) == error
-
-
-def test_csv_line_of_a_simple_row_is_plain_text() -> None:
-    assert MetricRow.of(ID, 151.0, 150.5).csv_line() == f"{ID},151.0,150.5,0.5\n"
