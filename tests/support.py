@@ -21,7 +21,7 @@ import aio_pika
 import httpx
 import pandas as pd
 
-from services.common.broker import FEATURES, Y_PRED, Y_TRUE, dlq_name
+from services.common.amqp.topology import FEATURES, Y_PRED, Y_TRUE, dlq_name
 from services.common.files import ERROR_HISTOGRAM, ERROR_OVER_TIME, METRIC_LOG, PRED_VS_TRUE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, TypedDict
 
-from aio_pika.abc import AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from services.common.broker import FEATURES, Y_TRUE, BrokerLink, ConfirmedPublisher, Outgoing, declare_queue
+from services.common.amqp.link import BrokerLink, Link
+from services.common.amqp.publisher import Outgoing
+from services.common.amqp.topology import FEATURES, Y_TRUE
 from services.common.http import service_app
 from services.common.messages import FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
@@ -28,23 +29,17 @@ SAMPLES_SENT = Counter("samples_published", "Samples whose features and label we
 class FeaturesPublisher:
     """Draws samples and publishes each to ``features`` and ``y_true``, both confirmed."""
 
-    def __init__(self, settings: Settings, sampler: DiabetesSampler) -> None:
+    def __init__(self, settings: Settings, sampler: DiabetesSampler, link: Link | None = None) -> None:
         self.settings = settings
         self.sampler = sampler
         self.sent = 0
         self.paused = False
-        self.link = BrokerLink(settings, "features_api", self._on_connect)
-        self._publisher: ConfirmedPublisher | None = None
         self._features_queue = settings.queue(FEATURES)
         self._labels_queue = settings.queue(Y_TRUE)
+        self.link = link or BrokerLink(settings, "features_api", publishes=[self._features_queue, self._labels_queue])
         self._stop = asyncio.Event()
         self._loop_sample = asyncio.Lock()
-
-    async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
-        channel = await self.link.channel()
-        for queue in (self._features_queue, self._labels_queue):
-            await declare_queue(channel, queue)
-        self._publisher = ConfirmedPublisher(channel, self.settings.PUBLISH_TIMEOUT_S)
+        self._connected = False
 
     def _messages(self, sample: Sample) -> tuple[Outgoing, Outgoing]:
         features = FeaturesMessage(id=sample.id, body=sample.features, ts=sample.ts)
@@ -56,8 +51,7 @@ class FeaturesPublisher:
 
     async def publish_samples(self, samples: list[Sample]) -> None:
         """Publish each sample's features and label; return once the broker confirmed all of them."""
-        assert self._publisher is not None, "not connected yet"
-        await self._publisher.publish_many([message for sample in samples for message in self._messages(sample)])
+        await self.link.publisher.publish_many([message for sample in samples for message in self._messages(sample)])
         self.sent += len(samples)
         SAMPLES_SENT.inc(len(samples))
 
@@ -70,6 +64,7 @@ class FeaturesPublisher:
     async def run(self) -> None:
         """The timer loop: after every FEATURES_INTERVAL_S, one sample (unless paused)."""
         await self.link.ready()
+        self._connected = True
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.settings.FEATURES_INTERVAL_S)
@@ -89,7 +84,7 @@ class FeaturesPublisher:
     async def stop_loop(self, task: asyncio.Task[None]) -> None:
         # Let a sample being published finish, so its features never go out without its label.
         self._stop.set()
-        if self.link.connection is None:
+        if not self._connected:
             task.cancel()  # still waiting for the broker: nothing is being published
         try:
             await asyncio.wait_for(task, timeout=self.settings.PUBLISH_TIMEOUT_S)
@@ -103,9 +98,10 @@ class State(TypedDict):
     features: FeaturesPublisher
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, link: Link | None = None) -> FastAPI:
+    """The features_api app; ``link`` replaces the broker connection (in-process tests)."""
     settings = settings or get_settings()
-    publisher = FeaturesPublisher(settings, DiabetesSampler.diabetes(settings.FEATURES_SEED))
+    publisher = FeaturesPublisher(settings, DiabetesSampler.diabetes(settings.FEATURES_SEED), link)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:

@@ -28,7 +28,7 @@ from services.common.metric_rows import MetricRow
 WINDOW_FIELDS = (
     "count", "mae", "rmse", "me", "mape", "r2", "max_ae", "p50_ae", "p90_ae", "p95_ae", "baseline_mae", "skill",
 )  # fmt: skip
-RECENT_ROWS = 1000  # rows kept whole for /metrics/recent
+RECENT_ROWS_SERVED = 1000  # the newest rows kept whole for /metrics/recent
 LAST_N_WINDOWS = {"last_100": 100, "last_1000": 1000}
 LAST_5M_S = 300.0
 # 5 minutes at 1,000 rows/s: 7.2 MB of ring. Beyond that rate last_5m is the newest rows only.
@@ -307,7 +307,7 @@ class QualityStats:
         self.all = ErrorHistory(baseline)
         self.by_version: dict[str, ErrorHistory] = {}
         self.ring = RowRing(ring_rows)
-        self.recent: deque[MetricRow] = deque(maxlen=RECENT_ROWS)
+        self.recent: deque[MetricRow] = deque(maxlen=RECENT_ROWS_SERVED)
         self.latency_s: deque[float] = deque(maxlen=timing_samples)
         self.lag_s: deque[float] = deque(maxlen=timing_samples)
         self.last_id: str | None = None

@@ -16,6 +16,7 @@ the per-version and time-window statistics can be rebuilt at start-up.
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,17 @@ class SqliteHalfStore:
             self._db.execute("ROLLBACK")
             self._load_versions()
             self._count_held()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN; COMMIT if the block succeeds, ROLLBACK (and re-raise) if it fails."""
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
     def close(self) -> None:
         self._db.close()

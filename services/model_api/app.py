@@ -11,15 +11,16 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict
 
 import sklearn
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from services.common.batching import next_batch, wait_until_empty
-from services.common.broker import FEATURES, Y_PRED, BrokerLink, ConfirmedPublisher, Outgoing, QueueConsumer, declare_queue
+from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
+from services.common.amqp.link import BrokerLink, Link
+from services.common.amqp.publisher import Outgoing
+from services.common.amqp.topology import FEATURES, Y_PRED
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
 from services.common.settings import Settings, get_settings
@@ -36,81 +37,38 @@ FEATURE_BOUND = 1e6
 
 
 class ModelService:
-    """Consumes ``features``, predicts, publishes ``y_pred`` (confirmed), then acks."""
+    """Consumes ``features`` in batches, predicts, publishes ``y_pred`` (confirmed); the consumer then acks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, link: Link | None = None) -> None:
         self.settings = settings
         # The model in service. Swapped whole by reload(); each batch reads it once.
         self.model = self._log_loaded(load_model(settings.MODEL_PATH, allow_unverified=settings.MODEL_ALLOW_UNVERIFIED))
         self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
         self._reload_lock = asyncio.Lock()
         self._sighup_reloads: set[asyncio.Task[None]] = set()
-        self.link = BrokerLink(settings, "model_api", self._on_connect)
         self._predictions_queue = settings.queue(Y_PRED)
-        self._publisher: ConfirmedPublisher | None = None
-        self.consumer: QueueConsumer[FeaturesMessage] | None = None
-        self._inbox: asyncio.Queue[tuple[FeaturesMessage, AbstractIncomingMessage]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self.consumer = BatchConsumer(self._predict_batch)
+        self.consumer.subscribe(settings.queue(FEATURES), FeaturesMessage)
+        self.link = link or BrokerLink(settings, "model_api", publishes=[self._predictions_queue], consumers=[self.consumer])
 
-    async def _on_connect(self, _connection: AbstractRobustConnection) -> None:
-        publish_channel = await self.link.channel()
-        await declare_queue(publish_channel, self._predictions_queue)
-        self._publisher = ConfirmedPublisher(publish_channel, self.settings.PUBLISH_TIMEOUT_S)
-        self.consumer = QueueConsumer(self.settings.queue(FEATURES), FeaturesMessage, self._on_features, self._publisher)
-        await self.consumer.start(await self.link.channel(prefetch=self.settings.PREFETCH))
+    async def _predict_batch(self, batch: list[Delivery[FeaturesMessage]]) -> list[Rejection]:
+        """One predict call for the batch, every prediction published (confirms pipelined).
 
-    async def _on_features(self, features: FeaturesMessage, delivery: AbstractIncomingMessage) -> None:
-        await self._inbox.put((features, delivery))
-
-    async def _work(self) -> None:
-        while True:
-            batch = await next_batch(self._inbox)
-            try:
-                await self._predict_and_publish(batch)
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive a bad batch
-                log.exception("predicting a batch of %d failed", len(batch))
-                assert self.consumer is not None
-                for _, delivery in batch:
-                    if delivery.redelivered:
-                        await self.consumer.dead_letter(delivery, f"prediction failed twice: {type(exc).__name__}: {exc}")
-                    else:
-                        await self.consumer.settle([delivery], requeue=True)
-
-    async def _predict_and_publish(self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]]) -> None:
-        """One predict call for the batch; publish every prediction (confirms pipelined); then ack."""
-        assert self._publisher is not None
+        A row the model predicts no finite number for is refused alone, not with its batch.
+        """
         model = self.model  # one model for the whole batch, whatever a reload does meanwhile
-        values = model.predictor.predict([features.body for features, _ in batch])
-        batch, values = await self._dead_letter_unpredictable(batch, values, model.version)
-        version = model.version
-        await self._publisher.publish_many(
-            [
-                Outgoing(
-                    self._predictions_queue,
-                    PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=version).to_bytes(),
-                    features.id,
-                )
-                for (features, _), value in zip(batch, values, strict=True)
-            ]
-        )
-        assert self.consumer is not None
-        await self.consumer.settle([delivery for _, delivery in batch])
-        self.count_served(version, "queue", len(batch))
-
-    async def _dead_letter_unpredictable(
-        self, batch: list[tuple[FeaturesMessage, AbstractIncomingMessage]], values: list[float], version: str
-    ) -> tuple[list[tuple[FeaturesMessage, AbstractIncomingMessage]], list[float]]:
-        """A row the model predicts no finite number for goes to the DLQ alone, not with its batch."""
-        if all(math.isfinite(v) for v in values):
-            return batch, values
-        assert self.consumer is not None
-        kept = []
-        for (features, delivery), value in zip(batch, values, strict=True):
+        values = model.predictor.predict([delivery.message.body for delivery in batch])
+        predictions, refused = [], []
+        for delivery, value in zip(batch, values, strict=True):
+            features = delivery.message
             if math.isfinite(value):
-                kept.append(((features, delivery), value))
+                message = PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=model.version)
+                predictions.append(Outgoing(self._predictions_queue, message.to_bytes(), features.id))
             else:
-                await self.consumer.dead_letter(delivery, f"model {version} predicted {value} for these features")
-        return [item for item, _ in kept], [value for _, value in kept]
+                refused.append((delivery, f"model {model.version} predicted {value} for these features"))
+        await self.link.publisher.publish_many(predictions)
+        self.count_served(model.version, "queue", len(predictions))
+        return refused
 
     def count_served(self, version: str, path: str, count: int) -> None:
         self.served.setdefault(version, Tally())[path] += count
@@ -167,18 +125,11 @@ class ModelService:
             log.info("SIGHUP will not reload the model here (%s); POST /model/reload does", exc)
 
     def start(self) -> None:
-        self._worker = asyncio.create_task(self._work(), name="model-batches")
         self.link.start()
 
     async def stop(self) -> None:
         with contextlib.suppress(RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self.consumer is not None:
-            await self.consumer.stop()
-        await wait_until_empty(self._inbox)
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
         await self.link.close()
 
 
@@ -186,9 +137,10 @@ class State(TypedDict):
     model: ModelService
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, link: Link | None = None) -> FastAPI:
+    """The model_api app; ``link`` replaces the broker connection (in-process tests)."""
     settings = settings or get_settings()
-    service = ModelService(settings)
+    service = ModelService(settings, link)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
@@ -333,5 +285,5 @@ async def model_info(service: Service) -> dict[str, Any]:
         "load_seconds": model.load_seconds,
         "predictions_served": sum(service.served.get(model.version, Tally()).values()),
         "predictions_by_version": {version: dict(paths) for version, paths in service.served.items()},
-        "dead_lettered": service.consumer.dead_lettered if service.consumer else 0,
+        "dead_lettered": service.consumer.dead_lettered,
     }

@@ -29,7 +29,6 @@ from services.metric_api.join import (
 )
 from services.common.metric_rows import MetricRow
 from services.metric_api.store import SqliteHalfStore
-from tests.unit.sqlite_transaction import transaction
 
 ID = "1669147134.196809"
 
@@ -61,7 +60,7 @@ def join(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JoinUnderTe
         return
     store = SqliteHalfStore(tmp_path / "metric_state.sqlite3")
     try:
-        yield JoinUnderTest(store, lambda: transaction(store))
+        yield JoinUnderTest(store, store.transaction)
     finally:
         store.close()
 

@@ -10,7 +10,7 @@ import pytest
 
 from services.metric_api.join import MetricRow
 from services.metric_api.stats import (
-    RECENT_ROWS,
+    RECENT_ROWS_SERVED,
     LazilySortedArray,
     QualityStats,
     percentile_of_sorted,
@@ -189,7 +189,7 @@ def test_rebuilding_from_history_equals_having_seen_the_rows_live() -> None:
     for version, window in want["by_model_version"].items():
         assert not differences(got["by_model_version"][version], window, rel=1e-12), version
     assert (got["last_id"], got["last_row_at"], got["rows_per_s"]) == (want["last_id"], want["last_row_at"], want["rows_per_s"])
-    assert rebuilt.last(RECENT_ROWS) == live.last(RECENT_ROWS)
+    assert rebuilt.last(RECENT_ROWS_SERVED) == live.last(RECENT_ROWS_SERVED)
 
 
 def test_latency_and_lag_percentiles_are_over_the_newest_samples() -> None:
@@ -247,12 +247,12 @@ def test_the_lazily_sorted_array_holds_every_value_in_order() -> None:
 
 
 def test_last_returns_the_newest_rows_oldest_first_and_is_bounded() -> None:
-    rows = diabetes_like(RECENT_ROWS + 500, seed=15)
+    rows = diabetes_like(RECENT_ROWS_SERVED + 500, seed=15)
     stats = QualityStats()
     feed(stats, rows, seed=16, start=T0, step_s=0.01)
     assert stats.last(5) == rows[-5:]
     assert stats.last(1) == [rows[-1]]
-    assert stats.last(10**6) == rows[-RECENT_ROWS:]
+    assert stats.last(10**6) == rows[-RECENT_ROWS_SERVED:]
     assert stats.last(0) == stats.last(-1) == []
     assert stats.count == len(rows)
     assert math.isclose(stats.mae or 0, np.mean([r.absolute_error for r in rows]), rel_tol=1e-12)

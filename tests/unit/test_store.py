@@ -21,7 +21,6 @@ from services.metric_api.join import (
     MetricRow,
 )
 from services.metric_api.store import SqliteHalfStore
-from tests.unit.sqlite_transaction import transaction
 
 OpenStore = Callable[[], SqliteHalfStore]
 
@@ -58,7 +57,7 @@ def counted_in_file(path: Path) -> dict[str, int]:
 
 def test_held_halves_written_rows_and_counters_survive_closing_and_reopening(open_store: OpenStore) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         store.hold("1.000001", LABEL, HeldHalf(151.0, 1000.5))
         store.hold("1.000002", PREDICTION, HeldHalf(150.25, 1001.5))
         store.hold("1.000003", LABEL, HeldHalf(42.0, 1002.5))
@@ -82,7 +81,7 @@ def test_held_halves_written_rows_and_counters_survive_closing_and_reopening(ope
 
 def test_a_join_committed_before_closing_is_a_duplicate_after_reopening(open_store: OpenStore) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         LabelPredictionJoin(store).add(LABEL, "7.000001", 80.5, 1.0)
         outcome = LabelPredictionJoin(store).add(PREDICTION, "7.000001", 100.0, 2.0)
     assert isinstance(outcome, Joined)
@@ -96,7 +95,7 @@ def test_a_join_committed_before_closing_is_a_duplicate_after_reopening(open_sto
 def test_work_not_committed_is_gone_after_reopening(open_store: OpenStore) -> None:
     # A crash mid-batch: nothing of the batch was acked, so nothing of it may stay.
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         store.hold("1.000001", LABEL, HeldHalf(1.0, 1.0))
     store.begin()
     store.hold("1.000002", LABEL, HeldHalf(2.0, 2.0))
@@ -120,7 +119,7 @@ def test_rollback_undoes_holds_releases_written_rows_and_counters_and_restores_h
     open_store: OpenStore,
 ) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         store.hold("1.000001", LABEL, HeldHalf(1.0, 1.0))
         store.hold("1.000002", PREDICTION, HeldHalf(2.0, 2.0))
         store.set_counter("csv_rows", 5)
@@ -151,21 +150,21 @@ def test_rollback_undoes_holds_releases_written_rows_and_counters_and_restores_h
 def test_rollback_of_a_batch_that_joined_puts_the_halves_back(open_store: OpenStore) -> None:
     store = open_store()
     join = LabelPredictionJoin(store)
-    with transaction(store):
+    with store.transaction():
         assert join.add(LABEL, "1.000001", 151.0, 1.0) == Held()
     store.begin()
     assert isinstance(join.add(PREDICTION, "1.000001", 150.0, 2.0), Joined)
     store.rollback()  # e.g. the CSV append failed: the batch is redelivered
     assert store.held_count == {"y_true": 1, "y_pred": 0}
     assert store.written("1.000001") is None
-    with transaction(store):
+    with store.transaction():
         assert join.add(PREDICTION, "1.000001", 150.0, 3.0) == Joined(MetricRow("1.000001", 151.0, 150.0, 1.0))
     assert store.held_count == {"y_true": 0, "y_pred": 0}
 
 
 def test_rollback_outside_a_transaction_changes_nothing(open_store: OpenStore) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         store.hold("1.000001", LABEL, HeldHalf(1.0, 1.0))
     store.rollback()
     assert store.held("1.000001", LABEL) == 1.0
@@ -225,7 +224,7 @@ def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(o
         ("1.000002", "y_pred", 2.0, 200.0),
         ("1.000006", "y_pred", 6.0, 300.0),  # exactly at the cutoff: not older
     ]
-    with transaction(store):
+    with store.transaction():
         for sample_id, kind, value, arrived_at in halves:
             store.hold(sample_id, kind, HeldHalf(value, arrived_at))  # type: ignore[arg-type]
 
@@ -250,7 +249,7 @@ def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(o
 def test_expired_does_not_return_halves_that_joined(open_store: OpenStore) -> None:
     store = open_store()
     join = LabelPredictionJoin(store)
-    with transaction(store):
+    with store.transaction():
         join.add(LABEL, "1.000001", 1.0, 10.0)
         join.add(LABEL, "1.000002", 2.0, 20.0)
         join.add(PREDICTION, "1.000001", 1.5, 30.0)
@@ -262,7 +261,7 @@ def test_expired_does_not_return_halves_that_joined(open_store: OpenStore) -> No
 
 def test_record_rows_of_csv_records_the_rows_and_releases_their_held_halves(open_store: OpenStore) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         store.hold("1.000001", LABEL, HeldHalf(151.0, 1.0))  # its row is in the CSV already
         store.hold("1.000002", PREDICTION, HeldHalf(150.0, 2.0))  # its row is in the CSV already
         store.hold("1.000003", LABEL, HeldHalf(10.0, 3.0))  # still waiting for its prediction
@@ -271,7 +270,7 @@ def test_record_rows_of_csv_records_the_rows_and_releases_their_held_halves(open
         MetricRow.of("1.000002", 149.0, 150.0),
         MetricRow.of("1.000004", 20.0, 22.0),  # nothing held for this one
     ]
-    with transaction(store):
+    with store.transaction():
         store.record_rows_of_csv(rows)
 
     assert store.written("1.000001") == MetricRow("1.000001", 151.0, 150.5, 0.5)
@@ -284,7 +283,7 @@ def test_record_rows_of_csv_records_the_rows_and_releases_their_held_halves(open
     assert counted_in_file(store.path) == {"y_true": 1, "y_pred": 0}
     # A redelivered half of a recorded row does not make a second row.
     join = LabelPredictionJoin(store)
-    with transaction(store):
+    with store.transaction():
         assert join.add(PREDICTION, "1.000001", 150.5, 4.0) == Duplicate()
         assert join.add(LABEL, "1.000004", 20.0, 4.0) == Duplicate()
     assert store.held_count == {"y_true": 1, "y_pred": 0}
@@ -292,17 +291,17 @@ def test_record_rows_of_csv_records_the_rows_and_releases_their_held_halves(open
 
 def test_forget_written_empties_the_written_ids_and_keeps_the_held_halves(open_store: OpenStore) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         store.record_rows_of_csv([MetricRow.of(f"1.00000{i}", float(i), 0.0) for i in range(1, 6)])
         store.hold("2.000001", LABEL, HeldHalf(1.0, 1.0))
-    with transaction(store):
+    with store.transaction():
         store.forget_written()
     for i in range(1, 6):
         assert store.written(f"1.00000{i}") is None
     assert store.held("2.000001", LABEL) == 1.0
     assert store.held_count == {"y_true": 1, "y_pred": 0}
     # Re-reading the CSV records its rows again (what the service does after forgetting).
-    with transaction(store):
+    with store.transaction():
         store.record_rows_of_csv([MetricRow.of("1.000003", 3.0, 0.0)])
     assert store.written("1.000003") == MetricRow("1.000003", 3.0, 0.0, 3.0)
     assert store.written("1.000004") is None
@@ -311,16 +310,16 @@ def test_forget_written_empties_the_written_ids_and_keeps_the_held_halves(open_s
 def test_counters_start_at_zero_accumulate_and_can_be_overwritten(open_store: OpenStore) -> None:
     store = open_store()
     assert store.counter("csv_rows") == 0
-    with transaction(store):
+    with store.transaction():
         store.add_to_counter("csv_rows", 3)
         store.add_to_counter("csv_rows", 4)
         store.add_to_counter("orphans", 2)
     assert store.counter("csv_rows") == 7
     assert store.counter("orphans") == 2
-    with transaction(store):
+    with store.transaction():
         store.set_counter("csv_rows", 2)
     assert store.counter("csv_rows") == 2
-    with transaction(store):
+    with store.transaction():
         store.add_to_counter("csv_rows", 5)
         store.set_counter("fresh", 9)
     assert store.counter("csv_rows") == 7
@@ -338,12 +337,12 @@ def version_rows(store: SqliteHalfStore) -> list[tuple[str, float, float]]:
 
 def test_a_joined_row_keeps_its_model_version_ts_lag_and_join_time(open_store: OpenStore) -> None:
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         LabelPredictionJoin(store).add(PREDICTION, "1.000001", 150.5, 10.0, ts=9.5, model_version="v7")
         LabelPredictionJoin(store).add(LABEL, "1.000002", 80.0, 11.0, ts=10.5)
     store.close()
     store = open_store()  # what was held survives a restart with its details
-    with transaction(store):
+    with store.transaction():
         first = LabelPredictionJoin(store).add(LABEL, "1.000001", 151.0, 12.5, ts=9.5)
         second = LabelPredictionJoin(store).add(PREDICTION, "1.000002", 82.0, 13.0, ts=10.5, model_version="v8")
     assert isinstance(first, Joined) and isinstance(second, Joined)
@@ -356,7 +355,7 @@ def test_a_joined_row_keeps_its_model_version_ts_lag_and_join_time(open_store: O
 def test_join_times_are_read_back_only_as_far_as_needed(open_store: OpenStore) -> None:
     store = open_store()
     ids = [f"1.{i:06d}" for i in range(2000)]
-    with transaction(store):
+    with store.transaction():
         for i, sample_id in enumerate(ids):
             store.record_written(MetricRow.of(sample_id, 1.0, 2.0), written_at=float(i))
     times = store.written_times(ids, since=1700.0, chunk=100)
@@ -377,7 +376,7 @@ def test_a_state_file_from_before_versions_gets_the_new_columns(path: Path, open
             """
         )
     store = open_store()
-    with transaction(store):
+    with store.transaction():
         outcome = LabelPredictionJoin(store).add(LABEL, "1.000001", 151.0, 2.0)
         LabelPredictionJoin(store).add(PREDICTION, "1.000002", 5.0, 3.0, model_version="v2")
         LabelPredictionJoin(store).add(LABEL, "1.000002", 6.0, 3.0)
@@ -392,6 +391,6 @@ def test_a_version_first_seen_in_a_rolled_back_batch_is_recorded_when_it_comes_a
     store.begin()
     store.record_written(MetricRow.of("1.000001", 1.0, 2.0, model_version="v9"))
     store.rollback()
-    with transaction(store):
+    with store.transaction():
         store.record_written(MetricRow.of("1.000002", 1.0, 2.0, model_version="v9"))
     assert version_rows(store) == [("v9", 1.0, 2.0)]

@@ -8,6 +8,12 @@ during one turn of the event loop are joined and sent together at the end of it 
 back-pressure still comes from the real transport (it pauses the protocol when its buffer
 fills; ``drain()`` honours that).
 
+Know this when reading aiormq: ``StreamWriter.drain()`` on this transport returns before the
+bytes reach the socket. A write is only queued here, and handed to the real transport at the
+end of the loop turn; ``drain()`` waits only while the real transport has paused the protocol.
+So a "drained" frame is not yet on the wire, and nothing here treats it as if it were: a
+publish counts as done only when the broker's confirm arrives.
+
 It plugs in through aiormq's public ``TransportFactory`` hook; aio-pika hands its
 connection's ``kwargs`` to aiormq, so a small ``RobustConnection`` subclass (passed as
 ``connect_robust(..., connection_class=CoalescingRobustConnection)``) sets it there.
@@ -22,13 +28,6 @@ from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
 STREAM_LIMIT = 2**16  # asyncio.open_connection's default reader limit
-
-# aiormq queues frames for its writer in a queue of 10; once it is full, each further frame
-# waits a loop turn (and a publish holds the channel lock meanwhile). publish_many queues a
-# whole batch as one frame, but single acks (when one multiple ack cannot cover a batch),
-# nacks and dead-letter publishes are a frame each: with room for a batch of them (500), they
-# are queued in one turn and leave in one write. Frames are a few hundred bytes: ~1 MB at most.
-aiormq.Connection.FRAME_BUFFER_SIZE = 4096
 
 
 class CoalescingTransport(asyncio.Transport):

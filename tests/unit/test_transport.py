@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from services.common.coalescing import CoalescingTransport
+from services.common.amqp.transport import CoalescingTransport
 
 
 class RecordingTransport(asyncio.Transport):

@@ -1,0 +1,363 @@
+"""Consuming, for every service: validate each delivery, dead-letter what is bad, hand the good
+ones to the service in batches, and ack only after the service's effect is durable.
+
+The one failure rule:
+
+- A message that is too large or does not pass its schema goes to ``<queue>.dlq`` at once,
+  with the reason in its ``x-dlq-reason`` header.
+- The batch handler returns the deliveries it refuses, each with a reason: they are
+  dead-lettered. Every other delivery of the batch is acked once the handler has returned,
+  that is, once its effect is durable.
+- A handler that raises on a batch gets the batch again one message at a time, so one bad
+  message does not take its batch with it. A message that fails on its own is requeued once;
+  failing again on its redelivery, it is dead-lettered with the error. Never a loop.
+- A handler that raises ``HandBack`` says the fault is not in the messages (the disk is full
+  or read-only): the batch goes back to the queue unjudged, the consumer stops taking
+  deliveries and runs its ``recover`` coroutine, and resumes when that returns.
+
+A dead-lettered delivery is acked only after its copy in the DLQ is confirmed, and an ack
+with ``multiple=True`` never covers a delivery still being dead-lettered.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+from aiormq.exceptions import ChannelInvalidStateError
+from pydantic import ValidationError
+
+from services.common.amqp.instruments import HANDLE_SECONDS, MESSAGES_CONSUMED, MESSAGES_DEAD_LETTERED
+from services.common.amqp.publisher import ConfirmedPublisher, Outgoing
+from services.common.amqp.topology import declare_queue, dlq_name
+from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=SampleMessage)
+T = TypeVar("T")
+
+BATCH_MAX = 500
+# A quiet pipeline must not wait for a batch to fill: after the first delivery, wait at most this.
+BATCH_WINDOW_S = 0.002
+REASON_MAX = 1000  # characters of x-dlq-reason
+
+
+@dataclass(slots=True, eq=False)
+class Delivery(Generic[M]):
+    """A delivery and its validated message (None for one refused before validation)."""
+
+    message: M
+    raw: AbstractIncomingMessage
+    queue: str
+    arrived: float  # the event loop's clock
+
+
+Rejection = tuple[Delivery[Any], str]
+BatchHandler = Callable[[list[Delivery[Any]]], Awaitable[Sequence[Rejection]]]
+
+
+class HandBack(Exception):
+    """Raised by a batch handler when the fault is not in the messages (storage): the batch goes
+    back to the queue, and the consumer pauses until its ``recover`` coroutine returns."""
+
+
+@dataclass
+class _Subscription:
+    queue: str
+    schema: type[SampleMessage]
+    amqp_queue: AbstractRobustQueue | None = None
+    tag: str | None = None
+
+
+async def next_batch(inbox: asyncio.Queue[T], max_size: int = BATCH_MAX, window_s: float = BATCH_WINDOW_S) -> list[T]:
+    """Wait for one item, then take whatever else arrives within ``window_s``, up to ``max_size``."""
+    loop = asyncio.get_running_loop()
+    batch = [await inbox.get()]
+    deadline = loop.time() + window_s
+    while len(batch) < max_size:
+        try:
+            batch.append(inbox.get_nowait())
+            continue
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(inbox.get(), remaining))
+        except TimeoutError:
+            break
+    return batch
+
+
+async def _recover_later() -> None:
+    await asyncio.sleep(2.0)
+
+
+class BatchConsumer:
+    """Consumes one or more queues into one batch handler (see the module's failure rule)."""
+
+    def __init__(
+        self,
+        handler: BatchHandler,
+        *,
+        recover: Callable[[], Awaitable[None]] = _recover_later,
+        batch_max: int = BATCH_MAX,
+        window_s: float = BATCH_WINDOW_S,
+    ) -> None:
+        self._handler = handler
+        self._recover = recover
+        self._batch_max = batch_max
+        self._window_s = window_s
+        self._subscriptions: list[_Subscription] = []
+        self._inbox: asyncio.Queue[Delivery[Any]] = asyncio.Queue()
+        self._dead_letters: ConfirmedPublisher | None = None
+        # Delivery tags received and not yet settled, per channel: an ack with multiple=True
+        # is sent only when it covers exactly the deliveries being acked.
+        self._unsettled: dict[object, set[int]] = {}
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set while the worker holds no batch
+        self._idle.set()
+        self._recovery: asyncio.Task[None] | None = None
+        self.handed_back: str | None = None  # why deliveries are being handed back, while they are
+        self.dead_lettered = 0
+
+    def subscribe(self, queue: str, schema: type[SampleMessage]) -> None:
+        """Consume ``queue`` (a broker name, prefix applied), validating with ``schema``."""
+        self._subscriptions.append(_Subscription(queue, schema))
+
+    @property
+    def queues(self) -> list[str]:
+        return [subscription.queue for subscription in self._subscriptions]
+
+    async def start(
+        self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: ConfirmedPublisher
+    ) -> None:
+        """Declare each queue and consume it on its own channel; start the batch worker."""
+        self._dead_letters = dead_letters
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=f"batches-{'+'.join(self.queues)}")
+        for subscription in self._subscriptions:
+            subscription.amqp_queue = await declare_queue(await open_channel(), subscription.queue)
+        await self.resume()
+
+    async def pause(self) -> None:
+        """Stop taking deliveries; those in hand stay ours until settled."""
+        for subscription in self._subscriptions:
+            if subscription.amqp_queue is not None and subscription.tag is not None:
+                tag, subscription.tag = subscription.tag, None
+                try:
+                    await subscription.amqp_queue.cancel(tag)
+                except Exception:  # noqa: BLE001 - channel already gone: the broker requeues what we held
+                    pass
+
+    async def resume(self) -> None:
+        for subscription in self._subscriptions:
+            if subscription.amqp_queue is not None and subscription.tag is None:
+                subscription.tag = await subscription.amqp_queue.consume(
+                    lambda raw, s=subscription: self._on_delivery(raw, s)  # type: ignore[misc]
+                )
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking deliveries, give the worker ``grace_s`` to finish what it holds, then stop it.
+        What is left unacked the broker delivers again."""
+        await self.pause()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while not self._inbox.empty() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=max(0.0, deadline - loop.time()))
+        try:  # a batch being handled is finished, not cut short: its effect and its acks go together
+            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning("a batch from %s was still being handled after %ss; it will be delivered again", "+".join(self.queues), grace_s)
+        for task in (self._worker, self._recovery):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- deliveries
+    async def _on_delivery(self, raw: AbstractIncomingMessage, subscription: _Subscription) -> None:
+        try:
+            self._unsettled.setdefault(raw.channel, set()).add(raw.delivery_tag)
+        except ChannelInvalidStateError:
+            return  # its channel closed as it arrived: the broker redelivers it
+        arrived = asyncio.get_running_loop().time()
+        if len(raw.body) > MAX_MESSAGE_BYTES:
+            reason = f"message of {len(raw.body)} bytes exceeds {MAX_MESSAGE_BYTES}"
+        else:
+            try:
+                message = subscription.schema.model_validate_json(raw.body)
+            except ValidationError as exc:
+                reason = describe_validation_error(exc)
+            else:
+                MESSAGES_CONSUMED.labels(queue=subscription.queue).inc()
+                self._inbox.put_nowait(Delivery(message, raw, subscription.queue, arrived))
+                return
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._dead_letter([(Delivery(None, raw, subscription.queue, arrived), reason)])
+        finally:
+            self._in_flight.discard(task)  # type: ignore[arg-type]
+
+    # -- the worker
+    async def _work(self) -> None:
+        while True:
+            batch = await next_batch(self._inbox, self._batch_max, self._window_s)
+            self._idle.clear()
+            try:
+                if self.handed_back is not None:
+                    await self.settle(batch, requeue=True)  # taken before the pause: back they go too
+                else:
+                    await self._handle(batch)
+            finally:
+                self._idle.set()
+
+    async def _handle(self, batch: list[Delivery[Any]]) -> None:
+        try:
+            rejected = await self._handler(batch)
+        except asyncio.CancelledError:
+            raise
+        except HandBack as exc:
+            await self._hand_back(batch, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - the rule for a failing handler, below
+            await self._failed(batch, exc)
+            return
+        refused = {id(delivery) for delivery, _ in rejected}
+        await asyncio.gather(
+            self.settle([delivery for delivery in batch if id(delivery) not in refused]),
+            self._dead_letter(list(rejected)),
+        )
+
+    async def _failed(self, batch: list[Delivery[Any]], exc: Exception) -> None:
+        if len(batch) > 1:
+            log.warning(
+                "a batch of %d from %s failed (%s: %s); handling its messages one at a time",
+                len(batch), "+".join(self.queues), type(exc).__name__, exc,
+            )  # fmt: skip
+            for delivery in batch:
+                if self.handed_back is not None:
+                    await self.settle([delivery], requeue=True)
+                else:
+                    await self._handle([delivery])
+            return
+        delivery = batch[0]
+        sample_id = getattr(delivery.message, "id", "?")
+        if delivery.raw.redelivered:
+            log.error("handling %s from %s failed again (%s: %s); dead-lettering it", sample_id, delivery.queue, type(exc).__name__, exc)
+            await self._dead_letter([(delivery, f"handling failed twice: {type(exc).__name__}: {exc}")])
+        else:
+            log.exception("handling %s from %s failed; requeueing it once", sample_id, delivery.queue, exc_info=exc)
+            await self.settle([delivery], requeue=True)
+
+    async def _hand_back(self, batch: list[Delivery[Any]], reason: str) -> None:
+        if self.handed_back is None:
+            self.handed_back = reason
+            log.error("%s; handing deliveries back and pausing consumption until that is fixed", reason)
+            await self.pause()
+            self._recovery = asyncio.create_task(self._recover_then_resume(), name="consumer-recover")
+        await self.settle(batch, requeue=True)
+
+    async def _recover_then_resume(self) -> None:
+        await self._recover()
+        self.handed_back = None
+        await self.resume()
+        log.info("consuming %s again", "+".join(self.queues))
+
+    # -- settling
+    async def _dead_letter(self, rejected: list[Rejection]) -> None:
+        """Copy each delivery to its ``<queue>.dlq`` with the reason; ack it once that copy is confirmed."""
+        if not rejected:
+            return
+        assert self._dead_letters is not None, "start() first"
+        for delivery, reason in rejected:
+            log.warning("dead-lettering a message from %s: %s", delivery.queue, reason)
+        await self._dead_letters.publish_many(
+            [
+                Outgoing(
+                    dlq_name(delivery.queue),
+                    delivery.raw.body,
+                    delivery.raw.message_id or "",
+                    {"x-dlq-reason": reason[:REASON_MAX], "x-original-queue": delivery.queue},
+                )
+                for delivery, reason in rejected
+            ]
+        )
+        for delivery, _ in rejected:
+            MESSAGES_DEAD_LETTERED.labels(queue=delivery.queue).inc()
+        self.dead_lettered += len(rejected)
+        await self.settle([delivery for delivery, _ in rejected])
+
+    async def settle(self, deliveries: Sequence[Delivery[Any]], *, requeue: bool | None = None) -> None:
+        """Ack (or, with ``requeue`` given, nack) deliveries, all in one write.
+
+        Acks become a single ``multiple=True`` ack per channel when no other unsettled
+        delivery of that channel has a lower tag (one being dead-lettered, say): acking it
+        by accident could lose it.
+        """
+        by_channel: dict[object, list[AbstractIncomingMessage]] = {}
+        now = asyncio.get_running_loop().time()
+        for delivery in deliveries:
+            if requeue is None:
+                HANDLE_SECONDS.labels(queue=delivery.queue).observe(now - delivery.arrived)
+            try:
+                by_channel.setdefault(delivery.raw.channel, []).append(delivery.raw)
+            except ChannelInvalidStateError:  # its channel closed: the broker redelivers it
+                continue
+        settling = []
+        for channel, group in by_channel.items():
+            unsettled = self._unsettled.get(channel, set())
+            tags = {raw.delivery_tag for raw in group}
+            top = max(tags)
+            if requeue is None and len(group) > 1 and all(tag in tags for tag in unsettled if tag <= top):
+                settling.append(_ack_up_to(channel, top))
+            else:
+                settling.extend(_settle_one(raw, requeue=requeue) for raw in group)
+            unsettled -= tags
+        self._forget_closed_channels()
+        await asyncio.gather(*settling)
+
+    def _forget_closed_channels(self) -> None:
+        for channel in [channel for channel in self._unsettled if getattr(channel, "is_closed", False)]:
+            del self._unsettled[channel]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One short line for the x-dlq-reason header: the first problems, where and what."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+async def _settle_one(raw: AbstractIncomingMessage, *, requeue: bool | None = None) -> None:
+    """Ack (or nack) one delivery, tolerating a channel that died meanwhile.
+
+    A delivery whose channel closed is redelivered by the broker; the consumers are
+    idempotent by id, so losing the ack loses nothing.
+    """
+    try:
+        if requeue is None:
+            await raw.ack()
+        else:
+            await raw.nack(requeue=requeue)
+    except Exception as exc:  # noqa: BLE001 - aiormq fails a send on a dying channel with a bare Exception
+        # The lost connection is logged once by BrokerLink; each delivery it takes down is not news.
+        log.debug("could not settle delivery %s (%r); the broker will redeliver it", raw.delivery_tag, exc)
+
+
+async def _ack_up_to(channel: Any, tag: int) -> None:
+    """Ack every delivery on ``channel`` up to and including ``tag`` (AMQP ``multiple``)."""
+    try:
+        await channel.basic_ack(tag, multiple=True)
+    except Exception as exc:  # noqa: BLE001 - as in _settle_one: the broker will redeliver them
+        log.debug("could not ack deliveries up to %s (%r); the broker will redeliver them", tag, exc)

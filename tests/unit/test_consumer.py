@@ -1,0 +1,297 @@
+"""BatchConsumer: the one failure rule, and acks that never cover a delivery they must not.
+
+Pure unit tests with in-memory stand-ins for the channel, the deliveries and the dead-letter
+publisher; the same paths run against the real broker in tests/integration and tests/faults.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, _Subscription
+from services.common.amqp.publisher import Outgoing
+from services.common.messages import FeaturesMessage
+
+
+def features(n: int) -> bytes:
+    return FeaturesMessage(id=f"1700000000.{n:06d}", body=[0.0] * 10, ts=1700000000.0).to_bytes()
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.multiple_acks: list[int] = []
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        assert multiple
+        self.multiple_acks.append(delivery_tag)
+
+
+class FakeDelivery:
+    def __init__(self, channel: FakeChannel, tag: int, body: bytes | None = None, redelivered: bool = False) -> None:
+        self.channel = channel
+        self.delivery_tag = tag
+        self.body = features(tag) if body is None else body
+        self.redelivered = redelivered
+        self.message_id = f"m{tag}"
+        self.settled: list[str] = []
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.settled.append(f"nack(requeue={requeue})")
+
+
+class DeadLetters:
+    """A dead-letter publisher; ``hold()`` keeps its confirms back until ``release()``."""
+
+    def __init__(self) -> None:
+        self.confirmed = asyncio.Event()
+        self.confirmed.set()
+        self.published: list[Outgoing] = []
+
+    def hold(self) -> None:
+        self.confirmed.clear()
+
+    def release(self) -> None:
+        self.confirmed.set()
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        self.published.extend(messages)
+        await self.confirmed.wait()
+
+    def reasons(self) -> dict[str, str]:
+        return {m.message_id: (m.headers or {})["x-dlq-reason"] for m in self.published}
+
+
+Handler = Callable[[list[Delivery[Any]]], Awaitable[Sequence[Rejection]]]
+
+
+async def accept_all(_batch: list[Delivery[Any]]) -> list[Rejection]:
+    return []
+
+
+class Harness:
+    """A consumer of queue ``features`` wired to in-memory stand-ins (no broker, no worker task)."""
+
+    def __init__(self, handler: Handler = accept_all, recover: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.recovered = asyncio.Event()
+
+        async def default_recover() -> None:
+            await self.recovered.wait()
+
+        self.consumer = BatchConsumer(handler, recover=recover or default_recover)
+        self.subscription = _Subscription("features", FeaturesMessage)
+        self.dead_letters = DeadLetters()
+        self.consumer._dead_letters = self.dead_letters  # type: ignore[assignment]
+        self.channel = FakeChannel()
+
+    async def deliver(self, *deliveries: FakeDelivery) -> list[Delivery[Any]]:
+        """Deliver, as the broker would; return what reached the inbox (validated)."""
+        for raw in deliveries:
+            await self.consumer._on_delivery(raw, self.subscription)  # type: ignore[arg-type]
+        taken = []
+        while not self.consumer._inbox.empty():
+            taken.append(self.consumer._inbox.get_nowait())
+        return taken
+
+
+def test_a_batch_in_delivery_order_is_acked_with_one_multiple_ack() -> None:
+    async def scenario() -> tuple[FakeChannel, list[FakeDelivery]]:
+        h = Harness()
+        raws = [FakeDelivery(h.channel, tag) for tag in range(1, 6)]
+        batch = await h.deliver(*raws)
+        await h.consumer._handle(batch[:3])
+        await h.consumer._handle(batch[3:])
+        return h.channel, raws
+
+    channel, raws = asyncio.run(scenario())
+    assert channel.multiple_acks == [3, 5]
+    assert all(raw.settled == [] for raw in raws)  # no single acks on top
+
+
+def test_a_message_that_fails_validation_is_dead_lettered_with_the_reason_and_never_handled() -> None:
+    handled: list[str] = []
+
+    async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
+        handled.extend(d.message.id for d in batch)
+        return []
+
+    async def scenario() -> tuple[Harness, FakeDelivery, list[Delivery[Any]]]:
+        h = Harness(handler)
+        bad = FakeDelivery(h.channel, 1, body=b'{"id": "x", "body": [1, 2]}')
+        taken = await h.deliver(bad, FakeDelivery(h.channel, 2))
+        return h, bad, taken
+
+    h, bad, taken = asyncio.run(scenario())
+    assert [d.message.id for d in taken] == ["1700000000.000002"]
+    assert [m.queue for m in h.dead_letters.published] == ["features.dlq"]
+    assert "body" in h.dead_letters.reasons()["m1"] and "10" in h.dead_letters.reasons()["m1"]
+    assert bad.settled == ["ack"]  # acked once its DLQ copy was confirmed
+    assert handled == []
+
+
+def test_a_delivery_still_being_dead_lettered_is_never_covered_by_a_multiple_ack() -> None:
+    async def scenario() -> tuple[FakeChannel, list[FakeDelivery], FakeDelivery, list[str]]:
+        h = Harness()
+        h.dead_letters.hold()
+        poison = FakeDelivery(h.channel, 2, body=b"not json")
+        good = [FakeDelivery(h.channel, tag) for tag in (1, 3, 4)]
+        dead_lettering = asyncio.create_task(h.consumer._on_delivery(poison, h.subscription))  # type: ignore[arg-type]
+        batch = await h.deliver(*good)
+        await asyncio.sleep(0)
+        assert [m.queue for m in h.dead_letters.published] == ["features.dlq"]  # its copy is not confirmed yet
+        await h.consumer._handle(batch)
+        settled_before_confirm = list(poison.settled)
+        h.dead_letters.release()
+        await dead_lettering
+        return h.channel, good, poison, settled_before_confirm
+
+    channel, good, poison, settled_before_confirm = asyncio.run(scenario())
+    assert channel.multiple_acks == []
+    assert [raw.settled for raw in good] == [["ack"], ["ack"], ["ack"]]
+    assert settled_before_confirm == []  # not acked before its dead-letter copy was confirmed
+    assert poison.settled == ["ack"]
+
+
+def test_a_later_batch_uses_a_multiple_ack_again_once_the_gap_is_settled() -> None:
+    async def scenario() -> FakeChannel:
+        h = Harness()
+        await h.deliver(FakeDelivery(h.channel, 1, body=b"{}"))
+        batch = await h.deliver(*(FakeDelivery(h.channel, tag) for tag in range(2, 5)))
+        await h.consumer._handle(batch)
+        return h.channel
+
+    # tag 1 was dead-lettered and acked on its own; 2..4 are everything left up to 4
+    assert asyncio.run(scenario()).multiple_acks == [4]
+
+
+def test_deliveries_from_two_channels_get_one_multiple_ack_each() -> None:
+    """After a reconnect a batch can hold deliveries of the old and the new channel."""
+
+    async def scenario() -> tuple[FakeChannel, FakeChannel]:
+        h = Harness()
+        old, new = FakeChannel(), FakeChannel()
+        batch = await h.deliver(*(FakeDelivery(old, tag) for tag in range(7, 10)), *(FakeDelivery(new, tag) for tag in (1, 2)))
+        await h.consumer._handle(batch)
+        return old, new
+
+    old, new = asyncio.run(scenario())
+    assert (old.multiple_acks, new.multiple_acks) == ([9], [2])
+
+
+def test_what_the_handler_refuses_is_dead_lettered_with_its_reason_and_the_rest_acked() -> None:
+    async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
+        return [(d, f"refused {d.message.id}") for d in batch if d.raw.delivery_tag == 2]
+
+    async def scenario() -> tuple[Harness, list[FakeDelivery]]:
+        h = Harness(handler)
+        raws = [FakeDelivery(h.channel, tag) for tag in (1, 2, 3)]
+        await h.consumer._handle(await h.deliver(*raws))
+        return h, raws
+
+    h, raws = asyncio.run(scenario())
+    assert h.dead_letters.reasons() == {"m2": "refused 1700000000.000002"}
+    assert [m.headers and m.headers["x-original-queue"] for m in h.dead_letters.published] == ["features"]
+    assert [raw.settled for raw in raws] == [["ack"], ["ack"], ["ack"]]  # 2 acked after its DLQ copy; no multiple ack over it
+    assert h.consumer.dead_lettered == 1
+
+
+def poisoned_handler(poison_tag: int, calls: list[list[int]]) -> Handler:
+    """A handler that fails on any batch holding ``poison_tag`` (a bug for that one message)."""
+
+    async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
+        tags = [d.raw.delivery_tag for d in batch]
+        calls.append(tags)
+        if poison_tag in tags:
+            raise ValueError(f"cannot handle {poison_tag}")
+        return []
+
+    return handler
+
+
+def test_a_failing_batch_is_retried_one_message_at_a_time_and_the_poison_requeued_once() -> None:
+    calls: list[list[int]] = []
+
+    async def scenario() -> tuple[Harness, list[FakeDelivery]]:
+        h = Harness(poisoned_handler(3, calls))
+        raws = [FakeDelivery(h.channel, tag) for tag in range(1, 6)]
+        await h.consumer._handle(await h.deliver(*raws))
+        return h, raws
+
+    h, raws = asyncio.run(scenario())
+    assert calls == [[1, 2, 3, 4, 5], [1], [2], [3], [4], [5]]
+    assert [raw.settled for raw in raws] == [["ack"], ["ack"], ["nack(requeue=True)"], ["ack"], ["ack"]]
+    assert h.dead_letters.published == []
+
+
+def test_a_message_that_fails_again_on_its_redelivery_is_dead_lettered_with_the_error_not_looped() -> None:
+    calls: list[list[int]] = []
+
+    async def scenario() -> tuple[Harness, list[FakeDelivery]]:
+        h = Harness(poisoned_handler(3, calls))
+        raws = [FakeDelivery(h.channel, 3, redelivered=True), FakeDelivery(h.channel, 4)]
+        await h.consumer._handle(await h.deliver(*raws))
+        return h, raws
+
+    h, raws = asyncio.run(scenario())
+    assert h.dead_letters.reasons() == {"m3": "handling failed twice: ValueError: cannot handle 3"}
+    assert [raw.settled for raw in raws] == [["ack"], ["ack"]]
+
+
+def test_hand_back_requeues_the_batch_pauses_and_resumes_after_recovery() -> None:
+    failing = True
+
+    async def handler(_batch: list[Delivery[Any]]) -> list[Rejection]:
+        if failing:
+            raise HandBack("cannot write to logs: disk full")
+        return []
+
+    async def scenario() -> tuple[Harness, list[FakeDelivery], list[str | None], list[FakeDelivery]]:
+        nonlocal failing
+        h = Harness(handler)
+        resumed: list[str] = []
+
+        async def resume() -> None:
+            resumed.append("resume")
+
+        h.consumer.resume = resume  # type: ignore[method-assign]
+        raws = [FakeDelivery(h.channel, tag) for tag in (1, 2)]
+        await h.consumer._handle(await h.deliver(*raws))
+        states = [h.consumer.handed_back]
+        later = [FakeDelivery(h.channel, 3)]  # taken into the inbox before the pause took effect
+        h.consumer._worker = asyncio.create_task(h.consumer._work())
+        for raw in later:
+            await h.consumer._on_delivery(raw, h.subscription)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        failing = False
+        h.recovered.set()
+        await asyncio.sleep(0.05)
+        states.append(h.consumer.handed_back)
+        states.append(str(resumed))
+        h.consumer._worker.cancel()
+        await asyncio.gather(h.consumer._worker, return_exceptions=True)
+        return h, raws, states, later
+
+    h, raws, states, later = asyncio.run(scenario())
+    assert states[0] == "cannot write to logs: disk full"
+    assert [raw.settled for raw in raws] == [["nack(requeue=True)"]] * 2  # back to the queue, not judged
+    assert [raw.settled for raw in later] == [["nack(requeue=True)"]]
+    assert states[1] is None and states[2] == "['resume']"
+    assert h.dead_letters.published == []
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_next_batch_takes_what_is_waiting_up_to_the_size(size: int) -> None:
+    from services.common.amqp.consumer import next_batch
+
+    async def scenario() -> list[int]:
+        inbox: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(5):
+            inbox.put_nowait(n)
+        return await next_batch(inbox, max_size=size, window_s=0.001)
+
+    assert asyncio.run(scenario()) == list(range(size))

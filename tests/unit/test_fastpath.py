@@ -1,0 +1,154 @@
+"""fastpath: the batched publish on aiormq internals, its version check, and the public path beside it.
+
+Stand-in channels here; tests/integration/test_publishing.py runs both paths on the real broker.
+"""
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.frame import unmarshal
+from pamqp.header import ContentHeader
+
+from services.common.amqp import fastpath
+from services.common.amqp.fastpath import Outgoing
+from services.common.amqp.topology import PERSISTENT
+
+BATCH = [Outgoing("features", b'{"n": 1}', "1.000001"), Outgoing("y_true", b"x" * 25, "1.000001", {"h": "v"})]
+
+
+def unmarshal_all(payload: bytes) -> list[Any]:
+    """The AMQP frames in a marshalled payload, in order (all on channel 7)."""
+    frames, at = [], 0
+    while at < len(payload):
+        used, channel_number, frame = unmarshal(payload[at:])
+        assert channel_number == 7
+        frames.append(frame)
+        at += used
+    return frames
+
+
+class InternalsChannel:
+    """What send_batch uses of an aiormq 7.2 Channel."""
+
+    def __init__(self, fail_put: bool = False) -> None:
+        self.lock = asyncio.Lock()
+        self.delivery_tag = 41
+        self.confirmations: OrderedDict[int, asyncio.Future[Any]] = OrderedDict()
+        self.message_id_delivery_tag: dict[str, int] = {}
+        self.publisher_confirms = True
+        self.max_content_size = 10
+        self.number = 7
+        self.frames: list[ChannelFrame] = []
+        self.fail_put = fail_put
+        self.write_queue = self
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def put(self, frame: ChannelFrame) -> None:
+        if self.fail_put:
+            raise ConnectionError("writer gone")
+        self.frames.append(frame)
+
+
+class PublicChannel:
+    """Only aiormq's public basic_publish."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def basic_publish(self, body: bytes, **kwargs: Any) -> Basic.Ack:
+        self.calls.append({"body": body, **kwargs})
+        return Basic.Ack(delivery_tag=len(self.calls))
+
+
+def test_the_fast_path_is_on_only_for_the_aiormq_it_was_written_for() -> None:
+    assert fastpath.FAST_PATH == (fastpath.AIORMQ_VERSION.split(".")[:2] == fastpath.WRITTEN_FOR.split("."))
+    # The pinned aiormq is that one: a bump of aiormq must come with a look at fastpath.py.
+    assert fastpath.FAST_PATH, f"aiormq {fastpath.AIORMQ_VERSION} is installed, fastpath was written for {fastpath.WRITTEN_FOR}"
+
+
+def test_a_batch_goes_out_as_one_frame_with_a_tag_and_a_confirmation_each() -> None:
+    async def scenario() -> tuple[InternalsChannel, list[asyncio.Future[Any]]]:
+        channel = InternalsChannel()
+        return channel, await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+
+    channel, confirmations = asyncio.run(scenario())
+    assert len(channel.frames) == 1
+    frames = unmarshal_all(channel.frames[0].payload)
+    publishes = [f for f in frames if isinstance(f, Basic.Publish)]
+    headers = [f for f in frames if isinstance(f, ContentHeader)]
+    bodies = [f for f in frames if isinstance(f, ContentBody)]
+    assert [p.routing_key for p in publishes] == ["features", "y_true"] and all(p.mandatory for p in publishes)
+    assert all(h.properties.delivery_mode == PERSISTENT for h in headers)
+    assert [h.properties.message_id for h in headers] == ["1.000001", "1.000001"]
+    assert headers[1].properties.headers == {"h": "v"}
+    assert b"".join(b.value for b in bodies) == b'{"n": 1}' + b"x" * 25  # the 25 bytes split at max_content_size
+    assert len(bodies) == 1 + 3
+    assert list(channel.confirmations) == [42, 43] and channel.delivery_tag == 43
+    assert [channel.confirmations[t] for t in (42, 43)] == confirmations
+
+
+def test_a_batch_that_could_not_be_queued_gives_its_tags_back() -> None:
+    async def scenario() -> tuple[InternalsChannel, list[asyncio.Future[Any]]]:
+        channel = InternalsChannel(fail_put=True)
+        created: list[asyncio.Future[Any]] = []
+        real = channel.create_future
+
+        def recording() -> asyncio.Future[Any]:
+            created.append(real())
+            return created[-1]
+
+        channel.create_future = recording  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+        return channel, created
+
+    channel, created = asyncio.run(scenario())
+    assert channel.delivery_tag == 41 and not channel.confirmations
+    assert all(future.cancelled() for future in created) and len(created) == 2
+
+
+def test_another_aiormq_version_takes_the_public_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "FAST_PATH", False)
+
+    async def scenario() -> tuple[InternalsChannel, list[Any]]:
+        channel = InternalsChannel()
+        channel.basic_publish = PublicChannel().basic_publish  # type: ignore[attr-defined]
+        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+        return channel, await asyncio.gather(*confirmations)
+
+    channel, results = asyncio.run(scenario())
+    assert channel.frames == []  # the internals were not touched
+    assert all(isinstance(result, Basic.Ack) for result in results)
+
+
+def test_a_channel_without_the_internals_takes_the_public_path_with_the_same_messages() -> None:
+    async def scenario() -> tuple[PublicChannel, list[Any]]:
+        channel = PublicChannel()
+        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+        return channel, await asyncio.gather(*confirmations)
+
+    channel, results = asyncio.run(scenario())
+    assert [c["routing_key"] for c in channel.calls] == ["features", "y_true"]
+    assert [c["body"] for c in channel.calls] == [m.body for m in BATCH]
+    assert all(c["mandatory"] and c["exchange"] == "" for c in channel.calls)
+    assert [c["properties"].message_id for c in channel.calls] == ["1.000001", "1.000001"]
+    assert all(c["properties"].delivery_mode == PERSISTENT for c in channel.calls)
+    assert [r.delivery_tag for r in results] == [1, 2]
+
+
+def test_the_frame_buffer_is_enlarged_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiormq
+
+    monkeypatch.setattr(aiormq.Connection, "FRAME_BUFFER_SIZE", 10)
+    import services.common.amqp.link  # noqa: F401 - importing must change nothing
+
+    assert aiormq.Connection.FRAME_BUFFER_SIZE == 10
+    fastpath.enlarge_frame_buffer()
+    assert aiormq.Connection.FRAME_BUFFER_SIZE == fastpath.FRAME_BUFFER_SIZE
