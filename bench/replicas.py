@@ -25,10 +25,11 @@ import httpx  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.run import md_table, say, throughput  # noqa: E402
+from harness.pipeline import Pipeline, running_pipeline  # noqa: E402
+from harness.processes import ServiceProcess  # noqa: E402
 from services.common.ensure_broker import unreachable  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
-from tests.support import Pipeline, ServiceProcess, running_pipeline  # noqa: E402
 
 
 def predictions_from_queue(model_api: ServiceProcess) -> float:

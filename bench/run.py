@@ -44,21 +44,14 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from harness.checker import check  # noqa: E402
+from harness.pipeline import Pipeline, running_pipeline  # noqa: E402
+from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until  # noqa: E402
 from services.common.ensure_broker import unreachable  # noqa: E402
 from services.common.files import ERROR_HISTOGRAM, METRIC_LOG  # noqa: E402
 from services.common.metric_rows import METRIC_LOG_HEADER, format_columns  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
-from tests.faults.checker import check  # noqa: E402
-from tests.support import (  # noqa: E402
-    Pipeline,
-    ServiceProcess,
-    free_port,
-    running_pipeline,
-    service_env,
-    stop_all,
-    wait_until,
-)
 
 MAX_PUBLISH_COUNT = 10_000  # samples per POST /features/publish in the throughput burst
 STALL_S = 60.0  # no new CSV row for this long (after publishing ended) = the pipeline is stuck
