@@ -24,11 +24,14 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.run import md_table, say, throughput  # noqa: E402
+from bench.progress import say  # noqa: E402
+from bench.report import md_table  # noqa: E402
+from bench.throughput import throughput  # noqa: E402
+from harness.pipeline import Pipeline, running_pipeline  # noqa: E402
+from harness.processes import ServiceProcess  # noqa: E402
 from services.common.ensure_broker import unreachable  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
-from tests.support import Pipeline, ServiceProcess, running_pipeline  # noqa: E402
 
 
 def predictions_from_queue(model_api: ServiceProcess) -> float:
@@ -88,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         md_table(
             ["replica", "port", "predictions", "share %"],
-            [[key, str(ports[key]), int(count), round(100 * count / total, 1) if total else None] for key, count in split.items()],
+            [
+                [key, str(ports[key]), int(count), round(100 * count / total, 1) if total else None]
+                for key, count in split.items()
+            ],
         )
     )
     problems += [f"{key} made no prediction" for key, count in split.items() if count == 0]

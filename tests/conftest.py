@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.queues import delete_queues, unique_prefix
 from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
-from tests.support import delete_queues, unique_prefix
 
 
 @pytest.fixture(scope="session")

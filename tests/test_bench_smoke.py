@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO_ROOT
+from harness.processes import REPO_ROOT
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

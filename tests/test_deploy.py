@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from harness.processes import PORT_SETTING, free_port
 from tests.deploy_files import (
     APP_PORTS,
     APP_SERVICES,
@@ -47,7 +48,7 @@ from tests.deploy_files import (
     published,
     target_instructions,
 )
-from tests.support import PORT_SETTING, JsonStub, free_port
+from tests.json_stub import JsonStub
 
 SERVICES_WITH_LOGS = ["metric_api", "plot_api"]
 PUBLISHED_BY_DEFAULT = {*APP_PORTS.values(), 15672}

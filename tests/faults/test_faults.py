@@ -22,8 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic_core import Url
 
-from tests.faults.checker import Verdict, check
-from tests.support import Pipeline, TcpProxy, free_port, running_pipeline, wait_until
+from harness.checker import Verdict, check
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import wait_until
+from harness.proxy import TcpProxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.faults]
 BURST = 3000

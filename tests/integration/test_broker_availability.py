@@ -8,17 +8,17 @@ import httpx
 import pytest
 from pydantic_core import Url
 
-from tests.support import (
+from harness.processes import (
     PORT_SETTING,
     REPO_ROOT,
     ServiceProcess,
-    TcpProxy,
     free_port,
     run_to_exit,
     service_env,
     stop_all,
     wait_until,
 )
+from harness.proxy import TcpProxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 BROKER_SERVICES = ("features_api", "model_api", "metric_api")

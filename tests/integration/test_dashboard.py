@@ -12,8 +12,10 @@ import matplotlib.image
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.pipeline import CHART_ROUTES, Pipeline, running_pipeline
+from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
 from tests.browser import HEIGHT, WIDTH, BrowserError, Chromium, Page
-from tests.support import CHART_ROUTES, JsonStub, Pipeline, ServiceProcess, free_port, running_pipeline, service_env, stop_all, wait_until
+from tests.json_stub import JsonStub
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

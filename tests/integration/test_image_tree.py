@@ -20,6 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.checker import check
+from harness.processes import PORT_SETTING, ServiceProcess, free_port, stop_all, wait_until
+from harness.queues import delete_queues, unique_prefix
 from tests.deploy_files import (
     APP_SERVICES,
     COMPOSE_FILE,
@@ -33,8 +36,6 @@ from tests.deploy_files import (
     load_compose,
     target_instructions,
 )
-from tests.faults.checker import check
-from tests.support import PORT_SETTING, ServiceProcess, delete_queues, free_port, stop_all, unique_prefix, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

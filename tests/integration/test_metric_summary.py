@@ -15,20 +15,12 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
+from harness.queues import delete_queues, unique_prefix
 from services.common.messages import format_sample_id
+from tests.json_stub import JsonStub
 from tests.quality import differences, expected_window, strict_json
-from tests.support import (
-    JsonStub,
-    Pipeline,
-    ServiceProcess,
-    delete_queues,
-    free_port,
-    running_pipeline,
-    service_env,
-    stop_all,
-    unique_prefix,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 WINDOWS = ("all", "last_100", "last_1000", "last_5m")

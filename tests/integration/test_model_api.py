@@ -20,18 +20,10 @@ from schemathesis import GenerationMode
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
 
+from harness.processes import ServiceProcess, free_port, run_to_exit, service_env, stop_all, wait_until
+from harness.queues import delete_queues, unique_prefix
 from services.model_api.modelstore import save_model
 from services.model_api.train import train
-from tests.support import (
-    ServiceProcess,
-    delete_queues,
-    free_port,
-    run_to_exit,
-    service_env,
-    stop_all,
-    unique_prefix,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

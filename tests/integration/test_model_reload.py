@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes
 
+from harness.pipeline import running_pipeline
+from harness.processes import wait_until
 from services.model_api.train import train
-from tests.support import running_pipeline, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

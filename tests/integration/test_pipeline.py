@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_diabetes
 
-from tests.support import Pipeline, running_pipeline, wait_until
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from bench.replicas import predictions_by_replica
-from tests.faults.checker import check
-from tests.support import running_pipeline, wait_until
+from harness.checker import check
+from harness.pipeline import running_pipeline
+from harness.processes import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import free_port
 from services.common.settings import Settings
 from services.metric_api.alerts import AlertChange, MaeAlert, WebhookNotifier
 from services.metric_api.monitor import read_baseline
-from tests.support import free_port
 
 
 def test_the_alert_is_raised_once_above_the_threshold_and_cleared_once_back() -> None:

@@ -1,7 +1,8 @@
-"""What each service loads at start: a heavy library it does not use is memory every replica pays.
+"""What a module loads at start. Each check runs in a fresh interpreter.
 
-metric_api once imported scikit-learn (and with it SciPy and pandas) for a one-line path helper:
-~110 MB of its resident memory. Each check runs in a fresh interpreter.
+A service: a heavy library it does not use is memory every replica pays. metric_api once imported
+scikit-learn (and with it SciPy and pandas) for a one-line path helper: ~110 MB of its resident memory.
+The benchmark: it once imported the test tree for the pipeline and the checker, now in harness/.
 """
 
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.support import REPO_ROOT
+from harness.processes import REPO_ROOT
 
 NOT_NEEDED = {
     "services.metric_api.app": ["sklearn", "scipy", "pandas", "matplotlib"],
@@ -26,3 +27,14 @@ def test_a_service_does_not_import_libraries_it_does_not_use(module: str) -> Non
     )
     loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == [], f"{module} imports {loaded.stdout.strip()}"
+
+
+def test_the_bench_and_the_harness_do_not_import_the_test_tree() -> None:
+    """The benchmark does not depend on the test tree: what it shares with the tests lives in harness/."""
+    check = (
+        "import sys, bench.run, bench.replicas, harness.checker, harness.pipeline, harness.proxy; "
+        "print(' '.join(name for name in sys.modules if name == 'tests' or name.startswith('tests.')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == [], f"the bench imports {loaded.stdout.strip()}"

@@ -1,0 +1,147 @@
+"""The benchmark's results as Markdown: the tables printed at the end of a run."""
+
+from typing import Any
+
+from bench.scale import CHARTS, SCALE_APPEND_ROWS, SCALE_APPENDS
+from bench.throughput import MAX_PUBLISH_COUNT
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:,.1f}".rstrip("0").rstrip(".")
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(results: dict[str, Any]) -> str:
+    out = [f"### Benchmark {results['started_at']}", ""]
+    m = results.get("machine")
+    if m:
+        out += [
+            f"**Machine:** {m['nproc']} cores ({m['cpu_model']}), {m['mem_total_gb']} GB RAM, "
+            f"Python {m['python']}, RabbitMQ {m['rabbitmq']} on the same machine, Linux {m['kernel']}. "
+            "The load generator shares these cores with the services and the broker.",
+            "",
+        ]
+    t = results.get("throughput")
+    if t:
+        out += [
+            f"**Throughput** — a burst of {t['samples']:,} samples through `POST /features/publish` "
+            f"({t['publish_requests']} sequential request(s) of ≤ {MAX_PUBLISH_COUNT:,} each); "
+            "from just before the first request to the moment the CSV has every row.",
+            "",
+            md_table(
+                ["samples", "end-to-end samples/s", "end-to-end s", "publish-only samples/s", "lost", "duplicated", "unexpected"],
+                [
+                    [t["samples"], t["samples_per_s"], t["end_to_end_s"], t["publish_samples_per_s"],
+                     t["lost"], t["duplicated"], t["unexpected"]]
+                ],
+            ),
+            "",
+        ]
+        peaks = t.get("peak_rss_mb", {})
+        overall = results.get("peak_rss_mb", {})
+        names = sorted(set(peaks) | set(overall))
+        if names:
+            out += [
+                "**Memory (VmRSS, MB)** — sampled every 0.2 s.",
+                "",
+                md_table(
+                    ["service", "peak during the burst", "peak over the whole pipeline run", "after the burst"],
+                    [
+                        [n, peaks.get(n), overall.get(n), t["metric_api_rss_after_mb"] if n == "metric_api" else None]
+                        for n in names
+                    ],
+                ),
+                "",
+            ]
+        cpu = t.get("cpu_ms_per_sample", {})
+        if cpu:
+            out += [
+                "**CPU per sample during the burst** (user + system, from /proc; ms of one core per sample).",
+                "",
+                md_table(
+                    ["process", "CPU ms / sample"],
+                    [[n, v] for n, v in cpu.items()] + [["total", round(sum(cpu.values()), 3)]],
+                ),
+                "",
+            ]
+    lat = results.get("latency")
+    if lat:
+        out += [
+            "**Latency** — end to end, from the sample's id (its publish timestamp) to its row first seen "
+            "in the CSV by a reader polling appended bytes every 2 ms (so it includes up to ~2 ms of polling "
+            "granularity); offered by one `POST /features/publish` per 10 ms tick with the samples due "
+            "(achieved = samples ÷ the longer of the window and the time it took to publish them).",
+            "",
+            md_table(
+                ["offered /s", "achieved /s", "seconds", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms"],
+                [
+                    [r["offered_per_s"], r["achieved_per_s"], r["seconds"], r["samples"],
+                     r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"]]
+                    for r in lat
+                ],
+            ),
+            "",
+        ]
+    http = results.get("http")
+    if http:
+        out += [
+            (
+                f"**HTTP** — our own async httpx load loop, not wrk/locust: {http[0]['clients']} concurrent clients "
+                "(one `httpx.AsyncClient` each, kept-alive)"
+                if http[0]["client"] == "httpx"
+                else f"**HTTP** — our own async load loop, not wrk/locust: {http[0]['clients']} concurrent clients, "
+                "each a minimal HTTP/1.1 client on one kept-alive asyncio connection (`--http-client raw`)"
+            )
+            + f", {results['settings']['http_seconds']:g} s per endpoint after a warm-up, in one Python process "
+            "sharing the cores with the services and the broker. The load generator's own CPU is shown "
+            "(1.0 = one core, its ceiling): near 1, it, not the service, limits req/s"
+            + (
+                " — httpx costs 1–2 ms of CPU per request; `--http-client raw` about a tenth of that."
+                if http[0]["client"] == "httpx"
+                else "."
+            ),
+            "",
+            md_table(
+                ["endpoint", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "load-gen CPU (cores)"],
+                [
+                    [r["endpoint"], r["req_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["loadgen_cpu_share"]]
+                    for r in http
+                ],
+            ),
+            "",
+        ]
+    scale = results.get("scale")
+    if scale:
+        out += [
+            "**Scale of data** — plot_api alone (PLOT_INTERVAL_S=1) started on a CSV of N rows: time from starting "
+            f"the process to the first `/plot/latest.png` 200 (start-up + full read + render); then {SCALE_APPENDS}× "
+            f"{SCALE_APPEND_ROWS} rows appended: median time until the ETag changes (includes waiting up to 1 s "
+            "for the next refresh tick), median `plot_render_seconds` of that refresh (read new rows + render and write "
+            "the histogram and one of the two recent-rows charts, drawn in turn) and, of it, the median "
+            "`plot_chart_render_seconds` of each chart.",
+            "",
+            md_table(
+                ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
+                 "histogram s", "error over time s", "pred vs true s", "RSS after refresh MB"],
+                [
+                    [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"),
+                     s.get("refresh_wall_s"), s.get("refresh_render_s")]
+                    + [s.get("chart_render_s", {}).get(chart) for chart in CHARTS]
+                    + [s.get("rss_after_refresh_mb")]
+                    for s in scale
+                ],
+            ),
+            "",
+        ]
+    out.append(f"Reproduce: `make bench` (here: `python -m bench.run {results['argv']}`).")
+    return "\n".join(out)

@@ -1,0 +1,139 @@
+"""The four services of one run, on their own queues (QUEUE_PREFIX) and LOGS_DIR."""
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port, service_env, stop_all, wait_until
+from harness.queues import delete_queues, queue_state, unique_prefix
+from services.common.files import ERROR_HISTOGRAM, ERROR_OVER_TIME, METRIC_LOG, PRED_VS_TRUE
+
+# plot_api's chart routes and the file each is written to in LOGS_DIR
+CHART_ROUTES = {
+    "/plot/latest.png": ERROR_HISTOGRAM,
+    "/plot/error_over_time.png": ERROR_OVER_TIME,
+    "/plot/pred_vs_true.png": PRED_VS_TRUE,
+}
+
+
+@dataclass
+class Pipeline:
+    """The four services of one run, on their own queues (QUEUE_PREFIX) and LOGS_DIR."""
+
+    services: dict[str, ServiceProcess]
+    logs_dir: Path
+    model_path: Path
+    amqp_url: str
+    prefix: str
+
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    @property
+    def csv(self) -> Path:
+        return self.logs_dir / METRIC_LOG
+
+    def rows(self) -> pd.DataFrame:
+        if not self.csv.exists():
+            return pd.DataFrame({"id": []}, dtype=str)
+        return pd.read_csv(self.csv, dtype={"id": str})
+
+    def sent(self) -> int:
+        return httpx.get(f"{self.url('features_api')}/features/status").json()["sent"]
+
+    def wait_all_joined(self, timeout: float = 60) -> pd.DataFrame:
+        """Wait until every sample sent so far has its row, and return the rows."""
+        wait_until(lambda: len(self.rows()) == self.sent(), timeout, "one CSV row per sample sent")
+        return self.rows()
+
+    def burst(self, count: int, timeout: float = 60) -> list[str]:
+        answer = httpx.post(f"{self.url('features_api')}/features/publish", json={"count": count}, timeout=timeout)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["ids"]
+
+    def queues(self) -> dict[str, tuple[int, int]]:
+        return queue_state(self.amqp_url, self.prefix)
+
+    def settled_charts(self, timeout: float = 30) -> dict[str, httpx.Response]:
+        """plot_api's charts once served and no longer changing (drawn from every row there is):
+        the same ETags before and after more than two refresh periods (PLOT_INTERVAL_S=0.5).
+        A chart fetched earlier may still be redrawn from rows plot_api had not read yet."""
+
+        def get_all() -> dict[str, httpx.Response]:
+            return {route: httpx.get(f"{self.url('plot_api')}{route}") for route in CHART_ROUTES}
+
+        def settled() -> dict[str, httpx.Response] | None:
+            before = get_all()
+            time.sleep(1.2)
+            after = get_all()
+            served = all(answer.status_code == 200 for answer in after.values())
+            same = all(before[route].headers.get("etag") == after[route].headers.get("etag") for route in CHART_ROUTES)
+            return after if served and same else None
+
+        return wait_until(settled, timeout, "the charts to be served and settled")
+
+    def replicas(self, name: str) -> list[ServiceProcess]:
+        """Every running process of one service (several for model_api with ``model_replicas``)."""
+        return [service for service in self.services.values() if service.name == name]
+
+    def restart(self, key: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one service (kill -9 by default) and start it again, as a supervisor would.
+
+        ``key`` is its key in ``services``: its name, or e.g. "model_api-2" for a replica."""
+        old = self.services[key]
+        old.stop(sig)
+        self.services[key] = ServiceProcess(old.name, old.env, self.logs_dir, old.cwd).start()
+        self.services[key].wait_healthy()
+
+
+@contextlib.contextmanager
+def running_pipeline(
+    work_dir: Path, model_path: Path, amqp_url: str, *, model_replicas: int = 1, **settings: str
+) -> Iterator[Pipeline]:
+    """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy).
+
+    ``model_replicas`` > 1 starts that many model_api processes, each on its own port and
+    log folder, all on the same queues: ``services["model_api"]``, ``["model_api-2"]``, ...
+    """
+    prefix = unique_prefix()
+    logs_dir = work_dir / "logs"
+    logs_dir.mkdir(exist_ok=True)
+    ports = {setting: str(free_port()) for setting in PORT_SETTING.values()}
+    env = service_env(
+        **{
+            "AMQP_URL": amqp_url,
+            "QUEUE_PREFIX": prefix,
+            "LOGS_DIR": str(logs_dir),
+            "MODEL_PATH": str(model_path),
+            "FEATURES_INTERVAL_S": "3600",
+            "PLOT_INTERVAL_S": "0.5",
+            "METRIC_API_URL": f"http://127.0.0.1:{ports['METRIC_PORT']}",
+            **ports,
+            **settings,
+        }
+    )
+    services = {name: ServiceProcess(name, env, work_dir) for name in SERVICES}
+    for replica in range(2, model_replicas + 1):
+        replica_dir = work_dir / f"model_api-{replica}"
+        replica_dir.mkdir(exist_ok=True)
+        replica_env = {**env, PORT_SETTING["model_api"]: str(free_port())}
+        services[f"model_api-{replica}"] = ServiceProcess("model_api", replica_env, replica_dir)
+    pipeline = Pipeline(services, logs_dir, model_path, amqp_url, prefix)
+    try:
+        for service in services.values():
+            service.start()
+        for service in services.values():
+            # They all start at once: each extra process slows everyone's start-up.
+            service.wait_healthy(timeout=30 + 10 * (model_replicas - 1))
+        yield pipeline
+    finally:
+        try:
+            stop_all(list(pipeline.services.values()))
+        finally:
+            delete_queues(amqp_url, prefix)
