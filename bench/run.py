@@ -45,10 +45,11 @@ import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from services.common.ensure_broker import unreachable  # noqa: E402
-from services.common.files import ERROR_HISTOGRAM, METRIC_LOG  # noqa: E402
+from services.common.files import METRIC_LOG  # noqa: E402
 from services.common.metric_rows import METRIC_LOG_HEADER, format_columns  # noqa: E402
 from services.common.settings import Settings  # noqa: E402
 from services.model_api.train import train  # noqa: E402
+from services.plot_api.charts import CHARTS  # noqa: E402
 from tests.faults.checker import check  # noqa: E402
 from tests.support import (  # noqa: E402
     Pipeline,
@@ -628,9 +629,6 @@ def synthetic_rows(count: int, first_ts: float, rng: np.random.Generator) -> byt
     return format_columns(ids, y_true.tolist(), y_pred.tolist()).encode()
 
 
-CHARTS = ("histogram", "error_over_time", "pred_vs_true")
-
-
 def render_stats(service: ServiceProcess) -> dict[str, tuple[float, float]]:
     """(sum, count) of plot_api's render times: the whole refresh (``plot_render_seconds``,
     key "refresh") and each chart (``plot_chart_render_seconds{chart=...}``); empty if unreadable."""
@@ -724,7 +722,8 @@ def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
         result["refresh_render_max_s"] = rounded(max(refresh), 3) if refresh else None
         result["chart_render_s"] = {key: rounded(float(np.median(t)), 3) if t else None for key, t in renders.items()}
         result["rss_after_refresh_mb"] = rounded(rss_mb(pid))
-        result["png_bytes"] = (logs / ERROR_HISTOGRAM).stat().st_size if (logs / ERROR_HISTOGRAM).exists() else None
+        histogram = logs / CHARTS["histogram"].file
+        result["png_bytes"] = histogram.stat().st_size if histogram.exists() else None
     finally:
         try:
             stop_all([service])
@@ -857,7 +856,7 @@ def report(results: dict[str, Any]) -> str:
             "",
             md_table(
                 ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
-                 "histogram s", "error over time s", "pred vs true s", "RSS after refresh MB"],
+                 *(f"{chart.replace('_', ' ')} s" for chart in CHARTS), "RSS after refresh MB"],
                 [
                     [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"), s.get("refresh_wall_s"), s.get("refresh_render_s")]
                     + [s.get("chart_render_s", {}).get(chart) for chart in CHARTS]

@@ -22,7 +22,8 @@ import httpx
 import pandas as pd
 
 from services.common.broker import FEATURES, Y_PRED, Y_TRUE, dlq_name
-from services.common.files import ERROR_HISTOGRAM, ERROR_OVER_TIME, METRIC_LOG, PRED_VS_TRUE
+from services.common.files import METRIC_LOG
+from services.plot_api.charts import CHARTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("features_api", "model_api", "metric_api", "plot_api")
@@ -306,11 +307,7 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
 
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
-CHART_ROUTES = {
-    "/plot/latest.png": ERROR_HISTOGRAM,
-    "/plot/error_over_time.png": ERROR_OVER_TIME,
-    "/plot/pred_vs_true.png": PRED_VS_TRUE,
-}
+CHART_ROUTES = {chart.url: chart.file for chart in CHARTS.values()}
 
 
 @dataclass
