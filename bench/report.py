@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from bench.scale import CHARTS, SCALE_APPEND_ROWS, SCALE_APPENDS
+from bench.scale import SCALE_APPEND_ROWS, SCALE_APPENDS
+from services.plot_api.charts import CHARTS
 from bench.throughput import MAX_PUBLISH_COUNT
 
 
@@ -132,7 +133,7 @@ def report(results: dict[str, Any]) -> str:
             "",
             md_table(
                 ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
-                 "histogram s", "error over time s", "pred vs true s", "RSS after refresh MB"],
+                 *(f"{chart.replace('_', ' ')} s" for chart in CHARTS), "RSS after refresh MB"],
                 [
                     [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"),
                      s.get("refresh_wall_s"), s.get("refresh_render_s")]

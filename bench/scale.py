@@ -12,8 +12,9 @@ from bench.figures import rounded
 from bench.machine import rss_mb
 from bench.progress import interrupted, say
 from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
-from services.common.files import ERROR_HISTOGRAM, METRIC_LOG
+from services.common.files import METRIC_LOG
 from services.common.metric_rows import METRIC_LOG_HEADER, format_columns
+from services.plot_api.charts import CHARTS
 
 SCALE_APPENDS = 3  # incremental refreshes measured per CSV size
 SCALE_APPEND_ROWS = 100
@@ -27,7 +28,6 @@ def synthetic_rows(count: int, first_ts: float, rng: np.random.Generator) -> byt
     return format_columns(ids, y_true.tolist(), y_pred.tolist()).encode()
 
 
-CHARTS = ("histogram", "error_over_time", "pred_vs_true")
 
 
 def render_stats(service: ServiceProcess) -> dict[str, tuple[float, float]]:
@@ -123,7 +123,8 @@ def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
         result["refresh_render_max_s"] = rounded(max(refresh), 3) if refresh else None
         result["chart_render_s"] = {key: rounded(float(np.median(t)), 3) if t else None for key, t in renders.items()}
         result["rss_after_refresh_mb"] = rounded(rss_mb(pid))
-        result["png_bytes"] = (logs / ERROR_HISTOGRAM).stat().st_size if (logs / ERROR_HISTOGRAM).exists() else None
+        histogram = logs / CHARTS["histogram"].file
+        result["png_bytes"] = histogram.stat().st_size if histogram.exists() else None
     finally:
         try:
             stop_all([service])

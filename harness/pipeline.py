@@ -12,14 +12,11 @@ import pandas as pd
 
 from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port, service_env, stop_all, wait_until
 from harness.queues import delete_queues, queue_state, unique_prefix
-from services.common.files import ERROR_HISTOGRAM, ERROR_OVER_TIME, METRIC_LOG, PRED_VS_TRUE
+from services.common.files import METRIC_LOG
+from services.plot_api.charts import CHARTS
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
-CHART_ROUTES = {
-    "/plot/latest.png": ERROR_HISTOGRAM,
-    "/plot/error_over_time.png": ERROR_OVER_TIME,
-    "/plot/pred_vs_true.png": PRED_VS_TRUE,
-}
+CHART_ROUTES = {chart.url: chart.file for chart in CHARTS.values()}
 
 
 @dataclass

@@ -21,11 +21,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-# What the services write under LOGS_DIR (see README, "Reading the outputs").
+# What the services write under LOGS_DIR (see README, "Reading the outputs"); plot_api's PNGs
+# are named in its chart registry, services/plot_api/charts.py.
 METRIC_LOG = "metric_log.csv"
-ERROR_HISTOGRAM = "error_distribution.png"
-ERROR_OVER_TIME = "error_over_time.png"
-PRED_VS_TRUE = "pred_vs_true.png"
 ORPHAN_LOG = "orphans.csv"
 METRIC_STATE = "metric_state.sqlite3"
 

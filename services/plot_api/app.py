@@ -1,7 +1,8 @@
-"""plot_api: keeps three charts of the metric log fresh (PNGs in LOGS_DIR and over HTTP), with a live dashboard."""
+"""plot_api: keeps the registry's charts of the metric log fresh (PNGs in LOGS_DIR and over HTTP), with a live dashboard."""
 
 import asyncio
 import hashlib
+import html
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,18 +14,15 @@ from importlib.resources import files
 from typing import Annotated, Any, TypedDict
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter, Histogram
 
-from services.common.files import ERROR_HISTOGRAM, ERROR_OVER_TIME, METRIC_LOG, PRED_VS_TRUE, atomic_write
+from services.common.files import METRIC_LOG, atomic_write
 from services.common.http import service_app
 from services.common.settings import Settings, get_settings
-from services.plot_api.render import ErrorOverTimeChart, HistogramChart, PredVsTrueChart, stamp
+from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, charts_to_draw, rows_for
 from services.plot_api.tail import MetricLogTail
-
-# Each chart's name (in URLs and metrics) and its file under LOGS_DIR.
-CHART_FILES = {"histogram": ERROR_HISTOGRAM, "error_over_time": ERROR_OVER_TIME, "pred_vs_true": PRED_VS_TRUE}
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +45,15 @@ class RenderedPng:
         return cls(data, f'"{hashlib.sha256(data).hexdigest()[:20]}"', format_datetime(drawn_at, usegmt=True))
 
 
-RECENT_CHARTS = ("error_over_time", "pred_vs_true")
-
-
-def charts_to_draw(drawn: dict[str, tuple[int, int]], changes: int) -> list[str]:
-    """Which charts a refresh draws, given what each was last drawn from (``drawn[chart]`` =
-    (the tail's change count then, the refresh number then)) and the tail's change count now.
-
-    The histogram whenever it is behind. Of the two recent-rows charts, the ones never drawn,
-    else the one behind that was drawn longest ago: after the first, a refresh draws at most two, so
-    it stays within its time budget, and both are current at most two refreshes after the rows
-    stop coming.
-    """
-    chosen = [] if drawn.get("histogram", (None, 0))[0] == changes else ["histogram"]
-    never = [c for c in RECENT_CHARTS if c not in drawn]
-    behind = sorted((drawn[c][1], c) for c in RECENT_CHARTS if c in drawn and drawn[c][0] != changes)
-    return chosen + (never or [c for _, c in behind[:1]])
-
-
 class PlotService:
-    """Every PLOT_INTERVAL_S: take in new CSV rows and redraw the charts behind them, writing
-    their PNGs. The histogram covers every row; the other two the last RECENT_ROWS."""
+    """Every PLOT_INTERVAL_S: take in new CSV rows and redraw the registry's charts behind them
+    (see ``charts_to_draw``), writing their PNGs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, charts: Charts = CHARTS) -> None:
         self.settings = settings
+        self.charts = charts
         self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG)
-        self.charts = {"histogram": HistogramChart(), "error_over_time": ErrorOverTimeChart(), "pred_vs_true": PredVsTrueChart()}
+        self.figures = {name: chart.figure() for name, chart in charts.items()}
         self.images: dict[str, RenderedPng] = {}
         self.drawn: dict[str, tuple[int, int]] = {}
         self.refreshes = 0
@@ -109,7 +90,7 @@ class PlotService:
         if self.tail.count == 0:
             return []
         changes = self.tail.changes
-        names = charts_to_draw(self.drawn, changes)
+        names = charts_to_draw(self.charts.values(), self.drawn, changes)
         if not names:
             return []
         self.refreshes += 1
@@ -122,22 +103,15 @@ class PlotService:
 
     def _render_and_write(self, names: list[str]) -> dict[str, RenderedPng]:
         """Draw the named charts and write each to LOGS_DIR (atomically). Runs in a thread."""
-        tail = self.tail
-        newest = tail.newest_row_time()
-        if {"error_over_time", "pred_vs_true"} & set(names):  # only those two need the recent rows
-            y_true, y_pred, errors = tail.recent_rows()
-            recent = stamp(tail.count, f"the last {errors.size:,} rows", newest)
-        renders = {
-            "histogram": lambda: self.charts["histogram"].render(tail.distribution, stamp(tail.count, "all rows", newest)),
-            "error_over_time": lambda: self.charts["error_over_time"].render(errors, tail.first_recent_row, recent),
-            "pred_vs_true": lambda: self.charts["pred_vs_true"].render(y_true, y_pred, recent),
-        }
+        charts = [self.charts[name] for name in names]
+        # Each window's rows are taken once, and only if a chart drawn now needs them.
+        rows = {window: rows_for(window, self.tail) for window in {chart.window for chart in charts}}
         images = {}
-        for name in names:
-            with CHART_SECONDS.labels(name).time():
-                data = renders[name]()
-            images[name] = RenderedPng.of(data, datetime.now(UTC))
-            atomic_write(self.settings.LOGS_DIR / CHART_FILES[name], data)
+        for chart in charts:
+            with CHART_SECONDS.labels(chart.name).time():
+                data = chart.draw(self.figures[chart.name], rows[chart.window])
+            images[chart.name] = RenderedPng.of(data, datetime.now(UTC))
+            atomic_write(self.settings.LOGS_DIR / chart.file, data)
         return images
 
 
@@ -146,9 +120,10 @@ class State(TypedDict):
     http: httpx.AsyncClient
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, charts: Charts = CHARTS) -> FastAPI:
+    """plot_api over ``charts`` (the registry; tests pass their own)."""
     settings = settings or get_settings()
-    service = PlotService(settings)
+    service = PlotService(settings, charts)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
@@ -160,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await service.stop()
 
     app = service_app("plot_api", lifespan, service.problem)
+    app.include_router(chart_router(charts))
     app.include_router(router)
     return app
 
@@ -180,8 +156,9 @@ router = APIRouter(tags=["plot"])
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}},
     304: {"description": "unchanged since the ETag in If-None-Match"},
-    404: {"description": "no rows yet"},
+    404: {"description": "no rows yet, or no such chart"},
 }
+IfNoneMatch = Annotated[str | None, Header()]
 
 
 def png_response(service: PlotService, chart: str, if_none_match: str | None) -> Response:
@@ -200,25 +177,30 @@ def png_response(service: PlotService, chart: str, if_none_match: str | None) ->
     return Response(image.data, media_type="image/png", headers=headers)
 
 
-IfNoneMatch = Annotated[str | None, Header()]
+def chart_router(charts: Charts) -> APIRouter:
+    """``GET /plot/{image}``: one route for every chart in the registry."""
+    by_image = {chart.image: chart for chart in charts.values()}
+    known = ", ".join(f"{chart.url} ({name})" for name, chart in charts.items())
+    # Documented as an enum, but checked here rather than by FastAPI, whose refusal would be a 422.
+    Image = Annotated[str, Path(description="the chart's file name in its URL", json_schema_extra={"enum": list(by_image)})]
+    router = APIRouter(tags=["plot"])
 
+    @router.get(
+        PLOT_ROUTE + "{image}",
+        response_class=Response,
+        responses=PNG_RESPONSES,
+        summary="A chart's current PNG",
+        description="\n".join(["The charts (ETag, Last-Modified, 304 on If-None-Match):", ""] + [
+            f"- {chart.describe()}" for chart in charts.values()
+        ]),
+    )
+    async def chart_png(image: Image, service: Service, if_none_match: IfNoneMatch = None) -> Response:
+        chart = by_image.get(image)
+        if chart is None:
+            return JSONResponse({"detail": f"no chart at {PLOT_ROUTE}{image}; the charts are {known}"}, status_code=404)
+        return png_response(service, chart.name, if_none_match)
 
-@router.get("/plot/latest.png", response_class=Response, responses=PNG_RESPONSES)
-async def latest_png(service: Service, if_none_match: IfNoneMatch = None) -> Response:
-    """The histogram of absolute errors over every row (also ``LOGS_DIR/error_distribution.png``)."""
-    return png_response(service, "histogram", if_none_match)
-
-
-@router.get("/plot/error_over_time.png", response_class=Response, responses=PNG_RESPONSES)
-async def error_over_time_png(service: Service, if_none_match: IfNoneMatch = None) -> Response:
-    """The absolute error of each of the last rows, with a rolling mean."""
-    return png_response(service, "error_over_time", if_none_match)
-
-
-@router.get("/plot/pred_vs_true.png", response_class=Response, responses=PNG_RESPONSES)
-async def pred_vs_true_png(service: Service, if_none_match: IfNoneMatch = None) -> Response:
-    """y_pred against y_true for the last rows, with the line y = x."""
-    return png_response(service, "pred_vs_true", if_none_match)
+    return router
 
 
 @router.get("/api/summary", responses={502: {"description": "metric_api did not answer"}})
@@ -232,7 +214,20 @@ async def metric_summary(client: MetricClient) -> Any:
     return answer.json()
 
 
+def chart_figures(charts: Charts) -> str:
+    """The dashboard's figure of each chart; the page fetches each ``data-src`` again as it is redrawn."""
+    figures = []
+    for name, chart in charts.items():
+        src, caption = html.escape(chart.url.lstrip("/")), html.escape(chart.caption)
+        figures.append(
+            f'<figure><img id="{html.escape(name)}" data-src="{src}" alt="{caption} (drawn once the first rows are joined)">'
+            f"<figcaption>{chart.window.value} · <code>{src}</code></figcaption></figure>"
+        )
+    return "\n  ".join(figures)
+
+
 @router.get("/", response_class=HTMLResponse)
 async def dashboard(service: Service) -> HTMLResponse:
     interval_ms = int(service.settings.PLOT_INTERVAL_S * 1000)
-    return HTMLResponse(DASHBOARD.replace("{{PLOT_INTERVAL_MS}}", str(interval_ms)))
+    page = DASHBOARD.replace("{{PLOT_INTERVAL_MS}}", str(interval_ms)).replace("{{CHART_FIGURES}}", chart_figures(service.charts))
+    return HTMLResponse(page)

@@ -1,4 +1,4 @@
-"""The three charts and their PNGs. No file I/O: arrays in, bytes out.
+"""Drawing the charts (the registry, charts.py, says which there are). No file I/O: arrays in, bytes out.
 
 Each chart owns one matplotlib figure, built once; a render only updates the data of its
 artists and draws again. The object-oriented API, not pyplot: no global figure state, safe off

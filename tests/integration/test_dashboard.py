@@ -1,4 +1,4 @@
-"""plot_api's three charts and its dashboard, with the real pipeline and a real headless Chromium."""
+"""plot_api's charts (its registry) and its dashboard, with the real pipeline and a real headless Chromium."""
 
 import io
 import os
@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.pipeline import CHART_ROUTES, Pipeline, running_pipeline
 from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
+from services.plot_api.charts import CHARTS
 from tests.browser import HEIGHT, WIDTH, BrowserError, Chromium, Page
 from tests.json_stub import JsonStub
 
@@ -45,7 +46,7 @@ def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: 
         assert httpx.get(f"{plot}{route}", headers={"If-None-Match": '"something-else"'}).status_code == 200, route
         written = pipeline.logs_dir / CHART_ROUTES[route]
         wait_until(lambda: written.exists() and written.read_bytes() == httpx.get(f"{plot}{route}").content, 10, f"{written} to be the served {route}")
-    assert len({a.content for a in first.values()}) == 3
+    assert len({a.content for a in first.values()}) == len(CHARTS)  # each its own picture
 
     pipeline.burst(30)
     pipeline.wait_all_joined()
@@ -67,7 +68,7 @@ def test_render_times_are_exported_for_prometheus(pipeline: Pipeline) -> None:
         s.labels["chart"]: s.value for s in families["plot_chart_render_seconds"].samples if s.name == "plot_chart_render_seconds_count"
     }
     assert families["plot_chart_render_seconds"].type == "histogram"
-    assert set(per_chart) == {"histogram", "error_over_time", "pred_vs_true"}
+    assert set(per_chart) == set(CHARTS)
     assert all(count >= 1 for count in per_chart.values())
 
 
@@ -115,8 +116,8 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     charts = pipeline.settled_charts()
     plot, metric = pipeline.url("plot_api"), pipeline.url("metric_api")
     page = browser.open(f"{plot}/")
-    images = wait_until_shown(page, charts, "the three charts to load in the page")
-    assert sorted(i["id"] for i in images) == ["error_over_time", "histogram", "pred_vs_true"]
+    images = wait_until_shown(page, charts, "every chart to load in the page")
+    assert [i["id"] for i in images] == list(CHARTS)  # in the registry's order
     # Readable on a laptop screen: no sideways scrolling, charts shown at least 3/4 of their size.
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
     assert all(i["shownWidth"] >= 0.75 * i["naturalWidth"] for i in images), images

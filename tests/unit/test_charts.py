@@ -1,0 +1,82 @@
+"""The chart registry: each registered chart draws from the rows of its window; clashes are refused."""
+
+import io
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from services.common.files import METRIC_LOG
+from services.plot_api.charts import CHARTS, AllRows, ChartSpec, RecentRows, Window, registry, rows_for
+from services.plot_api.tail import MetricLogTail
+from tests.unit.metric_log import append, metric_rows
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def csv(tmp_path: Path) -> Path:
+    return tmp_path / METRIC_LOG
+
+
+@pytest.mark.parametrize("chart", CHARTS.values(), ids=list(CHARTS))
+def test_every_registered_chart_draws_the_rows_of_its_window_again_as_they_change(chart: ChartSpec, csv: Path) -> None:
+    append(csv, metric_rows(0, 300, seed=1))
+    tail = MetricLogTail(csv)
+    tail.read_new()
+    figure = chart.figure()  # one per service, reused by every render as there
+    first = chart.draw(figure, rows_for(chart.window, tail))
+    assert first.startswith(PNG_SIGNATURE)
+    height, width = matplotlib.image.imread(io.BytesIO(first), format="png").shape[:2]
+    assert width > height > 0
+    append(csv, metric_rows(300, 200, seed=2, spread=120.0))
+    tail.read_new()
+    assert chart.draw(figure, rows_for(chart.window, tail)) != first
+
+
+def test_every_row_and_last_rows_are_what_their_names_say(csv: Path) -> None:
+    rows = metric_rows(0, 25, seed=3)
+    append(csv, rows)
+    tail = MetricLogTail(csv, recent=10)
+    tail.read_new()
+    every = rows_for(Window.ALL, tail)
+    assert isinstance(every, AllRows)
+    assert every.distribution.count == 25
+    assert every.distribution.mean == pytest.approx(np.mean([r.absolute_error for r in rows]))
+    assert "n = 25 rows · window: all rows" in every.stamp
+    recent = rows_for(Window.RECENT, tail)
+    assert isinstance(recent, RecentRows)
+    assert recent.y_true.tolist() == [r.y_true for r in rows[15:]]
+    assert recent.y_pred.tolist() == [r.y_pred for r in rows[15:]]
+    assert recent.errors.tolist() == [r.absolute_error for r in rows[15:]]
+    assert recent.first_row == 16
+    assert "n = 25 rows · window: the last 10 rows" in recent.stamp
+
+
+def spec(name: str, url: str | None = None, file: str | None = None) -> ChartSpec:
+    return ChartSpec(
+        name=name, url=url or f"/plot/{name}.png", file=file or f"{name}.png", window=Window.ALL, caption=name,
+        draw=lambda _f, _r: b"",
+    )
+
+
+def test_the_registry_keeps_the_order_given() -> None:
+    assert list(registry(spec("b"), spec("a"), spec("c"))) == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("charts", "refusal"),
+    [
+        ([spec("a"), spec("a", url="/plot/other.png", file="other.png")], "share the name a"),
+        ([spec("a"), spec("b", url="/plot/a.png")], "share the url /plot/a.png"),
+        ([spec("a"), spec("b", file="a.png")], "share the file a.png"),
+        ([spec("a", url="/charts/a.png")], "must be /plot/<one segment>"),
+        ([spec("a", url="/plot/x/a.png")], "must be /plot/<one segment>"),
+        ([spec("a", url="/plot/")], "must be /plot/<one segment>"),
+        ([spec("a-b")], "plain identifier"),
+    ],
+)
+def test_the_registry_refuses_charts_that_would_clash(charts: list[ChartSpec], refusal: str) -> None:
+    with pytest.raises(ValueError, match=refusal):
+        registry(*charts)
