@@ -21,7 +21,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-# What the services write under LOGS_DIR (see README, "Reading the outputs"); plot_api's PNGs
+# What the services write under LOGS_DIR (docs/monitoring.md, "Reading the outputs"); plot_api's PNGs
 # are named in its chart registry, services/plot_api/charts.py.
 METRIC_LOG = "metric_log.csv"
 ORPHAN_LOG = "orphans.csv"

@@ -1,4 +1,4 @@
-"""One settings class for the whole system, read from the environment (see README)."""
+"""One settings class for the whole system, read from the environment (docs/operations.md lists them)."""
 
 from functools import lru_cache
 from pathlib import Path

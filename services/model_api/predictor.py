@@ -21,7 +21,9 @@ class Predictor:
         self.version = version
 
     def predict(self, rows: Sequence[Sequence[float]]) -> list[float]:
-        """One prediction per row, in one vectorised call."""
+        """One prediction per row, in one vectorised call. A row the model's arithmetic overflows on
+        gets a non-finite prediction, which the callers refuse (without numpy's warning on top)."""
         if len(rows) == 0:
             return []
-        return [float(v) for v in self.model.predict(np.asarray(rows, dtype=float))]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return [float(v) for v in self.model.predict(np.asarray(rows, dtype=float))]

@@ -14,7 +14,7 @@ from services.plot_api.distribution import ErrorDistribution
 log = logging.getLogger(__name__)
 
 
-RECENT_ROWS = 5000
+RECENT_ROWS_DRAWN = 5000  # the newest rows kept whole for the recent-rows charts
 READ_CHUNK = 4 << 20  # bytes
 
 
@@ -26,7 +26,7 @@ class MetricLogTail:
     replaced or truncated, it is read again from the start.
     """
 
-    def __init__(self, path: Path, recent: int = RECENT_ROWS) -> None:
+    def __init__(self, path: Path, recent: int = RECENT_ROWS_DRAWN) -> None:
         self.path = path
         self.recent = recent
         self.skipped_lines = 0

@@ -27,7 +27,7 @@ from services.model_api.train import train
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-BATCH_LIMIT = 1000  # the README's documented limit of "instances"
+BATCH_LIMIT = 1000  # the documented limit (docs/own-model.md) of "instances"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from services.model_api.train import main, train
 
 
 def reference_model(seed: int = 42) -> LinearRegression:
-    """What the README says train does, done here independently."""
+    """What docs/own-model.md says train does, done here independently."""
     features, targets = load_diabetes(return_X_y=True)
     x_train, _, y_train, _ = train_test_split(features, targets, test_size=0.2, random_state=seed)
     return LinearRegression().fit(x_train, y_train)

@@ -30,7 +30,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
 from services.common.amqp.instruments import HANDLE_SECONDS, MESSAGES_CONSUMED, MESSAGES_DEAD_LETTERED
-from services.common.amqp.publisher import ConfirmedPublisher, Outgoing
+from services.common.amqp.publisher import Outgoing, Publisher
 from services.common.amqp.topology import declare_queue, dlq_name
 from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
 
@@ -114,7 +114,7 @@ class BatchConsumer:
         self._window_s = window_s
         self._subscriptions: list[_Subscription] = []
         self._inbox: asyncio.Queue[Delivery[Any]] = asyncio.Queue()
-        self._dead_letters: ConfirmedPublisher | None = None
+        self._dead_letters: Publisher | None = None
         # Delivery tags received and not yet settled, per channel: an ack with multiple=True
         # is sent only when it covers exactly the deliveries being acked.
         self._unsettled: dict[object, set[int]] = {}
@@ -135,7 +135,7 @@ class BatchConsumer:
         return [subscription.queue for subscription in self._subscriptions]
 
     async def start(
-        self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: ConfirmedPublisher
+        self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: Publisher
     ) -> None:
         """Declare each queue and consume it on its own channel; start the batch worker."""
         self._dead_letters = dead_letters

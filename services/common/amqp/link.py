@@ -13,7 +13,7 @@ from yarl import URL
 from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer
 from services.common.amqp.instruments import BROKER_RECONNECTS
-from services.common.amqp.publisher import ConfirmedPublisher
+from services.common.amqp.publisher import ConfirmedPublisher, Publisher
 from services.common.amqp.topology import declare_queue
 from services.common.amqp.transport import CoalescingRobustConnection
 from services.common.settings import Settings
@@ -29,7 +29,7 @@ class Link(Protocol):
     """What a service needs of its broker link (BrokerLink; a stand-in in in-process tests)."""
 
     @property
-    def publisher(self) -> ConfirmedPublisher: ...
+    def publisher(self) -> Publisher: ...
     def start(self) -> None: ...
     async def ready(self) -> None: ...
     def problem(self) -> str | None: ...

@@ -5,7 +5,7 @@ import collections
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import PublishError
@@ -15,9 +15,15 @@ from services.common.amqp import fastpath
 from services.common.amqp.fastpath import Outgoing
 from services.common.amqp.instruments import MESSAGES_PUBLISHED, PUBLISH_RETRIES
 
-__all__ = ["ConfirmedPublisher", "Outgoing"]
+__all__ = ["ConfirmedPublisher", "Outgoing", "Publisher"]
 
 log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What services and consumers publish through (a ConfirmedPublisher; a recorder in tests)."""
+
+    async def publish_many(self, messages: Sequence[Outgoing]) -> None: ...
 
 
 class ConfirmedPublisher:

@@ -1,0 +1,114 @@
+"""metric_api's app in process, its broker link a stand-in: the summary and recent rows of a CSV
+already there, /health on a LOGS_DIR it cannot use, and the batch handler behind the two queues
+fed in-memory deliveries (the real broker runs the same path in tests/integration and tests/faults)."""
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from httpx import AsyncClient, Response
+
+from services.common.amqp.consumer import Delivery
+from services.common.files import METRIC_LOG
+from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
+from services.common.metric_rows import parse_row
+from services.common.settings import Settings
+from services.metric_api.app import MetricService, create_app
+from tests.unit.in_process import in_process
+from tests.unit.metric_log import append, metric_rows
+from tests.unit.stand_in_link import StandInLink
+
+
+def settings(logs: Path) -> Settings:
+    return Settings(LOGS_DIR=logs, QUEUE_PREFIX="t.", BASELINE_MEAN=150.0)
+
+
+async def healthy(client: AsyncClient, timeout: float = 10) -> Response:
+    deadline = time.monotonic() + timeout
+    while (answer := await client.get("/health")).status_code != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return answer
+
+
+def test_the_summary_and_recent_rows_of_a_csv_already_there(tmp_path: Path) -> None:
+    rows = metric_rows(0, 50, seed=3)
+    append(tmp_path / METRIC_LOG, rows)
+
+    async def scenario(client: AsyncClient) -> list[Response]:
+        await healthy(client)
+        return [await client.get(path) for path in ("/metrics/summary", "/metrics/recent?limit=3", "/metrics/recent")]
+
+    summary, recent, default = in_process(create_app(settings(tmp_path), StandInLink()), scenario)
+    errors = np.array([row.absolute_error for row in rows])
+    assert summary.json()["count"] == 50
+    assert summary.json()["mae"] == pytest.approx(errors.mean(), rel=1e-12)
+    assert summary.json()["rmse"] == pytest.approx(np.sqrt((errors**2).mean()), rel=1e-12)
+    assert recent.json() == [
+        {"id": r.id, "y_true": r.y_true, "y_pred": r.y_pred, "absolute_error": r.absolute_error} for r in rows[-3:]
+    ]
+    assert len(default.json()) == 10
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "ten"])
+def test_recent_refuses_a_limit_outside_1_to_1000(tmp_path: Path, limit: str) -> None:
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.get(f"/metrics/recent?limit={limit}")
+
+    answer = in_process(create_app(settings(tmp_path), StandInLink()), scenario)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_a_logs_dir_it_cannot_use_is_a_503_naming_it(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "logs"
+    not_a_folder.write_text("a file where the folder should be")
+
+    async def scenario(client: AsyncClient) -> Response:
+        await asyncio.sleep(0.3)
+        return await client.get("/health")
+
+    answer = in_process(create_app(settings(not_a_folder), StandInLink()), scenario)
+    assert answer.status_code == 503
+    assert str(not_a_folder) in answer.json()["reason"]
+
+
+class Raw:
+    redelivered = False
+
+
+def delivery(message: SampleMessage, queue: str) -> Delivery[Any]:
+    return Delivery(message, Raw(), queue, 0.0)  # type: ignore[arg-type]
+
+
+def label(n: int, value: float) -> Delivery[Any]:
+    return delivery(LabelMessage(id=f"1700000000.{n:06d}", body=value), "t.y_true")
+
+
+def prediction(n: int, value: float) -> Delivery[Any]:
+    return delivery(PredictionMessage(id=f"1700000000.{n:06d}", body=value, model_version="v1"), "t.y_pred")
+
+
+def test_the_batch_handler_joins_halves_once_and_refuses_a_contradiction(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
+        service = MetricService(settings(tmp_path), StandInLink())
+        await service.start()
+        try:
+            first = await service._record_batch([label(1, 151.0), prediction(2, 90.0), prediction(1, 150.5)])
+            again = await service._record_batch([label(1, 151.0), prediction(1, 150.5), label(2, 100.0)])
+            contradiction = await service._record_batch([label(2, 101.0)])
+            return first, again, contradiction
+        finally:
+            await service.stop()
+
+    first, again, contradiction = asyncio.run(scenario())
+    assert first == [] and again == []
+    ((refused, reason),) = contradiction
+    assert refused.message.id == "1700000000.000002" and "1700000000.000002" in reason and "100.0" in reason
+    lines = (tmp_path / METRIC_LOG).read_text().splitlines()
+    assert lines[0] == "id,y_true,y_pred,absolute_error"
+    assert [parse_row(line) for line in lines[1:]] == [
+        parse_row("1700000000.000001,151.0,150.5,0.5"),
+        parse_row("1700000000.000002,100.0,90.0,10.0"),
+    ]

@@ -1,0 +1,123 @@
+"""model_api's app in process, its broker link a stand-in: /predict, /model/info, /health, and the
+batch handler behind the features queue fed in-memory deliveries (the real broker runs the same
+path in tests/integration/test_model_api.py)."""
+
+import asyncio
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from httpx import AsyncClient, Response
+from sklearn.datasets import load_diabetes
+
+from services.common.amqp.consumer import Delivery
+from services.common.messages import FeaturesMessage, PredictionMessage
+from services.common.settings import Settings
+from services.model_api.app import ModelService, create_app
+from tests.unit.in_process import in_process
+from tests.unit.stand_in_link import StandInLink
+
+ROWS = load_diabetes().data[:3].tolist()
+
+
+@pytest.fixture
+def settings(model_path: Path) -> Settings:
+    return Settings(MODEL_PATH=model_path, QUEUE_PREFIX="t.")
+
+
+def expected(model_path: Path, rows: list[list[float]]) -> list[float]:
+    """What the pickled model itself predicts (read outside the service)."""
+    with model_path.open("rb") as f:
+        model = pickle.load(f)  # noqa: S301 - the test's own freshly trained file
+    return [float(v) for v in model.predict(np.asarray(rows))]
+
+
+def test_predict_answers_what_the_model_predicts_for_one_row_and_a_batch(settings: Settings) -> None:
+    async def scenario(client: AsyncClient) -> tuple[Response, Response]:
+        return await client.post("/predict", json={"features": ROWS[0]}), await client.post("/predict", json={"instances": ROWS})
+
+    one, batch = in_process(create_app(settings, StandInLink()), scenario)
+    version = json.loads(Path(f"{settings.MODEL_PATH}.json").read_text())["sha256"][:12]
+    assert one.json() == {"prediction": pytest.approx(expected(settings.MODEL_PATH, ROWS[:1])[0], rel=1e-12), "model_version": version}
+    assert batch.json()["predictions"] == pytest.approx(expected(settings.MODEL_PATH, ROWS), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"features": ROWS[0][:9]}, ["body", "features"]),
+        ({"features": [*ROWS[0][:9], "0.1"]}, ["body", "features", 9]),
+        ({"features": [*ROWS[0][:9], True]}, ["body", "features", 9]),
+        ({"features": [*ROWS[0][:9], 1e9]}, ["body", "features", 9]),
+        ({"instances": []}, ["body", "instances"]),
+        ({"features": ROWS[0], "instances": ROWS}, ["body"]),
+        ({}, ["body"]),
+    ],
+)
+def test_a_bad_body_is_a_422_saying_where(settings: Settings, body: dict[str, Any], where: list[Any]) -> None:
+    link = StandInLink()
+
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.post("/predict", json=body)
+
+    answer = in_process(create_app(settings, link), scenario)
+    assert answer.status_code == 422, answer.text
+    assert any(error["loc"][: len(where)] == where for error in answer.json()["detail"]), answer.json()
+
+
+def test_model_info_names_the_file_its_hash_and_what_it_served(settings: Settings) -> None:
+    async def scenario(client: AsyncClient) -> Response:
+        await client.post("/predict", json={"instances": ROWS})
+        return await client.get("/model/info")
+
+    info = in_process(create_app(settings, StandInLink()), scenario).json()
+    sidecar = json.loads(Path(f"{settings.MODEL_PATH}.json").read_text())
+    assert info["sha256"] == sidecar["sha256"] and info["model_version"] == sidecar["sha256"][:12]
+    assert info["model_path"] == str(settings.MODEL_PATH) and info["verified"] is True
+    assert info["predictions_by_version"] == {info["model_version"]: {"http": 3}}
+
+
+def test_health_follows_the_broker_link(settings: Settings) -> None:
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.get("/health")
+
+    assert in_process(create_app(settings, StandInLink()), scenario).status_code == 200
+    down = in_process(create_app(settings, StandInLink(problem="connecting to RabbitMQ at localhost:5672")), scenario)
+    assert down.status_code == 503 and down.json()["reason"] == "connecting to RabbitMQ at localhost:5672"
+
+
+class Raw:
+    """The broker side of a delivery, as far as the handler looks."""
+
+    redelivered = False
+
+
+def deliveries(rows: list[list[float]]) -> list[Delivery[FeaturesMessage]]:
+    return [
+        Delivery(FeaturesMessage(id=f"1700000000.{n:06d}", body=row, ts=1700000000.5), Raw(), "t.features", 0.0)  # type: ignore[arg-type]
+        for n, row in enumerate(rows, start=1)
+    ]
+
+
+def test_a_batch_from_the_queue_is_predicted_and_published_to_y_pred_with_id_ts_and_version(settings: Settings) -> None:
+    link = StandInLink()
+    service = ModelService(settings, link)
+    batch = deliveries(ROWS)
+    refused = asyncio.run(service._predict_batch(batch))
+    assert refused == []
+    published = [PredictionMessage.model_validate_json(m.body) for m in link.to("t.y_pred")]
+    assert [p.id for p in published] == [d.message.id for d in batch]
+    assert [p.body for p in published] == pytest.approx(expected(settings.MODEL_PATH, ROWS), rel=1e-12)
+    assert {p.model_version for p in published} == {service.model.version} and {p.ts for p in published} == {1700000000.5}
+
+
+def test_a_row_the_model_predicts_no_finite_number_for_is_refused_alone(settings: Settings) -> None:
+    link = StandInLink()
+    service = ModelService(settings, link)
+    batch = deliveries([ROWS[0], [1.7e308] * 10, ROWS[1]])
+    refused = asyncio.run(service._predict_batch(batch))
+    assert [(delivery.message.id, "predicted" in reason) for delivery, reason in refused] == [("1700000000.000002", True)]
+    assert [m.message_id for m in link.to("t.y_pred")] == ["1700000000.000001", "1700000000.000003"]
