@@ -46,11 +46,7 @@ def predictions_from_queue(model_api: ServiceProcess) -> float:
 
 def predictions_by_replica(pipeline: Pipeline) -> dict[str, float]:
     """Predictions made by each model_api process of the pipeline, by its key in ``services``."""
-    return {
-        key: predictions_from_queue(service)
-        for key, service in pipeline.services.items()
-        if service.name == "model_api"
-    }
+    return {key: predictions_from_queue(service) for key, service in pipeline.services.items() if service.name == "model_api"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         md_table(
             ["samples", "end-to-end s", "end-to-end samples/s", "publish-only samples/s", "lost", "duplicated", "unexpected"],
-            [[result["samples"], result["end_to_end_s"], result["samples_per_s"], result["publish_samples_per_s"],
-              result["lost"], result["duplicated"], result["unexpected"]]],
+            [
+                [
+                    result["samples"],
+                    result["end_to_end_s"],
+                    result["samples_per_s"],
+                    result["publish_samples_per_s"],
+                    result["lost"],
+                    result["duplicated"],
+                    result["unexpected"],
+                ]
+            ],
         )
     )
     print()

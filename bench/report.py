@@ -42,8 +42,15 @@ def report(results: dict[str, Any]) -> str:
             md_table(
                 ["samples", "end-to-end samples/s", "end-to-end s", "publish-only samples/s", "lost", "duplicated", "unexpected"],
                 [
-                    [t["samples"], t["samples_per_s"], t["end_to_end_s"], t["publish_samples_per_s"],
-                     t["lost"], t["duplicated"], t["unexpected"]]
+                    [
+                        t["samples"],
+                        t["samples_per_s"],
+                        t["end_to_end_s"],
+                        t["publish_samples_per_s"],
+                        t["lost"],
+                        t["duplicated"],
+                        t["unexpected"],
+                    ]
                 ],
             ),
             "",
@@ -86,8 +93,16 @@ def report(results: dict[str, Any]) -> str:
             md_table(
                 ["offered /s", "achieved /s", "seconds", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms"],
                 [
-                    [r["offered_per_s"], r["achieved_per_s"], r["seconds"], r["samples"],
-                     r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"]]
+                    [
+                        r["offered_per_s"],
+                        r["achieved_per_s"],
+                        r["seconds"],
+                        r["samples"],
+                        r["p50_ms"],
+                        r["p95_ms"],
+                        r["p99_ms"],
+                        r["max_ms"],
+                    ]
                     for r in lat
                 ],
             ),
@@ -132,11 +147,27 @@ def report(results: dict[str, Any]) -> str:
             "`plot_chart_render_seconds` of each chart.",
             "",
             md_table(
-                ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
-                 *(f"{chart.replace('_', ' ')} s" for chart in CHARTS), "RSS after refresh MB"],
                 [
-                    [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"),
-                     s.get("refresh_wall_s"), s.get("refresh_render_s")]
+                    "rows",
+                    "CSV MB",
+                    "first PNG s",
+                    "first render s",
+                    "RSS after first MB",
+                    "refresh wall s",
+                    "refresh render s",
+                    *(f"{chart.replace('_', ' ')} s" for chart in CHARTS),
+                    "RSS after refresh MB",
+                ],
+                [
+                    [
+                        s["rows"],
+                        s["csv_mb"],
+                        s.get("first_png_s"),
+                        s.get("first_render_s"),
+                        s.get("rss_after_first_mb"),
+                        s.get("refresh_wall_s"),
+                        s.get("refresh_render_s"),
+                    ]
                     + [s.get("chart_render_s", {}).get(chart) for chart in CHARTS]
                     + [s.get("rss_after_refresh_mb")]
                     for s in scale

@@ -28,8 +28,6 @@ def synthetic_rows(count: int, first_ts: float, rng: np.random.Generator) -> byt
     return format_columns(ids, y_true.tolist(), y_pred.tolist()).encode()
 
 
-
-
 def render_stats(service: ServiceProcess) -> dict[str, tuple[float, float]]:
     """(sum, count) of plot_api's render times: the whole refresh (``plot_render_seconds``,
     key "refresh") and each chart (``plot_chart_render_seconds{chart=...}``); empty if unreadable."""
@@ -77,9 +75,7 @@ def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
         service.start()
 
         def first_png() -> httpx.Response | None:
-            assert service.process is not None and service.process.poll() is None, (
-                f"plot_api exited:\n{service.output()[-2000:]}"
-            )
+            assert service.process is not None and service.process.poll() is None, f"plot_api exited:\n{service.output()[-2000:]}"
             try:
                 answer = httpx.get(url, timeout=10)
             except httpx.TransportError:

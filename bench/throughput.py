@@ -113,7 +113,5 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
     if not complete:
         problems.append(f"throughput: the CSV stopped growing with {current[0] - baseline} of {samples} rows")
     if not verdict.exact:
-        problems.append(
-            f"throughput: lost {verdict.lost}, duplicated {verdict.duplicated}, unexpected {verdict.unexpected} ids"
-        )
+        problems.append(f"throughput: lost {verdict.lost}, duplicated {verdict.duplicated}, unexpected {verdict.unexpected} ids")
     return result

@@ -120,9 +120,7 @@ def test_service_has_a_healthcheck_on_its_health_route(compose, service):
         assert "/health" in " ".join(in_compose)
         return
     healthcheck = last_arguments(target_instructions(service), "HEALTHCHECK")
-    assert healthcheck.endswith(
-        json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])
-    ), healthcheck
+    assert healthcheck.endswith(json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])), healthcheck
 
 
 @pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE], ids=lambda p: p.name)
@@ -161,7 +159,11 @@ def test_compose_contains_no_literal_credentials(compose):
     for name in SECRET_VARIABLES:
         forms = {form for used, form in uses if used == name}
         assert forms == {":?"}, f"{name} must be required (${{{name}:?message}}), not {forms or 'absent'}"
-    urls = [service["environment"]["AMQP_URL"] for service in compose["services"].values() if "AMQP_URL" in service.get("environment", {})]
+    urls = [
+        service["environment"]["AMQP_URL"]
+        for service in compose["services"].values()
+        if "AMQP_URL" in service.get("environment", {})
+    ]
     assert len(urls) == len(APP_SERVICES)
     for url in urls:
         assert re.fullmatch(r"amqps?://\$\{RABBITMQ_USER:\?[^}]*\}:\$\{RABBITMQ_PASSWORD:\?[^}]*\}@[^@]+", url), url
@@ -191,9 +193,7 @@ def test_env_example_leaves_the_password_to_the_user():
 
 
 def test_env_file_stays_out_of_git_and_the_images():
-    ignored = subprocess.run(
-        ["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT, capture_output=True, timeout=30
-    )
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT, capture_output=True, timeout=30)
     assert ignored.returncode == 0, "deploy/.env is not ignored by git"
     assert left_out_of_context("deploy/.env")
 
@@ -469,9 +469,17 @@ def test_build_context_has_what_the_dockerfile_copies_and_nothing_else():
     for kept in ["pyproject.toml", "constraints.txt", "services/model_api/app.py", "services/plot_api/dashboard.html"]:
         assert not left_out_of_context(kept), kept
     for left_out in [
-        ".git/HEAD", ".venv/bin/python", "logs/metric_log.csv", "tests/test_deploy.py", "bench/run.py",
-        ".pytest_cache/v", "services/common/__pycache__/http.cpython-311.pyc", "services/model_api/myfile.pkl",
-        "services/model_api/myfile.pkl.json", "deploy/.env", "README.md",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "logs/metric_log.csv",
+        "tests/test_deploy.py",
+        "bench/run.py",
+        ".pytest_cache/v",
+        "services/common/__pycache__/http.cpython-311.pyc",
+        "services/model_api/myfile.pkl",
+        "services/model_api/myfile.pkl.json",
+        "deploy/.env",
+        "README.md",
     ]:
         assert left_out_of_context(left_out), f".dockerignore should leave out {left_out}"
 

@@ -27,7 +27,9 @@ from services.plot_api.tail import MetricLogTail
 log = logging.getLogger(__name__)
 
 RENDERS = Counter("plot_renders", "Refreshes that redrew charts and wrote their PNGs")
-RENDER_SECONDS = Histogram("plot_render_seconds", "Time of one refresh that redrew: read new rows, render and write the charts behind")
+RENDER_SECONDS = Histogram(
+    "plot_render_seconds", "Time of one refresh that redrew: read new rows, render and write the charts behind"
+)
 CHART_SECONDS = Histogram("plot_chart_render_seconds", "Time to render one chart to PNG bytes", ["chart"])
 DASHBOARD = files("services.plot_api").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -166,7 +168,9 @@ def png_response(service: PlotService, chart: str, if_none_match: str | None) ->
     image = service.images.get(chart)
     if image is None:
         return JSONResponse(
-            {"detail": f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"},
+            {
+                "detail": f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
+            },
             status_code=404,
         )
     headers = {"ETag": image.etag, "Last-Modified": image.last_modified, "Cache-Control": "no-cache"}
@@ -190,9 +194,10 @@ def chart_router(charts: Charts) -> APIRouter:
         response_class=Response,
         responses=PNG_RESPONSES,
         summary="A chart's current PNG",
-        description="\n".join(["The charts (ETag, Last-Modified, 304 on If-None-Match):", ""] + [
-            f"- {chart.describe()}" for chart in charts.values()
-        ]),
+        description="\n".join(
+            ["The charts (ETag, Last-Modified, 304 on If-None-Match):", ""]
+            + [f"- {chart.describe()}" for chart in charts.values()]
+        ),
     )
     async def chart_png(image: Image, service: Service, if_none_match: IfNoneMatch = None) -> Response:
         chart = by_image.get(image)

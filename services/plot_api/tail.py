@@ -8,7 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.metric_rows import ID, METRIC_LOG_HEADER, Y_PRED, Y_TRUE, RowFormatError, parse_error, parse_number, split_line
+from services.common.metric_rows import (
+    ID,
+    METRIC_LOG_HEADER,
+    Y_PRED,
+    Y_TRUE,
+    RowFormatError,
+    parse_error,
+    parse_number,
+    split_line,
+)
 from services.plot_api.distribution import ErrorDistribution
 
 log = logging.getLogger(__name__)
@@ -121,4 +130,3 @@ class MetricLogTail:
             self.last_id = last_id
         self.distribution.add(np.array(errors))
         return len(errors)
-

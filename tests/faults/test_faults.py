@@ -165,7 +165,9 @@ def test_kill_9_mid_stream(pipeline: Pipeline, background: ThreadPoolExecutor, s
     assert verdict.exact, verdict
     assert_recovered(pipeline)
     if service == "plot_api":
-        png = wait_until(lambda: (r := httpx.get(f"{pipeline.url('plot_api')}/plot/latest.png")).status_code == 200 and r, 10, "a PNG")
+        png = wait_until(
+            lambda: (r := httpx.get(f"{pipeline.url('plot_api')}/plot/latest.png")).status_code == 200 and r, 10, "a PNG"
+        )
         assert png.content.startswith(b"\x89PNG")
 
 
@@ -232,8 +234,14 @@ def poison(kind: str) -> list[tuple[str, bytes]]:
         ("missing id", json.dumps({"body": body}).encode()),
         ("missing body", json.dumps({"id": "1.000002"}).encode()),
         ("body of the wrong type or length", json.dumps({"id": "1.000003", "body": wrong_type}).encode()),
-        ("NaN", json.dumps({**good, "id": "1.000004", "body": [float("nan")] * 10 if kind == "features" else float("nan")}).encode()),
-        ("Infinity", json.dumps({**good, "id": "1.000005", "body": [float("inf")] * 10 if kind == "features" else float("inf")}).encode()),
+        (
+            "NaN",
+            json.dumps({**good, "id": "1.000004", "body": [float("nan")] * 10 if kind == "features" else float("nan")}).encode(),
+        ),
+        (
+            "Infinity",
+            json.dumps({**good, "id": "1.000005", "body": [float("inf")] * 10 if kind == "features" else float("inf")}).encode(),
+        ),
         ("huge (1 MB)", json.dumps({**good, "id": "1.000006", "pad": "x" * 1_000_000}).encode()),
         ("empty", b""),
         ("id with a comma", json.dumps({**good, "id": "1,2"}).encode()),
@@ -272,7 +280,9 @@ def test_poison_messages_go_to_the_dlq_and_good_ones_flow(pipeline: Pipeline, am
     summary = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()
     assert summary["join"]["dead_lettered"] == len(poison("y_true")) + 1 + len(poison("y_pred"))
     assert httpx.get(f"{pipeline.url('model_api')}/model/info").json()["dead_lettered"] == len(poison("features"))
-    print(f"\nFAULT poison: {sum(len(poison(k)) for k in ('features', 'y_true', 'y_pred')) + 1} bad messages dead-lettered, {verdict}")
+    print(
+        f"\nFAULT poison: {sum(len(poison(k)) for k in ('features', 'y_true', 'y_pred')) + 1} bad messages dead-lettered, {verdict}"
+    )
 
 
 @pytest.fixture
@@ -324,11 +334,15 @@ def test_kill_9_of_features_mid_burst(tmp_path: Path, model_path: Path, amqp_url
         after = pipeline.burst(200)
         wait_until(lambda: drained(pipeline), 60, "every queue to drain")
         summary = lambda: httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()  # noqa: E731
-        wait_until(lambda: summary()["join"]["pending_y_true"] + summary()["join"]["pending_y_pred"] == 0, 30, "no half left waiting")
+        wait_until(
+            lambda: summary()["join"]["pending_y_true"] + summary()["join"]["pending_y_pred"] == 0, 30, "no half left waiting"
+        )
         rows = pipeline.rows()
         orphans_csv = pipeline.logs_dir / "orphans.csv"
         orphan_ids = set(pd.read_csv(orphans_csv, dtype={"id": str})["id"]) if orphans_csv.exists() else set()
         verdict = check(after, pipeline.csv)
         assert rows["id"].is_unique and verdict.lost == verdict.duplicated == 0, verdict
         assert not orphan_ids & set(rows["id"])
-        print(f"\nFAULT kill -9 of features_api mid-burst: {len(rows)} rows, {len(orphan_ids)} half-sent samples as orphans, after-restart burst {verdict}")
+        print(
+            f"\nFAULT kill -9 of features_api mid-burst: {len(rows)} rows, {len(orphan_ids)} half-sent samples as orphans, after-restart burst {verdict}"
+        )

@@ -143,7 +143,9 @@ def services(tree: ImageTree, amqp_url: str) -> Iterator[dict[str, ServiceProces
 def healthcheck(service: ServiceProcess) -> subprocess.CompletedProcess[str]:
     """The image's HEALTHCHECK command, run as Docker runs it: in WORKDIR, with the image's env."""
     assert service.process is not None and service.process.poll() is None, service.output()[-3000:]
-    return subprocess.run(healthcheck_command(service.name), capture_output=True, text=True, cwd=service.cwd, env=service.env, timeout=30)
+    return subprocess.run(
+        healthcheck_command(service.name), capture_output=True, text=True, cwd=service.cwd, env=service.env, timeout=30
+    )
 
 
 def test_the_services_run_from_the_image_files_alone(tree: ImageTree, services: dict[str, ServiceProcess]) -> None:

@@ -52,9 +52,7 @@ def install(source: Path, target: Path) -> str:
 @contextlib.contextmanager
 def model_api(work_dir: Path, model_path: Path, amqp_url: str, **settings: str) -> Iterator[ServiceProcess]:
     prefix = unique_prefix()
-    env = service_env(
-        AMQP_URL=amqp_url, QUEUE_PREFIX=prefix, MODEL_PATH=str(model_path), MODEL_PORT=str(free_port()), **settings
-    )
+    env = service_env(AMQP_URL=amqp_url, QUEUE_PREFIX=prefix, MODEL_PATH=str(model_path), MODEL_PORT=str(free_port()), **settings)
     service = ServiceProcess("model_api", env, work_dir).start()
     try:
         service.wait_healthy()
@@ -116,7 +114,11 @@ ROW = [0.01] * 10
         ({"features": ROW[:9] + [None]}, ["body", "features", 9], "number"),
         ('{"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', ["body", "features", 0], "finite"),
         ('{"features": [0, 0, 0, 0, 0, 0, 0, 0, 0, Infinity]}', ["body", "features", 9], "finite"),
-        ('{"instances": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, -Infinity, 0, 0, 0, 0, 0, 0]]}', ["body", "instances", 1, 3], "finite"),
+        (
+            '{"instances": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, -Infinity, 0, 0, 0, 0, 0, 0]]}',
+            ["body", "instances", 1, 3],
+            "finite",
+        ),
         ({"instances": []}, ["body", "instances"], "at least 1"),
         ({"instances": [ROW] * (BATCH_LIMIT + 1)}, ["body", "instances"], f"at most {BATCH_LIMIT}"),
         ({"instances": [ROW, ROW[:3]]}, ["body", "instances", 1], "at least 10"),
@@ -127,9 +129,23 @@ ROW = [0.01] * 10
         ([ROW], ["body"], "object"),
     ],
     ids=[
-        "9 features", "11 features", "a string", "a boolean", "a numeric string", "null", "NaN", "Infinity",
-        "-Infinity in a batch", "empty batch", "oversize batch", "short row in a batch", "a row as the batch",
-        "neither form", "null features", "both forms", "not an object",
+        "9 features",
+        "11 features",
+        "a string",
+        "a boolean",
+        "a numeric string",
+        "null",
+        "NaN",
+        "Infinity",
+        "-Infinity in a batch",
+        "empty batch",
+        "oversize batch",
+        "short row in a batch",
+        "a row as the batch",
+        "neither form",
+        "null features",
+        "both forms",
+        "not an object",
     ],
 )
 def test_a_bad_body_is_refused_saying_where_and_what(serving: ServiceProcess, body, where: list, what: str) -> None:

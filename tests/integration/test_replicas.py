@@ -16,9 +16,7 @@ REPLICAS = 3
 BURST = 2_000
 
 
-def test_three_model_replicas_share_a_burst_and_each_id_gets_one_row(
-    tmp_path: Path, model_path: Path, amqp_url: str
-) -> None:
+def test_three_model_replicas_share_a_burst_and_each_id_gets_one_row(tmp_path: Path, model_path: Path, amqp_url: str) -> None:
     with running_pipeline(tmp_path, model_path, amqp_url, model_replicas=REPLICAS, PLOT_INTERVAL_S="60") as pipeline:
         replicas = pipeline.replicas("model_api")
         assert len({replica.port for replica in replicas}) == REPLICAS

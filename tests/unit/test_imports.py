@@ -21,10 +21,7 @@ NOT_NEEDED = {
 
 @pytest.mark.parametrize("module", sorted(NOT_NEEDED))
 def test_a_service_does_not_import_libraries_it_does_not_use(module: str) -> None:
-    check = (
-        f"import sys, {module}; "
-        f"print(' '.join(name for name in {NOT_NEEDED[module]!r} if name in sys.modules))"
-    )
+    check = f"import sys, {module}; print(' '.join(name for name in {NOT_NEEDED[module]!r} if name in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == [], f"{module} imports {loaded.stdout.strip()}"
 

@@ -22,9 +22,7 @@ def test_metadata_lives_beside_the_model_as_dot_json(tmp_path: Path) -> None:
     assert metadata_path(tmp_path / "myfile.pkl") == tmp_path / "myfile.pkl.json"
 
 
-def test_save_writes_the_pickle_and_its_metadata_with_the_files_sha256(
-    tmp_path: Path, model: LinearRegression
-) -> None:
+def test_save_writes_the_pickle_and_its_metadata_with_the_files_sha256(tmp_path: Path, model: LinearRegression) -> None:
     path = tmp_path / "models" / "m.pkl"
     returned = save_model(model, path, {"model_type": "LinearRegression", "note": "x"})
     data = path.read_bytes()
@@ -49,9 +47,7 @@ def test_load_returns_a_model_that_predicts_the_same(tmp_path: Path, model: Line
     assert loaded.path == path
 
 
-def test_a_file_without_metadata_is_refused_naming_it_its_hash_and_what_to_do(
-    tmp_path: Path, model: LinearRegression
-) -> None:
+def test_a_file_without_metadata_is_refused_naming_it_its_hash_and_what_to_do(tmp_path: Path, model: LinearRegression) -> None:
     path = tmp_path / "bare.pkl"
     path.write_bytes(pickle.dumps(model))
     with pytest.raises(ModelFileError) as exc:

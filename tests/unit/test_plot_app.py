@@ -154,8 +154,12 @@ def distribution_of(count: int) -> ErrorDistribution:
 
 def test_adding_a_chart_is_one_function_and_one_registry_entry(tmp_path: Path) -> None:
     row_count = ChartSpec(
-        name="row_count", url="/plot/row_count.png", file="row_count.png", window=Window.ALL,
-        caption="the number of rows", draw=draw_row_count,
+        name="row_count",
+        url="/plot/row_count.png",
+        file="row_count.png",
+        window=Window.ALL,
+        caption="the number of rows",
+        draw=draw_row_count,
     )
     append(tmp_path / METRIC_LOG, metric_rows(0, 30, seed=4))
 

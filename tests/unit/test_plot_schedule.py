@@ -64,4 +64,3 @@ def test_while_rows_come_the_recent_charts_take_turns_and_all_are_current_soon_a
         refresh(charts, drawn, changes=stopped, number=stopped + 1 + extra)
     assert all(drawn[c.name][0] == stopped for c in charts)
     assert charts_to_draw(charts, drawn, changes=stopped) == []
-

@@ -125,7 +125,9 @@ def test_other_kinds_of_model_fit_like_a_reference(tmp_path: Path, kind: str, re
     x_train, x_test, y_train, y_test = train_test_split(features, targets, test_size=0.2, random_state=7)
     expected = reference(7).fit(x_train, y_train)
     assert loaded.metadata["model_type"] == type(expected).__name__
-    assert loaded.metadata["params"]["random_state" if kind == "random_forest" else "alpha"] == (7 if kind == "random_forest" else 0.1)
+    assert loaded.metadata["params"]["random_state" if kind == "random_forest" else "alpha"] == (
+        7 if kind == "random_forest" else 0.1
+    )
     np.testing.assert_allclose(loaded.predictor.model.predict(features), expected.predict(features), rtol=1e-9)
     mae = float(np.mean(np.abs(y_test - expected.predict(x_test))))
     assert loaded.metadata["metrics"]["mae"] == pytest.approx(mae, rel=1e-9)

@@ -134,9 +134,7 @@ class BatchConsumer:
     def queues(self) -> list[str]:
         return [subscription.queue for subscription in self._subscriptions]
 
-    async def start(
-        self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: ConfirmedPublisher
-    ) -> None:
+    async def start(self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: ConfirmedPublisher) -> None:
         """Declare each queue and consume it on its own channel; start the batch worker."""
         self._dead_letters = dead_letters
         if self._worker is None:
@@ -175,7 +173,9 @@ class BatchConsumer:
         try:  # a batch being handled is finished, not cut short: its effect and its acks go together
             await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
-            log.warning("a batch from %s was still being handled after %ss; it will be delivered again", "+".join(self.queues), grace_s)
+            log.warning(
+                "a batch from %s was still being handled after %ss; it will be delivered again", "+".join(self.queues), grace_s
+            )
         for task in (self._worker, self._recovery):
             if task is not None:
                 task.cancel()
@@ -252,7 +252,9 @@ class BatchConsumer:
         delivery = batch[0]
         sample_id = getattr(delivery.message, "id", "?")
         if delivery.raw.redelivered:
-            log.error("handling %s from %s failed again (%s: %s); dead-lettering it", sample_id, delivery.queue, type(exc).__name__, exc)
+            log.error(
+                "handling %s from %s failed again (%s: %s); dead-lettering it", sample_id, delivery.queue, type(exc).__name__, exc
+            )
             await self._dead_letter([(delivery, f"handling failed twice: {type(exc).__name__}: {exc}")])
         else:
             log.exception("handling %s from %s failed; requeueing it once", sample_id, delivery.queue, exc_info=exc)
