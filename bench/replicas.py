@@ -17,21 +17,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-import httpx  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from bench.progress import say  # noqa: E402
-from bench.report import md_table  # noqa: E402
-from bench.throughput import throughput  # noqa: E402
-from harness.pipeline import Pipeline, running_pipeline  # noqa: E402
-from harness.processes import ServiceProcess  # noqa: E402
-from services.common.ensure_broker import unreachable  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from services.model_api.train import train  # noqa: E402
+from bench.progress import say
+from bench.report import md_table
+from bench.throughput import throughput
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import ServiceProcess
+from services.common.ensure_broker import unreachable
+from services.common.settings import Settings
+from services.model_api.train import train
 
 
 def predictions_from_queue(model_api: ServiceProcess) -> float:

@@ -2,7 +2,6 @@
 
 import logging
 import math
-import os
 from collections import deque
 from pathlib import Path
 
@@ -78,7 +77,7 @@ class MetricLogTail:
     def read_new(self) -> int:
         """Take in the rows appended since the last call; return how many."""
         try:
-            stat = os.stat(self.path)
+            stat = self.path.stat()
         except FileNotFoundError:
             return 0
         if stat.st_ino != self._inode or stat.st_size < self._offset:
@@ -109,7 +108,9 @@ class MetricLogTail:
         # y_pred are read only for the last `recent` lines (NaN where they do not parse).
         keep_from = len(lines) - self.recent
         if keep_from > 0:
-            self._y_true.clear(), self._y_pred.clear(), self._errors.clear()
+            self._y_true.clear()
+            self._y_pred.clear()
+            self._errors.clear()
         errors: list[float] = []
         last_id = None
         for index, line in enumerate(lines):
