@@ -1,5 +1,6 @@
 """plot_api's charts (its registry) and its dashboard, with the real pipeline and a real headless Chromium."""
 
+import functools
 import io
 import os
 import shutil
@@ -28,6 +29,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_ur
         yield pipeline
 
 
+def is_served(written: Path, url: str) -> bool:
+    """Whether the file in LOGS_DIR holds what the route serves."""
+    return written.exists() and written.read_bytes() == httpx.get(url).content
+
+
+def redrawn(url: str, etag: str) -> bool:
+    return httpx.get(url).headers["etag"] != etag
+
+
 def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: Pipeline) -> None:
     pipeline.burst(120)
     pipeline.wait_all_joined()
@@ -45,19 +55,13 @@ def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: 
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, route
         assert httpx.get(f"{plot}{route}", headers={"If-None-Match": '"something-else"'}).status_code == 200, route
         written = pipeline.logs_dir / CHART_ROUTES[route]
-        wait_until(
-            lambda: written.exists() and written.read_bytes() == httpx.get(f"{plot}{route}").content,
-            10,
-            f"{written} to be the served {route}",
-        )
+        wait_until(functools.partial(is_served, written, f"{plot}{route}"), 10, f"{written} to be the served {route}")
     assert len({a.content for a in first.values()}) == len(CHARTS)  # each its own picture
 
     pipeline.burst(30)
     pipeline.wait_all_joined()
     for route, old in first.items():
-        wait_until(
-            lambda: httpx.get(f"{plot}{route}").headers["etag"] != old.headers["etag"], 10, f"{route} redrawn after new rows"
-        )
+        wait_until(functools.partial(redrawn, f"{plot}{route}", old.headers["etag"]), 10, f"{route} redrawn after new rows")
         assert httpx.get(f"{plot}{route}", headers={"If-None-Match": old.headers["etag"]}).status_code == 200
 
 
@@ -166,7 +170,7 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     assert all(shown(page, k) != "" for k in ("me", "r2", "orphans", "last_row"))
 
 
-def window(count: int, mae: float, **other: float | None) -> dict:
+def window(count: int, mae: float | None, **other: float | None) -> dict:
     keys = ("rmse", "me", "mape", "r2", "max_ae", "p50_ae", "p90_ae", "p95_ae", "baseline_mae", "skill")
     return {"count": count, "mae": mae, **dict.fromkeys(keys), **other}
 

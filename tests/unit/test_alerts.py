@@ -99,7 +99,7 @@ def test_without_a_usable_sidecar_the_baseline_is_null_and_says_what_to_do(tmp_p
 
 
 def test_the_summary_json_is_strict_even_when_errors_overflow(tmp_path: Path) -> None:
-    from services.metric_api.join import MetricRow
+    from services.common.metric_rows import MetricRow
     from services.metric_api.monitor import QualityMonitor
     from tests.quality import strict_json
 

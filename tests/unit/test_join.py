@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.metric_rows import MetricRow
 from services.metric_api.join import (
     LABEL,
     PREDICTION,
@@ -27,7 +28,6 @@ from services.metric_api.join import (
     Outcome,
     other,
 )
-from services.common.metric_rows import MetricRow
 from services.metric_api.store import SqliteHalfStore
 
 ID = "1669147134.196809"

@@ -31,15 +31,15 @@ def settings(logs: Path) -> Settings:
     return Settings(LOGS_DIR=logs, PLOT_INTERVAL_S=INTERVAL_S, METRIC_API_URL="http://127.0.0.1:9")
 
 
-async def served(client: AsyncClient, url: str, unlike: str | None = None, timeout: float = 20) -> Response:
+async def served(client: AsyncClient, url: str, unlike: str | None = None, within_s: float = 20) -> Response:
     """The chart at ``url`` once the refresh loop has drawn it (again, if its ETag was ``unlike``)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while True:
         answer = await client.get(url)
         if answer.status_code == 200 and answer.headers["etag"] != unlike:
             return answer
         if time.monotonic() > deadline:
-            raise AssertionError(f"{url} not served anew within {timeout} s: {answer.status_code} {answer.text[:200]}")
+            raise AssertionError(f"{url} not served anew within {within_s} s: {answer.status_code} {answer.text[:200]}")
         await asyncio.sleep(INTERVAL_S / 2)
 
 

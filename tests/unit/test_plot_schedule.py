@@ -17,7 +17,7 @@ SMALL = [RECENT_B, EVERY, RECENT_A]
 def refresh(charts: list[ChartSpec], drawn: dict[str, tuple[int, int]], changes: int, number: int) -> list[str]:
     """One refresh as PlotService does it: draw what the rule says, note what each was drawn from."""
     names = charts_to_draw(charts, drawn, changes)
-    drawn |= {name: (changes, number) for name in names}
+    drawn |= dict.fromkeys(names, (changes, number))
     return names
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.metric_api.join import MetricRow
+from services.common.metric_rows import MetricRow
 from services.metric_api.stats import (
     RECENT_ROWS_SERVED,
     LazilySortedArray,
