@@ -7,11 +7,12 @@ MODEL_PATH ?= services/model_api/myfile.pkl
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench install install-test model broker browser clean
+.PHONY: help run test lint bench install install-test install-lint model broker browser clean
 
 help:
 	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
 	@echo "make test   set up and run the whole test suite against a real RabbitMQ"
+	@echo "make lint   the lint and type gate: ruff (lint and format) and mypy; fails on any finding"
 	@echo "make bench  set up and run the benchmark (about 7 min; BENCH_ARGS=--smoke for a quick check)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -27,8 +28,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $@
 
+# mypy reads the tests too, so the lint venv holds the test dependencies as well.
+$(VENV)/.installed-lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,lint]'
+	@touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-lint: $(VENV)/.installed-lint
 
 $(MODEL_PATH): | $(VENV)/.installed
 	$(BIN)/python -m services.model_api.train --out $@
@@ -64,9 +71,15 @@ browser:
 test: $(VENV)/.installed-test broker browser
 	$(BIN)/python -m pytest
 
+# Configured in pyproject.toml ([tool.ruff], [tool.mypy]); needs no broker.
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 # The benchmark: real services on the real broker; tables on stdout, JSON in bench/results/.
 bench: $(VENV)/.installed-test broker
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -146,17 +146,13 @@ async def _load(
     }
 
 
-def http_load(
-    pipeline: Pipeline, clients: int, seconds: float, kind: str, problems: list[str]
-) -> list[dict[str, Any]]:
+def http_load(pipeline: Pipeline, clients: int, seconds: float, kind: str, problems: list[str]) -> list[dict[str, Any]]:
     from sklearn.datasets import load_diabetes
 
     rows = load_diabetes().data.tolist()
     plot = pipeline.url("plot_api")
     # The histogram is drawn within PLOT_INTERVAL_S of the rows; wait for it before loading it.
-    wait_until(
-        lambda: httpx.get(f"{plot}/plot/latest.png", timeout=5).status_code == 200, 60, "the first histogram", 0.2
-    )
+    wait_until(lambda: httpx.get(f"{plot}/plot/latest.png", timeout=5).status_code == 200, 60, "the first histogram", 0.2)
     targets: list[tuple[str, str, str, Callable[[int], Any] | None]] = [
         ("GET /plot/latest.png", "GET", f"{plot}/plot/latest.png", None),
         ("GET /metrics/summary", "GET", f"{pipeline.url('metric_api')}/metrics/summary", None),

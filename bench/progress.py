@@ -2,6 +2,7 @@
 target, and whether the run has been interrupted (a section then stops instead of noting a problem)."""
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,20 +10,19 @@ from typing import Any
 STALL_S = 60.0  # no new CSV row for this long (after publishing ended) = the pipeline is stuck
 COUNT_POLL_S = 0.1
 
-_interrupted = False
+_interrupted = threading.Event()
 
 
 def on_signal(signum: int, _frame: Any) -> None:
     """SIGINT/SIGTERM: stop the run (once), cleaning up as it unwinds."""
-    global _interrupted
-    if _interrupted:
+    if _interrupted.is_set():
         return  # already stopping: let the clean-up finish
-    _interrupted = True
+    _interrupted.set()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def interrupted() -> bool:
-    return _interrupted
+    return _interrupted.is_set()
 
 
 def say(message: str) -> None:

@@ -17,21 +17,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-import httpx  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from bench.progress import say  # noqa: E402
-from bench.report import md_table  # noqa: E402
-from bench.throughput import throughput  # noqa: E402
-from harness.pipeline import Pipeline, running_pipeline  # noqa: E402
-from harness.processes import ServiceProcess  # noqa: E402
-from services.common.ensure_broker import unreachable  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from services.model_api.train import train  # noqa: E402
+from bench.progress import say
+from bench.report import md_table
+from bench.throughput import throughput
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import ServiceProcess
+from services.common.ensure_broker import unreachable
+from services.common.settings import Settings
+from services.model_api.train import train
 
 
 def predictions_from_queue(model_api: ServiceProcess) -> float:
@@ -46,11 +42,7 @@ def predictions_from_queue(model_api: ServiceProcess) -> float:
 
 def predictions_by_replica(pipeline: Pipeline) -> dict[str, float]:
     """Predictions made by each model_api process of the pipeline, by its key in ``services``."""
-    return {
-        key: predictions_from_queue(service)
-        for key, service in pipeline.services.items()
-        if service.name == "model_api"
-    }
+    return {key: predictions_from_queue(service) for key, service in pipeline.services.items() if service.name == "model_api"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         md_table(
             ["samples", "end-to-end s", "end-to-end samples/s", "publish-only samples/s", "lost", "duplicated", "unexpected"],
-            [[result["samples"], result["end_to_end_s"], result["samples_per_s"], result["publish_samples_per_s"],
-              result["lost"], result["duplicated"], result["unexpected"]]],
+            [
+                [
+                    result["samples"],
+                    result["end_to_end_s"],
+                    result["samples_per_s"],
+                    result["publish_samples_per_s"],
+                    result["lost"],
+                    result["duplicated"],
+                    result["unexpected"],
+                ]
+            ],
         )
     )
     print()

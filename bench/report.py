@@ -3,8 +3,8 @@
 from typing import Any
 
 from bench.scale import SCALE_APPEND_ROWS, SCALE_APPENDS
-from services.plot_api.charts import CHARTS
 from bench.throughput import MAX_PUBLISH_COUNT
+from services.plot_api.charts import CHARTS
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -27,23 +27,34 @@ def report(results: dict[str, Any]) -> str:
     m = results.get("machine")
     if m:
         out += [
-            f"**Machine:** {m['nproc']} cores ({m['cpu_model']}), {m['mem_total_gb']} GB RAM, "
-            f"Python {m['python']}, RabbitMQ {m['rabbitmq']} on the same machine, Linux {m['kernel']}. "
-            "The load generator shares these cores with the services and the broker.",
+            (
+                f"**Machine:** {m['nproc']} cores ({m['cpu_model']}), {m['mem_total_gb']} GB RAM, "
+                f"Python {m['python']}, RabbitMQ {m['rabbitmq']} on the same machine, Linux {m['kernel']}. "
+                "The load generator shares these cores with the services and the broker."
+            ),
             "",
         ]
     t = results.get("throughput")
     if t:
         out += [
-            f"**Throughput** — a burst of {t['samples']:,} samples through `POST /features/publish` "
-            f"({t['publish_requests']} sequential request(s) of ≤ {MAX_PUBLISH_COUNT:,} each); "
-            "from just before the first request to the moment the CSV has every row.",
+            (
+                f"**Throughput** — a burst of {t['samples']:,} samples through `POST /features/publish` "
+                f"({t['publish_requests']} sequential request(s) of ≤ {MAX_PUBLISH_COUNT:,} each); "
+                "from just before the first request to the moment the CSV has every row."
+            ),
             "",
             md_table(
                 ["samples", "end-to-end samples/s", "end-to-end s", "publish-only samples/s", "lost", "duplicated", "unexpected"],
                 [
-                    [t["samples"], t["samples_per_s"], t["end_to_end_s"], t["publish_samples_per_s"],
-                     t["lost"], t["duplicated"], t["unexpected"]]
+                    [
+                        t["samples"],
+                        t["samples_per_s"],
+                        t["end_to_end_s"],
+                        t["publish_samples_per_s"],
+                        t["lost"],
+                        t["duplicated"],
+                        t["unexpected"],
+                    ]
                 ],
             ),
             "",
@@ -78,16 +89,26 @@ def report(results: dict[str, Any]) -> str:
     lat = results.get("latency")
     if lat:
         out += [
-            "**Latency** — end to end, from the sample's id (its publish timestamp) to its row first seen "
-            "in the CSV by a reader polling appended bytes every 2 ms (so it includes up to ~2 ms of polling "
-            "granularity); offered by one `POST /features/publish` per 10 ms tick with the samples due "
-            "(achieved = samples ÷ the longer of the window and the time it took to publish them).",
+            (
+                "**Latency** — end to end, from the sample's id (its publish timestamp) to its row first seen "
+                "in the CSV by a reader polling appended bytes every 2 ms (so it includes up to ~2 ms of polling "
+                "granularity); offered by one `POST /features/publish` per 10 ms tick with the samples due "
+                "(achieved = samples ÷ the longer of the window and the time it took to publish them)."
+            ),
             "",
             md_table(
                 ["offered /s", "achieved /s", "seconds", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms"],
                 [
-                    [r["offered_per_s"], r["achieved_per_s"], r["seconds"], r["samples"],
-                     r["p50_ms"], r["p95_ms"], r["p99_ms"], r["max_ms"]]
+                    [
+                        r["offered_per_s"],
+                        r["achieved_per_s"],
+                        r["seconds"],
+                        r["samples"],
+                        r["p50_ms"],
+                        r["p95_ms"],
+                        r["p99_ms"],
+                        r["max_ms"],
+                    ]
                     for r in lat
                 ],
             ),
@@ -124,19 +145,37 @@ def report(results: dict[str, Any]) -> str:
     scale = results.get("scale")
     if scale:
         out += [
-            "**Scale of data** — plot_api alone (PLOT_INTERVAL_S=1) started on a CSV of N rows: time from starting "
-            f"the process to the first `/plot/latest.png` 200 (start-up + full read + render); then {SCALE_APPENDS}× "
-            f"{SCALE_APPEND_ROWS} rows appended: median time until the ETag changes (includes waiting up to 1 s "
-            "for the next refresh tick), median `plot_render_seconds` of that refresh (read new rows + render and write "
-            "the histogram and one of the two recent-rows charts, drawn in turn) and, of it, the median "
-            "`plot_chart_render_seconds` of each chart.",
+            (
+                "**Scale of data** — plot_api alone (PLOT_INTERVAL_S=1) started on a CSV of N rows: time from starting "
+                f"the process to the first `/plot/latest.png` 200 (start-up + full read + render); then {SCALE_APPENDS}× "
+                f"{SCALE_APPEND_ROWS} rows appended: median time until the ETag changes (includes waiting up to 1 s "
+                "for the next refresh tick), median `plot_render_seconds` of that refresh (read new rows + render and write "
+                "the histogram and one of the two recent-rows charts, drawn in turn) and, of it, the median "
+                "`plot_chart_render_seconds` of each chart."
+            ),
             "",
             md_table(
-                ["rows", "CSV MB", "first PNG s", "first render s", "RSS after first MB", "refresh wall s", "refresh render s",
-                 *(f"{chart.replace('_', ' ')} s" for chart in CHARTS), "RSS after refresh MB"],
                 [
-                    [s["rows"], s["csv_mb"], s.get("first_png_s"), s.get("first_render_s"), s.get("rss_after_first_mb"),
-                     s.get("refresh_wall_s"), s.get("refresh_render_s")]
+                    "rows",
+                    "CSV MB",
+                    "first PNG s",
+                    "first render s",
+                    "RSS after first MB",
+                    "refresh wall s",
+                    "refresh render s",
+                    *(f"{chart.replace('_', ' ')} s" for chart in CHARTS),
+                    "RSS after refresh MB",
+                ],
+                [
+                    [
+                        s["rows"],
+                        s["csv_mb"],
+                        s.get("first_png_s"),
+                        s.get("first_render_s"),
+                        s.get("rss_after_first_mb"),
+                        s.get("refresh_wall_s"),
+                        s.get("refresh_render_s"),
+                    ]
                     + [s.get("chart_render_s", {}).get(chart) for chart in CHARTS]
                     + [s.get("rss_after_refresh_mb")]
                     for s in scale

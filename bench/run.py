@@ -17,6 +17,7 @@ their queues deleted in every case.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import signal
@@ -29,22 +30,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from bench.http_load import http_load
+from bench.latency import latency
+from bench.machine import RssSampler, machine
+from bench.progress import interrupted, on_signal, say
+from bench.report import report
+from bench.scale import scale_one
+from bench.throughput import throughput
+from harness.checker import check
+from harness.pipeline import running_pipeline
+from services.common.ensure_broker import unreachable
+from services.common.settings import Settings
+from services.model_api.train import train
 
-from bench.http_load import http_load  # noqa: E402
-from bench.latency import latency  # noqa: E402
-from bench.machine import RssSampler, machine  # noqa: E402
-from bench.progress import interrupted, on_signal, say  # noqa: E402
-from bench.report import report  # noqa: E402
-from bench.scale import scale_one  # noqa: E402
-from bench.throughput import throughput  # noqa: E402
-from harness.checker import check  # noqa: E402
-from harness.pipeline import running_pipeline  # noqa: E402
-from services.common.ensure_broker import unreachable  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
-from services.model_api.train import train  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,7 +86,7 @@ def section(name: str, problems: list[str], run: Callable[[], Any]) -> Any:
         return run()
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if interrupted():
             raise KeyboardInterrupt from exc
         say(f"{name} failed: {exc}")
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = []
         for rows in args.scale_rows:
             say(f"scale: plot_api on {rows} rows")
-            one = section(f"scale {rows}", problems, lambda rows=rows: scale_one(work, rows, problems))
+            one = section(f"scale {rows}", problems, functools.partial(scale_one, work, rows, problems))
             if one is not None:
                 scale.append(one)
         results["scale"] = scale

@@ -28,8 +28,6 @@ def synthetic_rows(count: int, first_ts: float, rng: np.random.Generator) -> byt
     return format_columns(ids, y_true.tolist(), y_pred.tolist()).encode()
 
 
-
-
 def render_stats(service: ServiceProcess) -> dict[str, tuple[float, float]]:
     """(sum, count) of plot_api's render times: the whole refresh (``plot_render_seconds``,
     key "refresh") and each chart (``plot_chart_render_seconds{chart=...}``); empty if unreadable."""
@@ -77,9 +75,7 @@ def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
         service.start()
 
         def first_png() -> httpx.Response | None:
-            assert service.process is not None and service.process.poll() is None, (
-                f"plot_api exited:\n{service.output()[-2000:]}"
-            )
+            assert service.process is not None and service.process.poll() is None, f"plot_api exited:\n{service.output()[-2000:]}"
             try:
                 answer = httpx.get(url, timeout=10)
             except httpx.TransportError:
@@ -91,7 +87,8 @@ def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
         first_stats = render_stats(service)
         total, count = first_stats.get("refresh", (None, None))
         result["first_render_s"] = rounded(total, 3) if count == 1 else None
-        pid = service.process.pid  # type: ignore[union-attr]
+        assert service.process is not None  # started above
+        pid = service.process.pid
         result["rss_after_first_mb"] = rounded(rss_mb(pid))
 
         etag = first.headers.get("etag")
@@ -105,10 +102,10 @@ def scale_one(work: Path, rows: int, problems: list[str]) -> dict[str, Any]:
                 f.flush()
             next_ts += SCALE_APPEND_ROWS * 1e-4 + 1
 
-            def changed() -> str | None:
-                answer = httpx.get(url, headers={"If-None-Match": etag or ""}, timeout=10)
+            def changed(old: str | None = etag) -> str | None:
+                answer = httpx.get(url, headers={"If-None-Match": old or ""}, timeout=10)
                 new = answer.headers.get("etag")
-                return new if answer.status_code == 200 and new != etag else None
+                return new if answer.status_code == 200 and new != old else None
 
             etag = wait_until(changed, 120, f"the histogram to change after appending to {rows} rows", 0.01)
             walls.append(time.perf_counter() - appended)

@@ -57,7 +57,9 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
 
     if rss is not None:
         rss.take_window()
-    pids = {name: service.process.pid for name, service in pipeline.services.items() if service.process is not None}
+    pids: dict[str, int | None] = {
+        name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
+    }
     pids["rabbitmq"] = broker_pid()
     cpu_before = cpu_use(pids)
     ids: list[str] = []
@@ -82,13 +84,14 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
     peaks = rss.take_window() if rss is not None else {}
     cpu_after = cpu_use(pids)
     cpu_ms_per_sample = {
-        name: round((cpu_after[name] - before) / samples * 1000, 3)
+        name: round((after - before) / samples * 1000, 3)
         for name, before in cpu_before.items()
-        if before is not None and cpu_after.get(name) is not None
+        if before is not None and (after := cpu_after.get(name)) is not None
     }
     time.sleep(1.0)  # let metric_api settle after its last batch
-    metric_pid = pipeline.services["metric_api"].process.pid  # type: ignore[union-attr]
-    metric_after = rss_mb(metric_pid)
+    metric_api = pipeline.services["metric_api"].process
+    assert metric_api is not None  # the pipeline started it
+    metric_after = rss_mb(metric_api.pid)
 
     verdict = check(ids, pipeline.csv)
     result: dict[str, Any] = {
@@ -113,7 +116,5 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
     if not complete:
         problems.append(f"throughput: the CSV stopped growing with {current[0] - baseline} of {samples} rows")
     if not verdict.exact:
-        problems.append(
-            f"throughput: lost {verdict.lost}, duplicated {verdict.duplicated}, unexpected {verdict.unexpected} ids"
-        )
+        problems.append(f"throughput: lost {verdict.lost}, duplicated {verdict.duplicated}, unexpected {verdict.unexpected} ids")
     return result

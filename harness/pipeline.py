@@ -42,7 +42,8 @@ class Pipeline:
         return pd.read_csv(self.csv, dtype={"id": str})
 
     def sent(self) -> int:
-        return httpx.get(f"{self.url('features_api')}/features/status").json()["sent"]
+        sent: int = httpx.get(f"{self.url('features_api')}/features/status").json()["sent"]
+        return sent
 
     def wait_all_joined(self, timeout: float = 60) -> pd.DataFrame:
         """Wait until every sample sent so far has its row, and return the rows."""
@@ -52,7 +53,8 @@ class Pipeline:
     def burst(self, count: int, timeout: float = 60) -> list[str]:
         answer = httpx.post(f"{self.url('features_api')}/features/publish", json={"count": count}, timeout=timeout)
         assert answer.status_code == 200, answer.text
-        return answer.json()["ids"]
+        ids: list[str] = answer.json()["ids"]
+        return ids
 
     def queues(self) -> dict[str, tuple[int, int]]:
         return queue_state(self.amqp_url, self.prefix)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Literal, TypeVar
 
 import httpx
 
@@ -26,13 +26,14 @@ T = TypeVar("T")
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+def wait_until(check: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | Literal[False] | None = None
     while time.monotonic() < deadline:
         last = check()
         if last:
@@ -94,14 +95,20 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError(f"{self.name} did not stop within {timeout}s of {sig!r}:\n{self.output()[-3000:]}")
+                raise AssertionError(f"{self.name} did not stop within {timeout}s of {sig!r}:\n{self.output()[-3000:]}") from None
         return self.process.returncode
 
 
 def run_to_exit(name: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a service that is expected to refuse to start; its exit status and output."""
     return subprocess.run(
-        [sys.executable, "-m", f"services.{name}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", f"services.{name}"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

@@ -38,6 +38,7 @@ def _untagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_sequence(node, deep=True)
     if isinstance(node, yaml.MappingNode):
         return loader.construct_mapping(node, deep=True)
+    assert isinstance(node, yaml.ScalarNode)  # YAML has no fourth kind of node
     return loader.construct_scalar(node)
 
 
@@ -46,7 +47,7 @@ ComposeLoader.add_constructor("!reset", lambda _loader, _node: None)
 
 
 def load_compose(path: Path) -> dict[str, Any]:
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=ComposeLoader)  # noqa: S506 - a SafeLoader
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=ComposeLoader)  # noqa: S506 - ComposeLoader is a SafeLoader
 
 
 def dockerfile_instructions(path: Path) -> list[Instruction]:
@@ -136,8 +137,8 @@ def copy_sources(arguments: str) -> tuple[list[str], str, str | None]:
 
 def env_example() -> dict[str, str]:
     values = {}
-    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
+    for raw in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
             name, value = line.split("=", 1)
             values[name.removeprefix("export ").strip()] = value.strip()
@@ -149,8 +150,8 @@ def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
     within one path element, `**` across any number; `!` re-includes; the last rule that
     matches a path, or any folder above it, decides."""
     rules = []
-    for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
+    for raw in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         excludes = not line.startswith("!")

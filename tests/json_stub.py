@@ -17,7 +17,7 @@ class JsonStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 payload = json.dumps(stub.body).encode()
                 self.send_response(stub.status if self.path == stub.path else 404)
                 self.send_header("content-type", "application/json")
@@ -25,7 +25,7 @@ class JsonStub:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.path == stub.path:
                     stub.posted.append(json.loads(body))

@@ -13,13 +13,15 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 @pytest.mark.timeout(330)
-def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path, amqp_url: str) -> None:
+@pytest.mark.usefixtures("amqp_url")  # fails at once, saying why, when no broker answers
+def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     assert "| samples |" in done.stdout

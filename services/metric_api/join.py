@@ -134,5 +134,5 @@ class MemoryHalfStore:
     def release(self, sample_id: str, kind: Kind) -> None:
         del self.halves[(sample_id, kind)]
 
-    def record_written(self, row: MetricRow, written_at: float | None = None) -> None:
+    def record_written(self, row: MetricRow, written_at: float | None = None) -> None:  # noqa: ARG002 - HalfStore's signature; no clock here
         self.rows[row.id] = row

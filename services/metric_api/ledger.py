@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG
-from services.common.messages import SampleMessage
+from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
@@ -104,7 +104,7 @@ class MetricLedger:
             quality.add_version_rows(version, y_true, y_pred)
         quality.set_times_of_last(store.written_times(list(newest_ids), since=time.time() - LAST_5M_S))
 
-    def record(self, halves: Sequence[tuple[Kind, SampleMessage]], now: float) -> Recorded:
+    def record(self, halves: Sequence[tuple[Kind, LabelMessage | PredictionMessage]], now: float) -> Recorded:
         """One transaction: join every half, append the rows made (fsync), commit."""
         store = self.store
         join = LabelPredictionJoin(store)
@@ -129,13 +129,14 @@ class MetricLedger:
         """Move halves held since before ``arrived_before`` to ``orphans.csv``; return them."""
         store = self.store
         # Look first: an empty sweep then costs no write transaction.
-        orphans = [Orphan(*held) for held in store.expired(arrived_before)]
-        if not orphans:
+        expired = store.expired(arrived_before)
+        if not expired:
             return []
+        orphans = [Orphan(*held) for held in expired]
         with store.transaction():
             append_with_header(self.orphan_log, ORPHAN_LOG_HEADER, [format_orphan(orphan) for orphan in orphans])
-            for orphan in orphans:
-                store.release(orphan.id, orphan.kind)  # type: ignore[arg-type]
+            for sample_id, kind, _, _ in expired:
+                store.release(sample_id, kind)
             store.add_to_counter("orphans", len(orphans))
         self.orphans += len(orphans)
         return orphans

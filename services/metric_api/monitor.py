@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, Gauge, Histogram
@@ -14,9 +15,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.files import metadata_path
+from services.common.metric_rows import MetricRow
 from services.common.settings import Settings
 from services.metric_api.alerts import ALERT_ROWS, MaeAlert, WebhookNotifier
-from services.common.metric_rows import MetricRow
 from services.metric_api.stats import QualityStats
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,22 @@ def read_baseline(settings: Settings) -> Baseline:
         return Baseline(settings.BASELINE_MEAN, "BASELINE_MEAN")
     sidecar = metadata_path(settings.MODEL_PATH)
     try:
-        mean = json.loads(sidecar.read_text())["target_mean"]
-        if isinstance(mean, bool) or not isinstance(mean, int | float) or not math.isfinite(mean):
-            raise ValueError(f"target_mean is {mean!r}, not a finite number")
+        mean = target_mean(sidecar)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         problem = (
             f"no baseline: cannot read target_mean from {sidecar} ({type(exc).__name__}: {exc}); "
             "set BASELINE_MEAN to the training-set mean of y"
         )
         return Baseline(None, None, problem)
-    return Baseline(float(mean), f"{sidecar} target_mean")
+    return Baseline(mean, f"{sidecar} target_mean")
+
+
+def target_mean(sidecar: Path) -> float:
+    """``target_mean`` of a model's sidecar file; ValueError if it is not a finite number."""
+    mean = json.loads(sidecar.read_text())["target_mean"]
+    if isinstance(mean, bool) or not isinstance(mean, int | float) or not math.isfinite(mean):
+        raise ValueError(f"target_mean is {mean!r}, not a finite number")
+    return float(mean)
 
 
 class QualityMonitor:
@@ -99,7 +106,7 @@ class QualityMonitor:
             for lag in lags:
                 LABEL_PREDICTION_LAG.observe(lag)
             self._check_alert(now)
-        except Exception:  # noqa: BLE001 - the rows are durable; a statistics bug must not stop the batch worker
+        except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
     def _check_alert(self, now: float) -> None:

@@ -17,7 +17,7 @@ per model version. Errors are signed as ``e = y_pred - y_true`` (so ``me`` is th
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -76,13 +76,15 @@ class CompensatedSum:
 class BatchSums:
     """The sums of one batch of rows, computed once and merged into every window it belongs to."""
 
-    __slots__ = ("count", "sum_e", "sum_e2", "sum_ae", "sum_ape", "count_ape", "sum_baseline_ae", "mean_y", "m2_y", "absolute_errors")  # fmt: skip
+    __slots__ = ("count", "sum_e", "sum_e2", "sum_ae", "sum_ape", "count_ape",
+                 "sum_baseline_ae", "mean_y", "m2_y", "absolute_errors")  # fmt: skip
 
     @np.errstate(over="ignore", invalid="ignore")  # absurd values overflow to inf: reported as null
     def __init__(self, y_true: np.ndarray, y_pred: np.ndarray, baseline: float | None) -> None:
         k = self.count = len(y_true)
         e = y_pred - y_true
-        ae = self.absolute_errors = np.abs(e)
+        ae: np.ndarray = np.abs(e)
+        self.absolute_errors = ae
         self.sum_e = float(e.sum())
         self.sum_e2 = float((e * e).sum())
         self.sum_ae = float(ae.sum())
@@ -287,7 +289,8 @@ class RowRing:
         start = end - k
         if start >= 0:
             return self.y_true[start:end], self.y_pred[start:end], self.at[start:end]
-        return tuple(np.concatenate((column[start:], column[:end])) for column in (self.y_true, self.y_pred, self.at))  # type: ignore[return-value]
+        y_true, y_pred, at = (np.concatenate((column[start:], column[:end])) for column in (self.y_true, self.y_pred, self.at))
+        return y_true, y_pred, at
 
     def set_times_of_last(self, at: np.ndarray) -> None:
         """Set the joined-at times of the newest ``len(at)`` rows (oldest first)."""

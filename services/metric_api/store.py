@@ -156,7 +156,8 @@ class SqliteHalfStore:
         while end > 0:
             part = [ids[i] for i in range(max(0, end - chunk), end)]
             marks = ",".join("?" * len(part))
-            found = dict(self._db.execute(f"SELECT id, written_at FROM written WHERE id IN ({marks})", part).fetchall())
+            query = f"SELECT id, written_at FROM written WHERE id IN ({marks})"  # noqa: S608 - only "?" marks; the ids are bound
+            found = dict(self._db.execute(query, part).fetchall())
             times = [found.get(sample_id) for sample_id in part]
             chunks.append(times)
             if all(t is None or t < since for t in times):
@@ -183,15 +184,16 @@ class SqliteHalfStore:
 
     def record_rows_of_csv(self, rows: Iterable[MetricRow]) -> None:
         """Record rows found in the CSV (after a crash, or a CSV replaced by hand)."""
-        for row in rows:
-            prediction = self.held_half(row.id, "y_pred")
+        for found in rows:
+            prediction = self.held_half(found.id, "y_pred")
+            row = found
             if prediction is not None:  # its label came in the batch the crash cut short
-                row = MetricRow.of(row.id, row.y_true, row.y_pred, model_version=prediction.model_version)
+                row = MetricRow.of(found.id, found.y_true, found.y_pred, model_version=prediction.model_version)
             self.record_written(row)
             self.release(row.id, "y_true")
             self.release(row.id, "y_pred")
 
-    def expired(self, arrived_before: float) -> list[tuple[str, str, float, float]]:
+    def expired(self, arrived_before: float) -> list[tuple[str, Kind, float, float]]:
         """Held halves that arrived before the given time: (id, kind, value, arrived_at)."""
         return self._db.execute(
             "SELECT id, kind, value, arrived_at FROM held WHERE arrived_at < ? ORDER BY arrived_at", (arrived_before,)

@@ -8,7 +8,7 @@ import signal
 from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 import sklearn
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -109,10 +109,8 @@ class ModelService:
 
     def _on_sighup(self) -> None:
         async def reload_logged() -> None:
-            try:
+            with contextlib.suppress(ModelFileError):  # reload() logged why; the old model serves on
                 await self.reload()
-            except ModelFileError:
-                pass  # reload() logged why; the old model serves on
 
         task = asyncio.create_task(reload_logged(), name="model-reload-sighup")
         self._sighup_reloads.add(task)
@@ -157,7 +155,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
 
 
 async def get_service(request: Request) -> ModelService:
-    return request.state.model
+    return cast(ModelService, request.state.model)  # put there by the lifespan's state
 
 
 Service = Annotated[ModelService, Depends(get_service)]
@@ -191,9 +189,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra=_one_of_the_two_forms)
 
     # Neither is optional in type: the one not given stays unset (see model_fields_set), never null.
-    features: Row = Field(None, description=f"one row of {FEATURE_COUNT} numbers")
+    features: Row = Field(default_factory=list, description=f"one row of {FEATURE_COUNT} numbers")
     instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] = Field(
-        None, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
+        default_factory=list, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
     )
 
     @model_validator(mode="before")

@@ -48,9 +48,7 @@ class Split:
 
 def diabetes_split(seed: int = DEFAULT_SEED) -> Split:
     dataset = load_diabetes()
-    x_train, x_test, y_train, y_test = train_test_split(
-        dataset.data, dataset.target, test_size=TEST_SIZE, random_state=seed
-    )
+    x_train, x_test, y_train, y_test = train_test_split(dataset.data, dataset.target, test_size=TEST_SIZE, random_state=seed)
     return Split(x_train, x_test, y_train, y_test, list(dataset.feature_names), seed)
 
 
@@ -64,7 +62,9 @@ def _json_safe_params(model: Any) -> dict[str, Any]:
     }
 
 
-def describe(model: Any, split: Split, *, sklearn_version: str = sklearn.__version__, trained_at: datetime | None = None) -> dict[str, Any]:
+def describe(
+    model: Any, split: Split, *, sklearn_version: str = sklearn.__version__, trained_at: datetime | None = None
+) -> dict[str, Any]:
     """The sidecar metadata of a fitted model: what it is, and how it does on the held-out rows."""
     trained_at = trained_at or datetime.now(UTC)
     predicted = model.predict(split.x_test)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib.resources import files
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
@@ -27,7 +27,9 @@ from services.plot_api.tail import MetricLogTail
 log = logging.getLogger(__name__)
 
 RENDERS = Counter("plot_renders", "Refreshes that redrew charts and wrote their PNGs")
-RENDER_SECONDS = Histogram("plot_render_seconds", "Time of one refresh that redrew: read new rows, render and write the charts behind")
+RENDER_SECONDS = Histogram(
+    "plot_render_seconds", "Time of one refresh that redrew: read new rows, render and write the charts behind"
+)
 CHART_SECONDS = Histogram("plot_chart_render_seconds", "Time to render one chart to PNG bytes", ["chart"])
 DASHBOARD = files("services.plot_api").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -98,7 +100,7 @@ class PlotService:
         RENDERS.inc()
         RENDER_SECONDS.observe(time.perf_counter() - started)
         self.images = {**self.images, **images}  # published together, once written and counted
-        self.drawn |= {name: (changes, self.refreshes) for name in names}
+        self.drawn |= dict.fromkeys(names, (changes, self.refreshes))
         return names
 
     def _render_and_write(self, names: list[str]) -> dict[str, RenderedPng]:
@@ -141,11 +143,11 @@ def create_app(settings: Settings | None = None, charts: Charts = CHARTS) -> Fas
 
 
 async def get_service(request: Request) -> PlotService:
-    return request.state.plot
+    return cast(PlotService, request.state.plot)  # put there by the lifespan's state
 
 
 async def get_metric_client(request: Request) -> httpx.AsyncClient:
-    return request.state.http
+    return cast(httpx.AsyncClient, request.state.http)  # put there by the lifespan's state
 
 
 Service = Annotated[PlotService, Depends(get_service)]
@@ -165,10 +167,8 @@ def png_response(service: PlotService, chart: str, if_none_match: str | None) ->
     """A chart's current PNG from memory, with ETag/Last-Modified; 304 when the client has it."""
     image = service.images.get(chart)
     if image is None:
-        return JSONResponse(
-            {"detail": f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"},
-            status_code=404,
-        )
+        detail = f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
+        return JSONResponse({"detail": detail}, status_code=404)
     headers = {"ETag": image.etag, "Last-Modified": image.last_modified, "Cache-Control": "no-cache"}
     if if_none_match is not None and (
         if_none_match.strip() == "*" or image.etag in (tag.strip() for tag in if_none_match.split(","))
@@ -182,7 +182,8 @@ def chart_router(charts: Charts) -> APIRouter:
     by_image = {chart.image: chart for chart in charts.values()}
     known = ", ".join(f"{chart.url} ({name})" for name, chart in charts.items())
     # Documented as an enum, but checked here rather than by FastAPI, whose refusal would be a 422.
-    Image = Annotated[str, Path(description="the chart's file name in its URL", json_schema_extra={"enum": list(by_image)})]
+    in_url = Path(description="the chart's file name in its URL", json_schema_extra={"enum": list(by_image)})
+    Image = Annotated[str, in_url]  # noqa: N806 - a type alias, named as one; made here because it needs the registry
     router = APIRouter(tags=["plot"])
 
     @router.get(
@@ -190,9 +191,10 @@ def chart_router(charts: Charts) -> APIRouter:
         response_class=Response,
         responses=PNG_RESPONSES,
         summary="A chart's current PNG",
-        description="\n".join(["The charts (ETag, Last-Modified, 304 on If-None-Match):", ""] + [
-            f"- {chart.describe()}" for chart in charts.values()
-        ]),
+        description="\n".join(
+            ["The charts (ETag, Last-Modified, 304 on If-None-Match):", ""]
+            + [f"- {chart.describe()}" for chart in charts.values()]
+        ),
     )
     async def chart_png(image: Image, service: Service, if_none_match: IfNoneMatch = None) -> Response:
         chart = by_image.get(image)

@@ -32,7 +32,8 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     sums = np.cumsum(np.concatenate([[0.0], values]))
     ends = np.arange(1, values.size + 1)
     starts = np.maximum(0, ends - window)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    means: np.ndarray = (sums[ends] - sums[starts]) / (ends - starts)
+    return means
 
 
 def _padded(low: float, high: float) -> tuple[float, float]:
@@ -90,7 +91,7 @@ class HistogramChart(Chart):
         self.mean_line.set_xdata([mean, mean])
         self.median_line.set_xdata([median, median])
         labels = (f"mean {mean:.2f}", f"median {median:.2f}")
-        for line, text, label in zip((self.mean_line, self.median_line), self.legend.get_texts(), labels):
+        for line, text, label in zip((self.mean_line, self.median_line), self.legend.get_texts(), labels, strict=True):
             line.set_label(label)
             text.set_text(label)
         xlim, ylim = _padded(float(edges[0]), float(edges[-1])), (0, max(1, int(counts.max())) * 1.05)

@@ -2,13 +2,21 @@
 
 import logging
 import math
-import os
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 
-from services.common.metric_rows import ID, METRIC_LOG_HEADER, Y_PRED, Y_TRUE, RowFormatError, parse_error, parse_number, split_line
+from services.common.metric_rows import (
+    ID,
+    METRIC_LOG_HEADER,
+    Y_PRED,
+    Y_TRUE,
+    RowFormatError,
+    parse_error,
+    parse_number,
+    split_line,
+)
 from services.plot_api.distribution import ErrorDistribution
 
 log = logging.getLogger(__name__)
@@ -69,7 +77,7 @@ class MetricLogTail:
     def read_new(self) -> int:
         """Take in the rows appended since the last call; return how many."""
         try:
-            stat = os.stat(self.path)
+            stat = self.path.stat()
         except FileNotFoundError:
             return 0
         if stat.st_ino != self._inode or stat.st_size < self._offset:
@@ -100,7 +108,9 @@ class MetricLogTail:
         # y_pred are read only for the last `recent` lines (NaN where they do not parse).
         keep_from = len(lines) - self.recent
         if keep_from > 0:
-            self._y_true.clear(), self._y_pred.clear(), self._errors.clear()
+            self._y_true.clear()
+            self._y_pred.clear()
+            self._errors.clear()
         errors: list[float] = []
         last_id = None
         for index, line in enumerate(lines):
@@ -121,4 +131,3 @@ class MetricLogTail:
             self.last_id = last_id
         self.distribution.add(np.array(errors))
         return len(errors)
-

@@ -5,6 +5,7 @@ Each test prints a FAULT line with its figures (run with -s to see them).
 """
 
 import asyncio
+import functools
 import json
 import shutil
 import signal
@@ -42,6 +43,10 @@ def report(fault: str, verdict: Verdict, recovery_s: float | None = None) -> Non
 
 def all_healthy(pipeline: Pipeline) -> bool:
     return all((answer := s.health()) is not None and answer.status_code == 200 for s in pipeline.services.values())
+
+
+def has_rows(pipeline: Pipeline, count: int) -> bool:
+    return len(pipeline.rows()) >= count
 
 
 def reconnected(pipeline: Pipeline, times: int) -> bool:
@@ -103,12 +108,13 @@ def broker_control(amqp_url: str) -> None:
         pytest.skip("rabbitmqctl is not installed here: the broker cannot be restarted by the test")
     if Url(amqp_url).host not in ("localhost", "127.0.0.1"):
         pytest.skip(f"the broker at {amqp_url} is not this machine's: the test cannot restart it")
-    result = subprocess.run(["rabbitmqctl", "status"], capture_output=True, timeout=60)
+    result = subprocess.run(["rabbitmqctl", "status"], capture_output=True, timeout=60, check=False)
     if result.returncode != 0:
         pytest.skip(f"no rights to control the broker with rabbitmqctl: {result.stderr.decode()[:200]}")
 
 
-def test_broker_restart_mid_stream(pipeline: Pipeline, background: ThreadPoolExecutor, broker_control: None) -> None:
+@pytest.mark.usefixtures("broker_control")
+def test_broker_restart_mid_stream(pipeline: Pipeline, background: ThreadPoolExecutor) -> None:
     burst = burst_in_background(background, pipeline)
     wait_until(lambda: len(pipeline.rows()) >= 300, 60, "the stream to be flowing")
     rabbitmqctl("stop_app")
@@ -139,10 +145,12 @@ def test_connections_cut_or_stalled_mid_stream(
             burst = burst_in_background(background, pipeline)
             recoveries = []
             for times, at_rows in enumerate((300, 1500), start=1):
-                wait_until(lambda n=at_rows: len(pipeline.rows()) >= n, 60, f"{at_rows} rows")
+                wait_until(functools.partial(has_rows, pipeline, at_rows), 60, f"{at_rows} rows")
                 proxy.cut() if fault == "cut" else proxy.stall()
                 faulted_at = time.monotonic()
-                wait_until(lambda n=times: reconnected(pipeline, n), 60, f"every broker client to reconnect after the {fault}")
+                wait_until(
+                    functools.partial(reconnected, pipeline, times), 60, f"every broker client to reconnect after the {fault}"
+                )
                 wait_until(lambda: all_healthy(pipeline), 60, f"every service healthy after the {fault}")
                 recoveries.append(time.monotonic() - faulted_at)
             verdict = settled(pipeline, burst.result())
@@ -165,7 +173,9 @@ def test_kill_9_mid_stream(pipeline: Pipeline, background: ThreadPoolExecutor, s
     assert verdict.exact, verdict
     assert_recovered(pipeline)
     if service == "plot_api":
-        png = wait_until(lambda: (r := httpx.get(f"{pipeline.url('plot_api')}/plot/latest.png")).status_code == 200 and r, 10, "a PNG")
+        png = wait_until(
+            lambda: (r := httpx.get(f"{pipeline.url('plot_api')}/plot/latest.png")).status_code == 200 and r, 10, "a PNG"
+        )
         assert png.content.startswith(b"\x89PNG")
 
 
@@ -232,8 +242,14 @@ def poison(kind: str) -> list[tuple[str, bytes]]:
         ("missing id", json.dumps({"body": body}).encode()),
         ("missing body", json.dumps({"id": "1.000002"}).encode()),
         ("body of the wrong type or length", json.dumps({"id": "1.000003", "body": wrong_type}).encode()),
-        ("NaN", json.dumps({**good, "id": "1.000004", "body": [float("nan")] * 10 if kind == "features" else float("nan")}).encode()),
-        ("Infinity", json.dumps({**good, "id": "1.000005", "body": [float("inf")] * 10 if kind == "features" else float("inf")}).encode()),
+        (
+            "NaN",
+            json.dumps({**good, "id": "1.000004", "body": [float("nan")] * 10 if kind == "features" else float("nan")}).encode(),
+        ),
+        (
+            "Infinity",
+            json.dumps({**good, "id": "1.000005", "body": [float("inf")] * 10 if kind == "features" else float("inf")}).encode(),
+        ),
         ("huge (1 MB)", json.dumps({**good, "id": "1.000006", "pad": "x" * 1_000_000}).encode()),
         ("empty", b""),
         ("id with a comma", json.dumps({**good, "id": "1,2"}).encode()),
@@ -272,14 +288,17 @@ def test_poison_messages_go_to_the_dlq_and_good_ones_flow(pipeline: Pipeline, am
     summary = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()
     assert summary["join"]["dead_lettered"] == len(poison("y_true")) + 1 + len(poison("y_pred"))
     assert httpx.get(f"{pipeline.url('model_api')}/model/info").json()["dead_lettered"] == len(poison("features"))
-    print(f"\nFAULT poison: {sum(len(poison(k)) for k in ('features', 'y_true', 'y_pred')) + 1} bad messages dead-lettered, {verdict}")
+    bad = sum(len(poison(k)) for k in ("features", "y_true", "y_pred")) + 1
+    print(f"\nFAULT poison: {bad} bad messages dead-lettered, {verdict}")
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tiny"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, check=False
+    ).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk test cannot run")
     try:
         yield mount
@@ -323,12 +342,19 @@ def test_kill_9_of_features_mid_burst(tmp_path: Path, model_path: Path, amqp_url
             doomed.result()
         after = pipeline.burst(200)
         wait_until(lambda: drained(pipeline), 60, "every queue to drain")
-        summary = lambda: httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()  # noqa: E731
-        wait_until(lambda: summary()["join"]["pending_y_true"] + summary()["join"]["pending_y_pred"] == 0, 30, "no half left waiting")
+
+        def nothing_pending() -> bool:
+            join = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()["join"]
+            return join["pending_y_true"] + join["pending_y_pred"] == 0
+
+        wait_until(nothing_pending, 30, "no half left waiting")
         rows = pipeline.rows()
         orphans_csv = pipeline.logs_dir / "orphans.csv"
         orphan_ids = set(pd.read_csv(orphans_csv, dtype={"id": str})["id"]) if orphans_csv.exists() else set()
         verdict = check(after, pipeline.csv)
         assert rows["id"].is_unique and verdict.lost == verdict.duplicated == 0, verdict
         assert not orphan_ids & set(rows["id"])
-        print(f"\nFAULT kill -9 of features_api mid-burst: {len(rows)} rows, {len(orphan_ids)} half-sent samples as orphans, after-restart burst {verdict}")
+        print(
+            f"\nFAULT kill -9 of features_api mid-burst: {len(rows)} rows, {len(orphan_ids)} half-sent samples as orphans, "
+            f"after-restart burst {verdict}"
+        )

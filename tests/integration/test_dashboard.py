@@ -1,5 +1,6 @@
 """plot_api's charts (its registry) and its dashboard, with the real pipeline and a real headless Chromium."""
 
+import functools
 import io
 import os
 import shutil
@@ -28,6 +29,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_ur
         yield pipeline
 
 
+def is_served(written: Path, url: str) -> bool:
+    """Whether the file in LOGS_DIR holds what the route serves."""
+    return written.exists() and written.read_bytes() == httpx.get(url).content
+
+
+def redrawn(url: str, etag: str) -> bool:
+    return httpx.get(url).headers["etag"] != etag
+
+
 def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: Pipeline) -> None:
     pipeline.burst(120)
     pipeline.wait_all_joined()
@@ -45,13 +55,13 @@ def test_each_chart_is_served_with_validators_and_written_to_logs_dir(pipeline: 
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, route
         assert httpx.get(f"{plot}{route}", headers={"If-None-Match": '"something-else"'}).status_code == 200, route
         written = pipeline.logs_dir / CHART_ROUTES[route]
-        wait_until(lambda: written.exists() and written.read_bytes() == httpx.get(f"{plot}{route}").content, 10, f"{written} to be the served {route}")
+        wait_until(functools.partial(is_served, written, f"{plot}{route}"), 10, f"{written} to be the served {route}")
     assert len({a.content for a in first.values()}) == len(CHARTS)  # each its own picture
 
     pipeline.burst(30)
     pipeline.wait_all_joined()
     for route, old in first.items():
-        wait_until(lambda: httpx.get(f"{plot}{route}").headers["etag"] != old.headers["etag"], 10, f"{route} redrawn after new rows")
+        wait_until(functools.partial(redrawn, f"{plot}{route}", old.headers["etag"]), 10, f"{route} redrawn after new rows")
         assert httpx.get(f"{plot}{route}", headers={"If-None-Match": old.headers["etag"]}).status_code == 200
 
 
@@ -65,7 +75,9 @@ def test_render_times_are_exported_for_prometheus(pipeline: Pipeline) -> None:
     refresh = {s.name: s.value for s in families["plot_render_seconds"].samples if not s.labels.get("le")}
     assert refresh["plot_render_seconds_count"] >= 1 and refresh["plot_render_seconds_sum"] > 0
     per_chart = {
-        s.labels["chart"]: s.value for s in families["plot_chart_render_seconds"].samples if s.name == "plot_chart_render_seconds_count"
+        s.labels["chart"]: s.value
+        for s in families["plot_chart_render_seconds"].samples
+        if s.name == "plot_chart_render_seconds_count"
     }
     assert families["plot_chart_render_seconds"].type == "histogram"
     assert set(per_chart) == set(CHARTS)
@@ -101,10 +113,12 @@ def wait_until_shown(page: Page, charts: dict[str, httpx.Response], what: str) -
     """Wait until the page shows exactly these versions (ETags) of the charts, loaded."""
     expected = {route.lstrip("/"): answer.headers["etag"] for route, answer in charts.items()}
     return wait_until(
-        lambda: (state := image_state(page))
-        and {i["src"]: i.get("etag") for i in state} == expected
-        and all(i["complete"] and i["naturalWidth"] > 0 for i in state)
-        and state,
+        lambda: (
+            (state := image_state(page))
+            and {i["src"]: i.get("etag") for i in state} == expected
+            and all(i["complete"] and i["naturalWidth"] > 0 for i in state)
+            and state
+        ),
         30,
         what,
     )
@@ -156,13 +170,15 @@ def test_the_dashboard_in_a_real_browser_updates_itself(pipeline: Pipeline, brow
     assert all(shown(page, k) != "" for k in ("me", "r2", "orphans", "last_row"))
 
 
-def window(count: int, mae: float, **other: float | None) -> dict:
+def window(count: int, mae: float | None, **other: float | None) -> dict:
     keys = ("rmse", "me", "mape", "r2", "max_ae", "p50_ae", "p90_ae", "p95_ae", "baseline_mae", "skill")
     return {"count": count, "mae": mae, **dict.fromkeys(keys), **other}
 
 
 NEW_SUMMARY = {
-    "count": 1234, "mae": 41.5, "rmse": 52.25,
+    "count": 1234,
+    "mae": 41.5,
+    "rmse": 52.25,
     "windows": {
         "all": window(1234, 41.5, rmse=52.25, me=-1.25, r2=0.4321, p50_ae=35.125, p95_ae=101.5, skill=0.123),
         "last_100": window(100, 48.75),
@@ -172,7 +188,9 @@ NEW_SUMMARY = {
     "by_model_version": {"a1b2c3d4e5f6": window(1000, 40.0, rmse=50.0, me=-1.0, r2=0.45), "0f9e8d7c6b5a": window(234, 47.9)},
     "join": {"pending_y_true": 3, "pending_y_pred": 1, "orphans": 2, "dead_lettered": 5, "lag_p50_s": 0.01, "lag_p99_s": 0.2},
     "latency": {"p50_s": 0.012, "p99_s": 0.045},
-    "last_id": "1700000000.000001", "last_row_at": 1700000000.000001, "rows_per_s": 12.5,
+    "last_id": "1700000000.000001",
+    "last_row_at": 1700000000.000001,
+    "rows_per_s": 12.5,
     "alert": {"window": "last_100", "mae": 48.75, "threshold": 45.0, "since": 1699999990.0},
     "csv": "logs/metric_log.csv",
 }
@@ -183,7 +201,9 @@ def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_
     # without waiting for a pipeline to produce alerts and several model versions.
     with JsonStub("/metrics/summary", NEW_SUMMARY) as stub:
         env = service_env(
-            LOGS_DIR=str(tmp_path), PLOT_INTERVAL_S="0.5", PLOT_PORT=str(free_port()),
+            LOGS_DIR=str(tmp_path),
+            PLOT_INTERVAL_S="0.5",
+            PLOT_PORT=str(free_port()),
             METRIC_API_URL=f"http://127.0.0.1:{stub.port}",
         )
         plot = ServiceProcess("plot_api", env, tmp_path).start()
@@ -192,15 +212,28 @@ def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_
             page = browser.open(f"{plot.url}/")
             wait_until(lambda: shown(page, "count") == "1,234", 15, "the page to show the summary")
             expected = {
-                "mae": "41.500", "rmse": "52.250", "me": "-1.250", "r2": "0.432", "skill": "12.3 %", "p50_ae": "35.125",
-                "p95_ae": "101.500", "mae_last_100": "48.750", "rows_per_s": "12.5", "latency_p99": "45.0 ms",
-                "pending_y_true": "3", "pending_y_pred": "1", "orphans": "2", "dead_lettered": "5",
+                "mae": "41.500",
+                "rmse": "52.250",
+                "me": "-1.250",
+                "r2": "0.432",
+                "skill": "12.3 %",
+                "p50_ae": "35.125",
+                "p95_ae": "101.500",
+                "mae_last_100": "48.750",
+                "rows_per_s": "12.5",
+                "latency_p99": "45.0 ms",
+                "pending_y_true": "3",
+                "pending_y_pred": "1",
+                "orphans": "2",
+                "dead_lettered": "5",
             }
             assert {k: shown(page, k) for k in expected} == expected
             assert "ago" in shown(page, "last_row")
             alert = page.evaluate("(a => a.offsetHeight > 0 && a.textContent)(document.getElementById('alert'))")
             assert alert and "last 100" in alert and "48.750" in alert and "45.000" in alert
-            table = page.evaluate("[...document.querySelectorAll('#by_model_version tr')].map(r => [...r.cells].map(c => c.textContent))")
+            table = page.evaluate(
+                "[...document.querySelectorAll('#by_model_version tr')].map(r => [...r.cells].map(c => c.textContent))"
+            )
             assert table == [
                 ["a1b2c3d4e5f6", "1,000", "40.000", "50.000", "-1.000", "0.450"],
                 ["0f9e8d7c6b5a", "234", "47.900", "—", "—", "—"],

@@ -167,7 +167,8 @@ def test_the_alert_is_raised_and_cleared_once_each_and_versions_are_kept_apart(
             summary = read_summary(metric.url)
             assert summary["alert"]["window"] == "last_100" and summary["alert"]["threshold"] == 5.0
             assert summary["alert"]["mae"] == 10.0 and summary["alert"]["since"] <= time.time()
-            assert metric.health().status_code == 200  # the service is fine; the model is not
+            health = metric.health()
+            assert health is not None and health.status_code == 200  # the service is fine; the model is not
             assert [s.value for s in scrape(metric.url)["model_mae_alert"]] == [1.0]
             assert "ALERT: the last_100 MAE is 10" in metric.output()
 

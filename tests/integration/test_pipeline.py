@@ -1,11 +1,12 @@
 """The four real services against the real RabbitMQ: a burst in, CSV rows and a PNG out."""
 
 import io
-import time
 import math
 import pickle
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import matplotlib.image
@@ -34,8 +35,8 @@ def dataset() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def model(pipeline: Pipeline):
-    return pickle.loads(pipeline.model_path.read_bytes())
+def model(pipeline: Pipeline) -> Any:
+    return pickle.loads(pipeline.model_path.read_bytes())  # noqa: S301 - the model file this test session trained
 
 
 @pytest.fixture
@@ -52,7 +53,9 @@ def read_rows(csv: Path) -> pd.DataFrame:
     return pd.read_csv(csv, dtype={"id": str})
 
 
-def test_a_burst_becomes_exactly_one_correct_row_per_id(paused: Pipeline, dataset, model) -> None:
+def test_a_burst_becomes_exactly_one_correct_row_per_id(
+    paused: Pipeline, dataset: tuple[np.ndarray, np.ndarray], model: Any
+) -> None:
     features, targets = dataset
     ids = paused.burst(300)
     assert len(set(ids)) == 300
@@ -131,7 +134,9 @@ def test_the_png_is_redrawn_after_new_rows(paused: Pipeline) -> None:
     assert not [p.name for p in paused.logs_dir.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_predict_answers_like_the_model_and_refuses_bad_input(pipeline: Pipeline, dataset, model) -> None:
+def test_predict_answers_like_the_model_and_refuses_bad_input(
+    pipeline: Pipeline, dataset: tuple[np.ndarray, np.ndarray], model: Any
+) -> None:
     features, _ = dataset
     url = pipeline.url("model_api")
     info = httpx.get(f"{url}/model/info").json()
@@ -145,7 +150,7 @@ def test_predict_answers_like_the_model_and_refuses_bad_input(pipeline: Pipeline
     nan_row = "[" + ",".join(["NaN"] + ["0.1"] * 9) + "]"
     for body in (
         {"features": features[7].tolist()[:9]},
-        {"features": features[7].tolist() + [0.0]},
+        {"features": [*features[7].tolist(), 0.0]},
         {"features": ["a"] * 10},
         {"features": [True] * 10},
         {},

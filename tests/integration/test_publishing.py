@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.broker]
 
 async def drain(channel: aio_pika.abc.AbstractChannel, name: str, count: int) -> list[Any]:
     queue = await channel.declare_queue(name, passive=True)
-    received = []
+    received: list[Any] = []
     while len(received) < count:
         message = await queue.get(timeout=10, fail=False)
         if message is None:

@@ -16,9 +16,7 @@ REPLICAS = 3
 BURST = 2_000
 
 
-def test_three_model_replicas_share_a_burst_and_each_id_gets_one_row(
-    tmp_path: Path, model_path: Path, amqp_url: str
-) -> None:
+def test_three_model_replicas_share_a_burst_and_each_id_gets_one_row(tmp_path: Path, model_path: Path, amqp_url: str) -> None:
     with running_pipeline(tmp_path, model_path, amqp_url, model_replicas=REPLICAS, PLOT_INTERVAL_S="60") as pipeline:
         replicas = pipeline.replicas("model_api")
         assert len({replica.port for replica in replicas}) == REPLICAS
@@ -38,8 +36,8 @@ def test_three_model_replicas_share_a_burst_and_each_id_gets_one_row(
         assert sum(split.values()) >= BURST, split
         # Competing consumers with a bounded prefetch: each replica did a real share,
         # not one doing it all while the others idled (a third each would be even).
-        for replica, count in split.items():
-            assert count >= BURST / 10, f"{replica} made {count:.0f} of {BURST} predictions: {split}"
+        for key, count in split.items():
+            assert count >= BURST / 10, f"{key} made {count:.0f} of {BURST} predictions: {split}"
         # Each replica is healthy and still consuming after the burst.
         assert pipeline.queues()["features"][1] == REPLICAS
         for replica in replicas:

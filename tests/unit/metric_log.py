@@ -14,7 +14,10 @@ def metric_rows(first: int, count: int, seed: int, spread: float = 40.0) -> list
     rng = np.random.default_rng(seed)
     y_true = rng.uniform(25, 346, count)
     y_pred = y_true + rng.normal(0, spread, count)
-    return [MetricRow.of(f"{FIRST_ID + first + i:.6f}", float(t), float(p)) for i, (t, p) in enumerate(zip(y_true, y_pred))]
+    return [
+        MetricRow.of(f"{FIRST_ID + first + i:.6f}", float(t), float(p))
+        for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True))
+    ]
 
 
 def append(path: Path, rows: list[MetricRow]) -> None:

@@ -37,14 +37,11 @@ class Receiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-        )
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
         self.bodies.append(json.loads(await reader.readexactly(length)))
         writer.write(f"HTTP/1.1 {self.status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
         await writer.drain()
         writer.close()
-
 
     async def __aenter__(self) -> "Receiver":
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -102,7 +99,7 @@ def test_without_a_usable_sidecar_the_baseline_is_null_and_says_what_to_do(tmp_p
 
 
 def test_the_summary_json_is_strict_even_when_errors_overflow(tmp_path: Path) -> None:
-    from services.metric_api.join import MetricRow
+    from services.common.metric_rows import MetricRow
     from services.metric_api.monitor import QualityMonitor
     from tests.quality import strict_json
 

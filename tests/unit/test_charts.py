@@ -56,7 +56,11 @@ def test_every_row_and_last_rows_are_what_their_names_say(csv: Path) -> None:
 
 def spec(name: str, url: str | None = None, file: str | None = None) -> ChartSpec:
     return ChartSpec(
-        name=name, url=url or f"/plot/{name}.png", file=file or f"{name}.png", window=Window.ALL, caption=name,
+        name=name,
+        url=url or f"/plot/{name}.png",
+        file=file or f"{name}.png",
+        window=Window.ALL,
+        caption=name,
         draw=lambda _f, _r: b"",
     )
 

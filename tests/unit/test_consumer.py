@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, _Subscription
+from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, _Subscription, delivery_tag
 from services.common.amqp.publisher import Outgoing
 from services.common.messages import FeaturesMessage
 
@@ -86,13 +86,13 @@ class Harness:
         self.consumer = BatchConsumer(handler, recover=recover or default_recover)
         self.subscription = _Subscription("features", FeaturesMessage)
         self.dead_letters = DeadLetters()
-        self.consumer._dead_letters = self.dead_letters  # type: ignore[assignment]
+        self.consumer._dead_letters = self.dead_letters  # type: ignore[assignment]  # a recording stand-in publisher
         self.channel = FakeChannel()
 
     async def deliver(self, *deliveries: FakeDelivery) -> list[Delivery[Any]]:
         """Deliver, as the broker would; return what reached the inbox (validated)."""
         for raw in deliveries:
-            await self.consumer._on_delivery(raw, self.subscription)  # type: ignore[arg-type]
+            await self.consumer._on_delivery(raw, self.subscription)  # type: ignore[arg-type]  # a stand-in delivery
         taken = []
         while not self.consumer._inbox.empty():
             taken.append(self.consumer._inbox.get_nowait())
@@ -140,7 +140,7 @@ def test_a_delivery_still_being_dead_lettered_is_never_covered_by_a_multiple_ack
         h.dead_letters.hold()
         poison = FakeDelivery(h.channel, 2, body=b"not json")
         good = [FakeDelivery(h.channel, tag) for tag in (1, 3, 4)]
-        dead_lettering = asyncio.create_task(h.consumer._on_delivery(poison, h.subscription))  # type: ignore[arg-type]
+        dead_lettering = asyncio.create_task(h.consumer._on_delivery(poison, h.subscription))  # type: ignore[arg-type]  # a stand-in delivery
         batch = await h.deliver(*good)
         await asyncio.sleep(0)
         assert [m.queue for m in h.dead_letters.published] == ["features.dlq"]  # its copy is not confirmed yet
@@ -204,7 +204,7 @@ def poisoned_handler(poison_tag: int, calls: list[list[int]]) -> Handler:
     """A handler that fails on any batch holding ``poison_tag`` (a bug for that one message)."""
 
     async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
-        tags = [d.raw.delivery_tag for d in batch]
+        tags = [delivery_tag(d.raw) for d in batch]
         calls.append(tags)
         if poison_tag in tags:
             raise ValueError(f"cannot handle {poison_tag}")
@@ -258,14 +258,14 @@ def test_hand_back_requeues_the_batch_pauses_and_resumes_after_recovery() -> Non
         async def resume() -> None:
             resumed.append("resume")
 
-        h.consumer.resume = resume  # type: ignore[method-assign]
+        h.consumer.resume = resume  # type: ignore[method-assign]  # to see when it resumes
         raws = [FakeDelivery(h.channel, tag) for tag in (1, 2)]
         await h.consumer._handle(await h.deliver(*raws))
         states = [h.consumer.handed_back]
         later = [FakeDelivery(h.channel, 3)]  # taken into the inbox before the pause took effect
         h.consumer._worker = asyncio.create_task(h.consumer._work())
         for raw in later:
-            await h.consumer._on_delivery(raw, h.subscription)  # type: ignore[arg-type]
+            await h.consumer._on_delivery(raw, h.subscription)  # type: ignore[arg-type]  # a stand-in delivery
         await asyncio.sleep(0.05)
         failing = False
         h.recovered.set()

@@ -4,8 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.common.metric_rows import MetricRow, format_row, format_rows
+from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 
 HEADER = "id,y_true,y_pred,absolute_error"
 # Open a MetricLog on a path; give it back with the rows already in the file.
@@ -131,7 +131,7 @@ def test_a_torn_header_is_replaced_by_a_whole_one(tmp_path: Path, open_log: Open
 def test_a_wrong_header_is_refused_naming_the_file(tmp_path: Path, open_log: OpenLog) -> None:
     path = tmp_path / "metric_log.csv"
     path.write_text("id, y_true, y_pred, absolute_error\n1,2.0,3.0,1.0\n")
-    with pytest.raises(MetricLogError, match="metric_log.csv") as exc:
+    with pytest.raises(MetricLogError, match=r"metric_log\.csv") as exc:
         open_log(path)
     assert "header" in str(exc.value)
     # Nothing was written to the file that was refused.
@@ -165,7 +165,7 @@ def test_a_garbage_line_is_refused_with_its_line_number(
 
 def test_append_before_open_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "metric_log.csv"
-    with pytest.raises(MetricLogError, match="metric_log.csv"):
+    with pytest.raises(MetricLogError, match=r"metric_log\.csv"):
         MetricLog(path).append(rows(1))
     assert not path.exists()
 

@@ -76,7 +76,7 @@ def test_the_fast_path_is_on_only_for_the_aiormq_it_was_written_for() -> None:
 def test_a_batch_goes_out_as_one_frame_with_a_tag_and_a_confirmation_each() -> None:
     async def scenario() -> tuple[InternalsChannel, list[asyncio.Future[Any]]]:
         channel = InternalsChannel()
-        return channel, await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+        return channel, await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]  # a stand-in channel
 
     channel, confirmations = asyncio.run(scenario())
     assert len(channel.frames) == 1
@@ -104,9 +104,9 @@ def test_a_batch_that_could_not_be_queued_gives_its_tags_back() -> None:
             created.append(real())
             return created[-1]
 
-        channel.create_future = recording  # type: ignore[method-assign]
+        channel.create_future = recording  # type: ignore[method-assign]  # to see the futures publish() makes
         with pytest.raises(ConnectionError):
-            await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+            await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]  # a stand-in channel
         return channel, created
 
     channel, created = asyncio.run(scenario())
@@ -119,8 +119,8 @@ def test_another_aiormq_version_takes_the_public_path(monkeypatch: pytest.Monkey
 
     async def scenario() -> tuple[InternalsChannel, list[Any]]:
         channel = InternalsChannel()
-        channel.basic_publish = PublicChannel().basic_publish  # type: ignore[attr-defined]
-        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+        channel.basic_publish = PublicChannel().basic_publish  # type: ignore[attr-defined]  # internals and the public method
+        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]  # a stand-in channel
         return channel, await asyncio.gather(*confirmations)
 
     channel, results = asyncio.run(scenario())
@@ -131,7 +131,7 @@ def test_another_aiormq_version_takes_the_public_path(monkeypatch: pytest.Monkey
 def test_a_channel_without_the_internals_takes_the_public_path_with_the_same_messages() -> None:
     async def scenario() -> tuple[PublicChannel, list[Any]]:
         channel = PublicChannel()
-        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]
+        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]  # a stand-in channel
         return channel, await asyncio.gather(*confirmations)
 
     channel, results = asyncio.run(scenario())

@@ -39,7 +39,7 @@ def test_a_failed_write_keeps_the_old_content_and_no_temporary_file(tmp_path: Pa
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
     with pytest.raises(TypeError):
-        atomic_write(target, "not bytes")  # type: ignore[arg-type]
+        atomic_write(target, "not bytes")  # type: ignore[arg-type]  # wrong on purpose: the write fails half-way
     assert target.read_bytes() == b"old"
     assert leftovers(tmp_path, target) == []
 

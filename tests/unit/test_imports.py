@@ -21,10 +21,7 @@ NOT_NEEDED = {
 
 @pytest.mark.parametrize("module", sorted(NOT_NEEDED))
 def test_a_service_does_not_import_libraries_it_does_not_use(module: str) -> None:
-    check = (
-        f"import sys, {module}; "
-        f"print(' '.join(name for name in {NOT_NEEDED[module]!r} if name in sys.modules))"
-    )
+    check = f"import sys, {module}; print(' '.join(name for name in {NOT_NEEDED[module]!r} if name in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == [], f"{module} imports {loaded.stdout.strip()}"
 
@@ -35,6 +32,6 @@ def test_the_bench_and_the_harness_do_not_import_the_test_tree() -> None:
         "import sys, bench.run, bench.replicas, harness.checker, harness.pipeline, harness.proxy; "
         "print(' '.join(name for name in sys.modules if name == 'tests' or name.startswith('tests.')))"
     )
-    loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True)
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == [], f"the bench imports {loaded.stdout.strip()}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.metric_rows import MetricRow
 from services.metric_api.join import (
     LABEL,
     PREDICTION,
@@ -27,7 +28,6 @@ from services.metric_api.join import (
     Outcome,
     other,
 )
-from services.common.metric_rows import MetricRow
 from services.metric_api.store import SqliteHalfStore
 
 ID = "1669147134.196809"
@@ -157,9 +157,7 @@ def test_either_half_again_after_its_row_is_written_is_a_duplicate(join: JoinUnd
 
 
 @pytest.mark.parametrize("kind", [LABEL, PREDICTION])
-def test_another_value_for_a_held_half_is_a_conflict_naming_the_id_and_both_values(
-    join: JoinUnderTest, kind: Kind
-) -> None:
+def test_another_value_for_a_held_half_is_a_conflict_naming_the_id_and_both_values(join: JoinUnderTest, kind: Kind) -> None:
     assert join.add(kind, ID, 151.0) == Held()
     outcome = join.add(kind, ID, 152.5)
     assert isinstance(outcome, Conflict)
@@ -216,9 +214,7 @@ def test_many_ids_in_random_order_with_random_duplicates_each_join_exactly_once(
     first_seen: dict[tuple[Kind, str], int] = {}
     for position, (kind, sample_id, _) in enumerate(deliveries):
         first_seen.setdefault((kind, sample_id), position)
-    expected_join_at = {
-        sample_id: max(first_seen[(LABEL, sample_id)], first_seen[(PREDICTION, sample_id)]) for sample_id in ids
-    }
+    expected_join_at = {sample_id: max(first_seen[(LABEL, sample_id)], first_seen[(PREDICTION, sample_id)]) for sample_id in ids}
 
     outcomes: list[Outcome] = []
     position = 0

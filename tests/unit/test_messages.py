@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from services.common.messages import FeaturesMessage, LabelMessage, PredictionMessage
+from services.common.messages import FeaturesMessage, LabelMessage, PredictionMessage, SampleMessage
 
 SEED_ID = "1669147134.196809"
 TEN_FEATURES = [0.038, 0.05, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
@@ -69,8 +69,8 @@ def test_numeric_id_is_normalised_to_seconds_dot_microseconds(numeric_id: bytes,
 
 
 def test_numeric_id_from_python_objects_is_normalised() -> None:
-    assert LabelMessage(id=1669147134.196809, body=1.0).id == "1669147134.196809"  # type: ignore[arg-type]
-    assert LabelMessage(id=1669147134, body=1.0).id == "1669147134.000000"  # type: ignore[arg-type]
+    assert LabelMessage(id=1669147134.196809, body=1.0).id == "1669147134.196809"
+    assert LabelMessage(id=1669147134, body=1.0).id == "1669147134.000000"
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_missing_id_is_refused() -> None:
     ids=["string", "true", "false", "list", "null", "object"],
 )
 @pytest.mark.parametrize("kind", [LabelMessage, PredictionMessage])
-def test_label_or_prediction_body_of_the_wrong_type_is_refused(kind: type, body: bytes) -> None:
+def test_label_or_prediction_body_of_the_wrong_type_is_refused(kind: type[SampleMessage], body: bytes) -> None:
     with pytest.raises(ValidationError) as exc:
         kind.model_validate_json(b'{"id":"1.0","body":' + body + b"}")
     assert refused_fields(exc) == {"body"}
@@ -179,14 +179,14 @@ def test_missing_body_is_refused() -> None:
 
 @pytest.mark.parametrize("document", [b"[1, 2]", b'"a string"', b"151.0", b"null", b"true"])
 @pytest.mark.parametrize("kind", [FeaturesMessage, LabelMessage, PredictionMessage])
-def test_json_that_is_not_an_object_is_refused(kind: type, document: bytes) -> None:
+def test_json_that_is_not_an_object_is_refused(kind: type[SampleMessage], document: bytes) -> None:
     with pytest.raises(ValidationError):
         kind.model_validate_json(document)
 
 
 @pytest.mark.parametrize("document", [b"{", b"", b'{"id": "1.0", "body": 1.0,}', b"\xff\xfe", b"{'id': '1.0'}"])
 @pytest.mark.parametrize("kind", [FeaturesMessage, LabelMessage, PredictionMessage])
-def test_invalid_json_is_refused(kind: type, document: bytes) -> None:
+def test_invalid_json_is_refused(kind: type[SampleMessage], document: bytes) -> None:
     with pytest.raises(ValidationError):
         kind.model_validate_json(document)
 

@@ -80,7 +80,9 @@ def test_a_line_that_is_not_a_row_is_refused_saying_why(line: str, says: str) ->
         parse_row(line)
 
 
-@pytest.mark.parametrize(("error", "says"), [("-1.0", "non-negative"), ("inf", "finite"), ("nan", "finite"), ("x", "not a number")])
+@pytest.mark.parametrize(
+    ("error", "says"), [("-1.0", "non-negative"), ("inf", "finite"), ("nan", "finite"), ("x", "not a number")]
+)
 def test_an_error_a_chart_cannot_use_is_refused_by_parse_error(error: str, says: str) -> None:
     with pytest.raises(RowFormatError, match=says):
         parse_error(split_line(f"1669147134.000002,2.0,3.0,{error}"))

@@ -31,15 +31,15 @@ def settings(logs: Path) -> Settings:
     return Settings(LOGS_DIR=logs, PLOT_INTERVAL_S=INTERVAL_S, METRIC_API_URL="http://127.0.0.1:9")
 
 
-async def served(client: AsyncClient, url: str, unlike: str | None = None, timeout: float = 20) -> Response:
+async def served(client: AsyncClient, url: str, unlike: str | None = None, within_s: float = 20) -> Response:
     """The chart at ``url`` once the refresh loop has drawn it (again, if its ETag was ``unlike``)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while True:
         answer = await client.get(url)
         if answer.status_code == 200 and answer.headers["etag"] != unlike:
             return answer
         if time.monotonic() > deadline:
-            raise AssertionError(f"{url} not served anew within {timeout} s: {answer.status_code} {answer.text[:200]}")
+            raise AssertionError(f"{url} not served anew within {within_s} s: {answer.status_code} {answer.text[:200]}")
         await asyncio.sleep(INTERVAL_S / 2)
 
 
@@ -154,8 +154,12 @@ def distribution_of(count: int) -> ErrorDistribution:
 
 def test_adding_a_chart_is_one_function_and_one_registry_entry(tmp_path: Path) -> None:
     row_count = ChartSpec(
-        name="row_count", url="/plot/row_count.png", file="row_count.png", window=Window.ALL,
-        caption="the number of rows", draw=draw_row_count,
+        name="row_count",
+        url="/plot/row_count.png",
+        file="row_count.png",
+        window=Window.ALL,
+        caption="the number of rows",
+        draw=draw_row_count,
     )
     append(tmp_path / METRIC_LOG, metric_rows(0, 30, seed=4))
 

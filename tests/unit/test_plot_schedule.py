@@ -17,7 +17,7 @@ SMALL = [RECENT_B, EVERY, RECENT_A]
 def refresh(charts: list[ChartSpec], drawn: dict[str, tuple[int, int]], changes: int, number: int) -> list[str]:
     """One refresh as PlotService does it: draw what the rule says, note what each was drawn from."""
     names = charts_to_draw(charts, drawn, changes)
-    drawn |= {name: (changes, number) for name in names}
+    drawn |= dict.fromkeys(names, (changes, number))
     return names
 
 
@@ -64,4 +64,3 @@ def test_while_rows_come_the_recent_charts_take_turns_and_all_are_current_soon_a
         refresh(charts, drawn, changes=stopped, number=stopped + 1 + extra)
     assert all(drawn[c.name][0] == stopped for c in charts)
     assert charts_to_draw(charts, drawn, changes=stopped) == []
-

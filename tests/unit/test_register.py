@@ -2,6 +2,7 @@ import hashlib
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from services.model_api.modelstore import ModelFileError, load_model
 from services.model_api.register import main, register
 
 
-def users_model() -> object:
+def users_model() -> Any:
     """A model the project does not train: what a user brings."""
     features, targets = load_diabetes(return_X_y=True)
     return make_pipeline(StandardScaler(), SVR(C=50.0)).fit(features[:300], targets[:300])
@@ -30,7 +31,7 @@ def pickled(tmp_path: Path) -> Path:
 
 
 def test_a_registered_model_loads_verified_and_predicts_as_pickled(pickled: Path) -> None:
-    with pytest.raises(ModelFileError, match="mine.pkl"):
+    with pytest.raises(ModelFileError, match=r"mine\.pkl"):
         load_model(pickled)
     metadata, warnings = register(pickled)
     assert warnings == []

@@ -11,6 +11,7 @@ from services.plot_api.render import (
     DPI,
     FIGSIZE,
     ROLLING_ROWS,
+    Chart,
     ErrorOverTimeChart,
     HistogramChart,
     PredVsTrueChart,
@@ -27,7 +28,7 @@ def decode_png(data: bytes) -> np.ndarray:
     return matplotlib.image.imread(io.BytesIO(data), format="png")
 
 
-def texts(chart) -> list[str]:
+def texts(chart: Chart) -> list[str]:
     """Every piece of text drawn on the chart's figure (titles, stamp, legend, labels)."""
     return [t.get_text() for t in chart.figure.findobj(Text) if t.get_visible() and t.get_text()]
 
@@ -97,7 +98,7 @@ def test_degenerate_data_still_renders(errors: np.ndarray) -> None:
 
 
 def test_an_empty_distribution_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no errors yet"):
         render_histogram(np.array([]))
 
 
@@ -111,7 +112,7 @@ def test_rolling_mean_by_hand() -> None:
     assert rolling_mean(values, 3).tolist() == [2.0, 3.0, 4.0, 6.0, 8.0]
     assert rolling_mean(values, 100).tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]
     assert rolling_mean(values, 1).tolist() == values.tolist()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one value, not 0"):
         rolling_mean(values, 0)
 
 
@@ -119,16 +120,16 @@ def test_error_over_time_draws_each_row_and_the_rolling_mean() -> None:
     errors = np.random.default_rng(8).exponential(45.0, 700)
     chart = ErrorOverTimeChart()
     check_png(chart.render(errors, first_row=301, stamp="n = 1,000 rows · window: the last 700 rows"))
-    rows, values = chart.points.get_data()
+    rows, values = np.asarray(chart.points.get_data())
     assert rows[0] == 301 and rows[-1] == 1000
     np.testing.assert_array_equal(values, errors)
-    _, trend = chart.trend.get_data()
+    _, trend = np.asarray(chart.trend.get_data())
     assert trend[-1] == pytest.approx(errors[-ROLLING_ROWS:].mean())
     shown = texts(chart)
     assert "n = 1,000 rows · window: the last 700 rows" in shown
     assert f"rolling mean ({ROLLING_ROWS} rows)" in shown
     assert "1000" in shown  # row numbers in full, not as an offset from 1e3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no errors to draw"):
         chart.render(np.array([]), first_row=1)
 
 
@@ -137,11 +138,11 @@ def test_pred_vs_true_has_the_identity_line_over_both_ranges() -> None:
     y_pred = np.array([-20.0, 120.0, 260.0, 400.0])
     chart = PredVsTrueChart()
     check_png(chart.render(y_true, y_pred, "n = 4 rows · window: the last 4 rows"))
-    xs, ys = chart.identity.get_data()
+    xs, ys = np.asarray(chart.identity.get_data())
     assert list(xs) == list(ys) == [-20.0, 400.0]
     assert chart.axes.get_xlim() == chart.axes.get_ylim()
     assert "y = x" in texts(chart) and "n = 4 rows · window: the last 4 rows" in texts(chart)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="as many predictions as labels"):
         chart.render(y_true, y_pred[:3])
     check_png(chart.render(np.array([5.0]), np.array([5.0])))  # one point: still a range
     check_png(chart.render(np.array([np.nan, 10.0]), np.array([3.0, np.nan])))  # nothing to place

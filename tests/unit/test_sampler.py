@@ -1,3 +1,4 @@
+import itertools
 import re
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_sample_ids_are_unique_increasing_and_well_formed_over_many_draws() -> N
     ids = [sampler.draw().id for _ in range(100_000)]
     assert all(ID_FORMAT.match(i) for i in ids)
     micros = [as_micros(i) for i in ids]
-    assert all(b > a for a, b in zip(micros, micros[1:]))
+    assert all(b > a for a, b in itertools.pairwise(micros))
 
 
 def test_sample_ts_is_the_id_as_a_number() -> None:
@@ -56,7 +57,7 @@ def test_a_frozen_clock_still_gives_unique_increasing_ids() -> None:
     assert all(ID_FORMAT.match(i) for i in ids)
     assert len(set(ids)) == len(ids)
     micros = [as_micros(i) for i in ids]
-    assert all(b > a for a, b in zip(micros, micros[1:]))
+    assert all(b > a for a, b in itertools.pairwise(micros))
     assert ids[0] == "1669147134.196809"
     assert ids[1] == "1669147134.196810"
     assert ids[-1] == "1669147134.296808"  # 196809 + 99_999 microseconds

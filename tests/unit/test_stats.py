@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.metric_api.join import MetricRow
+from services.common.metric_rows import MetricRow
 from services.metric_api.stats import (
     RECENT_ROWS_SERVED,
     LazilySortedArray,
@@ -193,9 +193,9 @@ def test_rebuilding_from_history_equals_having_seen_the_rows_live() -> None:
 
 
 def test_latency_and_lag_percentiles_are_over_the_newest_samples() -> None:
-    rows = [
-        MetricRow.of(str(i), 100.0, 101.0, ts=T0 - 0.001 * i, lag_s=0.5 * (i % 13)) for i in range(300)
-    ] + [MetricRow.of("no-ts", 1.0, 2.0)]
+    rows = [MetricRow.of(str(i), 100.0, 101.0, ts=T0 - 0.001 * i, lag_s=0.5 * (i % 13)) for i in range(300)] + [
+        MetricRow.of("no-ts", 1.0, 2.0)
+    ]
     stats = QualityStats(timing_samples=250)
     stats.add_rows(rows, T0)
     summary = stats.summary(T0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.metric_rows import MetricRow
 from services.metric_api.join import (
     LABEL,
     PREDICTION,
@@ -18,7 +19,6 @@ from services.metric_api.join import (
     Joined,
     Kind,
     LabelPredictionJoin,
-    MetricRow,
 )
 from services.metric_api.store import SqliteHalfStore
 
@@ -199,7 +199,7 @@ def test_held_count_matches_the_file_after_mixed_operations(open_store: OpenStor
                 store.record_rows_of_csv([MetricRow.of(sample_id, 1.0, 2.0)])
             else:
                 for orphan_id, orphan_kind, _value, _arrived in store.expired(now - 50):
-                    store.release(orphan_id, orphan_kind)  # type: ignore[arg-type]
+                    store.release(orphan_id, orphan_kind)
         if batch_number % 7 == 3:
             store.rollback()
         else:
@@ -216,7 +216,7 @@ def test_held_count_matches_the_file_after_mixed_operations(open_store: OpenStor
 
 def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(open_store: OpenStore) -> None:
     store = open_store()
-    halves = [
+    halves: list[tuple[str, Kind, float, float]] = [
         ("1.000004", "y_pred", 4.0, 400.0),
         ("1.000001", "y_true", 1.0, 100.0),
         ("1.000005", "y_true", 5.0, 500.0),
@@ -226,7 +226,7 @@ def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(o
     ]
     with store.transaction():
         for sample_id, kind, value, arrived_at in halves:
-            store.hold(sample_id, kind, HeldHalf(value, arrived_at))  # type: ignore[arg-type]
+            store.hold(sample_id, kind, HeldHalf(value, arrived_at))
 
     assert store.expired(300.0) == [
         ("1.000001", "y_true", 1.0, 100.0),

@@ -1,9 +1,10 @@
 import io
-import os
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from services.plot_api.tail import MetricLogTail
 
@@ -92,7 +93,7 @@ def test_a_replaced_file_is_read_from_the_start(tmp_path: Path) -> None:
     assert tail.read_new() == 2
     replacement = tmp_path / "new.csv"
     replacement.write_text(HEADER + line(5, 10.0, 20.0) + line(6, 10.0, 40.0) + line(7, 10.0, 50.0))
-    os.replace(replacement, path)
+    replacement.replace(path)
     assert tail.read_new() == 3
     assert tail.recent_errors().tolist() == [10.0, 30.0, 40.0]
     assert tail.last_id == f"{1669147134 + 7}.{7:06d}"
@@ -126,10 +127,10 @@ def test_errors_equal_the_column_read_by_pandas(tmp_path: Path) -> None:
     path = tmp_path / "metric_log.csv"
     path.write_text(HEADER)
     tail = MetricLogTail(path)
-    text = "".join(line(i, float(t), float(p)) for i, (t, p) in enumerate(zip(y_true, y_pred)))
+    text = "".join(line(i, float(t), float(p)) for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True)))
     # Appended in uneven chunks that cut lines anywhere, reading after each.
     cuts = sorted(rng.choice(len(text), size=40, replace=False).tolist())
-    for start, end in zip([0, *cuts], [*cuts, len(text)]):
+    for start, end in itertools.pairwise([0, *cuts, len(text)]):
         append(path, text[start:end])
         tail.read_new()
     expected = pd.read_csv(path)["absolute_error"].to_numpy()
@@ -184,7 +185,7 @@ def test_the_newest_rows_time_is_its_id(tmp_path: Path) -> None:
     assert tail.newest_row_time() == 1669147134.196809
 
 
-def test_a_large_file_is_read_in_chunks_that_cut_lines(tmp_path: Path, monkeypatch) -> None:
+def test_a_large_file_is_read_in_chunks_that_cut_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("services.plot_api.tail.READ_CHUNK", 100)
     path = tmp_path / "metric_log.csv"
     path.write_text(HEADER + "".join(line(i, 50.0, 50.0 + i) for i in range(200)))
@@ -223,7 +224,7 @@ def test_the_recent_rows_are_the_last_ones_of_a_long_read(tmp_path: Path) -> Non
     tail.read_new()
     append(path, "".join(line(i, 100.0, 100.0 + i) for i in range(30, 33)))
     tail.read_new()
-    y_true, y_pred, errors = tail.recent_rows()
+    _, y_pred, errors = tail.recent_rows()
     assert errors.tolist() == [float(i) for i in range(23, 33)]
     assert y_pred.tolist() == [100.0 + i for i in range(23, 33)]
     assert tail.first_recent_row == 24 and tail.count == 33

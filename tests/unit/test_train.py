@@ -1,6 +1,8 @@
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,11 +115,11 @@ def test_the_sidecar_says_what_was_trained_with_what(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "reference"),
     [
-        ("ridge", lambda seed: Ridge(alpha=0.1)),
+        ("ridge", lambda _seed: Ridge(alpha=0.1)),
         ("random_forest", lambda seed: RandomForestRegressor(n_estimators=50, min_samples_leaf=3, random_state=seed, n_jobs=1)),
     ],
 )
-def test_other_kinds_of_model_fit_like_a_reference(tmp_path: Path, kind: str, reference) -> None:
+def test_other_kinds_of_model_fit_like_a_reference(tmp_path: Path, kind: str, reference: Callable[[int], Any]) -> None:
     out = tmp_path / f"{kind}.pkl"
     assert main(["--out", str(out), "--model", kind, "--seed", "7"]) == 0
     loaded = load_model(out)
@@ -125,7 +127,9 @@ def test_other_kinds_of_model_fit_like_a_reference(tmp_path: Path, kind: str, re
     x_train, x_test, y_train, y_test = train_test_split(features, targets, test_size=0.2, random_state=7)
     expected = reference(7).fit(x_train, y_train)
     assert loaded.metadata["model_type"] == type(expected).__name__
-    assert loaded.metadata["params"]["random_state" if kind == "random_forest" else "alpha"] == (7 if kind == "random_forest" else 0.1)
+    assert loaded.metadata["params"]["random_state" if kind == "random_forest" else "alpha"] == (
+        7 if kind == "random_forest" else 0.1
+    )
     np.testing.assert_allclose(loaded.predictor.model.predict(features), expected.predict(features), rtol=1e-9)
     mae = float(np.mean(np.abs(y_test - expected.predict(x_test))))
     assert loaded.metadata["metrics"]["mae"] == pytest.approx(mae, rel=1e-9)

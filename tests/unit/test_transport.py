@@ -100,7 +100,7 @@ def test_nothing_is_written_to_a_transport_that_is_closing() -> None:
 @pytest.mark.parametrize("name", ["peername", "socket"])
 def test_extra_info_comes_from_the_real_transport(name: str) -> None:
     class WithInfo(RecordingTransport):
-        def get_extra_info(self, key: str, default: Any = None) -> Any:
+        def get_extra_info(self, key: str, default: Any = None) -> Any:  # noqa: ARG002 - a transport's signature
             return f"real {key}"
 
     async def scenario() -> Any:

@@ -20,6 +20,8 @@ with ``multiple=True`` never covers a delivery still being dead-lettered.
 """
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -134,9 +136,7 @@ class BatchConsumer:
     def queues(self) -> list[str]:
         return [subscription.queue for subscription in self._subscriptions]
 
-    async def start(
-        self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: Publisher
-    ) -> None:
+    async def start(self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: Publisher) -> None:
         """Declare each queue and consume it on its own channel; start the batch worker."""
         self._dead_letters = dead_letters
         if self._worker is None:
@@ -150,16 +150,15 @@ class BatchConsumer:
         for subscription in self._subscriptions:
             if subscription.amqp_queue is not None and subscription.tag is not None:
                 tag, subscription.tag = subscription.tag, None
-                try:
+                # Any error means the channel is already gone: the broker requeues what we held.
+                with contextlib.suppress(Exception):
                     await subscription.amqp_queue.cancel(tag)
-                except Exception:  # noqa: BLE001 - channel already gone: the broker requeues what we held
-                    pass
 
     async def resume(self) -> None:
         for subscription in self._subscriptions:
             if subscription.amqp_queue is not None and subscription.tag is None:
                 subscription.tag = await subscription.amqp_queue.consume(
-                    lambda raw, s=subscription: self._on_delivery(raw, s)  # type: ignore[misc]
+                    functools.partial(self._on_delivery, subscription=subscription)
                 )
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -168,14 +167,16 @@ class BatchConsumer:
         await self.pause()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while not self._inbox.empty() and loop.time() < deadline:
+        while not self._inbox.empty() and loop.time() < deadline:  # noqa: ASYNC110 - a queue has no "emptied" event; once, at stop
             await asyncio.sleep(0.01)
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=max(0.0, deadline - loop.time()))
         try:  # a batch being handled is finished, not cut short: its effect and its acks go together
             await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
-            log.warning("a batch from %s was still being handled after %ss; it will be delivered again", "+".join(self.queues), grace_s)
+            log.warning(
+                "a batch from %s was still being handled after %ss; it will be delivered again", "+".join(self.queues), grace_s
+            )
         for task in (self._worker, self._recovery):
             if task is not None:
                 task.cancel()
@@ -184,7 +185,7 @@ class BatchConsumer:
     # -- deliveries
     async def _on_delivery(self, raw: AbstractIncomingMessage, subscription: _Subscription) -> None:
         try:
-            self._unsettled.setdefault(raw.channel, set()).add(raw.delivery_tag)
+            self._unsettled.setdefault(raw.channel, set()).add(delivery_tag(raw))
         except ChannelInvalidStateError:
             return  # its channel closed as it arrived: the broker redelivers it
         arrived = asyncio.get_running_loop().time()
@@ -205,7 +206,8 @@ class BatchConsumer:
         try:
             await self._dead_letter([(Delivery(None, raw, subscription.queue, arrived), reason)])
         finally:
-            self._in_flight.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._in_flight.discard(task)
 
     # -- the worker
     async def _work(self) -> None:
@@ -252,10 +254,12 @@ class BatchConsumer:
         delivery = batch[0]
         sample_id = getattr(delivery.message, "id", "?")
         if delivery.raw.redelivered:
-            log.error("handling %s from %s failed again (%s: %s); dead-lettering it", sample_id, delivery.queue, type(exc).__name__, exc)
+            log.error(
+                "handling %s from %s failed again (%s: %s); dead-lettering it", sample_id, delivery.queue, type(exc).__name__, exc
+            )
             await self._dead_letter([(delivery, f"handling failed twice: {type(exc).__name__}: {exc}")])
         else:
-            log.exception("handling %s from %s failed; requeueing it once", sample_id, delivery.queue, exc_info=exc)
+            log.error("handling %s from %s failed; requeueing it once", sample_id, delivery.queue, exc_info=exc)
             await self.settle([delivery], requeue=True)
 
     async def _hand_back(self, batch: list[Delivery[Any]], reason: str) -> None:
@@ -315,7 +319,7 @@ class BatchConsumer:
         settling = []
         for channel, group in by_channel.items():
             unsettled = self._unsettled.get(channel, set())
-            tags = {raw.delivery_tag for raw in group}
+            tags = {delivery_tag(raw) for raw in group}
             top = max(tags)
             if requeue is None and len(group) > 1 and all(tag in tags for tag in unsettled if tag <= top):
                 settling.append(_ack_up_to(channel, top))
@@ -328,6 +332,13 @@ class BatchConsumer:
     def _forget_closed_channels(self) -> None:
         for channel in [channel for channel in self._unsettled if getattr(channel, "is_closed", False)]:
             del self._unsettled[channel]
+
+
+def delivery_tag(raw: AbstractIncomingMessage) -> int:
+    """Its delivery tag: aio-pika types it optional (a message built to publish has none), a consumed one always has one."""
+    tag = raw.delivery_tag
+    assert tag is not None, "a delivery without a delivery tag"
+    return tag
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -28,6 +28,7 @@ import aiormq
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
+from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 from services.common.amqp.topology import PERSISTENT
@@ -65,8 +66,9 @@ class Outgoing:
     headers: dict[str, str] | None = None
 
     def properties(self) -> Basic.Properties:
+        headers: FieldTable | None = None if self.headers is None else dict(self.headers)  # a field table may hold more than str
         return Basic.Properties(
-            delivery_mode=PERSISTENT, content_type="application/json", message_id=self.message_id, headers=self.headers
+            delivery_mode=PERSISTENT, content_type="application/json", message_id=self.message_id, headers=headers
         )
 
 

@@ -137,13 +137,13 @@ class BrokerLink:
                     f"{self._where} refused the login of user {self._user!r} (ACCESS_REFUSED): "
                     "check the user and password in AMQP_URL"
                 )
-            except (OSError, AMQPError, asyncio.TimeoutError) as exc:
-                reason = f"{self._where} is not reachable: {exc or type(exc).__name__}"
+            except (TimeoutError, OSError, AMQPError) as exc:
+                reason = f"{self._where} is not reachable: {str(exc) or type(exc).__name__}"
             else:
                 try:
                     self.connection = connection
                     await self._set_up()
-                except (OSError, AMQPError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError, AMQPError) as exc:
                     reason = f"connected to {self._where} but could not set up queues: {exc}"
                     self.connection, self.channels = None, []
                     await connection.close()

@@ -92,6 +92,7 @@ class CoalescingTransportFactory(aiormq.TransportFactory):
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        assert url.host is not None and url.port is not None, f"aiormq completes the URL with its port: {url}"
         try:
             transport, _ = await loop.create_connection(lambda: protocol, url.host, url.port, ssl=ssl, **kwargs)
         except OSError as exc:
