@@ -47,7 +47,8 @@ def test_without_a_broker_health_is_503_with_the_reason_and_a_burst_is_refused()
     link = StandInLink(problem="RabbitMQ at localhost:5672 is not reachable: connection refused")
 
     async def scenario(client: AsyncClient) -> tuple[Response, Response, Response]:
-        return await client.get("/health"), await client.post("/features/publish", json={"count": 1}), await client.get("/features/status")
+        health = await client.get("/health")
+        return health, await client.post("/features/publish", json={"count": 1}), await client.get("/features/status")
 
     health, burst, status = in_process(create_app(SETTINGS, link), scenario)
     assert health.status_code == 503

@@ -86,7 +86,7 @@ class Harness:
         self.consumer = BatchConsumer(handler, recover=recover or default_recover)
         self.subscription = _Subscription("features", FeaturesMessage)
         self.dead_letters = DeadLetters()
-        self.consumer._dead_letters = self.dead_letters  # type: ignore[assignment]  # a recording stand-in publisher
+        self.consumer._dead_letters = self.dead_letters  # a recording stand-in publisher (a Publisher)
         self.channel = FakeChannel()
 
     async def deliver(self, *deliveries: FakeDelivery) -> list[Delivery[Any]]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.common.files import METRIC_LOG, ORPHAN_LOG
-from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
+from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, format_rows, parse_orphan, parse_row
 from services.metric_api.join import Kind
 from services.metric_api.ledger import MetricLedger
@@ -18,8 +18,8 @@ def sid(n: int) -> str:
     return f"1700000000.{n:06d}"
 
 
-def halves(*items: tuple[Kind, int, float]) -> list[tuple[Kind, SampleMessage]]:
-    made: list[tuple[Kind, SampleMessage]] = []
+def halves(*items: tuple[Kind, int, float]) -> list[tuple[Kind, LabelMessage | PredictionMessage]]:
+    made: list[tuple[Kind, LabelMessage | PredictionMessage]] = []
     for kind, n, value in items:
         message = LabelMessage(id=sid(n), body=value) if kind == "y_true" else PredictionMessage(id=sid(n), body=value)
         made.append((kind, message))
@@ -54,7 +54,7 @@ def test_rows_appended_just_before_a_crash_are_recorded_at_the_next_open(tmp_pat
 
 def test_a_csv_replaced_by_a_shorter_one_is_read_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ledger, _ = opened(tmp_path)
-    ledger.record(halves(*[(kind, n, 100.0 + n) for n in range(1, 4) for kind in ("y_true", "y_pred")]), now=1.0)  # type: ignore[misc]
+    ledger.record(halves(*[(kind, n, 100.0 + n) for n in range(1, 4) for kind in ("y_true", "y_pred")]), now=1.0)
     ledger.close()
     kept = csv_rows(tmp_path)[:1]
     (tmp_path / METRIC_LOG).write_text("id,y_true,y_pred,absolute_error\n" + format_rows(kept))
