@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
-from services.common.amqp.topology import FEATURES, Y_TRUE
+from services.common.amqp.topology import FEATURES, Y_TRUE, half_queue, half_queues
 from services.common.http import service_app
 from services.common.messages import FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
@@ -35,8 +35,7 @@ class FeaturesPublisher:
         self.sent = 0
         self.paused = False
         self._features_queue = settings.queue(FEATURES)
-        self._labels_queue = settings.queue(Y_TRUE)
-        self.link = link or BrokerLink(settings, "features_api", publishes=[self._features_queue, self._labels_queue])
+        self.link = link or BrokerLink(settings, "features_api", publishes=[self._features_queue, *half_queues(settings, Y_TRUE)])
         self._stop = asyncio.Event()
         self._loop_sample = asyncio.Lock()
         self._connected = False
@@ -46,7 +45,7 @@ class FeaturesPublisher:
         label = LabelMessage(id=sample.id, body=sample.label, ts=sample.ts)
         return (
             Outgoing(self._features_queue, features.to_bytes(), sample.id),
-            Outgoing(self._labels_queue, label.to_bytes(), sample.id),
+            Outgoing(half_queue(self.settings, Y_TRUE, sample.id), label.to_bytes(), sample.id),
         )
 
     async def publish_samples(self, samples: list[Sample]) -> None:

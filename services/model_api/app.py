@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
-from services.common.amqp.topology import FEATURES, Y_PRED
+from services.common.amqp.topology import FEATURES, Y_PRED, half_queue, half_queues
 from services.common.http import service_app
 from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
 from services.common.settings import Settings, get_settings
@@ -46,10 +46,9 @@ class ModelService:
         self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
         self._reload_lock = asyncio.Lock()
         self._sighup_reloads: set[asyncio.Task[None]] = set()
-        self._predictions_queue = settings.queue(Y_PRED)
         self.consumer = BatchConsumer(self._predict_batch)
         self.consumer.subscribe(settings.queue(FEATURES), FeaturesMessage)
-        self.link = link or BrokerLink(settings, "model_api", publishes=[self._predictions_queue], consumers=[self.consumer])
+        self.link = link or BrokerLink(settings, "model_api", publishes=half_queues(settings, Y_PRED), consumers=[self.consumer])
 
     async def _predict_batch(self, batch: list[Delivery[FeaturesMessage]]) -> list[Rejection]:
         """One predict call for the batch, every prediction published (confirms pipelined).
@@ -63,7 +62,7 @@ class ModelService:
             features = delivery.message
             if math.isfinite(value):
                 message = PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=model.version)
-                predictions.append(Outgoing(self._predictions_queue, message.to_bytes(), features.id))
+                predictions.append(Outgoing(half_queue(self.settings, Y_PRED, features.id), message.to_bytes(), features.id))
             else:
                 refused.append((delivery, f"model {model.version} predicted {value} for these features"))
         await self.link.publisher.publish_many(predictions)
