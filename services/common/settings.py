@@ -1,15 +1,30 @@
 """One settings class for the whole system, read from the environment (docs/operations.md lists them)."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, UrlConstraints
+from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, UrlConstraints
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _usable_token(token: SecretStr) -> SecretStr:
+    """Sent as ``Authorization: Bearer <token>``: characters a header carries as they are, and long enough not to guess."""
+    value = token.get_secret_value()
+    if not 16 <= len(value) <= 256 or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", value):
+        raise ValueError(
+            "API_TOKEN must be 16 to 256 letters, digits or -._~+/= "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
+ApiToken = Annotated[SecretStr, AfterValidator(_usable_token)]
 
 
 class Settings(BaseSettings):
@@ -44,6 +59,15 @@ class Settings(BaseSettings):
     # metric_api: the constant predictor's value for baseline_mae/skill; by default the
     # training-set mean of y from the model's sidecar (<MODEL_PATH>.json, target_mean).
     BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
+    # HTTP: with a token set, every route that changes state asks for it (docs/operations.md, "Who may change state").
+    API_TOKEN: ApiToken | None = None
+    # The largest request body any route takes; a larger one is answered 413 before it is read.
+    HTTP_BODY_MAX_BYTES: int = Field(1 << 20, ge=1024, le=1 << 30)
+    # Sane bounds on the numbers of a sample, on the queues and over HTTP alike: a value beyond them is
+    # refused (the DLQ, or a 422) before it reaches a model, the CSV or the statistics. The diabetes
+    # features are within ±0.3 and its target within 25..346; a model of another scale may need more.
+    FEATURE_ABS_MAX: float = Field(1e6, gt=0, le=1e100, allow_inf_nan=False)
+    TARGET_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
 
     def queue(self, base: str) -> str:
         """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""

@@ -8,19 +8,21 @@ from typing import Annotated, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_TRUE, half_queue, half_queues
-from services.common.http import service_app
+from services.common.http import StrictBody, service_app
 from services.common.messages import FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
 from services.features_api.sampler import DiabetesSampler, Sample
 
 log = logging.getLogger(__name__)
 
-MAX_BURST = 100_000
+# The most samples one POST /features/publish may ask for: its answer (the ids) comes back within
+# a second or two even on a small machine, before any client gives up on it. More: several requests.
+MAX_BURST = 1000
 # Samples published concurrently in a burst: enough to keep confirms pipelined.
 BURST_WINDOW = 500
 SAMPLES_SENT = Counter("samples_published", "Samples whose features and label were both confirmed")
@@ -113,7 +115,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await publisher.stop_loop(loop)
             await publisher.link.close()
 
-    app = service_app("features_api", lifespan, publisher.link.problem)
+    app = service_app("features_api", lifespan, publisher.link.problem, settings=settings)
     app.include_router(router)
     return app
 
@@ -132,8 +134,16 @@ class Status(BaseModel):
     broker: str = Field(description="'connected', or why not")
 
 
-class BurstRequest(BaseModel):
-    count: int = Field(ge=1, le=MAX_BURST, description="samples to publish now")
+def _within_burst_cap(count: int) -> int:
+    if count > MAX_BURST:
+        raise ValueError(f"at most {MAX_BURST} samples per request, so that their ids come back in time; send several requests")
+    return count
+
+
+class BurstRequest(StrictBody):
+    count: Annotated[int, AfterValidator(_within_burst_cap)] = Field(
+        ge=1, description=f"samples to publish now, 1 to {MAX_BURST}", json_schema_extra={"maximum": MAX_BURST}
+    )
 
 
 class BurstResponse(BaseModel):

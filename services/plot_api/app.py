@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None, charts: Charts = CHARTS) -> Fas
             finally:
                 await service.stop()
 
-    app = service_app("plot_api", lifespan, service.problem)
+    app = service_app("plot_api", lifespan, service.problem, settings=settings)
     app.include_router(chart_router(charts))
     app.include_router(router)
     return app
