@@ -31,6 +31,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from aiormq.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
+from services.common.amqp.errors import BROKER_GONE
 from services.common.amqp.instruments import HANDLE_SECONDS, MESSAGES_CONSUMED, MESSAGES_DEAD_LETTERED
 from services.common.amqp.publisher import Outgoing, Publisher
 from services.common.amqp.topology import declare_queue, dlq_name
@@ -45,6 +46,7 @@ BATCH_MAX = 500
 # A quiet pipeline must not wait for a batch to fill: after the first delivery, wait at most this.
 BATCH_WINDOW_S = 0.002
 REASON_MAX = 1000  # characters of x-dlq-reason
+RESUME_RETRY_S = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -109,9 +111,11 @@ class BatchConsumer:
         recover: Callable[[], Awaitable[None]] = _recover_later,
         batch_max: int = BATCH_MAX,
         window_s: float = BATCH_WINDOW_S,
+        on_dead_lettered: Callable[[int], None] | None = None,
     ) -> None:
         self._handler = handler
         self._recover = recover
+        self._on_dead_lettered = on_dead_lettered  # told how many were dead-lettered, each time (a service may keep count)
         self._batch_max = batch_max
         self._window_s = window_s
         self._subscriptions: list[_Subscription] = []
@@ -273,7 +277,19 @@ class BatchConsumer:
     async def _recover_then_resume(self) -> None:
         await self._recover()
         self.handed_back = None
-        await self.resume()
+        said = False
+        while True:
+            try:
+                await self.resume()
+            except BROKER_GONE as exc:  # the broker went away meanwhile: its channel comes back with the connection
+                if not said:
+                    log.warning(
+                        "cannot consume %s again yet (%s); retrying", "+".join(self.queues), str(exc) or type(exc).__name__
+                    )
+                    said = True
+                await asyncio.sleep(RESUME_RETRY_S)
+            else:
+                break
         log.info("consuming %s again", "+".join(self.queues))
 
     # -- settling
@@ -298,6 +314,8 @@ class BatchConsumer:
         for delivery, _ in rejected:
             MESSAGES_DEAD_LETTERED.labels(queue=delivery.queue).inc()
         self.dead_lettered += len(rejected)
+        if self._on_dead_lettered is not None:
+            self._on_dead_lettered(len(rejected))
         await self.settle([delivery for delivery, _ in rejected])
 
     async def settle(self, deliveries: Sequence[Delivery[Any]], *, requeue: bool | None = None) -> None:

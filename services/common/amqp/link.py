@@ -12,6 +12,7 @@ from yarl import URL
 
 from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer
+from services.common.amqp.errors import BROKER_GONE
 from services.common.amqp.instruments import BROKER_RECONNECTS
 from services.common.amqp.publisher import ConfirmedPublisher, Publisher
 from services.common.amqp.topology import declare_queue
@@ -143,7 +144,7 @@ class BrokerLink:
                 try:
                     self.connection = connection
                     await self._set_up()
-                except (TimeoutError, OSError, AMQPError) as exc:
+                except BROKER_GONE as exc:  # the broker went away again while we declared
                     reason = f"connected to {self._where} but could not set up queues: {exc}"
                     self.connection, self.channels = None, []
                     await connection.close()

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from aiormq.exceptions import ChannelInvalidStateError
 
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, _Subscription, delivery_tag
 from services.common.amqp.publisher import Outgoing
@@ -295,3 +296,43 @@ def test_next_batch_takes_what_is_waiting_up_to_the_size(size: int) -> None:
         return await next_batch(inbox, max_size=size, window_s=0.001)
 
     assert asyncio.run(scenario()) == list(range(size))
+
+
+def test_resuming_after_a_hand_back_outlasts_a_broker_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker went away while the disk was being fixed: consuming again must wait for its
+    channel, not die with the ChannelInvalidStateError (the consumer then never consumed again)."""
+    monkeypatch.setattr("services.common.amqp.consumer.RESUME_RETRY_S", 0.01)
+
+    async def scenario() -> list[str]:
+        h = Harness()
+        attempts: list[str] = []
+
+        async def resume() -> None:
+            attempts.append("resume")
+            if len(attempts) < 3:
+                raise ChannelInvalidStateError("<Channel: 1> closed")
+
+        h.consumer.resume = resume  # type: ignore[method-assign]  # a channel closed twice, then back
+        h.recovered.set()
+        await h.consumer._recover_then_resume()
+        return attempts
+
+    assert asyncio.run(scenario()) == ["resume"] * 3
+
+
+def test_every_dead_lettered_message_is_told_to_the_service() -> None:
+    told: list[int] = []
+
+    async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
+        return [(batch[0], "refused by the handler")]
+
+    async def scenario() -> None:
+        h = Harness(handler)
+        h.consumer._on_dead_lettered = told.append
+        batch = await h.deliver(
+            FakeDelivery(h.channel, 1, body=b"not json"), FakeDelivery(h.channel, 2), FakeDelivery(h.channel, 3)
+        )
+        await h.consumer._handle(batch)
+
+    asyncio.run(scenario())
+    assert told == [1, 1] and sum(told) == 2
