@@ -8,6 +8,7 @@ contradicts what is known of its id (another value for the same id) is a conflic
 The store decides where halves live (memory in tests, SQLite in the service).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -94,11 +95,14 @@ class LabelPredictionJoin:
         if partner is None:
             self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
             return Held()
-        self.store.release(sample_id, other(kind))
         if kind == LABEL:
             y_true, y_pred, model_version = value, partner.value, partner.model_version
         else:
             y_true, y_pred = partner.value, value
+        if not math.isfinite(y_true - y_pred):
+            # Held from before the values were bounded: no row whose error is not a number, ever.
+            return Conflict(f"id {sample_id}: |{y_true!r} - {y_pred!r}| is not a finite number; no row is written for it")
+        self.store.release(sample_id, other(kind))
         joined = MetricRow.of(
             sample_id,
             y_true,

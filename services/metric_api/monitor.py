@@ -156,6 +156,7 @@ class QualityMonitor:
             "last_id": core["last_id"],
             "last_row_at": core["last_row_at"],
             "rows_per_s": core["rows_per_s"],
+            "excluded_rows": core["excluded_rows"],
             "alert": alert,
             "baseline": self.baseline.describe(),
             "csv": csv,

@@ -13,6 +13,10 @@ per model version. Errors are signed as ``e = y_pred - y_true`` (so ``me`` is th
 - ``last_*``: a ring of the newest rows (y_true, y_pred, joined-at time), computed from
   directly when asked: at most ``LAST_5M_MAX_ROWS`` rows.
 - Percentiles interpolate linearly, as numpy's and pandas' defaults do.
+- A row whose numbers are not finite, or so large that their squares would overflow the sums
+  (beyond ``STATS_ABS_MAX``), is left out and counted in ``excluded_rows``: one such row must
+  never turn every statistic into null for good. The queues refuse such values
+  (TARGET_ABS_MAX), so they come only from a CSV an older release wrote.
 """
 
 import math
@@ -37,6 +41,19 @@ RATE_WINDOW_S = 60.0  # rows_per_s is over the last minute
 TIMING_SAMPLES = 10_000  # latency and lag percentiles are over the newest rows joined by this process
 
 Window = dict[str, float | int | None]
+# Beyond this, a value's square (and a sum of a billion of them) is no longer a finite float.
+STATS_ABS_MAX = 1e100
+
+
+def usable(y_true: float, y_pred: float) -> bool:
+    """Whether a row can enter the statistics (see the module's docstring)."""
+    return abs(y_true) <= STATS_ABS_MAX and abs(y_pred) <= STATS_ABS_MAX  # False for NaN too
+
+
+def _usable_rows(rows: Sequence[MetricRow]) -> Sequence[MetricRow]:
+    if all(usable(row.y_true, row.y_pred) for row in rows):
+        return rows
+    return [row for row in rows if usable(row.y_true, row.y_pred)]
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -315,16 +332,23 @@ class QualityStats:
         self.lag_s: deque[float] = deque(maxlen=timing_samples)
         self.last_id: str | None = None
         self.last_row_at: float | None = None
+        self.excluded_rows = 0  # rows left out: not finite, or beyond STATS_ABS_MAX
 
     @property
     def count(self) -> int:
         return self.all.count
+
+    def _exclude_unusable(self, rows: Sequence[MetricRow]) -> Sequence[MetricRow]:
+        kept = _usable_rows(rows)
+        self.excluded_rows += len(rows) - len(kept)
+        return kept
 
     # -- feeding
     def add_rows(self, rows: Sequence[MetricRow], now: float) -> tuple[list[float], list[float]]:
         """Rows just made durable at ``now``, each carrying its model version, ts and lag.
 
         Returns their end-to-end latencies and label-to-prediction lags (s), for the histograms."""
+        rows = self._exclude_unusable(rows)
         if not rows:
             return [], []
         y_true, y_pred = _columns(rows)
@@ -349,13 +373,18 @@ class QualityStats:
     def add_history(self, rows: Sequence[MetricRow]) -> None:
         """Rows read back at start-up (the CSV, in order): their versions and times come
         separately (``add_version_rows``, ``set_times_of_last``)."""
+        rows = self._exclude_unusable(rows)
         if rows:
             y_true, y_pred = _columns(rows)
             self._add_to_all(rows, BatchSums(y_true, y_pred, self.baseline), y_true, y_pred, np.full(len(rows), np.nan))
 
     def add_version_rows(self, version: str, y_true: np.ndarray, y_pred: np.ndarray) -> None:
         """Rows of one model version already counted in ``all`` (read back at start-up)."""
-        self._version(version).add(y_true, y_pred)
+        kept = (np.abs(y_true) <= STATS_ABS_MAX) & (np.abs(y_pred) <= STATS_ABS_MAX)
+        if not kept.all():
+            y_true, y_pred = y_true[kept], y_pred[kept]
+        if len(y_true):
+            self._version(version).add(y_true, y_pred)
 
     def set_times_of_last(self, at: Sequence[float | None]) -> None:
         """When the newest ``len(at)`` rows were joined, oldest first (None: not known)."""
@@ -412,6 +441,7 @@ class QualityStats:
             "last_id": self.last_id,
             "last_row_at": self.last_row_at,
             "rows_per_s": int(np.count_nonzero(at >= now - RATE_WINDOW_S)) / RATE_WINDOW_S,
+            "excluded_rows": self.excluded_rows,
         }
 
 

@@ -15,14 +15,14 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_PRED, half_queue, half_queues
-from services.common.http import service_app
-from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
+from services.common.http import StrictBody, service_app
+from services.common.messages import FEATURE_COUNT, Feature, FeaturesMessage, PredictionMessage, Target
 from services.common.settings import Settings, get_settings
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
@@ -32,8 +32,18 @@ PREDICTIONS = Counter("predictions", "Predictions served", ["path", "model_versi
 MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
 # The most rows one POST /predict may carry in "instances".
 PREDICT_BATCH_MAX = 1000
-# A generous sanity bound on a feature's value over HTTP: it keeps a model's arithmetic finite.
-FEATURE_BOUND = 1e6
+_TARGET = TypeAdapter(Target)
+
+
+def prediction_problem(value: float) -> str | None:
+    """Why a model's output cannot be a prediction (not finite, beyond TARGET_ABS_MAX), or None."""
+    if not math.isfinite(value):
+        return "not a finite number"
+    try:
+        _TARGET.validate_python(value)
+    except ValidationError as exc:
+        return exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+    return None
 
 
 class ModelService:
@@ -53,18 +63,19 @@ class ModelService:
     async def _predict_batch(self, batch: list[Delivery[FeaturesMessage]]) -> list[Rejection]:
         """One predict call for the batch, every prediction published (confirms pipelined).
 
-        A row the model predicts no finite number for is refused alone, not with its batch.
+        A row the model predicts no sane number for (not finite, beyond TARGET_ABS_MAX) is
+        refused alone, not with its batch.
         """
         model = self.model  # one model for the whole batch, whatever a reload does meanwhile
         values = model.predictor.predict([delivery.message.body for delivery in batch])
         predictions, refused = [], []
         for delivery, value in zip(batch, values, strict=True):
             features = delivery.message
-            if math.isfinite(value):
+            if (problem := prediction_problem(value)) is None:
                 message = PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=model.version)
                 predictions.append(Outgoing(half_queue(self.settings, Y_PRED, features.id), message.to_bytes(), features.id))
             else:
-                refused.append((delivery, f"model {model.version} predicted {value} for these features"))
+                refused.append((delivery, f"model {model.version} predicted {value:g} for these features: {problem}"))
         await self.link.publisher.publish_many(predictions)
         self.count_served(model.version, "queue", len(predictions))
         return refused
@@ -148,7 +159,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
         finally:
             await service.stop()
 
-    app = service_app("model_api", lifespan, service.link.problem)
+    app = service_app("model_api", lifespan, service.link.problem, settings=settings)
     app.include_router(router)
     return app
 
@@ -161,17 +172,6 @@ Service = Annotated[ModelService, Depends(get_service)]
 router = APIRouter(tags=["model"])
 
 
-def _within_feature_bound(value: float) -> float:
-    if abs(value) > FEATURE_BOUND:
-        raise ValueError(f"must be between -{FEATURE_BOUND:g} and {FEATURE_BOUND:g} (the diabetes features are within ±0.3)")
-    return value
-
-
-Feature = Annotated[
-    Number,
-    AfterValidator(_within_feature_bound),
-    WithJsonSchema({"type": "number", "minimum": -FEATURE_BOUND, "maximum": FEATURE_BOUND}),
-]
 Row = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
 
 
@@ -182,7 +182,7 @@ def _one_of_the_two_forms(schema: dict[str, Any]) -> None:
         field.pop("default", None)
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(StrictBody):
     """One row as ``features``, or a batch of rows as ``instances`` — exactly one of the two."""
 
     model_config = ConfigDict(json_schema_extra=_one_of_the_two_forms)
@@ -234,17 +234,17 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
     one_row = "features" in request.model_fields_set
     rows = [request.features] if one_row else request.instances
     values = model.predictor.predict(rows)
-    unpredictable = [i for i, value in enumerate(values) if not math.isfinite(value)]
+    unpredictable = [(i, problem) for i, value in enumerate(values) if (problem := prediction_problem(value)) is not None]
     if unpredictable:
         raise RequestValidationError(
             [
                 {
                     "type": "value_error",
                     "loc": ("body", "features") if one_row else ("body", "instances", i),
-                    "msg": f"model {model.version} predicts {values[i]} for this row, not a finite number",
+                    "msg": f"model {model.version} predicts {values[i]:g} for this row: {problem}",
                     "input": rows[i],
                 }
-                for i in unpredictable
+                for i, problem in unpredictable
             ]
         )
     service.count_served(model.version, "http", len(rows))

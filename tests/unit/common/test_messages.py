@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.messages import FeaturesMessage, LabelMessage, PredictionMessage, SampleMessage
+from services.common.settings import get_settings
 
 SEED_ID = "1669147134.196809"
 TEN_FEATURES = [0.038, 0.05, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
@@ -232,3 +233,44 @@ def test_to_bytes_is_utf8_json_matching_the_contract_shape() -> None:
         "ts": 1669147134.196809,
         "model_version": "v1",
     }
+
+
+# --- absurd but finite numbers: refused with the bound they break --------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "bound"),
+    [
+        (FeaturesMessage, [1e300] * 10, "FEATURE_ABS_MAX"),
+        (FeaturesMessage, [*TEN_FEATURES[:9], -1e7], "FEATURE_ABS_MAX"),
+        (LabelMessage, 1.7e308, "TARGET_ABS_MAX"),
+        (PredictionMessage, -1.7e308, "TARGET_ABS_MAX"),
+        (LabelMessage, 1e13, "TARGET_ABS_MAX"),
+    ],
+)
+def test_absurd_finite_numbers_are_refused_naming_the_setting(kind: type[SampleMessage], body: object, bound: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        kind.model_validate_json(raw(id=SEED_ID, body=body))
+    assert refused_fields(refused) == {"body"} and bound in str(refused.value)
+
+
+@pytest.mark.parametrize("ts", [-1.0, 1e300, 4e10])
+def test_a_ts_that_is_no_epoch_time_is_refused(ts: float) -> None:
+    with pytest.raises(ValidationError) as refused:
+        LabelMessage.model_validate_json(raw(id=SEED_ID, body=151.0, ts=ts))
+    assert refused_fields(refused) == {"ts"}
+
+
+def test_the_bounds_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model of another scale: its users raise TARGET_ABS_MAX (or lower it, as here)."""
+    assert LabelMessage.model_validate_json(raw(id=SEED_ID, body=5000.0)).body == 5000.0
+    monkeypatch.setenv("TARGET_ABS_MAX", "1000")
+    monkeypatch.setenv("FEATURE_ABS_MAX", "1")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ValidationError, match="beyond ±1000"):
+            LabelMessage.model_validate_json(raw(id=SEED_ID, body=5000.0))
+        with pytest.raises(ValidationError, match="beyond ±1 "):
+            FeaturesMessage.model_validate_json(raw(id=SEED_ID, body=[*TEN_FEATURES[:9], 2.0]))
+    finally:
+        get_settings.cache_clear()

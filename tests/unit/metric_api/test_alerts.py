@@ -3,9 +3,11 @@
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from harness.processes import free_port
 from services.common.settings import Settings
@@ -98,16 +100,20 @@ def test_without_a_usable_sidecar_the_baseline_is_null_and_says_what_to_do(tmp_p
     assert baseline.problem and "model.pkl.json" in baseline.problem and "BASELINE_MEAN" in baseline.problem
 
 
-def test_the_summary_json_is_strict_even_when_errors_overflow(tmp_path: Path) -> None:
+def test_rows_too_absurd_for_the_statistics_never_disable_them_or_the_alert(tmp_path: Path) -> None:
+    """Rows of an older CSV whose errors overflow (|e| of 1.7e308 - -1.7e308 is inf) are left out
+    and counted: the other rows keep every number, model_mae stays, the alert still fires."""
     from services.common.metric_rows import MetricRow
     from services.metric_api.monitor import QualityMonitor
     from tests.quality import strict_json
 
     monitor = QualityMonitor(Settings(MODEL_PATH=tmp_path / "none.pkl", MAE_ALERT=1.0))
     monitor.add_rows([MetricRow.of("1.000001", 1e300, -1e300), MetricRow.of("1.000002", 5.0, 7.0)], 1000.0)
-    monitor.add_rows([MetricRow.of("1.000003", 1.7e308, -1.7e308)], 1000.2)  # |e| itself is inf
+    monitor.add_rows([MetricRow.of("1.000003", 1.7e308, -1.7e308), MetricRow.of("1.000004", math.nan, 1.0)], 1000.2)
+    monitor.add_rows([MetricRow.of("1.000005", 5.0, 9.0)], 1000.4)
     summary = strict_json(monitor.summary({"pending_y_true": 0}, "metric_log.csv", 1000.5))
-    assert summary["count"] == 3
-    assert summary["rmse"] is None  # e² overflows: no finite value to report
-    assert summary["alert"] == {"window": "last_100", "mae": None, "threshold": 1.0, "since": 1000.0}
+    assert (summary["count"], summary["excluded_rows"]) == (2, 3)
+    assert (summary["mae"], summary["rmse"]) == (3.0, math.sqrt((2.0**2 + 4.0**2) / 2))
+    assert summary["alert"] == {"window": "last_100", "mae": 3.0, "threshold": 1.0, "since": 1000.0}
     assert summary["baseline"]["mean"] is None and "BASELINE_MEAN" in summary["baseline"]["problem"]
+    assert 'model_mae{window="all"} 3.0' in generate_latest().decode()

@@ -254,3 +254,14 @@ def test_many_ids_in_random_order_with_random_duplicates_each_join_exactly_once(
 
 
 # --- MetricRow -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", [LABEL, PREDICTION])
+def test_a_pair_whose_error_is_not_a_finite_number_never_makes_a_row(join: JoinUnderTest, first: Kind) -> None:
+    """Halves held from before the queues bounded their values: 1.7e308 - -1.7e308 is inf."""
+    values = {LABEL: 1.7e308, PREDICTION: -1.7e308}
+    assert join.add(first, ID, values[first]) == Held()
+    outcome = join.add(other(first), ID, values[other(first)])
+    assert isinstance(outcome, Conflict) and "not a finite number" in outcome.reason
+    assert join.store.written(ID) is None
+    assert join.store.held(ID, first) == values[first]  # still held: it becomes an orphan, counted, not lost

@@ -256,3 +256,19 @@ def test_last_returns_the_newest_rows_oldest_first_and_is_bounded() -> None:
     assert stats.last(0) == stats.last(-1) == []
     assert stats.count == len(rows)
     assert math.isclose(stats.mae or 0, np.mean([r.absolute_error for r in rows]), rel_tol=1e-12)
+
+
+def test_rows_of_an_older_csv_too_absurd_for_the_statistics_are_left_out_and_counted() -> None:
+    """An older release wrote rows with |e| = inf or 1e300s: they must not make every number null for good."""
+    good = [MetricRow.of("1.000001", 100.0, 110.0), MetricRow.of("1.000004", 100.0, 90.0)]
+    absurd = [MetricRow.of("1.000002", 1.7e308, -1.7e308), MetricRow.of("1.000003", 1e300, 1.0)]
+    stats = QualityStats(BASELINE)
+    stats.add_history([good[0], *absurd, good[1]])
+    stats.add_version_rows("v1", np.array([100.0, 1.7e308, 1e300, 100.0]), np.array([110.0, -1.7e308, 1.0, 90.0]))
+    summary = stats.summary(T0)
+    expected = {"count": 2, "mae": 10.0, "rmse": 10.0, "me": 0.0, "max_ae": 10.0}
+    for window in (summary["windows"]["all"], summary["windows"]["last_100"], summary["by_model_version"]["v1"]):
+        assert {name: window[name] for name in expected} == expected
+    assert summary["excluded_rows"] == 2
+    assert [row.id for row in stats.last(10)] == ["1.000001", "1.000004"]
+    assert stats.recent_mae(100) == 10.0

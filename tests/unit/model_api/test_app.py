@@ -5,6 +5,7 @@ path in tests/integration/test_model_api.py)."""
 import asyncio
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from sklearn.datasets import load_diabetes
 
 from services.common.amqp.consumer import Delivery
 from services.common.messages import FeaturesMessage, PredictionMessage
-from services.common.settings import Settings
+from services.common.settings import Settings, get_settings
 from services.model_api.app import ModelService, create_app
 from tests.unit.in_process import in_process
 from tests.unit.stand_in_link import StandInLink
@@ -118,7 +119,42 @@ def test_a_batch_from_the_queue_is_predicted_and_published_to_y_pred_with_id_ts_
 def test_a_row_the_model_predicts_no_finite_number_for_is_refused_alone(settings: Settings) -> None:
     link = StandInLink()
     service = ModelService(settings, link)
-    batch = deliveries([ROWS[0], [1.7e308] * 10, ROWS[1]])
+    batch = deliveries([ROWS[0], ROWS[1], ROWS[2]])
+    # Features validated before the queues bounded them (FEATURE_ABS_MAX): the model's arithmetic overflows.
+    batch[1].message = FeaturesMessage.model_construct(id=batch[1].message.id, body=[1.7e308] * 10, ts=None)
     refused = asyncio.run(service._predict_batch(batch))
-    assert [(delivery.message.id, "predicted" in reason) for delivery, reason in refused] == [("1700000000.000002", True)]
+    assert [(delivery.message.id, "not a finite number" in reason) for delivery, reason in refused] == [
+        ("1700000000.000002", True)
+    ]
     assert [m.message_id for m in link.to("t.y_pred")] == ["1700000000.000001", "1700000000.000003"]
+
+
+@pytest.fixture
+def small_target_bound(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
+    """TARGET_ABS_MAX of 100: the diabetes model predicts beyond it for some rows (its targets reach 346)."""
+    monkeypatch.setenv("TARGET_ABS_MAX", "100")
+    get_settings.cache_clear()
+    yield 100.0
+    get_settings.cache_clear()
+
+
+def test_a_prediction_beyond_target_abs_max_is_refused_on_the_queue_and_over_http(
+    settings: Settings, small_target_bound: float
+) -> None:
+    predicted = expected(settings.MODEL_PATH, ROWS)
+    beyond = [abs(value) > small_target_bound for value in predicted]
+    assert any(beyond) and not all(beyond), predicted  # the rows straddle the bound
+    link = StandInLink()
+    refused = asyncio.run(ModelService(settings, link)._predict_batch(deliveries(ROWS)))
+    assert sorted(delivery.message.id for delivery, _ in refused) == [
+        f"1700000000.{n:06d}" for n, out in enumerate(beyond, start=1) if out
+    ]
+    assert all("TARGET_ABS_MAX" in reason for _, reason in refused)
+    assert len(link.to("t.y_pred")) == beyond.count(False)
+
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.post("/predict", json={"instances": ROWS})
+
+    answer = in_process(create_app(settings, StandInLink()), scenario)
+    assert answer.status_code == 422
+    assert [error["loc"][-1] for error in answer.json()["detail"]] == [i for i, out in enumerate(beyond) if out]
