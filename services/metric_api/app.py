@@ -17,7 +17,7 @@ from services.common.http import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind
-from services.metric_api.ledger import MetricLedger, StorageErrors
+from services.metric_api.ledger import LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor
 from services.metric_api.stats import RECENT_ROWS_SERVED
 
@@ -27,7 +27,12 @@ ROWS_WRITTEN = Counter("metric_rows_written", "Rows appended to metric_log.csv")
 DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves seen again (redeliveries, repeated publishes)")
 ORPHANS = Counter("metric_orphan_halves", "Halves whose partner did not come within ORPHAN_TTL_S", ["kind"])
 PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner", ["kind"])
+FILES_REPAIRED = Counter(
+    "metric_files_repaired", "Times metric_log.csv or the state was deleted, moved or truncated, and made whole"
+)
 RETRY_S = 2.0
+# How often an idle service looks whether its files are still the ones it writes (a batch always looks first).
+FILE_CHECK_S = 2.0
 
 
 class MetricService:
@@ -39,25 +44,38 @@ class MetricService:
         self.ledger = MetricLedger(settings.LOGS_DIR)
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
+        self.last_repair: str | None = None  # what happened to the files the last time they were repaired
         self._kinds: dict[str, Kind] = {settings.queue(Y_TRUE): "y_true", settings.queue(Y_PRED): "y_pred"}
-        self.consumer = BatchConsumer(self._record_batch, recover=self._open_until_ok)
+        self.consumer = BatchConsumer(self._record_batch, recover=self._open_until_ok, on_dead_lettered=self._count_dead_lettered)
+        self._dead_lettered_unsaved = 0
+        self._saving_dead_lettered: asyncio.Task[None] | None = None
         self.consumer.subscribe(settings.queue(Y_TRUE), LabelMessage)
         self.consumer.subscribe(settings.queue(Y_PRED), PredictionMessage)
         self.link = link or BrokerLink(settings, "metric_api", consumers=[self.consumer])
-        # The ledger is used from one thread at a time: the batch worker's or the orphan sweep's.
+        # The ledger is used from one thread at a time: the batch worker's, the orphan sweep's, the file watch's...
         self._ledger_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        self._file_watch: asyncio.Task[None] | None = None
         PENDING.labels(kind="y_true").set_function(lambda: self.ledger.pending("y_true"))
         PENDING.labels(kind="y_pred").set_function(lambda: self.ledger.pending("y_pred"))
 
     def problem(self) -> str | None:
         return self.storage_problem or self.link.problem()
 
+    def health_details(self) -> dict[str, Any]:
+        return {"files_repaired": self.last_repair} if self.last_repair else {}
+
+    @property
+    def dead_lettered(self) -> int:
+        """Messages dead-lettered since the state began (saved in it), not only by this process."""
+        return self.ledger.dead_lettered + self._dead_lettered_unsaved
+
     async def start(self) -> None:
         if self.quality.baseline.problem:
             log.warning("%s; baseline_mae and skill stay null", self.quality.baseline.problem)
         await self._open_until_ok()
         self._sweeper = asyncio.create_task(self._sweep_orphans(), name="metric-orphans")
+        self._file_watch = asyncio.create_task(self._watch_files(), name="metric-file-watch")
         self.link.start()
 
     async def _open_until_ok(self) -> None:
@@ -81,15 +99,62 @@ class MetricService:
     async def _record_batch(self, batch: list[Delivery[Any]]) -> list[Rejection]:
         halves = [(self._kinds[delivery.queue], delivery.message) for delivery in batch]
         try:
+            # The statistics take the rows under the same lock: a repair rebuilding them meanwhile would count them twice.
             async with self._ledger_lock:
-                recorded = await asyncio.to_thread(self.ledger.record, halves, time.time())
+                try:
+                    recorded = await asyncio.to_thread(self.ledger.record, halves, time.time())
+                except LedgerFilesChanged as exc:
+                    await self._repair_files(str(exc))
+                    recorded = await asyncio.to_thread(self.ledger.record, halves, time.time())
+                self.quality.add_rows(recorded.rows, time.time())
         except StorageErrors as exc:
             self.storage_problem = f"cannot write to {self.settings.LOGS_DIR}: {exc}"
             raise HandBack(self.storage_problem) from exc
-        self.quality.add_rows(recorded.rows, time.time())
         ROWS_WRITTEN.inc(len(recorded.rows))
         DUPLICATE_HALVES.inc(recorded.duplicates)
         return [(batch[index], reason) for index, reason in recorded.conflicts]
+
+    async def _repair_files(self, what: str) -> None:
+        """Reopen the ledger, which makes the CSV whole again from the state (and the state from
+        the database in use); rebuild the statistics from them. Called under the ledger lock."""
+        log.warning("%s while metric_api was writing it; making it whole again from the state", what)
+        core = self.quality.new_core()
+        await asyncio.to_thread(self.ledger.open, core)
+        self.quality.replace(core, time.time())
+        FILES_REPAIRED.inc()
+        self.last_repair = f"{what}; made whole again at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ({core.count} rows)"
+
+    async def _watch_files(self) -> None:
+        """Between batches, look every FILE_CHECK_S whether the files are still the ones being written."""
+        while True:
+            await asyncio.sleep(FILE_CHECK_S)
+            if self.storage_problem is not None:
+                continue
+            try:
+                async with self._ledger_lock:
+                    if (what := await asyncio.to_thread(self.ledger.changed)) is not None:
+                        await self._repair_files(what)
+            except StorageErrors as exc:
+                log.error("cannot repair the files in %s: %s; will try again", self.settings.LOGS_DIR, exc)
+
+    def _count_dead_lettered(self, count: int) -> None:
+        """Dead-lettered messages are counted in the state, so join.dead_lettered survives a restart.
+        Saved in the background, several at once when they come fast."""
+        self._dead_lettered_unsaved += count
+        if self._saving_dead_lettered is None or self._saving_dead_lettered.done():
+            self._saving_dead_lettered = asyncio.create_task(self._save_dead_lettered(), name="metric-dead-lettered")
+
+    async def _save_dead_lettered(self) -> None:
+        while self._dead_lettered_unsaved:
+            count = self._dead_lettered_unsaved
+            try:
+                async with self._ledger_lock:
+                    total = await asyncio.to_thread(self.ledger.count_dead_lettered, count)
+            except StorageErrors as exc:
+                log.error("cannot count %d dead-lettered messages in the state: %s; will try again", count, exc)
+                await asyncio.sleep(RETRY_S)
+                continue
+            self.ledger.dead_lettered, self._dead_lettered_unsaved = total, self._dead_lettered_unsaved - count
 
     async def _sweep_orphans(self) -> None:
         period = min(60.0, self.settings.ORPHAN_TTL_S / 4)
@@ -113,9 +178,12 @@ class MetricService:
 
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for task in (self._sweeper, self._file_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._saving_dead_lettered is not None:
+            await asyncio.wait([self._saving_dead_lettered], timeout=RETRY_S)
         async with self._ledger_lock:
             self.ledger.close()
         await self.quality.close()
@@ -140,7 +208,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await asyncio.gather(starting, return_exceptions=True)
             await service.stop()
 
-    app = service_app("metric_api", lifespan, service.problem)
+    app = service_app("metric_api", lifespan, service.problem, settings=settings, details=service.health_details)
     app.include_router(router)
     return app
 
@@ -162,7 +230,7 @@ async def summary(service: Service) -> Response:
         "pending_y_true": ledger.pending("y_true"),
         "pending_y_pred": ledger.pending("y_pred"),
         "orphans": ledger.orphans,
-        "dead_lettered": service.consumer.dead_lettered,
+        "dead_lettered": service.dead_lettered,
     }
     body = service.quality.summary(join, str(ledger.csv.path), time.time())
     return Response(body, media_type="application/json")

@@ -1,4 +1,10 @@
-"""``metric_log.csv``: the durable record of joined rows, one per id, appended with fsync."""
+"""``metric_log.csv``: the durable record of joined rows, one per id, appended with fsync.
+
+The file is kept open for appending, so a file deleted, moved away (rotated) or truncated
+under it would silently swallow every later row: ``changed()`` tells, before each append,
+whether the path still names the file being written, as long as it was left (the ledger then
+makes the file whole again from the state).
+"""
 
 import contextlib
 import logging
@@ -39,10 +45,15 @@ class MetricLogError(RuntimeError):
     """The CSV cannot be used as it is; the message names the file and what to do."""
 
 
+class MetricLogChanged(MetricLogError):
+    """The path no longer names the file being written, as it was left; the message says how."""
+
+
 class MetricLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: TextIO | None = None
+        self._written: tuple[int, int, int] | None = None  # device, inode and size after our last write
 
     def open_for_append(self) -> None:
         """Create the file with its header, or check the header of the one there; then keep it open for appends.
@@ -67,6 +78,33 @@ class MetricLog:
                 "move the file away (or point LOGS_DIR elsewhere) and start again"
             )
         self._file = self.path.open("a", encoding="utf-8")
+        self._remember_written()
+
+    def _remember_written(self) -> None:
+        assert self._file is not None
+        stat = os.fstat(self._file.fileno())
+        self._written = (stat.st_dev, stat.st_ino, stat.st_size)
+
+    def changed(self) -> str | None:
+        """How the file at ``path`` differs from the one this log writes, as it was left by the
+        last write: deleted or moved away, replaced, truncated, written to by someone else. None
+        while it is the same (or the log is not open)."""
+        if self._written is None:
+            return None
+        device, inode, size = self._written
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return f"{self.path} was deleted or moved away"
+        except OSError as exc:
+            return f"{self.path} cannot be looked at ({exc})"
+        if (stat.st_dev, stat.st_ino) != (device, inode):
+            return f"{self.path} was replaced by another file"
+        if stat.st_size < size:
+            return f"{self.path} was truncated (from {size} to {stat.st_size} bytes)"
+        if stat.st_size > size:
+            return f"{self.path} was written to by another program ({stat.st_size - size} bytes this service did not write)"
+        return None
 
     def rows(self) -> Iterator[MetricRow]:
         """Every row of the file, read from disk (after ``open_for_append()`` checked its header)."""
@@ -89,6 +127,7 @@ class MetricLog:
             self._file.write(format_rows(rows))
             self._file.flush()
             os.fsync(self._file.fileno())
+            self._remember_written()
         except OSError:
             # The file may now end in a partial line; reopening repairs it.
             self.close()
@@ -99,6 +138,7 @@ class MetricLog:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+        self._written = None
 
 
 def append_with_header(path: Path, header: str, lines: list[str]) -> None:

@@ -5,6 +5,12 @@ Synchronous, and one call at a time: the service runs each call in a worker thre
 its lock. Every change is one SQLite transaction whose CSV append is fsynced before the
 commit, so after a crash the state knows at most fewer rows than the CSV, never more;
 ``open()`` finds those rows and records them.
+
+The state knows every row ever written, so the CSV is never less than it: a CSV deleted,
+moved away (rotated) or truncated — while the service runs or while it is stopped — gets
+its header and its missing rows back, in the order they were first written. Each batch
+first checks that both files are still the ones being written (``changed()``); if not, it
+raises ``LedgerFilesChanged`` and the service reopens the ledger, which repairs them.
 """
 
 import logging
@@ -20,7 +26,7 @@ from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
-from services.metric_api.stats import LAST_5M_S, QualityStats
+from services.metric_api.stats import LAST_5M_S, QualityStats, usable
 from services.metric_api.store import SqliteHalfStore
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,10 @@ log = logging.getLogger(__name__)
 # What a ledger call raises when the disk (not the data) is the problem: full, read-only, gone.
 StorageErrors = (OSError, MetricLogError, sqlite3.Error)
 READ_CHUNK_ROWS = 10_000  # CSV rows folded into the statistics at a time at start-up
+
+
+class LedgerFilesChanged(MetricLogError):
+    """The CSV or the state file is no longer the one being written; reopening repairs it."""
 
 
 @dataclass
@@ -46,6 +56,7 @@ class MetricLedger:
         self.orphan_log = logs_dir / ORPHAN_LOG
         self._store: SqliteHalfStore | None = None
         self.orphans = 0
+        self.dead_lettered = 0  # as saved in the state
 
     @property
     def store(self) -> SqliteHalfStore:
@@ -61,6 +72,7 @@ class MetricLedger:
         ``all`` and the windows from the CSV (the one full read), model versions and join
         times from the state. On failure nothing stays open and the ledger is as before."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._rescue_state()
         store = SqliteHalfStore(self.logs_dir / METRIC_STATE)
         try:
             self.csv.open_for_append()
@@ -73,11 +85,39 @@ class MetricLedger:
             self._store.close()
         self._store = store
         self.orphans = store.counter("orphans")
+        self.dead_lettered = store.counter("dead_lettered")
         log.info("%s holds %d rows; %s halves wait for their partner", self.csv.path, quality.count, store.held_count)
+
+    def changed(self) -> str | None:
+        """How the CSV or the state file is no longer the one being written, or None."""
+        if self._store is not None and (moved := self._store.moved()) is not None:
+            return moved
+        return self.csv.changed()
+
+    def _rescue_state(self) -> None:
+        """The state file deleted, moved away or replaced while open: SQLite went on writing the old
+        file, so the open database is written back to the path before it is opened again, and
+        every held half and written id is still known. Whatever else was there is kept aside."""
+        if self._store is None or (moved := self._store.moved()) is None:
+            return
+        path = self._store.path
+        copy = path.with_name(f".{path.name}.rescued")
+        copy.unlink(missing_ok=True)
+        self._store.save_copy(copy)
+        self._store.close()
+        self._store = None
+        aside = f"replaced-{int(time.time())}"
+        for suffix in ("", "-wal", "-shm"):
+            found = path.with_name(path.name + suffix)
+            if found.exists():
+                found.replace(path.with_name(f"{path.name}.{aside}{suffix}"))
+        copy.replace(path)
+        log.warning("%s; wrote the database in use back to it", moved)
 
     def _reconcile(self, store: SqliteHalfStore, quality: QualityStats) -> None:
         """Record the CSV rows the state does not know (appended just before a crash, or a CSV
-        replaced by hand) and feed every row to ``quality``."""
+        replaced by hand), append those it lost (deleted, truncated, replaced), and feed every
+        row to ``quality``."""
         known = store.counter("csv_rows")
         new_rows: list[MetricRow] = []
         chunk: list[MetricRow] = []
@@ -86,7 +126,8 @@ class MetricLedger:
         for row in self.csv.rows():
             count += 1
             chunk.append(row)
-            newest_ids.append(row.id)
+            if usable(row.y_true, row.y_pred):  # the rows the statistics take: their times line up with them
+                newest_ids.append(row.id)
             if count > known:
                 new_rows.append(row)
             if len(chunk) == READ_CHUNK_ROWS:
@@ -95,10 +136,23 @@ class MetricLedger:
         quality.add_history(chunk)
         with store.transaction():
             if count < known:
-                log.warning("%s has fewer rows (%d) than recorded (%d): re-reading it", self.csv.path, count, known)
-                store.forget_written()
-                new_rows = list(self.csv.rows())
-            store.record_rows_of_csv(new_rows)
+                # Rows the state wrote are missing from the file: they were acked and will never come
+                # again, so they are written back from the state. Rows of the file the state does not
+                # know (a file put there by hand) are recorded.
+                store.record_rows_of_csv(self.csv.rows())
+                restored = 0
+                for missing in store.rows_missing_from(row.id for row in self.csv.rows()):
+                    self.csv.append(missing)
+                    quality.add_history(missing)
+                    newest_ids.extend(row.id for row in missing if usable(row.y_true, row.y_pred))
+                    restored += len(missing)
+                count += restored
+                log.warning(
+                    "%s had %d of the %d rows written: the %d missing were written back from the state %s",
+                    self.csv.path, count - restored, known, restored, store.path,
+                )  # fmt: skip
+            else:
+                store.record_rows_of_csv(new_rows)
             store.set_counter("csv_rows", count)
         for version, y_true, y_pred in store.written_by_version():
             quality.add_version_rows(version, y_true, y_pred)
@@ -107,6 +161,8 @@ class MetricLedger:
     def record(self, halves: Sequence[tuple[Kind, LabelMessage | PredictionMessage]], now: float) -> Recorded:
         """One transaction: join every half, append the rows made (fsync), commit."""
         store = self.store
+        if (changed := self.changed()) is not None:
+            raise LedgerFilesChanged(changed)
         join = LabelPredictionJoin(store)
         recorded = Recorded()
         with store.transaction():
@@ -140,6 +196,13 @@ class MetricLedger:
             store.add_to_counter("orphans", len(orphans))
         self.orphans += len(orphans)
         return orphans
+
+    def count_dead_lettered(self, count: int) -> int:
+        """Add ``count`` dead-lettered messages to the state's count; return the new total."""
+        store = self.store
+        with store.transaction():
+            store.add_to_counter("dead_lettered", count)
+        return store.counter("dead_lettered")
 
     def close(self) -> None:
         self.csv.close()

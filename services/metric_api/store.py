@@ -10,8 +10,9 @@ so after a crash between appending rows and committing, the service can tell whi
 rows are new to the database and record them (see MetricService._open).
 
 Beside each written id it keeps what the CSV has no column for: the model version that
-made the prediction (as a small code into ``versions``) and when the row was joined, so
-the per-version and time-window statistics can be rebuilt at start-up.
+made the prediction (as a small code into ``versions``), when the row was joined, so
+the per-version and time-window statistics can be rebuilt at start-up, and its ``line``:
+the order rows were written in, so a CSV that lost rows is made whole in its own order.
 """
 
 import sqlite3
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS held (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS held_by_age ON held (arrived_at);
 CREATE TABLE IF NOT EXISTS written (
-    id TEXT PRIMARY KEY, y_true REAL NOT NULL, y_pred REAL NOT NULL, version INTEGER, written_at REAL
+    id TEXT PRIMARY KEY, y_true REAL NOT NULL, y_pred REAL NOT NULL, version INTEGER, written_at REAL, line INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -41,15 +42,43 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 # Columns added after the first release: a state file from then gets them at start-up.
 ADDED_COLUMNS = {
     "held": {"ts": "REAL", "model_version": "TEXT"},
-    "written": {"version": "INTEGER", "written_at": "REAL"},
+    "written": {"version": "INTEGER", "written_at": "REAL", "line": "INTEGER"},
 }
+
+
+class StateFileError(sqlite3.Error):
+    """The state file cannot be opened; the message names it and the operating system's reason."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The state database at ``path``; SQLite's own message ("unable to open database file")
+    names neither the file nor the cause, so a refusal is told again with both."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise StateFileError(f"cannot open the state {path}: {exc} ({_why_not_writable(path)})") from exc
+    return db
+
+
+def _why_not_writable(path: Path) -> str:
+    """What the operating system says to the writes SQLite needs: the file, and files beside it."""
+    try:
+        with path.open("ab"):
+            pass
+        probe = path.with_name(f".{path.name}.probe")
+        with probe.open("wb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        return str(exc)
+    return "the file and its folder look writable"
 
 
 class SqliteHalfStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = _connect(path)
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we ack
         self._db.executescript(SCHEMA)
         for table, columns in ADDED_COLUMNS.items():
@@ -60,6 +89,28 @@ class SqliteHalfStore:
         self._version_codes: dict[str, int] = {}
         self._load_versions()
         self._count_held()
+        self._load_last_line()
+        stat = path.stat()
+        self._identity = (stat.st_dev, stat.st_ino)
+
+    def _load_last_line(self) -> None:
+        self._last_line: int = self._db.execute("SELECT coalesce(max(line), 0) FROM written").fetchone()[0]
+
+    def moved(self) -> str | None:
+        """How the file at ``path`` is no longer this database (deleted, moved away, replaced), or None."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return f"{self.path} was deleted or moved away"
+        except OSError as exc:
+            return f"{self.path} cannot be looked at ({exc})"
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return f"{self.path} was replaced by another file"
+        return None
+
+    def save_copy(self, path: Path) -> None:
+        """Write this database, as this connection sees it, to ``path`` (which must not exist)."""
+        self._db.execute("VACUUM INTO ?", (str(path),))
 
     def _count_held(self) -> None:
         self.held_count: dict[str, int] = {"y_true": 0, "y_pred": 0}
@@ -77,6 +128,7 @@ class SqliteHalfStore:
             self._db.execute("ROLLBACK")
             self._load_versions()
             self._count_held()
+            self._load_last_line()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -119,9 +171,11 @@ class SqliteHalfStore:
             self.held_count[kind] -= 1
 
     def record_written(self, row: MetricRow, written_at: float | None = None) -> None:
+        """Record a row; rows are numbered in the order they are recorded, which is the CSV's."""
+        self._last_line += 1
         self._db.execute(
-            "INSERT OR IGNORE INTO written (id, y_true, y_pred, version, written_at) VALUES (?, ?, ?, ?, ?)",
-            (row.id, row.y_true, row.y_pred, self._version_code(row.model_version), written_at),
+            "INSERT OR IGNORE INTO written (id, y_true, y_pred, version, written_at, line) VALUES (?, ?, ?, ?, ?, ?)",
+            (row.id, row.y_true, row.y_pred, self._version_code(row.model_version), written_at, self._last_line),
         )
 
     # -- model versions, as small codes
@@ -181,6 +235,25 @@ class SqliteHalfStore:
 
     def forget_written(self) -> None:
         self._db.execute("DELETE FROM written")
+        self._last_line = 0
+
+    def written_count(self) -> int:
+        count: int = self._db.execute("SELECT count(*) FROM written").fetchone()[0]
+        return count
+
+    def rows_missing_from(self, present: Iterable[str], chunk: int = 10_000) -> Iterator[list[MetricRow]]:
+        """The written rows whose id is not among ``present`` (the ids a CSV holds), in the order
+        they were written (rows from before lines were numbered first, by join time), in chunks.
+        Within a transaction: the ids go through a temporary table, not memory."""
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS present (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("DELETE FROM present")
+        self._db.executemany("INSERT OR IGNORE INTO present (id) VALUES (?)", ((sample_id,) for sample_id in present))
+        cursor = self._db.execute(
+            "SELECT id, y_true, y_pred FROM written WHERE id NOT IN (SELECT id FROM present) ORDER BY line, written_at, id"
+        )
+        while found := cursor.fetchmany(chunk):
+            yield [MetricRow.of(*row) for row in found]
+        self._db.execute("DELETE FROM present")
 
     def record_rows_of_csv(self, rows: Iterable[MetricRow]) -> None:
         """Record rows found in the CSV (after a crash, or a CSV replaced by hand)."""

@@ -115,3 +115,69 @@ def test_the_batch_handler_joins_halves_once_and_refuses_a_contradiction(tmp_pat
         parse_row("1700000000.000001,151.0,150.5,0.5"),
         parse_row("1700000000.000002,100.0,90.0,10.0"),
     ]
+
+
+def test_a_csv_deleted_between_batches_is_made_whole_and_health_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file watch notices before any batch comes; a batch would notice before its append."""
+    monkeypatch.setattr("services.metric_api.app.FILE_CHECK_S", 0.05)
+    csv = tmp_path / METRIC_LOG
+
+    async def scenario() -> tuple[dict[str, Any], list[Any], int]:
+        service = MetricService(settings(tmp_path), StandInLink())
+        await service.start()
+        try:
+            await service._record_batch([label(n, 100.0 + n) for n in range(1, 6)] + [prediction(n, 90.0) for n in range(1, 6)])
+            csv.unlink()
+            for _ in range(200):
+                if csv.exists() and service.last_repair:
+                    break
+                await asyncio.sleep(0.02)
+            refused = await service._record_batch([label(6, 106.0), prediction(6, 90.0)])
+            return service.health_details(), refused, service.quality.core.count
+        finally:
+            await service.stop()
+
+    details, refused, count = asyncio.run(scenario())
+    assert refused == [] and count == 6
+    assert f"{csv} was deleted or moved away" in details["files_repaired"] and "(5 rows)" in details["files_repaired"]
+    assert [parse_row(line).id for line in csv.read_text().splitlines()[1:]] == [f"1700000000.{n:06d}" for n in range(1, 7)]
+
+
+def test_a_csv_truncated_under_a_batch_is_made_whole_before_the_batch_is_written(tmp_path: Path) -> None:
+    csv = tmp_path / METRIC_LOG
+
+    async def scenario() -> int:
+        service = MetricService(settings(tmp_path), StandInLink())
+        await service.start()
+        try:
+            await service._record_batch([label(n, 100.0 + n) for n in range(1, 4)] + [prediction(n, 90.0) for n in range(1, 4)])
+            csv.write_bytes(b"")  # : > metric_log.csv, just before the next batch
+            await service._record_batch([label(4, 104.0), prediction(4, 90.0)])
+            return service.quality.core.count
+        finally:
+            await service.stop()
+
+    assert asyncio.run(scenario()) == 4
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "id,y_true,y_pred,absolute_error"
+    assert [parse_row(line).id for line in lines[1:]] == [f"1700000000.{n:06d}" for n in range(1, 5)]
+
+
+def test_the_dead_lettered_count_survives_a_restart(tmp_path: Path) -> None:
+    async def dead_letter_some() -> None:
+        service = MetricService(settings(tmp_path), StandInLink())
+        await service.start()
+        try:
+            service.consumer._on_dead_lettered(3)  # type: ignore[misc]  # what the consumer tells after each dead-lettering
+            service.consumer._on_dead_lettered(1)  # type: ignore[misc]
+        finally:
+            await service.stop()
+
+    asyncio.run(dead_letter_some())
+
+    async def scenario(client: AsyncClient) -> Response:
+        await healthy(client)
+        return await client.get("/metrics/summary")
+
+    summary = in_process(create_app(settings(tmp_path), StandInLink()), scenario)
+    assert summary.json()["join"]["dead_lettered"] == 4

@@ -222,3 +222,21 @@ def test_append_with_header_does_not_repeat_the_header_of_an_existing_file(tmp_p
     append_with_header(path, ORPHAN_HEADER, ["1.000002,y_pred,2.0,2.0\n"])
     assert path.read_text().count(ORPHAN_HEADER) == 1
     assert len(pd.read_csv(path)) == 2
+
+
+def test_changed_says_how_the_path_no_longer_names_the_file_being_written(tmp_path: Path, open_log: OpenLog) -> None:
+    path = tmp_path / "metric_log.csv"
+    log, _ = open_log(path)
+    log.append(rows(3))
+    assert log.changed() is None  # its own appends are not a change
+    size = path.stat().st_size
+    with path.open("a") as f:
+        f.write("someone else's line\n")
+    assert log.changed() == f"{path} was written to by another program (20 bytes this service did not write)"
+    with path.open("rb+") as f:
+        f.truncate(size - 10)
+    assert log.changed() == f"{path} was truncated (from {size} to {size - 10} bytes)"
+    path.unlink()
+    assert log.changed() == f"{path} was deleted or moved away"
+    path.write_text(HEADER + "\n")
+    assert log.changed() == f"{path} was replaced by another file"

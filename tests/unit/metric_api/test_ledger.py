@@ -2,15 +2,16 @@
 own file, and the statistics are rebuilt from what is on disk."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from services.common.files import METRIC_LOG, ORPHAN_LOG
+from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, format_rows, parse_orphan, parse_row
 from services.metric_api.join import Kind
-from services.metric_api.ledger import MetricLedger
+from services.metric_api.ledger import LedgerFilesChanged, MetricLedger
 from services.metric_api.stats import QualityStats
 
 
@@ -52,18 +53,114 @@ def test_rows_appended_just_before_a_crash_are_recorded_at_the_next_open(tmp_pat
     ledger.close()
 
 
-def test_a_csv_replaced_by_a_shorter_one_is_read_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def pairs(first: int, last: int) -> list[tuple[Kind, LabelMessage | PredictionMessage]]:
+    """Label and prediction of ids first..last: one row each, y_true 100 + n, y_pred 100 + n / 2."""
+    return halves(*[item for n in range(first, last + 1) for item in (("y_true", n, 100.0 + n), ("y_pred", n, 100.0 + n / 2))])
+
+
+def expected_lines(first: int, last: int) -> list[str]:
+    return [format_rows([MetricRow.of(sid(n), 100.0 + n, 100.0 + n / 2)]) for n in range(first, last + 1)]
+
+
+def test_a_csv_replaced_by_a_shorter_one_gets_the_missing_rows_back_from_the_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rows were acked: the broker never brings them again, so only the state can."""
     ledger, _ = opened(tmp_path)
-    ledger.record(halves(*[(kind, n, 100.0 + n) for n in range(1, 4) for kind in ("y_true", "y_pred")]), now=1.0)
+    ledger.record(pairs(1, 3), now=1.0)
     ledger.close()
     kept = csv_rows(tmp_path)[:1]
     (tmp_path / METRIC_LOG).write_text("id,y_true,y_pred,absolute_error\n" + format_rows(kept))
 
     ledger, quality = opened(tmp_path)
-    assert "fewer rows (1) than recorded (3)" in caplog.text
-    assert quality.count == 1
-    again = ledger.record(halves(("y_true", 3, 103.0), ("y_pred", 3, 103.0)), now=2.0)  # its row was removed by hand
-    assert [row.id for row in again.rows] == [sid(3)]
+    assert "had 1 of the 3 rows written: the 2 missing were written back" in caplog.text
+    assert (tmp_path / METRIC_LOG).read_text().splitlines()[1:] == [line.rstrip("\n") for line in expected_lines(1, 3)]
+    assert quality.count == 3
+    again = ledger.record(pairs(3, 3), now=2.0)  # a redelivery is still a duplicate
+    assert again.rows == [] and again.duplicates == 2
+    ledger.close()
+
+
+def damage_delete(csv: Path) -> None:
+    csv.unlink()
+
+
+def damage_truncate(csv: Path) -> None:
+    csv.write_bytes(b"")  # : > metric_log.csv
+
+
+def damage_cut_mid_line(csv: Path) -> None:
+    with csv.open("rb+") as f:
+        f.truncate(len(csv.read_bytes()) // 2)
+
+
+def damage_rotate(csv: Path) -> None:
+    csv.rename(csv.with_name(csv.name + ".1"))  # what logrotate does, without "copytruncate"
+
+
+def damage_rotate_and_create(csv: Path) -> None:
+    csv.rename(csv.with_name(csv.name + ".1"))
+    csv.write_text("id,y_true,y_pred,absolute_error\n")  # logrotate's "create"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [damage_delete, damage_truncate, damage_cut_mid_line, damage_rotate, damage_rotate_and_create],
+    ids=lambda f: f.__name__,
+)
+def test_a_csv_damaged_while_open_is_noticed_before_the_next_append_and_made_whole(tmp_path: Path, damage: Any) -> None:
+    ledger, _ = opened(tmp_path)
+    ledger.record(pairs(1, 40), now=1.0)
+    csv = tmp_path / METRIC_LOG
+    damage(csv)
+    assert ledger.changed() is not None and str(csv) in (ledger.changed() or "")
+    with pytest.raises(LedgerFilesChanged):
+        ledger.record(pairs(41, 41), now=2.0)  # nothing is written into a file nobody reads any more
+    ledger.open(QualityStats(None))  # what the service does then
+    assert ledger.changed() is None
+    ledger.record(pairs(41, 50), now=3.0)
+    ledger.close()
+    assert csv.read_text() == "id,y_true,y_pred,absolute_error\n" + "".join(expected_lines(1, 50))
+
+
+def test_a_csv_deleted_while_the_service_was_stopped_is_rebuilt_in_its_order(tmp_path: Path) -> None:
+    ledger, _ = opened(tmp_path)
+    for n in range(1, 21):
+        ledger.record(halves(("y_pred", n, 100.0 + n / 2)), now=float(n))
+    ledger.record(halves(*[("y_true", n, 100.0 + n) for n in range(20, 0, -1)]), now=30.0)  # joined newest first
+    written = (tmp_path / METRIC_LOG).read_text()
+    ledger.close()
+    (tmp_path / METRIC_LOG).unlink()
+    ledger, quality = opened(tmp_path)
+    ledger.close()
+    assert (tmp_path / METRIC_LOG).read_text() == written
+    assert quality.count == 20
+
+
+def test_a_state_file_deleted_while_open_is_written_back_with_every_held_half(tmp_path: Path) -> None:
+    ledger, _ = opened(tmp_path)
+    ledger.record(pairs(1, 5), now=1.0)
+    ledger.record(halves(("y_pred", 6, 90.0)), now=2.0)  # waits for its label
+    state = tmp_path / METRIC_STATE
+    state.unlink()
+    assert ledger.changed() is not None
+    with pytest.raises(LedgerFilesChanged):
+        ledger.record(halves(("y_true", 6, 95.0)), now=3.0)
+    ledger.open(QualityStats(None))
+    assert state.exists() and ledger.pending("y_pred") == 1
+    joined = ledger.record(halves(("y_true", 6, 95.0)), now=4.0)
+    assert [row.id for row in joined.rows] == [sid(6)]
+    again = ledger.record(pairs(1, 1), now=5.0)  # still known as written
+    assert again.duplicates == 2
+    ledger.close()
+
+
+def test_the_dead_lettered_count_is_kept_in_the_state(tmp_path: Path) -> None:
+    ledger, _ = opened(tmp_path)
+    assert (ledger.dead_lettered, ledger.count_dead_lettered(3), ledger.count_dead_lettered(2)) == (0, 3, 5)
+    ledger.close()
+    ledger, _ = opened(tmp_path)
+    assert ledger.dead_lettered == 5
     ledger.close()
 
 

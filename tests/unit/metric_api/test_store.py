@@ -394,3 +394,25 @@ def test_a_version_first_seen_in_a_rolled_back_batch_is_recorded_when_it_comes_a
     with store.transaction():
         store.record_written(MetricRow.of("1.000002", 1.0, 2.0, model_version="v9"))
     assert version_rows(store) == [("v9", 1.0, 2.0)]
+
+
+def test_a_state_it_cannot_open_is_refused_naming_the_file_and_the_os_error(path: Path) -> None:
+    """SQLite alone says only "unable to open database file" (here: a folder where the file should be)."""
+    path.mkdir()
+    with pytest.raises(sqlite3.Error) as refused:
+        SqliteHalfStore(path)
+    message = str(refused.value)
+    assert str(path) in message and "unable to open database file" in message and "Is a directory" in message
+
+
+def test_rows_are_numbered_in_the_order_they_are_recorded_across_reopening(open_store: OpenStore) -> None:
+    store = open_store()
+    with store.transaction():
+        for sample_id in ("1.000009", "1.000001", "1.000005"):
+            store.record_written(MetricRow.of(sample_id, 1.0, 2.0))
+    store.close()
+    store = open_store()
+    with store.transaction():
+        store.record_written(MetricRow.of("1.000003", 1.0, 2.0))
+        missing = [row.id for chunk in store.rows_missing_from(["1.000001"]) for row in chunk]
+    assert missing == ["1.000009", "1.000005", "1.000003"]
