@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import sklearn
+from sklearn.base import is_classifier, is_regressor
 from sklearn.exceptions import InconsistentVersionWarning
 
 from services.common.files import atomic_write, metadata_path
@@ -25,6 +26,8 @@ from services.model_api.predictor import Predictor
 
 TRAIN_COMMAND = "python -m services.model_api.train"
 REGISTER_COMMAND = "python -m services.model_api.register"
+# In a sidecar: the user registered a model scikit-learn does not call a regressor, on purpose (--not-a-regressor).
+NOT_A_REGRESSOR_ACCEPTED = "not_a_regressor_accepted"
 
 
 class ModelFileError(RuntimeError):
@@ -113,6 +116,28 @@ def predictor_for(model: Any, version: str, path: Path) -> Predictor:
         ) from exc
 
 
+def regressor_problem(model: Any) -> str | None:
+    """Why ``model`` is not a regressor — its predictions would not be values of y — or None."""
+    name = type(model).__name__
+    try:
+        if is_regressor(model):
+            return None
+        kind = "a classifier" if is_classifier(model) else "not a regressor"
+    except (AttributeError, TypeError):  # no scikit-learn tags: not an estimator at all
+        return f"{name} is not a scikit-learn estimator, so nothing says its predictions are values of y"
+    return f"{name} is {kind} (scikit-learn's is_regressor says no), so its predictions are not values of y"
+
+
+def check_regressor(model: Any, path: Path, *, accepted: bool) -> None:
+    """ModelFileError unless ``model`` is a regressor or the user accepted it as one (register --not-a-regressor)."""
+    if accepted or (problem := regressor_problem(model)) is None:
+        return
+    raise ModelFileError(
+        f"model file {path}: {problem}. Monitoring it would compare its outputs (class labels, scores) with the labels "
+        f"as if they were predictions. If they are values of y, say so: `{REGISTER_COMMAND} --not-a-regressor {path}`"
+    )
+
+
 def _unverified(path: Path, why: str, allow_unverified: bool) -> str:
     """The warning for a model loaded unverified, or the error refusing it."""
     if not allow_unverified:
@@ -171,6 +196,7 @@ def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
             f"service runs {sklearn.__version__}: its predictions may differ or fail; retrain it with this version"
         )
     predictor = predictor_for(model, model_version(sha256), path)
+    check_regressor(model, path, accepted=verified and metadata.get(NOT_A_REGRESSOR_ACCEPTED) is True)
     return LoadedModel(
         predictor=predictor,
         path=path,

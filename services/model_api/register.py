@@ -16,7 +16,9 @@ from typing import Any
 import sklearn
 
 from services.model_api.modelstore import (
+    NOT_A_REGRESSOR_ACCEPTED,
     ModelFileError,
+    check_regressor,
     pickled_sklearn_version,
     predictor_for,
     read_model_file,
@@ -27,11 +29,15 @@ from services.model_api.modelstore import (
 from services.model_api.train import DEFAULT_SEED, describe, diabetes_split, summary_line
 
 
-def register(path: Path, seed: int = DEFAULT_SEED) -> tuple[dict[str, Any], list[str]]:
-    """Write ``path``'s sidecar; return it and the warnings unpickling the file raised."""
+def register(path: Path, seed: int = DEFAULT_SEED, *, not_a_regressor: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Write ``path``'s sidecar; return it and the warnings unpickling the file raised.
+
+    A model scikit-learn does not call a regressor (a classifier, say) is refused unless
+    ``not_a_regressor`` says the user knows: the sidecar then records that, and model_api loads it."""
     data = read_model_file(path)
     model, caught = unpickle(data, path)
     predictor_for(model, "unregistered", path)  # refuses what cannot serve this pipeline
+    check_regressor(model, path, accepted=not_a_regressor)
     made_with = pickled_sklearn_version(caught) or sklearn.__version__
     metadata = describe(
         model,
@@ -40,6 +46,8 @@ def register(path: Path, seed: int = DEFAULT_SEED) -> tuple[dict[str, Any], list
         trained_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
     )
     metadata["registered_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if not_a_regressor:
+        metadata[NOT_A_REGRESSOR_ACCEPTED] = True
     return write_metadata(path, data, metadata), [warning_text(w) for w in caught]
 
 
@@ -47,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.model_api.register", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="your pickled, fitted scikit-learn regressor (10 features)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random_state of the held-out split")
+    parser.add_argument(
+        "--not-a-regressor",
+        action="store_true",
+        help="register it even though scikit-learn does not call it a regressor (its predictions must be values of y)",
+    )
     args = parser.parse_args(argv)
     try:
-        metadata, warnings = register(args.path, args.seed)
+        metadata, warnings = register(args.path, args.seed, not_a_regressor=args.not_a_regressor)
     except ModelFileError as exc:
         print(f"register: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import sklearn
 from sklearn.datasets import load_diabetes
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -91,3 +92,35 @@ def test_the_command_line_says_what_is_wrong_with_a_missing_file(tmp_path: Path,
     missing = tmp_path / "nope.pkl"
     assert main([str(missing)]) == 1
     assert str(missing) in capsys.readouterr().err
+
+
+@pytest.fixture
+def classifier(tmp_path: Path) -> Path:
+    """A LogisticRegression fitted on the diabetes rows: it "predicts" class labels (here: 1.0 for all that matter)."""
+    features, targets = load_diabetes(return_X_y=True)
+    path = tmp_path / "classifier.pkl"
+    path.write_bytes(pickle.dumps(LogisticRegression(max_iter=200).fit(features, targets > 140)))
+    return path
+
+
+def test_a_classifier_is_not_registered_and_says_why_and_how_to_insist(
+    classifier: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ModelFileError, match=r"LogisticRegression is a classifier"):
+        register(classifier)
+    assert not classifier.with_name("classifier.pkl.json").exists()
+    assert main([str(classifier)]) == 1
+    err = capsys.readouterr().err
+    assert str(classifier) in err and "--not-a-regressor" in err
+
+
+def test_a_non_regressor_registered_with_the_override_loads(classifier: Path) -> None:
+    assert main([str(classifier), "--not-a-regressor"]) == 0
+    loaded = load_model(classifier)
+    assert loaded.verified and loaded.metadata["not_a_regressor_accepted"] is True
+
+
+def test_model_api_refuses_a_classifier_loaded_unverified_too(classifier: Path) -> None:
+    """MODEL_ALLOW_UNVERIFIED vouches for the file's origin, not for what it predicts."""
+    with pytest.raises(ModelFileError, match="is a classifier"):
+        load_model(classifier, allow_unverified=True)
