@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-MODEL_PATH ?= services/model_api/myfile.pkl
+# make run trains the demo model only at its default path; a MODEL_PATH of yours must exist.
+DEFAULT_MODEL := services/model_api/myfile.pkl
+MODEL_PATH ?= $(DEFAULT_MODEL)
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
@@ -37,15 +39,25 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 install-lint: $(VENV)/.installed-lint
 
-$(MODEL_PATH): | $(VENV)/.installed
+$(DEFAULT_MODEL): | $(VENV)/.installed
 	$(BIN)/python -m services.model_api.train --out $@
 
-model: $(MODEL_PATH)
+ifeq ($(MODEL_PATH),$(DEFAULT_MODEL))
+model: $(DEFAULT_MODEL)
+else
+# A path of yours is never trained into: a typo must not serve the demo model in its place.
+model:
+	@test -f "$(MODEL_PATH)" || { \
+	  echo "make: MODEL_PATH=$(MODEL_PATH) does not exist. make run trains only the demo model, at $(DEFAULT_MODEL)"; \
+	  echo "      (leave MODEL_PATH unset for it). Train one there: $(BIN)/python -m services.model_api.train --out $(MODEL_PATH)"; \
+	  echo "      or bring your own and register it: $(BIN)/python -m services.model_api.register $(MODEL_PATH) (docs/own-model.md)"; \
+	  exit 1; }
+endif
 
 broker: $(VENV)/.installed
 	@$(BIN)/python -m services.common.ensure_broker
 
-run: $(VENV)/.installed $(MODEL_PATH) broker
+run: $(VENV)/.installed model broker
 	@echo "Starting the four services (Ctrl-C stops them all). Open:"
 	@echo "  dashboard     http://localhost:$${PLOT_PORT:-8004}/"
 	@echo "  histogram     http://localhost:$${PLOT_PORT:-8004}/plot/latest.png"
@@ -54,7 +66,8 @@ run: $(VENV)/.installed $(MODEL_PATH) broker
 	@echo "  model_api     http://localhost:$${MODEL_PORT:-8002}/docs"
 	@echo "  metric_api    http://localhost:$${METRIC_PORT:-8003}/docs"
 	@echo "  outputs       $${LOGS_DIR:-logs}/metric_log.csv  $${LOGS_DIR:-logs}/error_distribution.png"
-	@PATH="$(abspath $(BIN)):$$PATH" exec honcho start -f Procfile
+	@# honcho answers Ctrl-C by stopping the four services and exiting 130: that is the clean end of a run, not an error.
+	@PATH="$(abspath $(BIN)):$$PATH" honcho start -f Procfile; status=$$?; [ $$status -eq 130 ] && exit 0; exit $$status
 
 # The dashboard test drives Debian's chromium (headless); installed here when missing and we are root.
 browser:

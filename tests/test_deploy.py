@@ -52,7 +52,8 @@ from tests.json_stub import JsonStub
 
 SERVICES_WITH_LOGS = ["metric_api", "plot_api"]
 PUBLISHED_BY_DEFAULT = {*APP_PORTS.values(), 15672}
-SECRET_VARIABLES = ["RABBITMQ_USER", "RABBITMQ_PASSWORD"]
+SECRET_VARIABLES = ["RABBITMQ_USER", "RABBITMQ_PASSWORD", "API_TOKEN"]
+TOKEN = "a-token-of-the-test-0123456789"
 
 # --- reading the files -----------------------------------------------------------------
 
@@ -187,9 +188,10 @@ def test_compose_variables_are_in_env_example() -> None:
     assert not missing, f"compose.yml uses variables that {ENV_EXAMPLE.name} lacks: {missing}"
 
 
-def test_env_example_leaves_the_password_to_the_user() -> None:
-    """Copied as it is, the example does not start: the password must be chosen."""
+def test_env_example_leaves_the_password_and_the_token_to_the_user() -> None:
+    """Copied as it is, the example does not start: the password and the API token must be chosen."""
     assert env_example()["RABBITMQ_PASSWORD"] == ""
+    assert env_example()["API_TOKEN"] == ""
 
 
 def test_env_file_stays_out_of_git_and_the_images() -> None:
@@ -236,7 +238,9 @@ def env_file(tmp_path: Path, **values: str) -> Path:
 
 
 def resolved_config(tmp_path: Path, *files: Path) -> dict[str, Any]:
-    credentials = env_file(tmp_path, RABBITMQ_USER="monitor", RABBITMQ_PASSWORD="s3cret-pw", APP_UID="1234", APP_GID="1234")
+    credentials = env_file(
+        tmp_path, RABBITMQ_USER="monitor", RABBITMQ_PASSWORD="s3cret-pw", API_TOKEN=TOKEN, APP_UID="1234", APP_GID="1234"
+    )
     result = docker_compose("config", "--format", "json", env_file=credentials, files=files)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -256,9 +260,16 @@ def test_compose_refuses_to_start_with_the_example_as_it_is() -> None:
 
 
 def test_compose_refuses_to_start_without_a_user(tmp_path: Path) -> None:
-    result = docker_compose("config", env_file=env_file(tmp_path, RABBITMQ_PASSWORD="s3cret-pw"))
+    result = docker_compose("config", env_file=env_file(tmp_path, RABBITMQ_PASSWORD="s3cret-pw", API_TOKEN=TOKEN))
     assert result.returncode != 0
     assert "required variable RABBITMQ_USER is missing a value" in result.stderr
+
+
+def test_compose_refuses_to_start_without_an_api_token(tmp_path: Path) -> None:
+    result = docker_compose("config", env_file=env_file(tmp_path, RABBITMQ_USER="monitor", RABBITMQ_PASSWORD="s3cret-pw"))
+    assert result.returncode != 0
+    assert "required variable API_TOKEN is missing a value" in result.stderr
+    assert "set API_TOKEN in deploy/.env" in result.stderr
 
 
 def test_compose_accepts_the_file_with_credentials_set(tmp_path: Path) -> None:
@@ -270,6 +281,7 @@ def test_compose_accepts_the_file_with_credentials_set(tmp_path: Path) -> None:
     for name in APP_SERVICES:
         service = services[name]
         assert service["environment"]["AMQP_URL"] == "amqp://monitor:s3cret-pw@rabbitmq:5672/"
+        assert service["environment"]["API_TOKEN"] == TOKEN
         assert service["user"] == "1234:1234"
         assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
         [port] = service["ports"]

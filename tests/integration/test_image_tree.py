@@ -40,6 +40,8 @@ from tests.deploy_files import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
+TOKEN = "the-compose-api-token-0123"
+
 
 class ImageTree:
     """The file systems of the four images, side by side under ``root``."""
@@ -123,6 +125,7 @@ def services(tree: ImageTree, amqp_url: str) -> Iterator[dict[str, ServiceProces
                 "QUEUE_PREFIX": prefix,
                 "PLOT_INTERVAL_S": "0.5",
                 "FEATURES_INTERVAL_S": "3600",
+                "API_TOKEN": TOKEN,  # compose requires one: the health checks must pass with it set
             }
         )
         started[name] = ServiceProcess(name, env, tree.root, cwd=workdir)
@@ -173,7 +176,9 @@ def test_the_services_run_from_the_image_files_alone(services: dict[str, Service
 
 
 def test_a_burst_through_the_image_files_gives_one_row_per_id(services: dict[str, ServiceProcess]) -> None:
-    answer = httpx.post(f"{services['features_api'].url}/features/publish", json={"count": 50}, timeout=60)
+    url = f"{services['features_api'].url}/features/publish"
+    assert httpx.post(url, json={"count": 50}, timeout=60).status_code == 401  # API_TOKEN is set, as compose sets it
+    answer = httpx.post(url, json={"count": 50}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert answer.status_code == 200, answer.text
     ids = answer.json()["ids"]
     logs = Path(services["metric_api"].env["LOGS_DIR"])
