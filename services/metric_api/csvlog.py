@@ -9,6 +9,7 @@ makes the file whole again from the state).
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -54,6 +55,7 @@ class MetricLog:
         self.path = path
         self._file: TextIO | None = None
         self._written: tuple[int, int, int] | None = None  # device, inode and size after our last write
+        self._damaged: str | None = None  # the file changed while rows were being appended to it
 
     def open_for_append(self) -> None:
         """Create the file with its header, or check the header of the one there; then keep it open for appends.
@@ -78,12 +80,24 @@ class MetricLog:
                 "move the file away (or point LOGS_DIR elsewhere) and start again"
             )
         self._file = self.path.open("a", encoding="utf-8")
+        self._damaged = None
         self._remember_written()
 
-    def _remember_written(self) -> None:
+    def _remember_written(self, expected_size: int | None = None) -> None:
         assert self._file is not None
         stat = os.fstat(self._file.fileno())
+        if expected_size is not None and stat.st_size != expected_size:
+            # Truncated (or written to) between our last look and this append: from now on the
+            # size alone would not tell, so it is remembered until the file is made whole.
+            self._damaged = f"{self.path} changed size while rows were appended ({stat.st_size} bytes, not {expected_size})"
         self._written = (stat.st_dev, stat.st_ino, stat.st_size)
+
+    def set_aside(self, why: str) -> Path:
+        """Close the file and move it out of the way, kept for the user: ``<name>.<why>-<time>``."""
+        self.close()
+        aside = self.path.with_name(f"{self.path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
+        self.path.replace(aside)
+        return aside
 
     def changed(self) -> str | None:
         """How the file at ``path`` differs from the one this log writes, as it was left by the
@@ -91,6 +105,8 @@ class MetricLog:
         while it is the same (or the log is not open)."""
         if self._written is None:
             return None
+        if self._damaged is not None:
+            return self._damaged
         device, inode, size = self._written
         try:
             stat = self.path.stat()
@@ -123,11 +139,13 @@ class MetricLog:
         """Append rows and make them durable (fsync) before returning."""
         if self._file is None:
             raise MetricLogError(f"{self.path} is not open")
+        text = format_rows(rows)
+        expected_size = self._written[2] + len(text.encode()) if self._written is not None else None
         try:
-            self._file.write(format_rows(rows))
+            self._file.write(text)
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._remember_written()
+            self._remember_written(expected_size)
         except OSError:
             # The file may now end in a partial line; reopening repairs it.
             self.close()
@@ -139,6 +157,7 @@ class MetricLog:
                 self._file.close()
             self._file = None
         self._written = None
+        self._damaged = None
 
 
 def append_with_header(path: Path, header: str, lines: list[str]) -> None:

@@ -75,8 +75,21 @@ class MetricLedger:
         self._rescue_state()
         store = SqliteHalfStore(self.logs_dir / METRIC_STATE)
         try:
-            self.csv.open_for_append()
-            self._reconcile(store, quality)
+            try:
+                self.csv.open_for_append()
+                self._reconcile(store, quality)
+            except LedgerFilesChanged:
+                raise
+            except MetricLogError as exc:
+                # Not a metric log (no header, a line that is no row): a damaged copy of ours if the
+                # state has written rows. Kept aside for the user, and made again from the state.
+                if store.written_count() == 0:
+                    raise
+                aside = self.csv.set_aside("damaged")
+                log.warning("%s; kept as %s, and %s is made again from the state", exc, aside, self.csv.path)
+                quality.reset()
+                self.csv.open_for_append()
+                self._reconcile(store, quality)
         except BaseException:
             store.close()
             self.csv.close()

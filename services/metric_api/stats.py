@@ -324,12 +324,18 @@ class QualityStats:
         timing_samples: int = TIMING_SAMPLES,
     ) -> None:
         self.baseline = baseline
-        self.all = ErrorHistory(baseline)
+        self._ring_rows = ring_rows
+        self._timing_samples = timing_samples
+        self.reset()
+
+    def reset(self) -> None:
+        """No rows (as new; also for a read of the CSV that has to start again)."""
+        self.all = ErrorHistory(self.baseline)
         self.by_version: dict[str, ErrorHistory] = {}
-        self.ring = RowRing(ring_rows)
+        self.ring = RowRing(self._ring_rows)
         self.recent: deque[MetricRow] = deque(maxlen=RECENT_ROWS_SERVED)
-        self.latency_s: deque[float] = deque(maxlen=timing_samples)
-        self.lag_s: deque[float] = deque(maxlen=timing_samples)
+        self.latency_s: deque[float] = deque(maxlen=self._timing_samples)
+        self.lag_s: deque[float] = deque(maxlen=self._timing_samples)
         self.last_id: str | None = None
         self.last_row_at: float | None = None
         self.excluded_rows = 0  # rows left out: not finite, or beyond STATS_ABS_MAX

@@ -10,6 +10,7 @@ import pytest
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, format_rows, parse_orphan, parse_row
+from services.metric_api.csvlog import MetricLogError
 from services.metric_api.join import Kind
 from services.metric_api.ledger import LedgerFilesChanged, MetricLedger
 from services.metric_api.stats import QualityStats
@@ -201,3 +202,42 @@ def test_a_torn_last_line_is_dropped_at_open(tmp_path: Path) -> None:
     ledger, quality = opened(tmp_path)
     assert [row.id for row in csv_rows(tmp_path)] == [sid(1)] and quality.count == 1
     ledger.close()
+
+
+def test_a_csv_truncated_while_a_batch_is_appended_is_noticed_and_made_whole(tmp_path: Path) -> None:
+    """Truncated between the check and the append: the batch lands at the start of an empty file,
+    headerless, and the file's size alone would say nothing afterwards."""
+    ledger, _ = opened(tmp_path)
+    ledger.record(pairs(1, 10), now=1.0)
+    csv = tmp_path / METRIC_LOG
+    ledger.csv.changed = lambda: None  # type: ignore[method-assign]  # the check has just passed...
+    csv.write_bytes(b"")  # ... when the file is truncated
+    ledger.record(pairs(11, 12), now=2.0)
+    del ledger.csv.changed
+    assert csv.read_text() == "".join(expected_lines(11, 12))  # headerless: what the append made of it
+    assert ledger.changed() is not None
+    ledger.open(QualityStats(None))
+    ledger.close()
+    assert csv.read_text() == "id,y_true,y_pred,absolute_error\n" + "".join(expected_lines(1, 12))
+    [aside] = tmp_path.glob(f"{METRIC_LOG}.damaged-*")
+    assert aside.read_text() == "".join(expected_lines(11, 12))  # kept for the user
+
+
+def test_a_csv_with_a_line_that_is_no_row_is_set_aside_and_made_again_when_the_state_has_rows(tmp_path: Path) -> None:
+    ledger, _ = opened(tmp_path)
+    ledger.record(pairs(1, 3), now=1.0)
+    ledger.close()
+    csv = tmp_path / METRIC_LOG
+    csv.write_text(
+        "id,y_true,y_pred,absolute_error\n1700000000.000001,101.0,101700000000.000002,102.0,101.0,1.0\n"
+    )  # lines run together
+    ledger, quality = opened(tmp_path)
+    ledger.close()
+    assert csv.read_text() == "id,y_true,y_pred,absolute_error\n" + "".join(expected_lines(1, 3))
+    assert quality.count == 3 and len(list(tmp_path.glob(f"{METRIC_LOG}.damaged-*"))) == 1
+
+
+def test_a_file_that_is_no_metric_log_is_refused_when_the_state_has_no_rows(tmp_path: Path) -> None:
+    (tmp_path / METRIC_LOG).write_text("name,price\nwidget,3\n")
+    with pytest.raises(MetricLogError, match="not the header"):
+        opened(tmp_path)
