@@ -11,6 +11,7 @@ import httpx
 from bench.figures import percentile, rounded
 from bench.progress import say, wait_for_progress
 from harness.pipeline import Pipeline
+from services.features_api.app import MAX_BURST
 
 TAIL_POLL_S = 0.002
 
@@ -71,7 +72,7 @@ def latency(
                 while len(ids) < total:
                     elapsed = time.time() - started
                     due = min(total, int(rate * elapsed) + 1)
-                    count = due - len(ids)
+                    count = min(due - len(ids), MAX_BURST)  # behind: catch up in requests of the most one may ask
                     if count > 0:
                         answer = client.post(f"{features}/features/publish", json={"count": count})
                         answer.raise_for_status()

@@ -14,8 +14,9 @@ from bench.machine import RssSampler, broker_pid, cpu_use, rss_mb
 from bench.progress import COUNT_POLL_S, say, wait_for_progress
 from harness.checker import check
 from harness.pipeline import Pipeline
+from services.features_api.app import MAX_BURST
 
-MAX_PUBLISH_COUNT = 10_000  # samples per POST /features/publish in the throughput burst
+MAX_PUBLISH_COUNT = MAX_BURST  # samples per POST /features/publish in the throughput burst: the most one may ask
 
 
 class LineCounter:

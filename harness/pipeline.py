@@ -13,6 +13,7 @@ import pandas as pd
 from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port, service_env, stop_all, wait_until
 from harness.queues import delete_queues, queue_state, unique_prefix
 from services.common.files import METRIC_LOG
+from services.features_api.app import MAX_BURST
 from services.plot_api.charts import CHARTS
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
@@ -50,10 +51,24 @@ class Pipeline:
         wait_until(lambda: len(self.rows()) == self.sent(), timeout, "one CSV row per sample sent")
         return self.rows()
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header a route that changes state asks for, when the pipeline runs with an API_TOKEN."""
+        token = self.services["features_api"].env.get("API_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def burst(self, count: int, timeout: float = 60) -> list[str]:
-        answer = httpx.post(f"{self.url('features_api')}/features/publish", json={"count": count}, timeout=timeout)
-        assert answer.status_code == 200, answer.text
-        ids: list[str] = answer.json()["ids"]
+        """Publish ``count`` samples now, in requests of at most MAX_BURST; their ids."""
+        ids: list[str] = []
+        while len(ids) < count:
+            answer = httpx.post(
+                f"{self.url('features_api')}/features/publish",
+                json={"count": min(MAX_BURST, count - len(ids))},
+                headers=self.auth,
+                timeout=timeout,
+            )
+            assert answer.status_code == 200, answer.text
+            ids.extend(answer.json()["ids"])
         return ids
 
     def queues(self) -> dict[str, tuple[int, int]]:

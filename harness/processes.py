@@ -113,8 +113,9 @@ def run_to_exit(name: str, env: dict[str, str], timeout: float = 60) -> subproce
 
 
 def service_env(**settings: str) -> dict[str, str]:
-    """The environment of a service process: this one's, minus our settings, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if k not in PORT_SETTING.values()}
+    """The environment of a service process: this one's, minus our settings (the ports, and an
+    API_TOKEN a developer's shell may export: a test that wants one says so), plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if k not in (*PORT_SETTING.values(), "API_TOKEN")}
     env.update(settings)
     return env
 

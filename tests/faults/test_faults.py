@@ -236,6 +236,7 @@ def poison(kind: str) -> list[tuple[str, bytes]]:
     body = [0.01] * 10 if kind == "features" else 151.0
     wrong_type = "151.0" if kind != "features" else [0.01] * 9
     good = {"id": "1.000001", "body": body, "ts": 1.0}
+    absurd = [1e300] * 10 if kind == "features" else 1.7e308
     return [
         ("not JSON", b"\x00not json{"),
         ("JSON but not an object", b"[1, 2, 3]"),
@@ -253,6 +254,9 @@ def poison(kind: str) -> list[tuple[str, bytes]]:
         ("huge (1 MB)", json.dumps({**good, "id": "1.000006", "pad": "x" * 1_000_000}).encode()),
         ("empty", b""),
         ("id with a comma", json.dumps({**good, "id": "1,2"}).encode()),
+        # Finite but absurd: beyond FEATURE_ABS_MAX / TARGET_ABS_MAX, or no epoch time.
+        ("absurd value", json.dumps({**good, "id": "1.000007", "body": absurd}).encode()),
+        ("absurd ts", json.dumps({**good, "id": "1.000008", "ts": -1e300}).encode()),
     ]
 
 

@@ -301,7 +301,7 @@ def test_next_batch_takes_what_is_waiting_up_to_the_size(size: int) -> None:
 def test_resuming_after_a_hand_back_outlasts_a_broker_restart(monkeypatch: pytest.MonkeyPatch) -> None:
     """The broker went away while the disk was being fixed: consuming again must wait for its
     channel, not die with the ChannelInvalidStateError (the consumer then never consumed again)."""
-    monkeypatch.setattr("services.common.amqp.consumer.RESUME_RETRY_S", 0.01)
+    monkeypatch.setattr("services.common.amqp.consumer.RESUME_RETRY_S", 0.01, raising=False)
 
     async def scenario() -> list[str]:
         h = Harness()

@@ -1,0 +1,108 @@
+"""The four services as real processes (uvicorn, the real broker), with an API token, sent a smaller
+table of hostile requests than tests/unit/test_every_route.py — over real sockets, chunked bodies
+and malformed requests included: no 5xx, every service still healthy, no traceback in any log."""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import SERVICES
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+TOKEN = "real-processes-token-0123456789"
+JSON = "application/json"
+OVER_THE_LIMIT = 2 * 1024 * 1024  # HTTP_BODY_MAX_BYTES is 1 MiB by default
+BODIES: list[tuple[str, bytes | None, str | None]] = [
+    ("no content type", b'{"count": 2}', None),
+    ("form (plain curl -d)", b'{"count": 2}', "application/x-www-form-urlencoded"),
+    ("invalid UTF-8", b'{"count": "\xff"}', JSON),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, JSON),
+    ("NaN", b'{"count": NaN, "features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', JSON),
+    ("wrong shape", b'{"count": "3", "features": true}', JSON),
+    ("over the size limit", b'{"pad": "' + b"x" * OVER_THE_LIMIT + b'"}', JSON),
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_url: str) -> Iterator[Pipeline]:
+    with running_pipeline(tmp_path_factory.mktemp("hostile"), model_path, amqp_url, API_TOKEN=TOKEN) as running:
+        yield running  # leaving checks that each stopped cleanly, without a traceback
+
+
+def operations(url: str) -> list[tuple[str, str, bool]]:
+    """(method, path, whether it takes a body) of each route in the service's OpenAPI document."""
+    schema: dict[str, Any] = httpx.get(f"{url}/openapi.json").json()
+    return [
+        (method.upper(), path.replace("{image}", "latest.png"), "requestBody" in operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
+
+
+def chunked(body: bytes) -> Iterator[bytes]:
+    """No Content-Length: the size is known only as the chunks come."""
+    for start in range(0, len(body), 256 * 1024):
+        yield body[start : start + 256 * 1024]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_hostile_request_gets_a_5xx_from_a_real_process(pipeline: Pipeline, service: str) -> None:
+    url = pipeline.url(service)
+    failures, sent = [], 0
+    with httpx.Client(base_url=url, timeout=30, headers=pipeline.auth) as client:
+        for method, path, takes_a_body in operations(url):
+            for name, body, kind in BODIES:
+                answer = client.request(method, path, content=body, headers={"content-type": kind} if kind else {})
+                sent += 1
+                if answer.status_code >= 500:
+                    failures.append(f"{method} {path} with {name}: {answer.status_code} {answer.text[:200]}")
+            if takes_a_body:  # a route that reads no body never sees its size
+                streamed = client.request(
+                    method, path, content=chunked(b'{"pad": "' + b"x" * OVER_THE_LIMIT + b'"}'), headers={"content-type": JSON}
+                )
+                sent += 1
+                if streamed.status_code != 413:
+                    failures.append(f"{method} {path} with a chunked body over the limit: {streamed.status_code}")
+    assert sent > 10 and not failures, "\n".join(failures)
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        return connection.recv(4096)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /features/publish HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /features/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n{}",
+        b"GARBAGE\r\n\r\n",
+        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["length not a number", "length absurd", "no request line", "70 kB path"],
+)
+def test_a_malformed_request_is_refused_and_the_service_carries_on(pipeline: Pipeline, request_bytes: bytes) -> None:
+    port = pipeline.services["features_api"].port
+    status_line = raw_request(port, request_bytes).split(b"\r\n", 1)[0]
+    assert status_line == b"" or status_line.split()[1][:1] == b"4", status_line
+    assert httpx.get(f"{pipeline.url('features_api')}/health").status_code == 200
+
+
+def test_the_token_is_asked_for_by_real_processes_and_never_logged(pipeline: Pipeline) -> None:
+    publish = f"{pipeline.url('features_api')}/features/publish"
+    assert httpx.post(publish, json={"count": 1}).status_code == 401
+    assert httpx.post(publish, json={"count": 1}, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    assert len(pipeline.burst(3)) == 3  # the harness sends the pipeline's token
+    assert httpx.post(f"{pipeline.url('model_api')}/model/reload").status_code == 401
+    assert httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").status_code == 200
+    for service in pipeline.services.values():
+        assert TOKEN not in service.output()
