@@ -416,10 +416,11 @@ class _AmqpLibraryLines(logging.Filter):
 
 
 class BrokerOutageLines(logging.Filter):
-    """A traceback of the broker going away — a channel closed under a task during a broker
-    restart, reported by asyncio ("exception was never retrieved") or any other logger — is not
-    a crash: it becomes one warning line, said at most once a minute however many tasks report it.
-    The link says the outage itself, and /health answers 503 until it is over."""
+    """An error of the broker going away — aio-pika's channel close callbacks failing with
+    ChannelInvalidStateError during a broker restart, one ERROR per channel, or a task's traceback
+    reported by asyncio ("exception was never retrieved") or any other logger — is not a crash:
+    it becomes one warning line, said at most once a minute however many report it. BrokerLink
+    says the outage itself, and /health answers 503 until it is over."""
 
     QUIET_S = 60.0
 
@@ -427,8 +428,17 @@ class BrokerOutageLines(logging.Filter):
         super().__init__()
         self._said_at = -math.inf
 
+    @staticmethod
+    def _exception(record: logging.LogRecord) -> BaseException | None:
+        if record.exc_info:
+            return record.exc_info[1]
+        if record.name.startswith(("aio_pika", "aiormq")) and isinstance(record.args, tuple):
+            # aio-pika logs a failed callback as "Callback %r error: %s: %s" with the exception as an argument
+            return next((arg for arg in record.args if isinstance(arg, BaseException)), None)
+        return None
+
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
+        exc = self._exception(record)
         if exc is None or not broker_gone(exc):
             return True
         now = time.monotonic()
@@ -451,6 +461,8 @@ def setup_logging() -> None:
         handler.addFilter(outages)
         handler.addFilter(_AmqpLibraryLines())
     logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
+    # Its warning comes once a second while the broker is down; BrokerLink says the outage once.
+    logging.getLogger("aio_pika.robust_connection").setLevel(logging.ERROR)
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:

@@ -75,6 +75,16 @@ def drained(pipeline: Pipeline) -> bool:
     return all(queues[name][0] == 0 for name in QUEUES)
 
 
+def assert_said_once(pipeline: Pipeline) -> None:
+    """A broker outage is one warning per service, not an ERROR (or a traceback) per channel."""
+    for service in pipeline.services.values():
+        lines = service.output().splitlines()
+        errors = [line for line in lines if " ERROR " in line]
+        assert not errors, f"{service.name} logged the outage as errors:\n" + "\n".join(errors[:10])
+        lost = [line for line in lines if "lost connection to" in line]
+        assert len(lost) <= 1, f"{service.name} said the outage {len(lost)} times:\n" + "\n".join(lost[:10])
+
+
 def assert_recovered(pipeline: Pipeline) -> None:
     queues = pipeline.queues()
     for name in QUEUES:
@@ -131,6 +141,7 @@ def test_broker_restart_mid_stream(pipeline: Pipeline, background: ThreadPoolExe
     report("broker restart (stop_app/start_app)", verdict, recovery)
     assert verdict.exact, verdict
     assert_recovered(pipeline)
+    assert_said_once(pipeline)
 
 
 @pytest.mark.parametrize("fault", ["cut", "stall"])

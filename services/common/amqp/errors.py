@@ -13,10 +13,13 @@ BROKER_GONE: tuple[type[BaseException], ...] = (TimeoutError, OSError, AMQPError
 
 
 def broker_gone(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an exception it was raised from, says the broker or a channel went away."""
+    """Whether ``exc``, or an exception it was raised from, says the broker or a channel went away
+    (aio-pika also raises a bare ``RuntimeError("<Connection ...> closed")``)."""
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, ChannelInvalidStateError | AMQPError | ConnectionError):
+            return True
+        if type(exc) is RuntimeError and str(exc).endswith(" closed"):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

@@ -71,6 +71,7 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
         self._reason = f"connecting to {self._where}"
         self._closing = False
+        self._lost = False  # the outage is said once, until the connection is back
         self._up = False  # connected and the service's queues and consumers set up
         self._publisher: ConfirmedPublisher | None = None
         self.connection: AbstractRobustConnection | None = None
@@ -164,10 +165,13 @@ class BrokerLink:
         if self._closing:
             return
         self._reason = (str(exc) or type(exc).__name__) if exc else "closed by the broker"
-        log.warning("lost connection to %s: %s", self._where, self._reason)
+        if not self._lost:  # aio-pika calls this again at each failed attempt to reconnect: say it once
+            self._lost = True
+            log.warning("lost connection to %s: %s; reconnecting", self._where, self._reason)
 
     def _on_reconnect(self, _connection: object) -> None:
         BROKER_RECONNECTS.inc()
+        self._lost = False
         log.info("reconnected to %s", self._where)
 
     async def close(self) -> None:
