@@ -75,8 +75,8 @@ def read_model_file(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(
-            f"model file {path} does not exist: train one with `{TRAIN_COMMAND}` "
-            "(make run does this) or point MODEL_PATH at yours"
+            f"model file {path} does not exist (MODEL_PATH): train one there with `{TRAIN_COMMAND} --out {path}`, "
+            f"or register your own with `{REGISTER_COMMAND} {path}`; make run trains the demo model only at its default path"
         ) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path}: {exc}") from exc

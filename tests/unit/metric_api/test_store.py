@@ -3,6 +3,7 @@ transactions, the held counts, orphan expiry, and keeping up with the CSV."""
 
 import random
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -416,3 +417,20 @@ def test_rows_are_numbered_in_the_order_they_are_recorded_across_reopening(open_
         store.record_written(MetricRow.of("1.000003", 1.0, 2.0))
         missing = [row.id for chunk in store.rows_missing_from(["1.000001"]) for row in chunk]
     assert missing == ["1.000009", "1.000005", "1.000003"]
+
+
+def test_a_read_only_logs_folder_is_refused_naming_the_file_and_the_os_error(tmp_path: Path) -> None:
+    """What a user sees with a logs/ they cannot write: not only "unable to open database file"."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root): as root, permissions alone cannot make a folder read-only")
+    try:
+        with pytest.raises(sqlite3.Error) as refused:
+            SqliteHalfStore(folder / "metric_state.sqlite3")
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    message = str(refused.value)
+    assert str(folder / "metric_state.sqlite3") in message and "Read-only file system" in message
