@@ -40,27 +40,29 @@ class LabelDelay:
 
     @classmethod
     def parse(cls, spec: str) -> "LabelDelay":
-        text = spec.strip().lower()
-        name, _, rest = text.partition(":")
         try:
-            if not rest and name not in ("exp", "uniform"):
-                delay = _seconds(name, "the delay")
-                return cls("fixed", delay, delay)
-            parts = rest.split(":")
-            if name == "exp" and len(parts) == 1:
-                mean = _seconds(parts[0], "the mean")
-                if mean == 0:
-                    raise DelaySpecError("the mean must be above 0")
-                cap = min(EXP_CAP * mean, MAX_DELAY_S)
-                return cls("exp", mean, cap)
-            if name == "uniform" and len(parts) == 2:
-                low, high = _seconds(parts[0], "LOW"), _seconds(parts[1], "HIGH")
-                if high < low:
-                    raise DelaySpecError(f"HIGH ({high:g}) is below LOW ({low:g})")
-                return cls("uniform", low, high)
-            raise DelaySpecError(f"{name!r} is not a delay")
+            return cls._parse(spec.strip().lower())
         except DelaySpecError as exc:
             raise DelaySpecError(f"LABEL_DELAY_S={spec!r}: {exc}; {SPEC_HELP}") from None
+
+    @classmethod
+    def _parse(cls, text: str) -> "LabelDelay":
+        name, _, rest = text.partition(":")
+        parts = rest.split(":")
+        if not rest and name not in ("exp", "uniform"):
+            delay = _seconds(name, "the delay")
+            return cls("fixed", delay, delay)
+        if name == "exp" and len(parts) == 1:
+            mean = _seconds(parts[0], "the mean")
+            if mean == 0:
+                raise DelaySpecError("the mean must be above 0")
+            return cls("exp", mean, min(EXP_CAP * mean, MAX_DELAY_S))
+        if name == "uniform" and len(parts) == 2:
+            low, high = _seconds(parts[0], "LOW"), _seconds(parts[1], "HIGH")
+            if high < low:
+                raise DelaySpecError(f"HIGH ({high:g}) is below LOW ({low:g})")
+            return cls("uniform", low, high)
+        raise DelaySpecError(f"{name!r} is not a delay")
 
     @property
     def off(self) -> bool:

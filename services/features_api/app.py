@@ -5,7 +5,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, TypedDict, cast
+from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from prometheus_client import Counter
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
-from services.common.amqp.topology import FEATURES, Y_TRUE, delay_queue, delay_queues, half_queue, half_queues
+from services.common.amqp.topology import FEATURES, Y_TRUE, DelayQueue, delay_queue, delay_queues, half_queue, half_queues
 from services.common.delay import bucket_of, expiration_ms
 from services.common.files import FEATURES_STATE
 from services.common.http import service_app
@@ -49,7 +49,8 @@ class FeaturesPublisher:
         self.delay = settings.label_delay()
         self._delay_rng = random.Random(settings.FEATURES_SEED)  # noqa: S311 - a simulated delay, not a secret
         self._features_queue = settings.queue(FEATURES)
-        publishes = [self._features_queue, *half_queues(settings, Y_TRUE), *delay_queues(settings, Y_TRUE, self.delay)]
+        publishes: list[str | DelayQueue] = [self._features_queue, *half_queues(settings, Y_TRUE)]
+        publishes += delay_queues(settings, Y_TRUE, self.delay)
         self.link = link or BrokerLink(settings, "features_api", publishes=publishes)
         self._stop = asyncio.Event()
         self._loop_sample = asyncio.Lock()
@@ -195,7 +196,9 @@ async def publish(request: BurstRequest, publisher: Publisher) -> BurstResponse:
     return BurstResponse(count=len(ids), ids=ids)
 
 
-CANNOT_SAVE = {500: {"description": "the state file could not be written: the change holds until a restart"}}
+CANNOT_SAVE: dict[int | str, dict[str, Any]] = {
+    500: {"description": "the state file could not be written: the change holds until a restart"}
+}
 
 
 @router.post("/pause", responses=CANNOT_SAVE)

@@ -10,7 +10,7 @@ message. The caller's labels are never delayed (LABEL_DELAY_S is the demo's).
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Sequence
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from prometheus_client import Counter
@@ -129,7 +129,7 @@ async def get_intake(request: Request) -> CallerIntake:
 
 Intake = Annotated[CallerIntake, Depends(get_intake)]
 router = APIRouter(tags=["your data"])
-NOT_CONNECTED = {503: {"description": "broker not connected: nothing was published"}}
+NOT_CONNECTED: dict[int | str, dict[str, Any]] = {503: {"description": "broker not connected: nothing was published"}}
 
 
 def _connected(intake: CallerIntake) -> None:

@@ -31,7 +31,7 @@ def load_paused(path: Path) -> bool:
         return False
     paused = state.get("paused") if isinstance(state, dict) else None
     if not isinstance(paused, bool):
-        log.error("%s has no true/false \"paused\" (%r); the demo loop starts unpaused", path, state)
+        log.error('%s has no true/false "paused" (%r); the demo loop starts unpaused', path, state)
         return False
     return paused
 

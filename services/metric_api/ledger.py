@@ -61,7 +61,7 @@ class Survey:
     listed: int | None = None  # orphans written to orphans.csv, when it was rewritten
 
 
-def no_waiting() -> dict[Kind, dict[str, int]]:
+def no_waiting() -> dict[str, dict[str, int]]:
     return {kind: dict.fromkeys((name for name, _ in AGE_BUCKETS), 0) for kind in KINDS}
 
 

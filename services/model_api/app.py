@@ -298,7 +298,9 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
             ]
         )
     served_at = time.time()
-    given: list[str | None] = [request.id] if one_row else list(request.ids or [None] * len(rows))
+    given: list[str | None] = [request.id] if one_row else [None] * len(rows)
+    if request.ids is not None:
+        given = [*request.ids]
     ids = [sample_id if sample_id is not None else service.ids.next()[0] for sample_id in given]
     if monitored:
         await service.monitor(ids, values, model.version, served_at)

@@ -153,7 +153,9 @@ def test_features_loop_off_publishes_nothing_by_itself(tmp_path: Path, loop: boo
 
 def test_labels_are_published_to_y_true_each_under_its_id_and_counted_once_confirmed(settings: Settings) -> None:
     link = StandInLink()
-    labels = [{"id": "order-17", "y_true": 151.0}, {"id": "1669147134.196809", "y_true": 75}, {"id": "a:b_c.d-e", "y_true": -2.5}]
+    labels: list[dict[str, Any]] = [
+        {"id": "order-17", "y_true": 151.0}, {"id": "1669147134.196809", "y_true": 75}, {"id": "a:b_c.d-e", "y_true": -2.5}
+    ]  # fmt: skip
 
     answer = in_process(create_app(settings, link), post("/labels", {"labels": labels}))
     assert answer.status_code == 200, answer.text
@@ -233,7 +235,7 @@ def test_one_id_given_twice_in_a_request_is_refused_naming_it(settings: Settings
 
 def test_samples_go_to_features_with_their_labels_to_y_true_and_ids_made_where_none_given(settings: Settings) -> None:
     link = StandInLink()
-    samples = [
+    samples: list[dict[str, Any]] = [
         {"id": "mine-1", "features": ROW, "y_true": 151.0},
         {"features": ROW},  # no id, no label yet
         {"id": "mine-3", "features": [0] * 10},
@@ -267,7 +269,9 @@ def test_samples_go_to_features_with_their_labels_to_y_true_and_ids_made_where_n
         ({"id": "x"}, ["body", "samples", 0, "features"]),
     ],
 )
-def test_a_bad_sample_is_a_422_naming_it_and_nothing_is_published(settings: Settings, sample: dict[str, Any], where: list[Any]) -> None:
+def test_a_bad_sample_is_a_422_naming_it_and_nothing_is_published(
+    settings: Settings, sample: dict[str, Any], where: list[Any]
+) -> None:
     link = StandInLink()
     answer = in_process(create_app(settings, link), post("/samples", {"samples": [sample]}))
     assert answer.status_code == 422, answer.text

@@ -208,7 +208,9 @@ def test_with_monitoring_on_and_no_broker_nothing_is_served(settings: Settings) 
         ({"ids": ["a", "b,c", "d"], "instances": ROWS}, ID_RULE),
     ],
 )
-def test_a_bad_id_is_a_422_saying_what_is_wrong_and_nothing_is_published(settings: Settings, body: dict[str, Any], says: str) -> None:
+def test_a_bad_id_is_a_422_saying_what_is_wrong_and_nothing_is_published(
+    settings: Settings, body: dict[str, Any], says: str
+) -> None:
     link = StandInLink()
 
     async def scenario(client: AsyncClient) -> Response:
