@@ -83,12 +83,13 @@ def _normalise_id(value: Any) -> Any:
     return value
 
 
-SampleId = Annotated[
-    str,
-    BeforeValidator(_normalise_id),
-    AfterValidator(_check_id),
-    WithJsonSchema({"type": "string", "pattern": ID_PATTERN, "maxLength": ID_MAX_LENGTH, "description": ID_RULE}),
-]
+_ID_SCHEMA = WithJsonSchema(
+    {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": ID_MAX_LENGTH, "description": ID_RULE}
+)
+SampleId = Annotated[str, BeforeValidator(_normalise_id), AfterValidator(_check_id), _ID_SCHEMA]
+# An id sent over HTTP (/predict, /labels, /samples): a string, as the routes' schemas say; the
+# numeric ids old producers put on the queues are not taken there.
+CallerId = Annotated[str, AfterValidator(_check_id), _ID_SCHEMA]
 # Numbers only (no "151.0" strings, no booleans), finite.
 Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False), AfterValidator(float)]
 # One sample's features: the body of a features message, and a row over HTTP.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, model_validator
 from services.common.amqp.link import Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_TRUE, half_queue
-from services.common.messages import ID_RULE, Features, FeaturesMessage, LabelMessage, Number, SampleId
+from services.common.messages import ID_RULE, CallerId, Features, FeaturesMessage, LabelMessage, Number
 from services.common.settings import Settings
 
 MAX_ITEMS = 10_000  # labels or samples in one request
@@ -36,7 +36,7 @@ def _no_repeated_ids(ids: Sequence[str | None], what: str) -> None:
 
 
 class LabelIn(BaseModel):
-    id: SampleId = Field(description=ID_RULE)
+    id: CallerId = Field(description=ID_RULE)
     y_true: Number = Field(description="the ground truth of the sample with this id")
 
 
@@ -54,7 +54,7 @@ class LabelsAccepted(BaseModel):
 
 
 class SampleIn(BaseModel):
-    id: SampleId | None = Field(None, description=f"your id for the sample; one is made when absent. {ID_RULE}")
+    id: CallerId | None = Field(None, description=f"your id for the sample; one is made when absent. {ID_RULE}")
     features: Features
     y_true: Number | None = Field(None, description="its label, if known now; else send it later to POST /labels")
 

@@ -24,7 +24,7 @@ from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_PRED, half_queue, half_queues
 from services.common.http import service_app
-from services.common.messages import FEATURE_COUNT, ID_RULE, FeaturesMessage, Number, PredictionMessage, SampleId, SampleIdClock
+from services.common.messages import FEATURE_COUNT, ID_RULE, CallerId, FeaturesMessage, Number, PredictionMessage, SampleIdClock
 from services.common.settings import Settings, get_settings
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
@@ -195,10 +195,18 @@ Row = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATUR
 
 
 def _one_of_the_two_forms(schema: dict[str, Any]) -> None:
-    """The schema says what the validator enforces: exactly one of the two fields, no nulls."""
-    schema["oneOf"] = [{"required": ["features"]}, {"required": ["instances"]}]
+    """The schema says what the validator enforces: exactly one of the two fields, no nulls; ``id``
+    only beside ``features``, ``ids`` (each once) only beside ``instances``. That ``ids`` has as many
+    items as ``instances`` is said in words: JSON Schema cannot tie two lengths together."""
+    schema["oneOf"] = [
+        {"required": ["features"], "not": {"anyOf": [{"required": ["instances"]}, {"required": ["ids"]}]}},
+        {"required": ["instances"], "not": {"anyOf": [{"required": ["features"]}, {"required": ["id"]}]}},
+    ]
     for field in schema["properties"].values():
         field.pop("default", None)
+    for branch in schema["properties"]["ids"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch.update(uniqueItems=True, minItems=1, maxItems=PREDICT_BATCH_MAX)
 
 
 class PredictRequest(BaseModel):
@@ -212,8 +220,10 @@ class PredictRequest(BaseModel):
     instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] = Field(
         default_factory=list, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
     )
-    id: SampleId | None = Field(None, description=f"with features: the sample's id (made here when absent). {ID_RULE}")
-    ids: list[SampleId] | None = Field(None, description="with instances: one id per row, in order (made here when absent)")
+    id: CallerId | None = Field(None, description=f"with features: the sample's id (made here when absent). {ID_RULE}")
+    ids: list[CallerId] | None = Field(
+        None, description="with instances: one id per row, in order, as many as rows (made here when absent)"
+    )
 
     @model_validator(mode="before")
     @classmethod
