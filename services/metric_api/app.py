@@ -178,7 +178,8 @@ router = APIRouter(prefix="/metrics", tags=["metrics"])
 @router.get("/summary", response_class=Response, responses={200: {"content": {"application/json": {}}}})
 async def summary(service: Service) -> Response:
     """count, mae, rmse; per window and per model version the twelve numbers docs/monitoring.md
-    lists; the join, latency, alert and baseline. Numbers are never NaN (null instead)."""
+    lists; the join, the labels (share, lag, waiting by age), latency, alert and baseline. Numbers
+    are never NaN (null instead)."""
     ledger = service.ledger
     join = {
         "pending_y_true": ledger.pending("y_true"),
