@@ -9,6 +9,8 @@ from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, UrlConstraint
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.delay import LabelDelay
+
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -27,6 +29,14 @@ def _usable_token(token: SecretStr) -> SecretStr:
 ApiToken = Annotated[SecretStr, AfterValidator(_usable_token)]
 
 
+def _delay_spec(spec: str) -> str:
+    LabelDelay.parse(spec)  # a DelaySpecError (a ValueError) says what is wrong and what is expected
+    return spec
+
+
+DelaySpec = Annotated[str, AfterValidator(_delay_spec)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
 
@@ -34,6 +44,8 @@ class Settings(BaseSettings):
     QUEUE_PREFIX: str = Field("", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=100)
     LOGS_DIR: Path = Path("logs")
     FEATURES_INTERVAL_S: float = Field(10.0, ge=0)
+    # features_api's demo loop (a sample every FEATURES_INTERVAL_S); off, only the routes publish.
+    FEATURES_LOOP: bool = True
     FEATURES_SEED: int | None = None
     PLOT_INTERVAL_S: float = Field(10.0, gt=0)
     MODEL_PATH: Path = Path("services/model_api/myfile.pkl")
@@ -48,8 +60,14 @@ class Settings(BaseSettings):
     METRIC_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8003")
     # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
     PREFETCH: int = Field(200, ge=1, le=65535)
-    # A half whose partner has not come within this time is written to orphans.csv.
+    # A half whose partner has not come within this time is counted an orphan (and listed in
+    # orphans.csv); it stays held, so a partner that comes later still makes its row.
     ORPHAN_TTL_S: float = Field(3600.0, gt=0)
+    # The demo's labels reach y_true this much later, waiting on the broker: seconds, or a
+    # distribution (exp:MEAN, uniform:LOW:HIGH); services/common/delay.py.
+    LABEL_DELAY_S: DelaySpec = "0"
+    # model_api: publish every prediction served over HTTP to y_pred (off: e.g. for load tests).
+    MONITOR_HTTP_PREDICTIONS: bool = True
     PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
     # A connection that stops answering is given up after about 3 heartbeats, then remade.
     AMQP_HEARTBEAT_S: int = Field(5, ge=1, le=600)
@@ -61,13 +79,17 @@ class Settings(BaseSettings):
     BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
     # HTTP: with a token set, every route that changes state asks for it (docs/operations.md, "Who may change state").
     API_TOKEN: ApiToken | None = None
-    # The largest request body any route takes; a larger one is answered 413 before it is read.
-    HTTP_BODY_MAX_BYTES: int = Field(1 << 20, ge=1024, le=1 << 30)
+    # The largest request body any route takes; a larger one is answered 413 before it is read. 2 MiB
+    # holds the largest request the routes take (10,000 labels with 64-character ids: about 1 MB).
+    HTTP_BODY_MAX_BYTES: int = Field(2 << 20, ge=1024, le=1 << 30)
     # Sane bounds on the numbers of a sample, on the queues and over HTTP alike: a value beyond them is
     # refused (the DLQ, or a 422) before it reaches a model, the CSV or the statistics. The diabetes
     # features are within ±0.3 and its target within 25..346; a model of another scale may need more.
     FEATURE_ABS_MAX: float = Field(1e6, gt=0, le=1e100, allow_inf_nan=False)
     TARGET_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
+
+    def label_delay(self) -> LabelDelay:
+        return LabelDelay.parse(self.LABEL_DELAY_S)
 
     def queue(self, base: str) -> str:
         """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 TOKEN = "real-processes-token-0123456789"
 JSON = "application/json"
-OVER_THE_LIMIT = 2 * 1024 * 1024  # HTTP_BODY_MAX_BYTES is 1 MiB by default
+OVER_THE_LIMIT = 3 * 1024 * 1024  # HTTP_BODY_MAX_BYTES is 2 MiB by default
 BODIES: list[tuple[str, bytes | None, str | None]] = [
     ("no content type", b'{"count": 2}', None),
     ("form (plain curl -d)", b'{"count": 2}', "application/x-www-form-urlencoded"),
