@@ -123,9 +123,19 @@ def _plausible_ts(value: float) -> float:
     return value
 
 
+def _schema_bound(setting: str) -> Callable[[dict[str, Any]], None]:
+    """The bound in the JSON schema (/docs, schemathesis), as configured when the schema is made."""
+
+    def add(schema: dict[str, Any]) -> None:
+        bound = getattr(get_settings(), setting)
+        schema.update(minimum=-bound, maximum=bound, description=f"a number within ±{bound:g} ({setting})")
+
+    return add
+
+
 # A feature value, and a label or prediction (a value of the model's target), within their sane bounds.
-Feature = Annotated[Number, AfterValidator(_within_feature_bound)]
-Target = Annotated[Number, AfterValidator(_within_target_bound)]
+Feature = Annotated[Number, AfterValidator(_within_feature_bound), Field(json_schema_extra=_schema_bound("FEATURE_ABS_MAX"))]
+Target = Annotated[Number, AfterValidator(_within_target_bound), Field(json_schema_extra=_schema_bound("TARGET_ABS_MAX"))]
 Timestamp = Annotated[Number, AfterValidator(_plausible_ts)]
 # One sample's features: the body of a features message, and a row over HTTP.
 Features = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]

@@ -361,39 +361,47 @@ def test_an_unverified_file_is_served_only_when_allowed(tmp_path: Path, models: 
 
 
 def test_a_row_the_model_cannot_predict_is_refused_alone(reloadable: tuple[ServiceProcess, Path], amqp_url: str) -> None:
-    """A model whose arithmetic overflows for some rows: those rows get a 422 over HTTP and go
-    to the DLQ from the queue, with the reason; the rows beside them are predicted."""
+    """A model whose arithmetic overflows for some rows, and gives absurd values for others: those
+    rows get a 422 over HTTP and go to the DLQ from the queue, with the reason; the rows beside
+    them are predicted."""
     service, path = reloadable
     overflowing = LinearRegression().fit(np.eye(10), np.zeros(10))
     overflowing.coef_ = np.array([1e308, 1e308] + [0.0] * 8)
-    overflowing.intercept_ = 0.0
+    overflowing.intercept_ = 150.0
     save_model(overflowing, path, {"model_type": "LinearRegression"})
     assert httpx.post(f"{service.url}/model/reload").status_code == 200
-    fine, overflows = [0.1, 0.1] + [0.0] * 8, [0.9, 0.9] + [0.0] * 8
+    # 150.0; 2e307, finite but beyond TARGET_ABS_MAX; inf.
+    fine, absurd, overflows = [0.0] * 10, [0.1, 0.1] + [0.0] * 8, [0.9, 0.9] + [0.0] * 8
 
-    answer = httpx.post(f"{service.url}/predict", json={"instances": [fine, overflows]})
+    answer = httpx.post(f"{service.url}/predict", json={"instances": [fine, absurd, overflows]})
     assert answer.status_code == 422
-    [error] = answer.json()["detail"]
-    assert error["loc"] == ["body", "instances", 1] and "not a finite number" in error["msg"]
+    beyond, infinite = answer.json()["detail"]
+    assert beyond["loc"] == ["body", "instances", 1] and "TARGET_ABS_MAX" in beyond["msg"]
+    assert infinite["loc"] == ["body", "instances", 2] and "not a finite number" in infinite["msg"]
 
     prefix = service.env["QUEUE_PREFIX"]
 
-    async def through_the_queues() -> tuple[dict, dict]:
+    async def through_the_queues() -> tuple[dict, list[dict]]:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            for sample_id, features in (("1700000001.000001", fine), ("1700000001.000002", overflows)):
+            for sample_id, features in (
+                ("1700000001.000001", fine),
+                ("1700000001.000002", absurd),
+                ("1700000001.000003", overflows),
+            ):
                 body = json.dumps({"id": sample_id, "body": features}).encode()
                 await channel.default_exchange.publish(aio_pika.Message(body), routing_key=f"{prefix}features")
             async with asyncio.timeout(30):
                 predicted = await _first_message(await channel.declare_queue(f"{prefix}y_pred", passive=True))
-                refused = await _first_message(await channel.declare_queue(f"{prefix}features.dlq", passive=True))
-            return json.loads(predicted.body), {"body": json.loads(refused.body), **refused.headers}
+                dlq = await channel.declare_queue(f"{prefix}features.dlq", passive=True)
+                refused = [await _first_message(dlq), await _first_message(dlq)]
+            return json.loads(predicted.body), [{"body": json.loads(m.body), **m.headers} for m in refused]
 
     predicted, refused = asyncio.run(through_the_queues())
-    assert predicted["id"] == "1700000001.000001" and predicted["body"] == pytest.approx(2e307)
-    assert refused["body"]["id"] == "1700000001.000002"
-    assert "predicted inf" in refused["x-dlq-reason"]
+    assert predicted["id"] == "1700000001.000001" and predicted["body"] == 150.0
+    reasons = {message["body"]["id"]: message["x-dlq-reason"] for message in refused}
+    assert "TARGET_ABS_MAX" in reasons["1700000001.000002"] and "predicted inf" in reasons["1700000001.000003"]
 
 
 async def _first_message(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
