@@ -15,10 +15,15 @@ from starlette.types import Lifespan
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def service_app(service: str, lifespan: Lifespan[FastAPI], problem: Callable[[], str | None]) -> FastAPI:
+def service_app(
+    service: str,
+    lifespan: Lifespan[FastAPI],
+    problem: Callable[[], str | None],
+    details: Callable[[], dict[str, str]] = dict,
+) -> FastAPI:
     """A service's FastAPI app: its lifespan, the ops routes, and readable 422s."""
     app = FastAPI(title=service, lifespan=lifespan)
-    app.include_router(ops_router(service, problem))
+    app.include_router(ops_router(service, problem, details))
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
 
@@ -40,16 +45,17 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-def ops_router(service: str, problem: Callable[[], str | None]) -> APIRouter:
-    """``GET /health`` (200 when ``problem()`` is None, else 503 with it) and ``GET /metrics``."""
+def ops_router(service: str, problem: Callable[[], str | None], details: Callable[[], dict[str, str]] = dict) -> APIRouter:
+    """``GET /health`` (200 when ``problem()`` is None, else 503 with it; both with ``details()``,
+    e.g. the broker a service is connected to) and ``GET /metrics``."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/health", responses={503: {"description": "not ready, with the reason"}})
     async def health() -> JSONResponse:
         reason = problem()
         if reason is None:
-            return JSONResponse({"status": "ok", "service": service})
-        return JSONResponse({"status": "unavailable", "service": service, "reason": reason}, status_code=503)
+            return JSONResponse({"status": "ok", "service": service, **details()})
+        return JSONResponse({"status": "unavailable", "service": service, "reason": reason, **details()}, status_code=503)
 
     @router.get("/metrics", response_class=Response)
     async def metrics() -> Response:

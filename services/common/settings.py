@@ -2,20 +2,47 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, UrlConstraints
+from pydantic import AfterValidator, AnyHttpUrl, Field, TypeAdapter, UrlConstraints
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+_AMQP_URL = TypeAdapter(AmqpUrl)
+
+
+def parse_brokers(value: str) -> tuple[Url, ...]:
+    """The brokers of a comma-separated AMQP_URL, in order; ValueError saying what is wrong."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise ValueError("an empty entry: list the brokers as amqp://...,amqp://...")
+    urls = tuple(_AMQP_URL.validate_python(part) for part in parts)
+    if len({(url.scheme, url.username, url.password, url.path or "/", url.query) for url in urls}) > 1:
+        raise ValueError(
+            "the brokers listed must be nodes of one cluster: the same scheme, user, password, "
+            "virtual host and options; only host and port may differ"
+        )
+    return urls
+
+
+def _normalised_brokers(value: str) -> str:
+    return ",".join(str(url) for url in parse_brokers(value))
+
+
+QueueType = Literal["classic", "quorum"]
+
+# One broker, or several nodes of one cluster, comma-separated (the first is tried first).
+AmqpUrls = Annotated[str, AfterValidator(_normalised_brokers)]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
 
-    AMQP_URL: AmqpUrl = Url("amqp://guest:guest@localhost:5672/")
+    AMQP_URL: AmqpUrls = "amqp://guest:guest@localhost:5672/"
+    # quorum: every queue and DLQ a quorum queue (replicated over a cluster's nodes; docs/cluster.md).
+    QUEUE_TYPE: QueueType = "classic"
     QUEUE_PREFIX: str = Field("", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=100)
     LOGS_DIR: Path = Path("logs")
     FEATURES_INTERVAL_S: float = Field(10.0, ge=0)
@@ -44,6 +71,11 @@ class Settings(BaseSettings):
     # metric_api: the constant predictor's value for baseline_mae/skill; by default the
     # training-set mean of y from the model's sidecar (<MODEL_PATH>.json, target_mean).
     BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
+
+    @property
+    def brokers(self) -> tuple[Url, ...]:
+        """The brokers of AMQP_URL, in the order they are tried."""
+        return parse_brokers(self.AMQP_URL)
 
     def queue(self, base: str) -> str:
         """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""

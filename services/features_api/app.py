@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await publisher.stop_loop(loop)
             await publisher.link.close()
 
-    app = service_app("features_api", lifespan, publisher.link.problem)
+    app = service_app("features_api", lifespan, publisher.link.problem, publisher.link.details)
     app.include_router(router)
     return app
 

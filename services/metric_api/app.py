@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await asyncio.gather(starting, return_exceptions=True)
             await service.stop()
 
-    app = service_app("metric_api", lifespan, service.problem)
+    app = service_app("metric_api", lifespan, service.problem, service.link.details)
     app.include_router(router)
     return app
 

@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
         finally:
             await service.stop()
 
-    app = service_app("model_api", lifespan, service.link.problem)
+    app = service_app("model_api", lifespan, service.link.problem, service.link.details)
     app.include_router(router)
     return app
 

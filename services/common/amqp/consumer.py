@@ -35,6 +35,7 @@ from services.common.amqp.instruments import HANDLE_SECONDS, MESSAGES_CONSUMED, 
 from services.common.amqp.publisher import Outgoing, Publisher
 from services.common.amqp.topology import declare_queue, dlq_name
 from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
+from services.common.settings import QueueType
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,18 @@ class BatchConsumer:
     def queues(self) -> list[str]:
         return [subscription.queue for subscription in self._subscriptions]
 
-    async def start(self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: Publisher) -> None:
-        """Declare each queue and consume it on its own channel; start the batch worker."""
+    async def start(
+        self,
+        open_channel: Callable[[], Awaitable[AbstractRobustChannel]],
+        dead_letters: Publisher,
+        queue_type: QueueType = "classic",
+    ) -> None:
+        """Declare each queue (of ``queue_type``) and consume it on its own channel; start the batch worker."""
         self._dead_letters = dead_letters
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"batches-{'+'.join(self.queues)}")
         for subscription in self._subscriptions:
-            subscription.amqp_queue = await declare_queue(await open_channel(), subscription.queue)
+            subscription.amqp_queue = await declare_queue(await open_channel(), subscription.queue, queue_type)
         await self.resume()
 
     async def pause(self) -> None:

@@ -62,7 +62,7 @@ def test_environment_overrides_every_contract_setting(monkeypatch: pytest.Monkey
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    url = settings.AMQP_URL
+    (url,) = settings.brokers
     assert (url.scheme, url.username, url.password, url.host, url.port, url.path) == (
         "amqps",
         "user",
