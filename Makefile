@@ -7,13 +7,15 @@ MODEL_PATH ?= services/model_api/myfile.pkl
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint bench install install-test install-lint model broker browser clean
+.PHONY: help run test lint bench install install-test install-lint model broker browser clean cluster cluster-stop
 
 help:
 	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
 	@echo "make test   set up and run the whole test suite against a real RabbitMQ"
 	@echo "make lint   the lint and type gate: ruff (lint and format) and mypy; fails on any finding"
 	@echo "make bench  set up and run the benchmark (about 7 min; BENCH_ARGS=--smoke for a quick check)"
+	@echo "make cluster       start (or complete) a local three-node RabbitMQ cluster on 127.0.0.1:5681-5683"
+	@echo "make cluster-stop  stop that cluster and remove its data"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
@@ -80,6 +82,13 @@ lint: $(VENV)/.installed-lint
 # The benchmark: real services on the real broker; tables on stdout, JSON in bench/results/.
 bench: $(VENV)/.installed-test broker
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# A local three-node RabbitMQ cluster (docs/cluster.md); never the machine's own broker on 5672.
+cluster: $(VENV)/.installed
+	@$(BIN)/python -m services.common.cluster start
+
+cluster-stop: $(VENV)/.installed
+	@$(BIN)/python -m services.common.cluster stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

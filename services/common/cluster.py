@@ -67,7 +67,7 @@ class Node:
 
 NODES = (Node("cluster1", 5681, 25681), Node("cluster2", 5682, 25682), Node("cluster3", 5683, 25683))
 SEED = NODES[0]  # the node the others join
-_spawned: dict[Node, subprocess.Popen[bytes]] = {}  # servers this process started, to notice one that dies at boot
+_launched: dict[Node, int] = {}  # pid of each server script this process started, to notice one that dies at boot
 URLS = ",".join(node.url for node in NODES)  # AMQP_URL for services on the cluster
 
 for _node in NODES:  # the guard this module's promise rests on: none of ours is the default node
@@ -188,7 +188,9 @@ def _write_files(target: Node) -> None:
     }
     for name, text in files.items():
         (target.dir / name).write_text(text)
-    _chown([CLUSTER_DIR, target.dir, target.dir / "mnesia", target.dir / "log", *(target.dir / name for name in files)])
+    startup_log = target.dir / "log" / "startup.log"
+    startup_log.touch()
+    _chown([CLUSTER_DIR, target.dir, target.dir / "mnesia", target.dir / "log", startup_log, *(target.dir / n for n in files)])
 
 
 # -- one node -----------------------------------------------------------------------------
@@ -233,11 +235,8 @@ def pid(target: Node) -> int | None:
     return number if ours and here else None
 
 
-def _alive(number: int, target: Node) -> bool:
-    """Whether process ``number`` (``target``'s VM) still runs; its pid file goes early in a shutdown."""
-    spawned = _spawned.get(target)
-    if spawned is not None and spawned.pid == number:
-        return spawned.poll() is None  # our child: reap it, or it stays a zombie
+def _alive(number: int) -> bool:
+    """Whether process ``number`` still runs (a node's pid file goes early in its shutdown)."""
     try:
         state = Path(f"/proc/{number}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -260,23 +259,24 @@ def start_node(target: Node) -> None:
         if _port_taken(port):
             raise ClusterError(f"port {port} is taken by another program: {target.nodename} cannot start")
     _write_files(target)
-    log = (target.dir / "log" / "startup.log").open("ab")
     user, group, extra_groups = _ids()
-    try:
-        _spawned[target] = subprocess.Popen(
-            [str(RABBITMQ_BIN / "rabbitmq-server")],
-            env=_env(target),
-            cwd=str(target.dir),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # not killed with the terminal or the test run that started it
-            user=user,
-            group=group,
-            extra_groups=extra_groups,
-        )
-    finally:
-        log.close()
+    # Through a shell that leaves it in the background: the server is nobody's child here (it
+    # outlives this process), and the shell says its pid, to notice a server that dies at boot.
+    launch = 'exec "$0" </dev/null >>log/startup.log 2>&1 & echo $!'
+    launched = subprocess.run(
+        ["/bin/sh", "-c", launch, str(RABBITMQ_BIN / "rabbitmq-server")],
+        env=_env(target),
+        cwd=str(target.dir),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        start_new_session=True,  # not killed with the terminal or the test run that started it
+        user=user,
+        group=group,
+        extra_groups=extra_groups,
+    )
+    _launched[target] = int(launched.stdout.strip())
 
 
 def _log_tail(target: Node) -> str:
@@ -301,9 +301,9 @@ def await_startup(target: Node, timeout: float = BOOT_TIMEOUT_S) -> None:
     """Wait until ``target`` has booted (``rabbitmqctl await_startup``)."""
     deadline = time.monotonic() + timeout
     while pid(target) is None:  # the pid file is written early in the boot
-        spawned = _spawned.get(target)
-        if spawned is not None and spawned.poll() is not None:
-            raise ClusterError(f"{target.nodename} exited with {spawned.returncode} while starting: {_log_tail(target)}")
+        launched = _launched.get(target)
+        if launched is not None and not _alive(launched):
+            raise ClusterError(f"{target.nodename} exited while starting: {_log_tail(target)}")
         if time.monotonic() > deadline:
             raise ClusterError(f"{target.nodename} did not start: see {target.dir / 'log'}")
         time.sleep(0.5)
@@ -329,7 +329,7 @@ def signal_nodes(targets: Sequence[Node], sig: int, timeout: float = 30) -> None
             sent[target] = number
     deadline = time.monotonic() + timeout
     for target, number in sent.items():
-        while _alive(number, target):
+        while _alive(number):
             if time.monotonic() > deadline:
                 if sig == signal.SIGKILL:
                     raise ClusterError(f"{target.nodename} (pid {number}) still runs {timeout:.0f} s after SIGKILL")
