@@ -199,6 +199,8 @@ def test_leader_node_sigkill_mid_burst(pipeline: Pipeline, published: list[str],
     restarted = cluster.start()  # `make cluster` with a node down starts that node
     took = time.monotonic() - began
     report(f"SIGKILL of {leader.nodename} (leader) mid-burst", result, settled_after_kill=recovered, node_restart=took)
+    # Every service with a broker connection (all but plot_api) says it is on a surviving node.
+    assert sum(on.values()) == len(pipeline.services) - 1, on
     assert f"127.0.0.1:{leader.port}" not in on, f"a service still says it is on the killed node: {on}"
     assert restarted == [leader]
     assert_sound(pipeline, result)
