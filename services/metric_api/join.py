@@ -8,6 +8,7 @@ contradicts what is known of its id (another value for the same id) is a conflic
 The store decides where halves live (memory in tests, SQLite in the service).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -64,6 +65,14 @@ def other(kind: Kind) -> Kind:
     return PREDICTION if kind == LABEL else LABEL
 
 
+def same_value(first: float, second: float) -> bool:
+    """Whether two values of one half are the same: equal but for float rounding. A features
+    message delivered again (after a lost connection) is predicted again, maybe by another
+    model_api replica in a batch of another size, and vectorised arithmetic may then round the
+    last bit differently (measured: 115.5487708095639 against 115.54877080956392)."""
+    return math.isclose(first, second, rel_tol=1e-9, abs_tol=1e-12)
+
+
 class LabelPredictionJoin:
     def __init__(self, store: HalfStore) -> None:
         self.store = store
@@ -82,12 +91,12 @@ class LabelPredictionJoin:
         row = self.store.written(sample_id)
         if row is not None:
             seen = row.y_true if kind == LABEL else row.y_pred
-            if seen == value:
+            if same_value(seen, value):
                 return Duplicate()
             return Conflict(f"id {sample_id} already has its row with {kind}={seen!r}; this message says {value!r}")
         held = self.store.held(sample_id, kind)
         if held is not None:
-            if held == value:
+            if same_value(held, value):
                 return Duplicate()
             return Conflict(f"id {sample_id} already has {kind}={held!r} waiting; this message says {value!r}")
         partner = self.store.held_half(sample_id, other(kind))

@@ -11,6 +11,8 @@ Each test prints a CLUSTER line with its figures (run with -s to see them).
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from bench.replicas import predictions_by_replica
 from harness.checker import Verdict
 from harness.cluster import all_row_ids, brokers_in_use, rows_per_shard, running_on_cluster, verdict
 from harness.pipeline import Pipeline
-from harness.processes import wait_until
+from harness.processes import REPO_ROOT, wait_until
 from harness.queues import connect, delete_queues, unique_prefix
 from services.common import cluster
 from services.common.amqp.link import BrokerLink
@@ -98,7 +100,10 @@ def settled(pipeline: Pipeline, ids: list[str], timeout: float = 180) -> Verdict
     over ``ids`` (every id the pipeline was sent)."""
     wanted = set(ids)
     wait_until(lambda: wanted <= set(all_row_ids(pipeline)), timeout, f"rows for all {len(ids)} ids")
-    wait_until(lambda: all(ready == 0 for ready, _ in pipeline.queues().values()), 60, "every queue to drain")
+    try:
+        wait_until(lambda: all(ready == 0 for ready, _ in pipeline.queues().values()), 60, "every queue to drain")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (ready, consumers) by queue: {pipeline.queues()}") from None
     return verdict(pipeline, ids)
 
 
@@ -266,3 +271,20 @@ async def _ids_in(queue: str) -> set[str]:
                 if taken == total:
                     break
     return found
+
+
+@pytest.mark.usefixtures("cluster_up")
+def test_the_benchmarks_cluster_section_runs() -> None:
+    """`python -m bench.cluster` with a tiny burst: classic on the single broker, quorum on the cluster."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--cluster-samples", "200"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    table = [line for line in done.stdout.splitlines() if line.startswith(("| single broker", "| cluster of 3"))]
+    assert [line.split("|")[2].strip() for line in table] == ["classic", "quorum"], done.stdout
+    assert len(cluster.running()) == len(cluster.NODES)  # a cluster it did not start, it leaves running

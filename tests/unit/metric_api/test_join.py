@@ -153,6 +153,21 @@ def test_either_half_again_after_its_row_is_written_is_a_duplicate(join: JoinUnd
     assert join.nothing_held_for(ID)
 
 
+@pytest.mark.parametrize("kind", [LABEL, PREDICTION])
+def test_the_same_half_again_but_for_float_rounding_is_a_duplicate(join: JoinUnderTest, kind: Kind) -> None:
+    """A features message predicted twice (redelivered to another model_api replica, in a batch
+    of another size) gave 115.5487708095639 and then 115.54877080956392: the same prediction."""
+    first, again = 115.5487708095639, 115.54877080956392
+    assert first != again
+    assert join.add(kind, ID, first) == Held()
+    assert join.add(kind, ID, again) == Duplicate()
+    partner: Kind = other(kind)
+    assert isinstance(join.add(partner, ID, 100.0), Joined)
+    assert join.add(kind, ID, again) == Duplicate()
+    written = join.store.written(ID)
+    assert written is not None and first in (written.y_true, written.y_pred)  # the first value is kept
+
+
 # --- conflicts -------------------------------------------------------------------------
 
 
