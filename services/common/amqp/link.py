@@ -14,7 +14,7 @@ from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer
 from services.common.amqp.instruments import BROKER_RECONNECTS
 from services.common.amqp.publisher import ConfirmedPublisher, Publisher
-from services.common.amqp.topology import declare_queue
+from services.common.amqp.topology import DelayQueue, declare
 from services.common.amqp.transport import CoalescingRobustConnection
 from services.common.settings import Settings
 
@@ -57,7 +57,7 @@ class BrokerLink:
         settings: Settings,
         service: str,
         *,
-        publishes: Sequence[str] = (),
+        publishes: Sequence[str | DelayQueue] = (),
         consumers: Sequence[BatchConsumer] = (),
     ) -> None:
         brokers = settings.brokers
@@ -135,7 +135,7 @@ class BrokerLink:
     async def _publishing_channel(self) -> AbstractRobustChannel:
         channel = await self._channel()
         for queue in self._publishes:
-            await declare_queue(channel, queue, self._settings.QUEUE_TYPE)
+            await declare(channel, queue, self._settings.QUEUE_TYPE)
         return channel
 
     async def _renew_publishing_channel(self, stuck: AbstractRobustChannel) -> AbstractRobustChannel:
