@@ -257,16 +257,32 @@ class ComposeStack:
         self.published += ids
         return ids
 
-    def queues(self) -> dict[str, tuple[int, int]]:
-        """(messages, consumers) of every queue, from the broker's management API (its figures
-        lag by up to 5 s: the broker's statistics interval)."""
-        answer = httpx.get(
-            f"{self.url('rabbitmq')}/api/queues/%2F",
+    def management(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The broker's management API (published like everything else)."""
+        answer = httpx.request(
+            method,
+            f"{self.url('rabbitmq')}/api{path}",
             auth=(self.settings["RABBITMQ_USER"], self.settings["RABBITMQ_PASSWORD"]),
             timeout=30,
+            **kwargs,
         )
         answer.raise_for_status()
-        return {q["name"]: (q.get("messages", 0), q.get("consumers", 0)) for q in answer.json()}
+        return answer.json()
+
+    def queues(self) -> dict[str, tuple[int, int]]:
+        """(messages, consumers) of every queue (the broker's figures lag by up to 5 s: its statistics interval)."""
+        return {q["name"]: (q.get("messages", 0), q.get("consumers", 0)) for q in self.management("GET", "/queues/%2F")}
+
+    def dead_letters(self) -> list[str]:
+        """What waits in the dead-letter queues: "<queue>: <reason>" (read, left in place)."""
+        found = []
+        for name, (messages, _) in self.queues().items():
+            if name.endswith(".dlq") and messages:
+                body = {"count": 20, "ackmode": "ack_requeue_true", "encoding": "auto"}
+                for message in self.management("POST", f"/queues/%2F/{name}/get", json=body):
+                    headers = message["properties"].get("headers", {})
+                    found.append(f"{name}: {headers.get('x-dlq-reason', message['payload'][:200])}")
+        return found
 
     # -- the rows -------------------------------------------------------------------------
 
@@ -287,11 +303,16 @@ class ComposeStack:
         )
 
     def settled(self, timeout: float = 180) -> Verdict:
-        """Wait until every published id has its row and no queue holds a message; the verdict."""
+        """Wait until every published id has its row and the work queues are empty; the verdict.
+        (What the dead-letter queues hold is not counted here: ``dead_letters``.)"""
         wanted = set(self.published)
         wait_until(lambda: wanted <= {row for csv in self.csvs() for row in row_ids(csv)}, timeout, "a row for every id", 0.5)
-        wait_until(lambda: all(messages == 0 for messages, _ in self.queues().values()), 60, "every queue empty", 1)
+        wait_until(self.work_queues_empty, 60, "the work queues to be empty", 1)
         return self.verdict()
+
+    def work_queues_empty(self) -> dict[str, tuple[int, int]] | None:
+        queues = self.queues()
+        return queues if all(messages == 0 for name, (messages, _) in queues.items() if not name.endswith(".dlq")) else None
 
 
 def remove_stale_projects(engine: Engine) -> None:

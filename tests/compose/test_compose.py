@@ -40,6 +40,8 @@ def assert_exact(stack: ComposeStack, step: str) -> None:
         flush=True,
     )
     assert verdict.exact and verdict.rows == len(stack.published), f"{step}: {verdict}"
+    if dead := stack.dead_letters():
+        print(f"COMPOSE {step}: dead-lettered so far: {dead}", flush=True)
 
 
 def test_up_builds_the_images_and_every_container_becomes_healthy(stack: ComposeStack) -> None:
@@ -63,7 +65,7 @@ def test_up_builds_the_images_and_every_container_becomes_healthy(stack: Compose
             assert container.user == f"{stack.app_uid}:{stack.app_uid}", container
     # The model trained into the image at build time is the one served.
     info = stack.get("model_api", "/model/info")
-    assert info.status_code == 200 and info.json()["version"], info.text
+    assert info.status_code == 200 and info.json()["model_version"], info.text
 
 
 def test_a_burst_lands_in_the_bind_mounted_csv(stack: ComposeStack) -> None:
@@ -194,3 +196,13 @@ def test_a_logs_folder_the_services_uid_cannot_write_gives_a_readable_503(stack:
     stack.wait_ready(HEALTHY_WITHIN_S)
     stack.burst(100)
     assert_exact(stack, "after the uid is put right")
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="a prediction recomputed after a redelivery (kill -9 of model_api or the broker) can differ in its last bit, as the "
+    "model predicts a batch of another size, and metric_api dead-letters it as a conflicting y_pred (services/, reported)",
+)
+def test_nothing_was_dead_lettered(stack: ComposeStack) -> None:
+    """Nothing any step did was a poison message: every dead-letter queue is empty."""
+    assert stack.dead_letters() == []
