@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(1800)]
 SERVICES = sorted(["rabbitmq", *APP_SERVICES])
 BURST = 2000
 HEALTHY_WITHIN_S = 180
-QUEUES = ("features", "y_true", "y_pred")
+PNG = b"\x89PNG"
 
 
 def assert_exact(stack: ComposeStack, step: str) -> None:
@@ -87,10 +87,14 @@ def test_a_burst_lands_in_the_bind_mounted_csv(stack: ComposeStack) -> None:
     assert math.isclose(summary["mae"], rows["absolute_error"].mean(), rel_tol=1e-9)
 
     # plot_api reads the same folder and draws the histogram into it (every PLOT_INTERVAL_S).
-    png = stack.logs / "error_distribution.png"
-    wait_until(png.exists, 60, f"{png} to be drawn", 1)
+    served = wait_until(functools.partial(served_png, stack), 60, "plot_api to serve the histogram", 1)
+    assert served.startswith(PNG)
+    assert (stack.logs / "error_distribution.png").read_bytes().startswith(PNG)
+
+
+def served_png(stack: ComposeStack) -> bytes | None:
     answer = stack.get("plot_api", "/plot/latest.png")
-    assert answer.status_code == 200 and answer.content.startswith(b"\x89PNG"), answer.status_code
+    return answer.content if answer.status_code == 200 else None
 
 
 @pytest.mark.faults
@@ -103,9 +107,9 @@ def test_kill_9_of_each_service_is_restarted_and_loses_nothing(stack: ComposeSta
         killed = stack.kill(service)
         started = time.monotonic()
         wait_until(functools.partial(restarted, stack, killed), 60, f"{service} to be restarted", 0.2)
-        stack.wait_ready(HEALTHY_WITHIN_S)
+        stack.wait_answering(HEALTHY_WITHIN_S)
         timed(
-            f"kill -9 {service} ({rows} of {len(stack.published)} rows then): restarted and healthy", time.monotonic() - started
+            f"kill -9 {service} ({rows} of {len(stack.published)} rows then): restarted and answering", time.monotonic() - started
         )
         assert_exact(stack, f"kill -9 {service}")
 
@@ -193,7 +197,7 @@ def test_a_logs_folder_the_services_uid_cannot_write_gives_a_readable_503(stack:
     assert "/app/logs" in reason, reason
 
     stack.compose("up", "-d", "--no-deps", "metric_api")
-    stack.wait_ready(HEALTHY_WITHIN_S)
+    stack.wait_answering(HEALTHY_WITHIN_S)
     stack.burst(100)
     assert_exact(stack, "after the uid is put right")
 
