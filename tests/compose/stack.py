@@ -3,7 +3,7 @@ project name, published ports and logs folder, so that it collides with nothing 
 
 Any set of compose files can be driven (the default layout, + compose.scale.yml, + another
 override): the test's own override, written from the resolved configuration of that set,
-moves every published port to a free one on 127.0.0.1 and every bind mount of the
+moves every fixed host port to a free one on 127.0.0.1 and every bind mount of the
 repository's logs/ to the test's folder, and turns the demo's timer down (every row is then
 one the test published). Containers, ports, health and restarts are read from `docker inspect`.
 """
@@ -125,9 +125,10 @@ class ComposeStack:
         lines = ["services:"]
         for name, service in config["services"].items():
             lines.append(f"  {name}:")
-            ports = [f"127.0.0.1::{port['target']}" for port in service.get("ports", [])]
-            if ports:
-                lines.append(f"    ports: !override {json.dumps(ports)}")
+            ports = service.get("ports", [])
+            if any(port.get("published") for port in ports):  # a fixed host port: a free one instead
+                free = [f"127.0.0.1::{port['target']}" for port in ports]
+                lines.append(f"    ports: !override {json.dumps(free)}")
             binds = []
             for volume in service.get("volumes", []):
                 source = Path(volume.get("source", ""))

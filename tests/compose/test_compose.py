@@ -2,8 +2,9 @@
 
 One project for the module, its tests in order (each builds on the state the last left):
 up and healthy, a burst into the bind-mounted CSV, kill -9 of each service, down then up,
-the scale override, a logs folder the services' uid cannot write. Every check counts every
-id ever published into the project: 0 lost, 0 duplicated, 0 unexpected, after each step.
+the scale override, a missing logs folder, a logs folder the services' uid cannot write.
+Every check counts every id ever published into the project: 0 lost, 0 duplicated,
+0 unexpected, after each step.
 Prints COMPOSE lines with the timings (make test-compose runs pytest -s).
 """
 
@@ -175,6 +176,21 @@ def test_the_scale_override_runs_three_model_replicas_that_share_the_work(stack:
     assert sum(split.values()) >= BURST, split
     for number, count in split.items():
         assert count >= BURST / 10, f"replica {number} made {count:.0f} of {BURST} predictions: {split}"
+
+
+def test_a_missing_logs_folder_is_an_error_naming_it(stack: ComposeStack) -> None:
+    """compose.yml's bind mount does not create a missing logs/ (Docker would make it owned by
+    root, unwritable for the services): starting metric_api without it fails, naming the path."""
+    stack.compose("stop", "metric_api")
+    away = stack.logs.rename(stack.logs.with_name("logs.away"))
+    try:
+        refused = stack.compose("up", "-d", "--no-deps", "--force-recreate", "metric_api", check=False)
+        assert not stack.logs.exists(), "Docker made the folder"
+    finally:
+        away.rename(stack.logs)
+    assert refused.returncode != 0 and "does not exist" in refused.stderr and str(stack.logs) in refused.stderr, refused.stderr
+    stack.compose("up", "-d", "--no-deps", "metric_api")
+    stack.wait_answering(HEALTHY_WITHIN_S)
 
 
 def test_a_logs_folder_the_services_uid_cannot_write_gives_a_readable_503(stack: ComposeStack) -> None:
