@@ -1,12 +1,12 @@
 """Drawing samples from the diabetes dataset, and giving each a unique id. No I/O."""
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.messages import format_sample_id
+from services.common.messages import SampleIdClock
+
+__all__ = ["DiabetesSampler", "Sample", "SampleIdClock"]
 
 
 @dataclass(frozen=True)
@@ -15,23 +15,6 @@ class Sample:
     ts: float
     features: list[float]
     label: float
-
-
-class SampleIdClock:
-    """Ids in the seed's timestamp format, strictly increasing, so never shared by two samples.
-
-    Two samples drawn within one microsecond (a burst) would get the same wall-clock
-    timestamp; the clock then moves on by one microsecond instead.
-    """
-
-    def __init__(self, now: Callable[[], float] = time.time) -> None:
-        self._now = now
-        self._last_us = 0
-
-    def next(self) -> tuple[str, float]:
-        epoch_us = max(round(self._now() * 1_000_000), self._last_us + 1)
-        self._last_us = epoch_us
-        return format_sample_id(epoch_us), epoch_us / 1_000_000
 
 
 class DiabetesSampler:
@@ -45,7 +28,7 @@ class DiabetesSampler:
         self._features = features.astype(float)
         self._targets = targets.astype(float)
         self._rng = np.random.default_rng(seed)
-        self._clock = SampleIdClock()
+        self.clock = SampleIdClock()  # also gives the ids of the callers' own samples: one clock, unique ids
 
     @classmethod
     def diabetes(cls, seed: int | None = None) -> "DiabetesSampler":
@@ -56,5 +39,5 @@ class DiabetesSampler:
 
     def draw(self) -> Sample:
         row = int(self._rng.integers(len(self._features)))
-        sample_id, ts = self._clock.next()
+        sample_id, ts = self.clock.next()
         return Sample(sample_id, ts, self._features[row].tolist(), float(self._targets[row]))
