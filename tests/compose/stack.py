@@ -4,7 +4,7 @@ project name, published ports and logs folder, so that it collides with nothing 
 Any set of compose files can be driven (the default layout, + compose.scale.yml, + another
 override): the test's own override, written from the resolved configuration of that set,
 moves every fixed host port to a free one on 127.0.0.1 and every bind mount of the
-repository's logs/ to the test's folder, and turns the demo's timer down (every row is then
+repository's logs/ to the test's folder, and switches the demo's loop off (every row is then
 one the test published). Containers, ports, health and restarts are read from `docker inspect`.
 """
 
@@ -31,8 +31,8 @@ from tests.deploy_files import COMPOSE_FILE, REPO_ROOT, env_example
 
 PROJECT_PREFIX = "mqm-test-"
 REPO_LOGS = REPO_ROOT / "logs"
-# The demo's timer would add rows nobody published; an hour apart, none comes during a test.
-TEST_ENVIRONMENT = {"features_api": {"FEATURES_INTERVAL_S": "3600"}}
+# The demo's loop would add rows nobody published: off, every row is one the test published.
+TEST_ENVIRONMENT = {"features_api": {"FEATURES_LOOP": "false"}}
 # A project of this prefix older than this is a crashed run's: removed before a new one starts.
 STALE_AFTER_S = 3 * 3600
 LABEL = "com.docker.compose.project"
