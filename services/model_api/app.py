@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
+import numpy as np
 import sklearn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,21 +61,20 @@ class ModelService:
         A row the model predicts no finite number for is refused alone, not with its batch.
         """
         model = self.model  # one model for the whole batch, whatever a reload does meanwhile
-        values = model.predictor.predict([delivery.message.body for delivery in batch])
+        rows = np.asarray([delivery.message.body for delivery in batch], dtype=float)  # once, for the model and drift
+        values = model.predictor.predict(rows)
         predictions, refused = [], []
-        rows, values_out = [], []  # what the drift window sees: every row predicted a finite number for
         for delivery, value in zip(batch, values, strict=True):
             features = delivery.message
             if math.isfinite(value):
                 message = PredictionMessage(id=features.id, body=value, ts=features.ts, model_version=model.version)
                 predictions.append(Outgoing(half_queue(self.settings, Y_PRED, features.id), message.to_bytes(), features.id))
-                rows.append(features.body)
-                values_out.append(value)
             else:
                 refused.append((delivery, f"model {model.version} predicted {value} for these features"))
         await self.link.publisher.publish_many(predictions)
         self.count_served(model.version, "queue", len(predictions))
-        self.drift.observe(rows, values_out)  # after the publish: a batch that fails is seen when it comes again
+        # After the publish: a batch that fails is seen when it comes again. Only what was predicted.
+        self.drift.observe(rows, values)
         if refused:
             self.drift.refuse("queue", "unpredictable", len(refused))
         return refused
@@ -265,7 +265,8 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
     model = service.model
     one_row = "features" in request.model_fields_set
     rows = [request.features] if one_row else request.instances
-    values = model.predictor.predict(rows)
+    matrix = np.asarray(rows, dtype=float)  # once, for the model and drift
+    values = model.predictor.predict(matrix)
     unpredictable = [i for i, value in enumerate(values) if not math.isfinite(value)]
     if unpredictable:
         service.drift.refuse("http", "unpredictable", len(unpredictable))
@@ -281,7 +282,7 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
             ]
         )
     service.count_served(model.version, "http", len(rows))
-    service.drift.observe(rows, values)
+    service.drift.observe(matrix, values)
     if one_row:
         return PredictResponse(prediction=values[0], model_version=model.version)
     return BatchPredictResponse(predictions=values, model_version=model.version)

@@ -95,10 +95,16 @@ class DriftWatch:
             self._gauged = None
 
     # -- fed by both paths
-    def observe(self, rows: Sequence[Sequence[float]], predictions: Sequence[float]) -> None:
-        """Rows the model predicted a finite number for, and those predictions."""
-        if rows:
-            self.monitor.observe(np.asarray(rows, dtype=float), np.asarray(predictions, dtype=float), time.time())
+    def observe(self, rows: Sequence[Sequence[float]] | np.ndarray, predictions: Sequence[float]) -> None:
+        """Rows the model predicted for, and those predictions: the rows predicted a finite number
+        for go into the window (the others are refused, and counted so)."""
+        if len(rows) == 0:
+            return
+        matrix, values = np.asarray(rows, dtype=float), np.asarray(predictions, dtype=float)
+        finite = np.isfinite(values)
+        if not finite.all():
+            matrix, values = matrix[finite], values[finite]
+        self.monitor.observe(matrix, values, time.time())
 
     def refuse(self, path: str, kind: str, count: int = 1) -> None:
         self.refused[path][kind] += count
