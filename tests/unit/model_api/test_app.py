@@ -197,3 +197,24 @@ def test_a_model_without_a_reference_serves_and_says_drift_is_unavailable(tmp_pa
     assert drift["status"] == "unavailable" and "names no drift reference" in drift["reason"]
     assert list(drift["features"]) == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
     assert drift["reference"] is None and drift["window"]["count"] == 1
+
+
+def test_a_reload_to_another_model_starts_its_drift_window_anew(tmp_path: Path) -> None:
+    from services.model_api.train import train
+
+    path = tmp_path / "serving.pkl"
+    train(path)
+    service = ModelService(Settings(MODEL_PATH=path), StandInLink())
+    asyncio.run(service._predict_batch(deliveries(ROWS)))
+    assert service.drift.report(time.time())["window"]["count"] == 3
+    first = service.model.version
+    train(path, model="ridge")  # another model, with its own reference
+
+    async def reload() -> None:
+        await service.reload()
+
+    asyncio.run(reload())
+    drift = service.drift.report(time.time())
+    assert service.model.version != first and drift["model_version"] == service.model.version
+    assert drift["window"]["count"] == 0  # its predictions are another model's: not mixed with the old
+    assert drift["reference"]["sha256"] == json.loads(Path(f"{path}.json").read_text())["reference"]["sha256"]

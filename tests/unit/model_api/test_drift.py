@@ -289,3 +289,17 @@ def test_the_alert_changes_once_each_way() -> None:
     assert alert.check(report([], "collecting"), 4.0) is None  # not judged: no change
     cleared = alert.check(report([]), 5.0)
     assert cleared is not None and cleared.state == "cleared" and alert.since is None
+
+
+def test_a_changing_window_is_assessed_again_at_most_every_reassess_s(model_and_reference: tuple[Any, Reference]) -> None:
+    model, reference = model_and_reference
+    monitor = DriftMonitor(reference, size=WINDOW, max_age_s=3600.0, reassess_s=1.0)
+    rng = np.random.default_rng(4)
+    rows = draw(rng, 50)
+    monitor.observe(rows, model.predict(rows), 10.0)
+    first = monitor.assess(10.0)
+    more = draw(rng, 50)
+    monitor.observe(more, model.predict(more), 10.5)
+    assert monitor.assess(10.5) is first  # half a second later: the report of a moment ago
+    assert monitor.assess(11.0)["window"]["count"] == 100  # a second later: the window as it is
+    assert monitor.assess(50.0)["window"]["count"] == 100  # nothing new: the same report, however late
