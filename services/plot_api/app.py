@@ -251,8 +251,9 @@ def chart_figures(charts: Charts) -> str:
     figures = []
     for name, chart in charts.items():
         src, caption = html.escape(chart.url.lstrip("/")), html.escape(chart.caption)
+        when = "once model_api answers GET /drift" if chart.window is Window.DRIFT else "once the first rows are joined"
         figures.append(
-            f'<figure><img id="{html.escape(name)}" data-src="{src}" alt="{caption} (drawn once the first rows are joined)">'
+            f'<figure><img id="{html.escape(name)}" data-src="{src}" alt="{caption} (drawn {when})">'
             f"<figcaption>{chart.window.value} · <code>{src}</code></figcaption></figure>"
         )
     return "\n  ".join(figures)
