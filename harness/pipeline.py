@@ -136,4 +136,4 @@ def running_pipeline(
         try:
             stop_all(list(pipeline.services.values()))
         finally:
-            delete_queues(amqp_url, prefix)
+            delete_queues(amqp_url, prefix, settings.get("LABEL_DELAY_S", "0"))

@@ -5,7 +5,9 @@ import uuid
 
 import aio_pika
 
-from services.common.amqp.topology import FEATURES, Y_PRED, Y_TRUE, dlq_name
+from services.common.amqp.topology import FEATURES, Y_PRED, Y_TRUE, delay_queues, dlq_name
+from services.common.delay import LabelDelay
+from services.common.settings import Settings
 
 
 def unique_prefix() -> str:
@@ -17,14 +19,19 @@ def queue_names() -> list[str]:
     return [name for base in (FEATURES, Y_TRUE, Y_PRED) for name in (base, dlq_name(base))]
 
 
-def delete_queues(amqp_url: str, prefix: str) -> None:
-    """Remove a run's queues (and their dead-letter queues) from the broker."""
+def delay_queue_names(label_delay: str) -> list[str]:
+    """The delay queues features_api declares under LABEL_DELAY_S=``label_delay``, without the prefix."""
+    return [queue.name for queue in delay_queues(Settings(QUEUE_PREFIX=""), Y_TRUE, LabelDelay.parse(label_delay))]
+
+
+def delete_queues(amqp_url: str, prefix: str, label_delay: str = "0") -> None:
+    """Remove a run's queues (and their dead-letter queues, and its delay queues) from the broker."""
 
     async def delete() -> None:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            for name in queue_names():
+            for name in [*queue_names(), *delay_queue_names(label_delay)]:
                 await channel.queue_delete(f"{prefix}{name}")
 
     asyncio.run(delete())
@@ -43,5 +50,21 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
                 result = queue.declaration_result
                 state[name] = (result.message_count or 0, result.consumer_count or 0)
             return state
+
+    return asyncio.run(read())
+
+
+def ready_messages(amqp_url: str, names: list[str]) -> dict[str, int]:
+    """Messages ready in each named queue (full broker names), e.g. labels waiting in a delay queue."""
+
+    async def read() -> dict[str, int]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            counts = {}
+            for name in names:
+                queue = await channel.declare_queue(name, passive=True)
+                counts[name] = queue.declaration_result.message_count or 0
+            return counts
 
     return asyncio.run(read())

@@ -50,7 +50,7 @@ from tests.deploy_files import (
 )
 from tests.json_stub import JsonStub
 
-SERVICES_WITH_LOGS = ["metric_api", "plot_api"]
+SERVICES_WITH_LOGS = ["features_api", "metric_api", "plot_api"]
 PUBLISHED_BY_DEFAULT = {*APP_PORTS.values(), 15672}
 SECRET_VARIABLES = ["RABBITMQ_USER", "RABBITMQ_PASSWORD"]
 

@@ -2,17 +2,24 @@
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """``atomic_write`` of data made as it is written (a file larger than what memory should hold)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         tmp.chmod(0o644)
@@ -26,7 +33,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 # are named in its chart registry, services/plot_api/charts.py.
 METRIC_LOG = "metric_log.csv"
 ORPHAN_LOG = "orphans.csv"
+# orphans.csv as releases before late joins wrote it (halves dropped from the state), kept aside at the upgrade.
+RELEASED_ORPHAN_LOG = "orphans.released.csv"
 METRIC_STATE = "metric_state.sqlite3"
+FEATURES_STATE = "features_state.json"  # features_api: whether its demo loop is paused
 
 
 def metadata_path(model_path: Path) -> Path:

@@ -6,15 +6,22 @@ reason before it can reach a model or the CSV.
 """
 
 import math
+import re
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, WithJsonSchema
 
 FEATURE_COUNT = 10
 # The ten columns of scikit-learn's diabetes data, in the order every features body carries them.
 FEATURE_NAMES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 # Ids go into a CSV column unquoted, so they must not contain separators or newlines.
-ID_PATTERN = r"^[0-9A-Za-z._:-]{1,64}$"
+ID_MAX_LENGTH = 64
+ID_PATTERN = rf"^[0-9A-Za-z._:-]{{1,{ID_MAX_LENGTH}}}$"
+# What every refusal of an id says (the 422s of the HTTP routes, x-dlq-reason on the queues).
+ID_RULE = f"an id is 1 to {ID_MAX_LENGTH} characters, each a letter A-Z a-z, a digit 0-9 or one of . _ : -"
+_ID_CHARACTER = re.compile(r"[0-9A-Za-z._:-]")
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
@@ -22,6 +29,49 @@ def format_sample_id(epoch_us: int) -> str:
     """The seed's id format, seconds.microseconds: 1669147134.196809."""
     seconds, micros = divmod(epoch_us, 1_000_000)
     return f"{seconds}.{micros:06d}"
+
+
+class SampleIdClock:
+    """Ids in the seed's timestamp format, strictly increasing, so never shared by two samples
+    of one process.
+
+    Two samples drawn within one microsecond (a burst) would get the same wall-clock
+    timestamp; the clock then moves on by one microsecond instead. ``suffix`` (digits)
+    follows the microseconds: a second source of ids (model_api's /predict) appends one so
+    that its ids can never equal the features service's, whatever the two clocks say.
+    """
+
+    def __init__(self, now: Callable[[], float] = time.time, suffix: str = "") -> None:
+        if suffix and not suffix.isdigit():
+            raise ValueError(f"an id clock's suffix is digits, not {suffix!r}")
+        self._now = now
+        self._suffix = suffix
+        self._last_us = 0
+
+    def next(self) -> tuple[str, float]:
+        epoch_us = max(round(self._now() * 1_000_000), self._last_us + 1)
+        self._last_us = epoch_us
+        return format_sample_id(epoch_us) + self._suffix, epoch_us / 1_000_000
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid sample id (the rule included), or None when it is one."""
+    if not value:
+        problem = "the id is empty"
+    elif len(value) > ID_MAX_LENGTH:
+        problem = f"the id is {len(value)} characters long"
+    else:
+        bad = sorted({character for character in value if not _ID_CHARACTER.fullmatch(character)})
+        if not bad:
+            return None
+        problem = f"the id contains {', '.join(map(repr, bad[:5]))}"
+    return f"{problem}; {ID_RULE}"
+
+
+def _check_id(value: str) -> str:
+    if (problem := id_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
 
 
 def _normalise_id(value: Any) -> Any:
@@ -35,9 +85,17 @@ def _normalise_id(value: Any) -> Any:
     return value
 
 
-SampleId = Annotated[str, BeforeValidator(_normalise_id), Field(pattern=ID_PATTERN)]
+_ID_SCHEMA = WithJsonSchema(
+    {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": ID_MAX_LENGTH, "description": ID_RULE}
+)
+SampleId = Annotated[str, BeforeValidator(_normalise_id), AfterValidator(_check_id), _ID_SCHEMA]
+# An id sent over HTTP (/predict, /labels, /samples): a string, as the routes' schemas say; the
+# numeric ids old producers put on the queues are not taken there.
+CallerId = Annotated[str, AfterValidator(_check_id), _ID_SCHEMA]
 # Numbers only (no "151.0" strings, no booleans), finite.
 Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False), AfterValidator(float)]
+# One sample's features: the body of a features message, and a row over HTTP.
+Features = Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
 
 
 class SampleMessage(BaseModel):
@@ -51,7 +109,7 @@ class SampleMessage(BaseModel):
 
 
 class FeaturesMessage(SampleMessage):
-    body: Annotated[list[Number], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+    body: Features
 
 
 class LabelMessage(SampleMessage):

@@ -34,6 +34,8 @@ class MetricRow:
     # The features service's publish time, and how long the first half waited for the second.
     ts: float | None = field(default=None, compare=False)
     lag_s: float | None = field(default=None, compare=False)
+    # How long the label came after the prediction (0 when it came first), both as the join saw them.
+    label_lag_s: float | None = field(default=None, compare=False)
 
     @classmethod
     def of(
@@ -44,8 +46,9 @@ class MetricRow:
         model_version: str | None = None,
         ts: float | None = None,
         lag_s: float | None = None,
+        label_lag_s: float | None = None,
     ) -> "MetricRow":
-        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s)
+        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s, label_lag_s)
 
 
 def format_row(row: MetricRow) -> str:
@@ -111,7 +114,7 @@ def parse_number(text: str) -> float:
 
 @dataclass(frozen=True)
 class Orphan:
-    """A half whose partner did not come within ORPHAN_TTL_S: a line of ``orphans.csv``."""
+    """A half whose partner has not come within ORPHAN_TTL_S and still has not: a line of ``orphans.csv``."""
 
     id: str
     kind: str

@@ -4,12 +4,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, UrlConstraints
+from pydantic import AfterValidator, AnyHttpUrl, Field, UrlConstraints
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.delay import LabelDelay
+
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _delay_spec(spec: str) -> str:
+    LabelDelay.parse(spec)  # a DelaySpecError (a ValueError) says what is wrong and what is expected
+    return spec
+
+
+DelaySpec = Annotated[str, AfterValidator(_delay_spec)]
 
 
 class Settings(BaseSettings):
@@ -19,6 +29,8 @@ class Settings(BaseSettings):
     QUEUE_PREFIX: str = Field("", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=100)
     LOGS_DIR: Path = Path("logs")
     FEATURES_INTERVAL_S: float = Field(10.0, ge=0)
+    # features_api's demo loop (a sample every FEATURES_INTERVAL_S); off, only the routes publish.
+    FEATURES_LOOP: bool = True
     FEATURES_SEED: int | None = None
     PLOT_INTERVAL_S: float = Field(10.0, gt=0)
     MODEL_PATH: Path = Path("services/model_api/myfile.pkl")
@@ -35,8 +47,14 @@ class Settings(BaseSettings):
     MODEL_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8002")
     # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
     PREFETCH: int = Field(200, ge=1, le=65535)
-    # A half whose partner has not come within this time is written to orphans.csv.
+    # A half whose partner has not come within this time is counted an orphan (and listed in
+    # orphans.csv); it stays held, so a partner that comes later still makes its row.
     ORPHAN_TTL_S: float = Field(3600.0, gt=0)
+    # The demo's labels reach y_true this much later, waiting on the broker: seconds, or a
+    # distribution (exp:MEAN, uniform:LOW:HIGH); services/common/delay.py.
+    LABEL_DELAY_S: DelaySpec = "0"
+    # model_api: publish every prediction served over HTTP to y_pred (off: e.g. for load tests).
+    MONITOR_HTTP_PREDICTIONS: bool = True
     PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
     # A connection that stops answering is given up after about 3 heartbeats, then remade.
     AMQP_HEARTBEAT_S: int = Field(5, ge=1, le=600)
@@ -50,6 +68,9 @@ class Settings(BaseSettings):
     # DRIFT_WINDOW_S seconds (docs/monitoring.md, "Drift and data quality").
     DRIFT_WINDOW_SIZE: int = Field(300, ge=2, le=100_000)
     DRIFT_WINDOW_S: float = Field(3600.0, gt=0, allow_inf_nan=False)
+
+    def label_delay(self) -> LabelDelay:
+        return LabelDelay.parse(self.LABEL_DELAY_S)
 
     def queue(self, base: str) -> str:
         """The broker name of one of the system's queues, with QUEUE_PREFIX applied."""

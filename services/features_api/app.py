@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,11 +14,16 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
-from services.common.amqp.topology import FEATURES, Y_TRUE, half_queue, half_queues
+from services.common.amqp.topology import FEATURES, Y_TRUE, DelayQueue, delay_queue, delay_queues, half_queue, half_queues
+from services.common.delay import bucket_of, expiration_ms
+from services.common.files import FEATURES_STATE
 from services.common.http import service_app
 from services.common.messages import FEATURE_NAMES, FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
+from services.features_api import intake
+from services.features_api.intake import CallerIntake
 from services.features_api.sampler import MAX_NOISE, MAX_SCALE, MAX_SHIFT, DiabetesSampler, Sample, Scenario, known_feature
+from services.features_api.state import StateFileError, load_paused, save_paused
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +34,25 @@ SAMPLES_SENT = Counter("samples_published", "Samples whose features and label we
 
 
 class FeaturesPublisher:
-    """Draws samples and publishes each to ``features`` and ``y_true``, both confirmed."""
+    """Draws samples and publishes each to ``features`` and ``y_true``, both confirmed.
+
+    With LABEL_DELAY_S the label goes to a delay queue instead, with its delay as expiration:
+    the broker moves it to ``y_true`` when that is up (services/common/delay.py), so a label
+    waiting there survives this process dying.
+    """
 
     def __init__(self, settings: Settings, sampler: DiabetesSampler, link: Link | None = None) -> None:
         self.settings = settings
         self.sampler = sampler
         self.sent = 0
-        self.paused = False
+        self.state_path = settings.LOGS_DIR / FEATURES_STATE
+        self.paused = load_paused(self.state_path)
+        self.delay = settings.label_delay()
+        self._delay_rng = random.Random(settings.FEATURES_SEED)  # noqa: S311 - a simulated delay, not a secret
         self._features_queue = settings.queue(FEATURES)
-        self.link = link or BrokerLink(settings, "features_api", publishes=[self._features_queue, *half_queues(settings, Y_TRUE)])
+        publishes: list[str | DelayQueue] = [self._features_queue, *half_queues(settings, Y_TRUE)]
+        publishes += delay_queues(settings, Y_TRUE, self.delay)
+        self.link = link or BrokerLink(settings, "features_api", publishes=publishes)
         self._stop = asyncio.Event()
         self._loop_sample = asyncio.Lock()
         self._connected = False
@@ -44,10 +60,14 @@ class FeaturesPublisher:
     def _messages(self, sample: Sample) -> tuple[Outgoing, Outgoing]:
         features = FeaturesMessage(id=sample.id, body=sample.features, ts=sample.ts)
         label = LabelMessage(id=sample.id, body=sample.label, ts=sample.ts)
-        return (
-            Outgoing(self._features_queue, features.to_bytes(), sample.id),
-            Outgoing(half_queue(self.settings, Y_TRUE, sample.id), label.to_bytes(), sample.id),
-        )
+        labels = half_queue(self.settings, Y_TRUE, sample.id)
+        if self.delay.off:
+            held_back = Outgoing(labels, label.to_bytes(), sample.id)
+        else:
+            delay_s = self.delay.draw(self._delay_rng)
+            queue = delay_queue(labels, bucket_of(delay_s)).name
+            held_back = Outgoing(queue, label.to_bytes(), sample.id, expiration_ms=expiration_ms(delay_s))
+        return Outgoing(self._features_queue, features.to_bytes(), sample.id), held_back
 
     async def publish_samples(self, samples: list[Sample]) -> None:
         """Publish each sample's features and label; return once the broker confirmed all of them."""
@@ -62,9 +82,12 @@ class FeaturesPublisher:
         return [s.id for s in samples]
 
     async def run(self) -> None:
-        """The timer loop: after every FEATURES_INTERVAL_S, one sample (unless paused)."""
+        """The timer loop: after every FEATURES_INTERVAL_S, one sample (unless paused or FEATURES_LOOP is off)."""
         await self.link.ready()
         self._connected = True
+        if not self.settings.FEATURES_LOOP:
+            log.info("FEATURES_LOOP is off: no demo samples; /samples, /labels and /features/publish publish")
+            return
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.settings.FEATURES_INTERVAL_S)
@@ -82,6 +105,10 @@ class FeaturesPublisher:
         async with self._loop_sample:
             pass
 
+    async def keep_paused(self) -> None:
+        """Save the pause, so that a restart keeps it (StateFileError when the file cannot be written)."""
+        await asyncio.to_thread(save_paused, self.state_path, self.paused)
+
     async def stop_loop(self, task: asyncio.Task[None]) -> None:
         # Let a sample being published finish, so its features never go out without its label.
         self._stop.set()
@@ -97,25 +124,28 @@ class FeaturesPublisher:
 
 class State(TypedDict):
     features: FeaturesPublisher
+    intake: CallerIntake
 
 
 def create_app(settings: Settings | None = None, link: Link | None = None) -> FastAPI:
     """The features_api app; ``link`` replaces the broker connection (in-process tests)."""
     settings = settings or get_settings()
     publisher = FeaturesPublisher(settings, DiabetesSampler.diabetes(settings.FEATURES_SEED), link)
+    callers = CallerIntake(settings, publisher.link, publisher.sampler.clock.next)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         publisher.link.start()
         loop = asyncio.create_task(publisher.run(), name="features-loop")
         try:
-            yield {"features": publisher}
+            yield {"features": publisher, "intake": callers}
         finally:
             await publisher.stop_loop(loop)
             await publisher.link.close()
 
     app = service_app("features_api", lifespan, publisher.link.problem)
     app.include_router(router)
+    app.include_router(intake.router)
     return app
 
 
@@ -127,9 +157,11 @@ Publisher = Annotated[FeaturesPublisher, Depends(get_publisher)]
 
 
 class Status(BaseModel):
-    sent: int = Field(description="samples whose features and label were both confirmed by the broker")
+    sent: int = Field(description="demo samples whose features and label were both confirmed by the broker")
     interval_s: float
-    paused: bool
+    paused: bool = Field(description="the demo loop is paused (kept across restarts)")
+    loop: bool = Field(description="the demo loop runs at all (FEATURES_LOOP)")
+    label_delay_s: str = Field(description="LABEL_DELAY_S: how late the demo's labels reach y_true")
     broker: str = Field(description="'connected', or why not")
 
 
@@ -151,6 +183,8 @@ async def status(publisher: Publisher) -> Status:
         sent=publisher.sent,
         interval_s=publisher.settings.FEATURES_INTERVAL_S,
         paused=publisher.paused,
+        loop=publisher.settings.FEATURES_LOOP,
+        label_delay_s=publisher.settings.LABEL_DELAY_S,
         broker=publisher.link.problem() or "connected",
     )
 
@@ -163,16 +197,30 @@ async def publish(request: BurstRequest, publisher: Publisher) -> BurstResponse:
     return BurstResponse(count=len(ids), ids=ids)
 
 
-@router.post("/pause")
+CANNOT_SAVE: dict[int | str, dict[str, Any]] = {
+    500: {"description": "the state file could not be written: the change holds until a restart"}
+}
+
+
+@router.post("/pause", responses=CANNOT_SAVE)
 async def pause(publisher: Publisher) -> Status:
     await publisher.pause()
+    await _keep(publisher)
     return await status(publisher)
 
 
-@router.post("/resume")
+@router.post("/resume", responses=CANNOT_SAVE)
 async def resume(publisher: Publisher) -> Status:
     publisher.paused = False
+    await _keep(publisher)
     return await status(publisher)
+
+
+async def _keep(publisher: FeaturesPublisher) -> None:
+    try:
+        await publisher.keep_paused()
+    except StateFileError as exc:
+        raise HTTPException(500, detail=f"{'paused' if publisher.paused else 'resumed'} until a restart only: {exc}") from exc
 
 
 Feature = Annotated[str, AfterValidator(known_feature)]

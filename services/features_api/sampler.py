@@ -2,13 +2,14 @@
 on request (a scenario: shift, scale, noise) to watch drift happen. No I/O."""
 
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common.messages import FEATURE_NAMES, format_sample_id
+from services.common.messages import FEATURE_NAMES, SampleIdClock
+
+__all__ = ["DiabetesSampler", "Sample", "SampleIdClock", "Scenario", "known_feature"]
 
 # A scenario's bounds, in units of a feature's std: beyond them nothing more is learnt, and the
 # features stay far inside what model_api accepts.
@@ -23,23 +24,6 @@ class Sample:
     ts: float
     features: list[float]
     label: float
-
-
-class SampleIdClock:
-    """Ids in the seed's timestamp format, strictly increasing, so never shared by two samples.
-
-    Two samples drawn within one microsecond (a burst) would get the same wall-clock
-    timestamp; the clock then moves on by one microsecond instead.
-    """
-
-    def __init__(self, now: Callable[[], float] = time.time) -> None:
-        self._now = now
-        self._last_us = 0
-
-    def next(self) -> tuple[str, float]:
-        epoch_us = max(round(self._now() * 1_000_000), self._last_us + 1)
-        self._last_us = epoch_us
-        return format_sample_id(epoch_us), epoch_us / 1_000_000
 
 
 def known_feature(name: str) -> str:
@@ -91,7 +75,7 @@ class DiabetesSampler:
         self._features = features.astype(float)
         self._targets = targets.astype(float)
         self._rng = np.random.default_rng(seed)
-        self._clock = SampleIdClock()
+        self.clock = SampleIdClock()  # also gives the ids of the callers' own samples: one clock, unique ids
         self.mean = self._features.mean(axis=0)
         self.std = self._features.std(axis=0)  # the unit of a scenario's shift and noise
         self.scenario = Scenario()
@@ -99,7 +83,8 @@ class DiabetesSampler:
         self._scale = np.ones(self._features.shape[1])
 
     def set_scenario(self, scenario: Scenario) -> None:
-        """Draw through ``scenario`` from now on (``Scenario()`` ends it)."""
+        """Draw through ``scenario`` from now on (``Scenario()`` ends it). The callers' own rows
+        (POST /samples) are theirs: a scenario changes only what the demo draws."""
         if scenario.active and self._features.shape[1] != len(FEATURE_NAMES):
             width = self._features.shape[1]
             raise ValueError(f"a scenario needs the {len(FEATURE_NAMES)} diabetes features, not {width} columns")
@@ -125,7 +110,7 @@ class DiabetesSampler:
 
     def draw(self) -> Sample:
         row = int(self._rng.integers(len(self._features)))
-        sample_id, ts = self._clock.next()
+        sample_id, ts = self.clock.next()
         features = self._features[row]
         if self.scenario.active:
             noise = self._noise * self._rng.standard_normal(features.size) if self._noise.any() else 0.0

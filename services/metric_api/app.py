@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,16 +19,23 @@ from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind
 from services.metric_api.ledger import MetricLedger, StorageErrors
-from services.metric_api.monitor import QualityMonitor
+from services.metric_api.monitor import QualityMonitor, Waiting
 from services.metric_api.stats import RECENT_ROWS_SERVED
 
 log = logging.getLogger(__name__)
 
 ROWS_WRITTEN = Counter("metric_rows_written", "Rows appended to metric_log.csv")
 DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves seen again (redeliveries, repeated publishes)")
-ORPHANS = Counter("metric_orphan_halves", "Halves whose partner did not come within ORPHAN_TTL_S", ["kind"])
-PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner", ["kind"])
+ORPHANS = Counter("metric_orphan_halves", "Halves counted orphans: no partner within ORPHAN_TTL_S (still held)", ["kind"])
+LATE_JOINS = Counter("metric_late_joins", "Rows whose first half had already been counted an orphan")
+PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner, not yet past ORPHAN_TTL_S", ["kind"])
+ORPHANS_NOW = Gauge("metric_orphans_waiting", "Halves waiting for their partner past ORPHAN_TTL_S", ["kind"])
 RETRY_S = 2.0
+# The waiting halves are counted this often (and orphans.csv rewritten at most every LIST_PERIOD_S),
+# both at most every ORPHAN_TTL_S / 4; a count that takes long (millions waiting) is made less often.
+SURVEY_PERIOD_S = 5.0
+LIST_PERIOD_S = 60.0
+SURVEY_SHARE = 0.02  # of the ledger's time, at most
 
 
 class MetricService:
@@ -36,7 +44,7 @@ class MetricService:
 
     def __init__(self, settings: Settings, link: Link | None = None) -> None:
         self.settings = settings
-        self.ledger = MetricLedger(settings.LOGS_DIR)
+        self.ledger = MetricLedger(settings.LOGS_DIR, settings.ORPHAN_TTL_S)
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
         self._kinds: dict[str, Kind] = {settings.queue(Y_TRUE): "y_true", settings.queue(Y_PRED): "y_pred"}
@@ -49,6 +57,8 @@ class MetricService:
         self._sweeper: asyncio.Task[None] | None = None
         PENDING.labels(kind="y_true").set_function(lambda: self.ledger.pending("y_true"))
         PENDING.labels(kind="y_pred").set_function(lambda: self.ledger.pending("y_pred"))
+        ORPHANS_NOW.labels(kind="y_true").set_function(lambda: self.ledger.orphans_by_kind["y_true"])
+        ORPHANS_NOW.labels(kind="y_pred").set_function(lambda: self.ledger.orphans_by_kind["y_pred"])
 
     def problem(self) -> str | None:
         return self.storage_problem or self.link.problem()
@@ -57,7 +67,7 @@ class MetricService:
         if self.quality.baseline.problem:
             log.warning("%s; baseline_mae and skill stay null", self.quality.baseline.problem)
         await self._open_until_ok()
-        self._sweeper = asyncio.create_task(self._sweep_orphans(), name="metric-orphans")
+        self._sweeper = asyncio.create_task(self._survey_waiting(), name="metric-waiting")
         self.link.start()
 
     async def _open_until_ok(self) -> None:
@@ -89,26 +99,38 @@ class MetricService:
         self.quality.add_rows(recorded.rows, time.time())
         ROWS_WRITTEN.inc(len(recorded.rows))
         DUPLICATE_HALVES.inc(recorded.duplicates)
+        LATE_JOINS.inc(recorded.late_joins)
         return [(batch[index], reason) for index, reason in recorded.conflicts]
 
-    async def _sweep_orphans(self) -> None:
-        period = min(60.0, self.settings.ORPHAN_TTL_S / 4)
+    async def _survey_waiting(self) -> None:
+        """Count the waiting halves (orphans, ages) every few seconds; rewrite orphans.csv when its list changed."""
+        ttl = self.settings.ORPHAN_TTL_S
+        period = min(SURVEY_PERIOD_S, ttl / 4)
+        list_period = min(LIST_PERIOD_S, ttl / 4)
+        listed_at = -math.inf
         while True:
             await asyncio.sleep(period)
             if self.storage_problem is not None:
                 continue
+            started = time.monotonic()
+            write_list = started - listed_at >= list_period
             try:
                 async with self._ledger_lock:
-                    orphans = await asyncio.to_thread(self.ledger.sweep_orphans, time.time() - self.settings.ORPHAN_TTL_S)
+                    survey = await asyncio.to_thread(self.ledger.survey, time.time(), write_list=write_list)
             except StorageErrors as exc:
-                log.error("cannot write %s: %s; will try again", self.ledger.orphan_log, exc)
+                log.error("cannot count the waiting halves or write %s: %s; will try again", self.ledger.orphan_log, exc)
                 continue
-            for orphan in orphans:
-                ORPHANS.labels(kind=orphan.kind).inc()
-            if orphans:
+            took = time.monotonic() - started
+            period = max(min(SURVEY_PERIOD_S, ttl / 4), took / SURVEY_SHARE)
+            if write_list:
+                listed_at = started
+            for kind, count in survey.newly_orphaned.items():
+                ORPHANS.labels(kind=kind).inc(count)
+            if newly := sum(survey.newly_orphaned.values()):
                 log.warning(
-                    "%d halves had no partner within %ss; written to %s",
-                    len(orphans), self.settings.ORPHAN_TTL_S, self.ledger.orphan_log,
+                    "%d halves have had no partner for ORPHAN_TTL_S=%gs: counted orphans, listed in %s "
+                    "(they stay held: a partner that comes later still makes the row)",
+                    newly, ttl, self.ledger.orphan_log,
                 )  # fmt: skip
 
     async def stop(self) -> None:
@@ -156,15 +178,18 @@ router = APIRouter(prefix="/metrics", tags=["metrics"])
 @router.get("/summary", response_class=Response, responses={200: {"content": {"application/json": {}}}})
 async def summary(service: Service) -> Response:
     """count, mae, rmse; per window and per model version the twelve numbers docs/monitoring.md
-    lists; the join, latency, alert and baseline. Numbers are never NaN (null instead)."""
+    lists; the join, the labels (share, lag, waiting by age), latency, alert and baseline. Numbers
+    are never NaN (null instead)."""
     ledger = service.ledger
     join = {
         "pending_y_true": ledger.pending("y_true"),
         "pending_y_pred": ledger.pending("y_pred"),
         "orphans": ledger.orphans,
+        "late_joins": ledger.late_joins,
         "dead_lettered": service.consumer.dead_lettered,
     }
-    body = service.quality.summary(join, str(ledger.csv.path), time.time())
+    waiting = Waiting(predictions=ledger.waiting_halves("y_pred"), by_age=ledger.waiting)
+    body = service.quality.summary(join, str(ledger.csv.path), time.time(), waiting)
     return Response(body, media_type="application/json")
 
 

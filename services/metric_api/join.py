@@ -8,7 +8,7 @@ contradicts what is known of its id (another value for the same id) is a conflic
 The store decides where halves live (memory in tests, SQLite in the service).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from services.common.metric_rows import MetricRow
@@ -38,6 +38,8 @@ class HalfStore(Protocol):
 @dataclass(frozen=True)
 class Joined:
     row: MetricRow
+    # The half that had waited for this one: its kind and when it arrived (an orphan, if long ago).
+    waited: tuple[Kind, float] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class LabelPredictionJoin:
             self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
             return Held()
         self.store.release(sample_id, other(kind))
+        waited_s = max(0.0, arrived_at - partner.arrived_at)
         if kind == LABEL:
             y_true, y_pred, model_version = value, partner.value, partner.model_version
         else:
@@ -105,10 +108,11 @@ class LabelPredictionJoin:
             y_pred,
             model_version=model_version,
             ts=ts if ts is not None else partner.ts,
-            lag_s=max(0.0, arrived_at - partner.arrived_at),
+            lag_s=waited_s,
+            label_lag_s=waited_s if kind == LABEL else 0.0,
         )
         self.store.record_written(joined, arrived_at)
-        return Joined(joined)
+        return Joined(joined, (other(kind), partner.arrived_at))
 
 
 class MemoryHalfStore:

@@ -5,20 +5,27 @@ Synchronous, and one call at a time: the service runs each call in a worker thre
 its lock. Every change is one SQLite transaction whose CSV append is fsynced before the
 commit, so after a crash the state knows at most fewer rows than the CSV, never more;
 ``open()`` finds those rows and records them.
+
+Orphans: a half waits in the state until its partner comes, however long that takes.
+``ORPHAN_TTL_S`` only says when a waiting half is *counted* missing: ``survey()`` counts the
+halves older than that (and the waiting halves by age), and ``orphans.csv`` lists exactly
+those, rewritten when the list changed. A partner that comes later makes the row as any
+other would (exactly once: the id is then written) and takes its half off the list.
 """
 
 import logging
+import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG
+from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
-from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
+from services.metric_api.csvlog import MetricLog, MetricLogError
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import LAST_5M_S, QualityStats
 from services.metric_api.store import SqliteHalfStore
@@ -28,6 +35,12 @@ log = logging.getLogger(__name__)
 # What a ledger call raises when the disk (not the data) is the problem: full, read-only, gone.
 StorageErrors = (OSError, MetricLogError, sqlite3.Error)
 READ_CHUNK_ROWS = 10_000  # CSV rows folded into the statistics at a time at start-up
+KINDS: tuple[Kind, Kind] = ("y_true", "y_pred")
+# The waiting halves are counted by age in these buckets: (name, upper bound in seconds).
+AGE_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<10s", 10.0), ("10s-1m", 60.0), ("1m-10m", 600.0), ("10m-1h", 3600.0), ("1h-1d", 86400.0), (">1d", math.inf),
+)  # fmt: skip
+ORPHAN_LINES_PER_WRITE = 1000
 
 
 @dataclass
@@ -37,15 +50,39 @@ class Recorded:
     rows: list[MetricRow] = field(default_factory=list)
     conflicts: list[tuple[int, str]] = field(default_factory=list)  # (index in the batch, reason)
     duplicates: int = 0
+    late_joins: int = 0  # rows whose first half had been counted an orphan
+
+
+@dataclass
+class Survey:
+    """What one look at the waiting halves found."""
+
+    newly_orphaned: dict[Kind, int]  # halves that passed ORPHAN_TTL_S since the last look
+    listed: int | None = None  # orphans written to orphans.csv, when it was rewritten
+
+
+def no_waiting() -> dict[str, dict[str, int]]:
+    return {kind: dict.fromkeys((name for name, _ in AGE_BUCKETS), 0) for kind in KINDS}
 
 
 class MetricLedger:
-    def __init__(self, logs_dir: Path) -> None:
+    def __init__(self, logs_dir: Path, orphan_ttl_s: float = 3600.0) -> None:
         self.logs_dir = logs_dir
+        self.orphan_ttl_s = orphan_ttl_s
         self.csv = MetricLog(logs_dir / METRIC_LOG)
         self.orphan_log = logs_dir / ORPHAN_LOG
         self._store: SqliteHalfStore | None = None
-        self.orphans = 0
+        # As of the last survey (and the joins since): waiting halves counted missing, by kind,
+        # and every waiting half by age.
+        self.orphans_by_kind: dict[Kind, int] = dict.fromkeys(KINDS, 0)
+        self.waiting = no_waiting()
+        self.late_joins = 0
+        self._orphan_cutoff = -math.inf  # halves that arrived before it are counted orphans
+        self._orphan_list_stale = False
+
+    @property
+    def orphans(self) -> int:
+        return sum(self.orphans_by_kind.values())
 
     @property
     def store(self) -> SqliteHalfStore:
@@ -53,13 +90,19 @@ class MetricLedger:
             raise MetricLogError(f"{self.csv.path} is not open")
         return self._store
 
-    def pending(self, kind: Kind) -> int:
+    def waiting_halves(self, kind: Kind) -> int:
+        """Halves of ``kind`` waiting for their partner, orphans included."""
         return self._store.held_count[kind] if self._store else 0
 
-    def open(self, quality: QualityStats) -> None:
+    def pending(self, kind: Kind) -> int:
+        """Halves of ``kind`` waiting for their partner and not (yet) counted orphans."""
+        return max(0, self.waiting_halves(kind) - self.orphans_by_kind[kind])
+
+    def open(self, quality: QualityStats, now: float | None = None) -> None:
         """Open the CSV and the state, make the state agree with the CSV, and rebuild ``quality``:
         ``all`` and the windows from the CSV (the one full read), model versions and join
-        times from the state. On failure nothing stays open and the ledger is as before."""
+        times from the state; count the waiting halves. On failure nothing stays open and the
+        ledger is as before."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteHalfStore(self.logs_dir / METRIC_STATE)
         try:
@@ -72,8 +115,28 @@ class MetricLedger:
         if self._store is not None:
             self._store.close()
         self._store = store
-        self.orphans = store.counter("orphans")
-        log.info("%s holds %d rows; %s halves wait for their partner", self.csv.path, quality.count, store.held_count)
+        self.late_joins = store.counter("late_joins")
+        self._set_aside_released_orphans(store)
+        self._orphan_cutoff = -math.inf
+        self.survey(time.time() if now is None else now)
+        log.info(
+            "%s holds %d rows; %s halves wait for their partner, %d of them orphans (over ORPHAN_TTL_S=%gs)",
+            self.csv.path, quality.count, store.held_count, self.orphans, self.orphan_ttl_s,
+        )  # fmt: skip
+
+    def _set_aside_released_orphans(self, store: SqliteHalfStore) -> None:
+        """An orphans.csv from before late joins lists halves that were dropped from the state:
+        the list rewritten from the state would lose them, so that file is kept under another name."""
+        if store.counter("orphan_list") or not self.orphan_log.exists():
+            return
+        aside = self.logs_dir / RELEASED_ORPHAN_LOG
+        self.orphan_log.replace(aside)
+        log.warning(
+            "%s was written by a release that dropped orphans from the state: moved to %s; "
+            "from now on %s lists the halves still waiting past ORPHAN_TTL_S", self.orphan_log, aside, self.orphan_log.name
+        )  # fmt: skip
+        with store.transaction():
+            store.set_counter("orphan_list", 1)
 
     def _reconcile(self, store: SqliteHalfStore, quality: QualityStats) -> None:
         """Record the CSV rows the state does not know (appended just before a crash, or a CSV
@@ -109,6 +172,7 @@ class MetricLedger:
         store = self.store
         join = LabelPredictionJoin(store)
         recorded = Recorded()
+        found_late: dict[Kind, int] = dict.fromkeys(KINDS, 0)
         with store.transaction():
             for index, (kind, message) in enumerate(halves):
                 outcome = join.add(
@@ -118,28 +182,78 @@ class MetricLedger:
                     recorded.conflicts.append((index, outcome.reason))
                 elif isinstance(outcome, Joined):
                     recorded.rows.append(outcome.row)
+                    if outcome.waited is not None and outcome.waited[1] < self._orphan_cutoff:
+                        found_late[outcome.waited[0]] += 1
                 elif isinstance(outcome, Duplicate):
                     recorded.duplicates += 1
             if recorded.rows:
                 self.csv.append(recorded.rows)
                 store.add_to_counter("csv_rows", len(recorded.rows))
+            recorded.late_joins = sum(found_late.values())
+            if recorded.late_joins:
+                store.add_to_counter("late_joins", recorded.late_joins)
+        if recorded.late_joins:  # committed: those orphans are orphans no more
+            for kind, count in found_late.items():
+                self.orphans_by_kind[kind] = max(0, self.orphans_by_kind[kind] - count)
+            self.late_joins += recorded.late_joins
+            self._orphan_list_stale = True
         return recorded
 
-    def sweep_orphans(self, arrived_before: float) -> list[Orphan]:
-        """Move halves held since before ``arrived_before`` to ``orphans.csv``; return them."""
+    def survey(self, now: float, *, write_list: bool = False) -> Survey:
+        """Count the waiting halves: orphans (older than ORPHAN_TTL_S) and every one by age; with
+        ``write_list``, rewrite orphans.csv if its list changed since it was last written."""
         store = self.store
-        # Look first: an empty sweep then costs no write transaction.
-        expired = store.expired(arrived_before)
-        if not expired:
-            return []
-        orphans = [Orphan(*held) for held in expired]
-        with store.transaction():
-            append_with_header(self.orphan_log, ORPHAN_LOG_HEADER, [format_orphan(orphan) for orphan in orphans])
-            for sample_id, kind, _, _ in expired:
-                store.release(sample_id, kind)
-            store.add_to_counter("orphans", len(orphans))
-        self.orphans += len(orphans)
-        return orphans
+        cutoff = now - self.orphan_ttl_s
+        previous = self._orphan_cutoff if math.isfinite(self._orphan_cutoff) else cutoff
+        ages = [now - bound for _, bound in AGE_BUCKETS[:-1]]
+        counts = store.count_held_since([cutoff, min(previous, cutoff), *ages])
+        newly: dict[Kind, int] = {}
+        waiting = no_waiting()
+        for kind in KINDS:
+            total, since_cutoff, since_previous, *younger = counts[kind]
+            self.orphans_by_kind[kind] = total - since_cutoff
+            newly[kind] = since_previous - since_cutoff
+            below = 0
+            for (name, _), count in zip(AGE_BUCKETS, [*younger, total], strict=True):
+                waiting[kind][name] = count - below
+                below = count
+        self.waiting = waiting
+        if any(newly.values()) or not math.isfinite(self._orphan_cutoff):
+            self._orphan_list_stale = True
+        self._orphan_cutoff = cutoff
+        survey = Survey(newly)
+        if write_list and self._orphan_list_stale:
+            survey.listed = self._write_orphan_list()
+        return survey
+
+    def _write_orphan_list(self) -> int | None:
+        """orphans.csv: every half waiting since before the cutoff, oldest first (not created while there is none)."""
+        self._orphan_list_stale = False
+        if self.orphans == 0 and not self.orphan_log.exists():
+            return None
+        listed = 0
+
+        def lines() -> Iterator[bytes]:
+            nonlocal listed
+            yield (ORPHAN_LOG_HEADER + "\n").encode()
+            chunk: list[str] = []
+            for held in self.store.held_before(self._orphan_cutoff):
+                chunk.append(format_orphan(Orphan(*held)))
+                if len(chunk) == ORPHAN_LINES_PER_WRITE:
+                    yield "".join(chunk).encode()
+                    listed += len(chunk)
+                    chunk = []
+            yield "".join(chunk).encode()
+            listed += len(chunk)
+
+        try:
+            atomic_write_chunks(self.orphan_log, lines())
+        except BaseException:
+            self._orphan_list_stale = True
+            raise
+        with self.store.transaction():
+            self.store.set_counter("orphan_list", 1)
+        return listed
 
     def close(self) -> None:
         self.csv.close()

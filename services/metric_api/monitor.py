@@ -34,7 +34,23 @@ LABEL_PREDICTION_LAG = Histogram(
     "How long the first half of a row (label or prediction) waited for the second",
     buckets=TIME_BUCKETS_S,
 )
+LABEL_LAG = Histogram(
+    "label_lag_seconds",
+    "How long after its prediction a row's label came (0 when it came first), as the join saw them",
+    buckets=(*TIME_BUCKETS_S, 4 * 3600, 86400, 7 * 86400),
+)
 MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the last_100 MAE is above MAE_ALERT, else 0")
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The halves waiting for their partner, as the ledger last counted them."""
+
+    predictions: int  # predictions without their label yet, orphans included
+    by_age: dict[str, dict[str, int]]  # kind -> age bucket -> halves
+
+    def key(self) -> tuple[int, ...]:
+        return (self.predictions, *(n for ages in self.by_age.values() for n in ages.values()))
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,9 @@ class QualityMonitor:
                 END_TO_END_LATENCY.observe(latency)
             for lag in lags:
                 LABEL_PREDICTION_LAG.observe(lag)
+            for row in rows:
+                if row.label_lag_s is not None:
+                    LABEL_LAG.observe(row.label_lag_s)
             self._check_alert(now)
         except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
@@ -137,15 +156,17 @@ class QualityMonitor:
             self._core_cached = (key, self.core.summary(now))
         return self._core_cached[1]
 
-    def summary(self, join: dict[str, int], csv: str, now: float) -> bytes:
+    def summary(self, join: dict[str, int], csv: str, now: float, waiting: Waiting | None = None) -> bytes:
         """The summary as JSON (never NaN), made again only when something in it changed."""
+        waiting = waiting or Waiting(0, {})
         core = self.core_summary(now)
         alert = self.alert.state() if self.alert else None
         assert self._core_cached is not None
-        key = (self._core_cached[0], tuple(join.values()), alert and alert["since"], csv)
+        key = (self._core_cached[0], tuple(join.values()), waiting.key(), alert and alert["since"], csv)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         all_rows = core["windows"]["all"]
+        predictions = all_rows["count"] + waiting.predictions
         summary = {
             "count": all_rows["count"],
             "mae": all_rows["mae"],
@@ -153,6 +174,14 @@ class QualityMonitor:
             "windows": core["windows"],
             "by_model_version": core["by_model_version"],
             "join": {**join, "lag_p50_s": core["lag"]["p50_s"], "lag_p99_s": core["lag"]["p99_s"]},
+            "labels": {
+                "predictions": predictions,
+                "labelled": all_rows["count"],
+                "labelled_share": all_rows["count"] / predictions if predictions else None,
+                "lag_p50_s": core["label_lag"]["p50_s"],
+                "lag_p99_s": core["label_lag"]["p99_s"],
+                "waiting": waiting.by_age,
+            },
             "latency": core["latency"],
             "last_id": core["last_id"],
             "last_row_at": core["last_row_at"],

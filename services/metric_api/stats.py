@@ -313,6 +313,7 @@ class QualityStats:
         self.recent: deque[MetricRow] = deque(maxlen=RECENT_ROWS_SERVED)
         self.latency_s: deque[float] = deque(maxlen=timing_samples)
         self.lag_s: deque[float] = deque(maxlen=timing_samples)
+        self.label_lag_s: deque[float] = deque(maxlen=timing_samples)
         self.last_id: str | None = None
         self.last_row_at: float | None = None
 
@@ -343,6 +344,7 @@ class QualityStats:
         lags = [row.lag_s for row in rows if row.lag_s is not None]
         self.latency_s.extend(latencies)
         self.lag_s.extend(lags)
+        self.label_lag_s.extend(row.label_lag_s for row in rows if row.label_lag_s is not None)
         self.last_row_at = now
         return latencies, lags
 
@@ -409,6 +411,7 @@ class QualityStats:
             "by_model_version": {version: history.window() for version, history in self.by_version.items()},
             "latency": _p50_p99(self.latency_s),
             "lag": _p50_p99(self.lag_s),
+            "label_lag": _p50_p99(self.label_lag_s),
             "last_id": self.last_id,
             "last_row_at": self.last_row_at,
             "rows_per_s": int(np.count_nonzero(at >= now - RATE_WINDOW_S)) / RATE_WINDOW_S,

@@ -193,8 +193,21 @@ class SqliteHalfStore:
             self.release(row.id, "y_true")
             self.release(row.id, "y_pred")
 
-    def expired(self, arrived_before: float) -> list[tuple[str, Kind, float, float]]:
-        """Held halves that arrived before the given time: (id, kind, value, arrived_at)."""
-        return self._db.execute(
+    def held_before(self, arrived_before: float) -> Iterator[tuple[str, Kind, float, float]]:
+        """Held halves that arrived before the given time, oldest first: (id, kind, value, arrived_at).
+        A cursor, read as it goes: the orphans may be many."""
+        cursor = self._db.execute(
             "SELECT id, kind, value, arrived_at FROM held WHERE arrived_at < ? ORDER BY arrived_at", (arrived_before,)
-        ).fetchall()
+        )
+        while found := cursor.fetchmany(1000):
+            yield from found
+
+    def count_held_since(self, times: Sequence[float]) -> dict[str, list[int]]:
+        """Per kind: how many held halves there are in all, then how many arrived at or after each
+        of ``times``. One pass over the index on arrival time (no table read)."""
+        columns = ", ".join(["count(*)", *["sum(arrived_at >= ?)"] * len(times)])
+        query = f"SELECT kind, {columns} FROM held GROUP BY kind"  # noqa: S608 - only "?" marks; the times are bound
+        counts: dict[str, list[int]] = {"y_true": [0] * (len(times) + 1), "y_pred": [0] * (len(times) + 1)}
+        for kind, *found in self._db.execute(query, list(times)):
+            counts[kind] = [int(n or 0) for n in found]
+        return counts

@@ -5,6 +5,7 @@ import contextlib
 import inspect
 import logging
 import math
+import secrets
 import signal
 import time
 from collections import Counter as Tally
@@ -14,7 +15,7 @@ from typing import Annotated, Any, TypedDict, cast
 
 import numpy as np
 import sklearn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
@@ -25,7 +26,7 @@ from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_PRED, half_queue, half_queues
 from services.common.http import service_app
-from services.common.messages import FEATURE_COUNT, FeaturesMessage, Number, PredictionMessage
+from services.common.messages import FEATURE_COUNT, ID_RULE, CallerId, FeaturesMessage, Number, PredictionMessage, SampleIdClock
 from services.common.settings import Settings, get_settings
 from services.model_api.drift_watch import DriftWatch, refusal_kind
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
@@ -36,6 +37,9 @@ PREDICTIONS = Counter("predictions", "Predictions served", ["path", "model_versi
 MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
 # The most rows one POST /predict may carry in "instances".
 PREDICT_BATCH_MAX = 1000
+# Digits after the microseconds of the ids /predict makes: drawn once per process, so that they
+# never equal the features service's ids (which have none) and two replicas' ids differ too.
+ID_SUFFIX_DIGITS = 6
 # A generous sanity bound on a feature's value over HTTP: it keeps a model's arithmetic finite.
 FEATURE_BOUND = 1e6
 
@@ -48,6 +52,7 @@ class ModelService:
         # The model in service. Swapped whole by reload(); each batch reads it once.
         self.model = self._log_loaded(load_model(settings.MODEL_PATH, allow_unverified=settings.MODEL_ALLOW_UNVERIFIED))
         self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
+        self.ids = SampleIdClock(suffix=f"{secrets.randbelow(10**ID_SUFFIX_DIGITS):0{ID_SUFFIX_DIGITS}d}")
         self._reload_lock = asyncio.Lock()
         self._sighup_reloads: set[asyncio.Task[None]] = set()
         self.drift = DriftWatch(settings, self.model)
@@ -78,6 +83,19 @@ class ModelService:
         if refused:
             self.drift.refuse("queue", "unpredictable", len(refused))
         return refused
+
+    async def monitor(self, ids: list[str], values: list[float], version: str, served_at: float) -> None:
+        """Publish predictions served over HTTP to y_pred, as the queue path does; return once confirmed."""
+        await self.link.publisher.publish_many(
+            [
+                Outgoing(
+                    half_queue(self.settings, Y_PRED, sample_id),
+                    PredictionMessage(id=sample_id, body=value, ts=served_at, model_version=version).to_bytes(),
+                    sample_id,
+                )
+                for sample_id, value in zip(ids, values, strict=True)
+            ]
+        )
 
     def count_served(self, version: str, path: str, count: int) -> None:
         self.served.setdefault(version, Tally())[path] += count
@@ -204,14 +222,23 @@ Row = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATUR
 
 
 def _one_of_the_two_forms(schema: dict[str, Any]) -> None:
-    """The schema says what the validator enforces: exactly one of the two fields, no nulls."""
-    schema["oneOf"] = [{"required": ["features"]}, {"required": ["instances"]}]
+    """The schema says what the validator enforces: exactly one of the two fields, no nulls; ``id``
+    only beside ``features``, ``ids`` (each once) only beside ``instances``. That ``ids`` has as many
+    items as ``instances`` is said in words: JSON Schema cannot tie two lengths together."""
+    schema["oneOf"] = [
+        {"required": ["features"], "not": {"anyOf": [{"required": ["instances"]}, {"required": ["ids"]}]}},
+        {"required": ["instances"], "not": {"anyOf": [{"required": ["features"]}, {"required": ["id"]}]}},
+    ]
     for field in schema["properties"].values():
         field.pop("default", None)
+    for branch in schema["properties"]["ids"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch.update(uniqueItems=True, minItems=1, maxItems=PREDICT_BATCH_MAX)
 
 
 class PredictRequest(BaseModel):
-    """One row as ``features``, or a batch of rows as ``instances`` — exactly one of the two."""
+    """One row as ``features``, or a batch of rows as ``instances`` — exactly one of the two; with
+    your sample's ``id`` (or ``ids``, one per instance) when you will send its label later."""
 
     model_config = ConfigDict(json_schema_extra=_one_of_the_two_forms)
 
@@ -219,6 +246,10 @@ class PredictRequest(BaseModel):
     features: Row = Field(default_factory=list, description=f"one row of {FEATURE_COUNT} numbers")
     instances: Annotated[list[Row], Field(min_length=1, max_length=PREDICT_BATCH_MAX)] = Field(
         default_factory=list, description=f"1 to {PREDICT_BATCH_MAX} rows of {FEATURE_COUNT} numbers each"
+    )
+    id: CallerId | None = Field(None, description=f"with features: the sample's id (made here when absent). {ID_RULE}")
+    ids: list[CallerId] | None = Field(
+        None, description="with instances: one id per row, in order, as many as rows (made here when absent)"
     )
 
     @model_validator(mode="before")
@@ -233,19 +264,38 @@ class PredictRequest(BaseModel):
                 )
         return data
 
+    @model_validator(mode="after")
+    def ids_match_the_rows(self) -> "PredictRequest":
+        one_row = "features" in self.model_fields_set
+        if one_row and self.ids is not None:
+            raise ValueError('"ids" goes with "instances"; one row takes "id"')
+        if not one_row and self.id is not None:
+            raise ValueError('"id" goes with "features"; a batch of "instances" takes "ids", one per row')
+        if self.ids is not None:
+            if len(self.ids) != len(self.instances):
+                raise ValueError(f'"ids" has {len(self.ids)} ids for {len(self.instances)} instances: give one per row')
+            repeated = sorted({sample_id for sample_id in self.ids if self.ids.count(sample_id) > 1})
+            if repeated:
+                raise ValueError(f"each row needs its own id; given more than once: {', '.join(repeated[:5])}")
+        return self
+
 
 class Unpredictable(RequestValidationError):
     """A 422 for rows the model predicts no finite number for (counted as such, not as a bad body)."""
 
 
 class PredictResponse(BaseModel):
+    id: str = Field(description="the sample's id: yours, or the one made for it; send its label with it")
     prediction: float
     model_version: str
+    monitored: bool = Field(description="published to y_pred (confirmed) for the monitor to join with its label")
 
 
 class BatchPredictResponse(BaseModel):
+    ids: list[str]
     predictions: list[float]
     model_version: str
+    monitored: bool
 
 
 class ReloadResponse(BaseModel):
@@ -260,8 +310,17 @@ class ReloadRefused(BaseModel):
     model_version: str = Field(description="the model still in service")
 
 
-@router.post("/predict", responses={400: {"description": "the body is not UTF-8 JSON"}})
+@router.post(
+    "/predict",
+    responses={
+        400: {"description": "the body is not UTF-8 JSON"},
+        503: {"description": "MONITOR_HTTP_PREDICTIONS is on and the broker is not connected: nothing was served"},
+    },
+)
 async def predict(request: PredictRequest, service: Service) -> PredictResponse | BatchPredictResponse:
+    monitored = service.settings.MONITOR_HTTP_PREDICTIONS
+    if monitored and (problem := service.link.problem()) is not None:
+        raise HTTPException(503, detail=f"cannot monitor this prediction now, so it is not served: {problem}")
     model = service.model
     one_row = "features" in request.model_fields_set
     rows = [request.features] if one_row else request.instances
@@ -281,11 +340,18 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
                 for i in unpredictable
             ]
         )
+    served_at = time.time()
+    given: list[str | None] = [request.id] if one_row else [None] * len(rows)
+    if request.ids is not None:
+        given = [*request.ids]
+    ids = [sample_id if sample_id is not None else service.ids.next()[0] for sample_id in given]
+    if monitored:
+        await service.monitor(ids, values, model.version, served_at)
     service.count_served(model.version, "http", len(rows))
     service.drift.observe(matrix, values)
     if one_row:
-        return PredictResponse(prediction=values[0], model_version=model.version)
-    return BatchPredictResponse(predictions=values, model_version=model.version)
+        return PredictResponse(id=ids[0], prediction=values[0], model_version=model.version, monitored=monitored)
+    return BatchPredictResponse(ids=ids, predictions=values, model_version=model.version, monitored=monitored)
 
 
 @router.post(

@@ -187,6 +187,17 @@ NEW_SUMMARY = {
     },
     "by_model_version": {"a1b2c3d4e5f6": window(1000, 40.0, rmse=50.0, me=-1.0, r2=0.45), "0f9e8d7c6b5a": window(234, 47.9)},
     "join": {"pending_y_true": 3, "pending_y_pred": 1, "orphans": 2, "dead_lettered": 5, "lag_p50_s": 0.01, "lag_p99_s": 0.2},
+    "labels": {
+        "predictions": 1240,
+        "labelled": 1234,
+        "labelled_share": 0.995161,
+        "lag_p50_s": 8.04,
+        "lag_p99_s": 7300.0,
+        "waiting": {
+            "y_true": {"<10s": 3, "10s-1m": 0, "1m-10m": 0, "10m-1h": 0, "1h-1d": 0, ">1d": 0},
+            "y_pred": {"<10s": 1, "10s-1m": 0, "1m-10m": 0, "10m-1h": 0, "1h-1d": 2, ">1d": 1200},
+        },
+    },
     "latency": {"p50_s": 0.012, "p99_s": 0.045},
     "last_id": "1700000000.000001",
     "last_row_at": 1700000000.000001,
@@ -226,6 +237,9 @@ def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_
                 "pending_y_pred": "1",
                 "orphans": "2",
                 "dead_lettered": "5",
+                "labelled_share": "99.5 %",
+                "label_lag_p50": "8.0 s",
+                "label_lag_p99": "2.0 h",
             }
             assert {k: shown(page, k) for k in expected} == expected
             assert "ago" in shown(page, "last_row")
@@ -237,6 +251,14 @@ def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_
             assert table == [
                 ["a1b2c3d4e5f6", "1,000", "40.000", "50.000", "-1.000", "0.450"],
                 ["0f9e8d7c6b5a", "234", "47.900", "—", "—", "—"],
+            ]
+            waiting = page.evaluate(
+                "[...document.querySelectorAll('#waiting tr')].map(r => [...r.cells].map(c => c.textContent))"
+            )
+            assert waiting == [
+                ["half", "<10s", "10s-1m", "1m-10m", "10m-1h", "1h-1d", ">1d"],
+                ["predictions without label", "1", "0", "0", "0", "2", "1,200"],
+                ["labels without prediction", "3", "0", "0", "0", "0", "0"],
             ]
             page.screenshot(tmp_path / "dashboard-all-numbers.png")
             assert page.exceptions() == []

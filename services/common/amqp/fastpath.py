@@ -58,17 +58,23 @@ if not FAST_PATH:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to publish: where, what, and the sample id it carries."""
+    """One message to publish: where, what, and the sample id it carries; ``expiration_ms``: the
+    broker drops (or dead-letters) it after that long in its queue (a delayed label)."""
 
     queue: str
     body: bytes
     message_id: str
     headers: dict[str, str] | None = None
+    expiration_ms: int | None = None
 
     def properties(self) -> Basic.Properties:
         headers: FieldTable | None = None if self.headers is None else dict(self.headers)  # a field table may hold more than str
         return Basic.Properties(
-            delivery_mode=PERSISTENT, content_type="application/json", message_id=self.message_id, headers=headers
+            delivery_mode=PERSISTENT,
+            content_type="application/json",
+            message_id=self.message_id,
+            headers=headers,
+            expiration=None if self.expiration_ms is None else str(self.expiration_ms),
         )
 
 

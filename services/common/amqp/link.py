@@ -14,7 +14,7 @@ from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer
 from services.common.amqp.instruments import BROKER_RECONNECTS
 from services.common.amqp.publisher import ConfirmedPublisher, Publisher
-from services.common.amqp.topology import declare_queue
+from services.common.amqp.topology import DelayQueue, declare
 from services.common.amqp.transport import CoalescingRobustConnection
 from services.common.settings import Settings
 
@@ -54,7 +54,7 @@ class BrokerLink:
         settings: Settings,
         service: str,
         *,
-        publishes: Sequence[str] = (),
+        publishes: Sequence[str | DelayQueue] = (),
         consumers: Sequence[BatchConsumer] = (),
     ) -> None:
         url = URL(str(settings.AMQP_URL))
@@ -116,7 +116,7 @@ class BrokerLink:
         """Declare what the service publishes to, open the publisher, start the consumers."""
         channel = await self._channel()
         for queue in self._publishes:
-            await declare_queue(channel, queue)
+            await declare(channel, queue)
         self._publisher = ConfirmedPublisher(channel, self._settings.PUBLISH_TIMEOUT_S)
         for consumer in self._consumers:
             await consumer.start(self._consumer_channel, self._publisher)

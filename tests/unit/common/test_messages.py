@@ -3,7 +3,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from services.common.messages import FeaturesMessage, LabelMessage, PredictionMessage, SampleMessage
+from services.common.amqp.consumer import describe_validation_error
+from services.common.messages import ID_RULE, FeaturesMessage, LabelMessage, PredictionMessage, SampleIdClock, SampleMessage
 
 SEED_ID = "1669147134.196809"
 TEN_FEATURES = [0.038, 0.05, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
@@ -232,3 +233,27 @@ def test_to_bytes_is_utf8_json_matching_the_contract_shape() -> None:
         "ts": 1669147134.196809,
         "model_version": "v1",
     }
+
+
+@pytest.mark.parametrize(
+    ("bad_id", "says"),
+    [("has space", "' '"), ("a,b", "','"), ("x" * 65, "65 characters long"), ("", "empty")],
+)
+def test_a_refused_id_says_why_and_states_the_rule_in_the_dead_letter_reason(bad_id: str, says: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        LabelMessage.model_validate_json(raw(id=bad_id, body=1.0))
+    reason = describe_validation_error(exc.value)  # what x-dlq-reason carries
+    assert reason.startswith("id: ") and says in reason and ID_RULE in reason
+
+
+def test_the_id_rule_names_its_characters_and_length() -> None:
+    assert "1 to 64 characters" in ID_RULE and all(c in ID_RULE for c in [".", "_", ":", "-"])
+
+
+def test_an_id_clock_with_a_suffix_never_gives_an_id_of_one_without() -> None:
+    plain, suffixed = SampleIdClock(now=lambda: 1669147134.196809), SampleIdClock(now=lambda: 1669147134.196809, suffix="042")
+    plain_ids = {plain.next()[0] for _ in range(100)}
+    suffixed_ids = [suffixed.next()[0] for _ in range(100)]
+    assert suffixed_ids[0] == "1669147134.196809042" and not plain_ids & set(suffixed_ids)
+    with pytest.raises(ValueError, match="digits"):
+        SampleIdClock(suffix="a1")

@@ -3,6 +3,7 @@ already there, /health on a LOGS_DIR it cannot use, and the batch handler behind
 fed in-memory deliveries (the real broker runs the same path in tests/integration and tests/faults)."""
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from services.common.files import METRIC_LOG
 from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
 from services.common.metric_rows import parse_row
 from services.common.settings import Settings
-from services.metric_api.app import MetricService, create_app
+from services.metric_api.app import MetricService, create_app, summary
 from tests.unit.in_process import in_process
 from tests.unit.metric_log import append, metric_rows
 from tests.unit.stand_in_link import StandInLink
@@ -115,3 +116,28 @@ def test_the_batch_handler_joins_halves_once_and_refuses_a_contradiction(tmp_pat
         parse_row("1700000000.000001,151.0,150.5,0.5"),
         parse_row("1700000000.000002,100.0,90.0,10.0"),
     ]
+
+
+def test_the_summary_says_which_share_of_predictions_has_its_label_how_late_and_what_waits(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, Any]:
+        service = MetricService(Settings(LOGS_DIR=tmp_path, QUEUE_PREFIX="t.", ORPHAN_TTL_S=1.0), StandInLink())
+        await service.start()
+        try:
+            await service._record_batch([prediction(n, 100.0) for n in range(1, 5)])
+            await asyncio.sleep(1.1)  # the predictions' ORPHAN_TTL_S passes
+            async with service._ledger_lock:  # the count the service makes every ORPHAN_TTL_S / 4, made now
+                service.ledger.survey(time.time())
+            await service._record_batch([label(1, 110.0), label(9, 1.0)])  # a late label; a label for no prediction yet
+            async with service._ledger_lock:
+                service.ledger.survey(time.time())
+            return dict(json.loads(bytes((await summary(service)).body)))
+        finally:
+            await service.stop()
+
+    answer = asyncio.run(scenario())
+    labels, join = answer["labels"], answer["join"]
+    assert (labels["predictions"], labels["labelled"], labels["labelled_share"]) == (4, 1, 0.25)
+    assert 1.1 <= labels["lag_p50_s"] == labels["lag_p99_s"] < 10  # the one label came ~1.1 s after its prediction
+    assert labels["waiting"]["y_pred"]["<10s"] == 3 and labels["waiting"]["y_true"]["<10s"] == 1
+    assert sum(labels["waiting"]["y_pred"].values()) == 3
+    assert join["late_joins"] == 1 and join["orphans"] == 3 and join["pending_y_pred"] == 0 and join["pending_y_true"] == 1

@@ -1,12 +1,13 @@
-"""MetricLedger: the CSV and the state agree after a crash between them, orphans are swept to their
-own file, and the statistics are rebuilt from what is on disk."""
+"""MetricLedger: the CSV and the state agree after a crash between them, orphans are counted (and
+listed) but still join when their partner comes late, and the statistics are rebuilt from what is on disk."""
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.common.files import METRIC_LOG, ORPHAN_LOG
+from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, format_rows, parse_orphan, parse_row
 from services.metric_api.join import Kind
@@ -79,19 +80,84 @@ def test_the_statistics_are_rebuilt_from_the_csv(tmp_path: Path) -> None:
     assert window["count"] == 29 and window["mae"] == pytest.approx(errors.mean(), rel=1e-12)
 
 
-def test_halves_past_their_time_are_swept_to_orphans_csv_once(tmp_path: Path) -> None:
-    ledger, _ = opened(tmp_path)
+def orphan_lines(logs: Path) -> list[tuple[str, str, float]]:
+    lines = (logs / ORPHAN_LOG).read_text().splitlines()
+    assert lines[0] == ORPHAN_LOG_HEADER
+    return [(o.id, o.kind, o.value) for o in map(parse_orphan, lines[1:])]
+
+
+def test_an_orphan_stays_held_and_a_partner_coming_after_its_ttl_still_makes_the_row_once(tmp_path: Path) -> None:
+    ledger, quality = MetricLedger(tmp_path, orphan_ttl_s=50.0), QualityStats(None)
+    ledger.open(quality, now=100.0)
     ledger.record(halves(("y_pred", 1, 90.0)), now=100.0)
     ledger.record(halves(("y_true", 2, 151.0)), now=200.0)
-    swept = ledger.sweep_orphans(arrived_before=150.0)
-    assert [(o.id, o.kind, o.value) for o in swept] == [(sid(1), "y_pred", 90.0)]
-    assert ledger.sweep_orphans(arrived_before=150.0) == []
-    lines = (tmp_path / ORPHAN_LOG).read_text().splitlines()
-    assert lines[0] == ORPHAN_LOG_HEADER and [parse_orphan(line) for line in lines[1:]] == swept
-    assert ledger.pending("y_pred") == 0 and ledger.pending("y_true") == 1
+    assert ledger.survey(120.0).newly_orphaned == {"y_true": 0, "y_pred": 0}
+    survey = ledger.survey(210.0, write_list=True)
+    assert survey.newly_orphaned == {"y_true": 0, "y_pred": 1} and survey.listed == 1
+    assert ledger.orphans == 1 and ledger.pending("y_pred") == 0 and ledger.pending("y_true") == 1
+    assert orphan_lines(tmp_path) == [(sid(1), "y_pred", 90.0)]
+    assert ledger.survey(220.0).newly_orphaned == {"y_true": 0, "y_pred": 0}  # counted once
+
+    late = ledger.record(halves(("y_true", 1, 100.0)), now=5000.0)  # hours after its prediction
+    assert [(row.id, row.y_true, row.y_pred, row.label_lag_s) for row in late.rows] == [(sid(1), 100.0, 90.0, 4900.0)]
+    assert late.late_joins == 1 and ledger.late_joins == 1 and ledger.orphans == 0
+    assert ledger.survey(5000.0, write_list=True).listed == 1  # the label of id 2 is an orphan now
+    assert orphan_lines(tmp_path) == [(sid(2), "y_true", 151.0)]
+    again = ledger.record(halves(("y_true", 1, 100.0), ("y_pred", 1, 90.0)), now=5001.0)  # redelivered
+    assert again.rows == [] and again.duplicates == 2 and again.late_joins == 0
+    assert [row.id for row in csv_rows(tmp_path)] == [sid(1)]
     ledger.close()
+
     ledger, _ = opened(tmp_path)
-    assert ledger.orphans == 1  # counted across restarts
+    assert ledger.late_joins == 1 and ledger.orphans == 1  # counted across restarts, from the state
+    ledger.close()
+
+
+def test_orphans_csv_says_what_is_missing_now_and_is_not_created_while_nothing_is(tmp_path: Path) -> None:
+    ledger, quality = MetricLedger(tmp_path, orphan_ttl_s=10.0), QualityStats(None)
+    ledger.open(quality, now=0.0)
+    ledger.record(halves(("y_pred", 1, 90.0), ("y_true", 1, 91.0)), now=1.0)
+    assert ledger.survey(100.0, write_list=True).listed is None and not (tmp_path / ORPHAN_LOG).exists()
+    ledger.record(halves(("y_pred", 2, 90.0), ("y_pred", 3, 80.0)), now=100.0)
+    ledger.survey(200.0, write_list=True)
+    assert orphan_lines(tmp_path) == [(sid(2), "y_pred", 90.0), (sid(3), "y_pred", 80.0)]
+    ledger.record(halves(("y_true", 2, 95.0), ("y_true", 3, 85.0)), now=300.0)
+    ledger.survey(300.0, write_list=True)
+    assert orphan_lines(tmp_path) == []  # the file stays, and says: none missing
+    ledger.close()
+
+
+def test_waiting_halves_are_counted_by_age(tmp_path: Path) -> None:
+    ledger, quality = MetricLedger(tmp_path, orphan_ttl_s=3600.0), QualityStats(None)
+    ledger.open(quality, now=0.0)
+    now = 1_000_000.0
+    ages = {1: 5.0, 2: 30.0, 3: 59.0, 4: 601.0, 5: 7200.0, 6: 90_000.0}  # seconds
+    ledger.record(halves(*[("y_pred", n, 1.0) for n in ages]), now=0.0)  # arrival times set below
+    ledger.close()
+    with sqlite3.connect(tmp_path / METRIC_STATE) as db:
+        for n, age in ages.items():
+            db.execute("UPDATE held SET arrived_at = ? WHERE id = ?", (now - age, sid(n)))
+    db.close()
+    ledger, _ = opened(tmp_path)
+    ledger.record(halves(("y_true", 7, 1.0)), now=now - 1)
+    ledger.survey(now)
+    assert ledger.waiting["y_pred"] == {"<10s": 1, "10s-1m": 2, "1m-10m": 0, "10m-1h": 1, "1h-1d": 1, ">1d": 1}
+    assert ledger.waiting["y_true"] == {"<10s": 1, "10s-1m": 0, "1m-10m": 0, "10m-1h": 0, "1h-1d": 0, ">1d": 0}
+    assert ledger.orphans_by_kind == {"y_true": 0, "y_pred": 2}  # the two older than an hour
+    assert ledger.waiting_halves("y_pred") == 6 and ledger.pending("y_pred") == 4
+    ledger.close()
+
+
+def test_an_orphans_csv_from_before_late_joins_is_kept_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old = ORPHAN_LOG_HEADER + "\n1.000001,y_true,151.0,1.0\n"
+    (tmp_path / ORPHAN_LOG).write_text(old)  # halves an older release dropped from its state
+    ledger, _ = opened(tmp_path)
+    assert (tmp_path / RELEASED_ORPHAN_LOG).read_text() == old and not (tmp_path / ORPHAN_LOG).exists()
+    assert RELEASED_ORPHAN_LOG in caplog.text
+    ledger.close()
+    (tmp_path / ORPHAN_LOG).write_text(ORPHAN_LOG_HEADER + "\n")  # written by this release from now on
+    ledger, _ = opened(tmp_path)
+    assert (tmp_path / RELEASED_ORPHAN_LOG).read_text() == old and (tmp_path / ORPHAN_LOG).exists()
     ledger.close()
 
 

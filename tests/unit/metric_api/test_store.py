@@ -76,7 +76,7 @@ def test_held_halves_written_rows_and_counters_survive_closing_and_reopening(ope
     assert again.counter("csv_rows") == 1
     assert again.counter("orphans") == 4
     # The arrival times came back too: the oldest half expires first.
-    assert again.expired(1002.0) == [("1.000001", "y_true", 151.0, 1000.5), ("1.000002", "y_pred", 150.25, 1001.5)]
+    assert list(again.held_before(1002.0)) == [("1.000001", "y_true", 151.0, 1000.5), ("1.000002", "y_pred", 150.25, 1001.5)]
 
 
 def test_a_join_committed_before_closing_is_a_duplicate_after_reopening(open_store: OpenStore) -> None:
@@ -198,7 +198,7 @@ def test_held_count_matches_the_file_after_mixed_operations(open_store: OpenStor
             elif operation < 0.95:
                 store.record_rows_of_csv([MetricRow.of(sample_id, 1.0, 2.0)])
             else:
-                for orphan_id, orphan_kind, _value, _arrived in store.expired(now - 50):
+                for orphan_id, orphan_kind, _value, _arrived in list(store.held_before(now - 50)):
                     store.release(orphan_id, orphan_kind)
         if batch_number % 7 == 3:
             store.rollback()
@@ -214,7 +214,7 @@ def test_held_count_matches_the_file_after_mixed_operations(open_store: OpenStor
 # --- orphans ---------------------------------------------------------------------------
 
 
-def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(open_store: OpenStore) -> None:
+def test_held_before_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(open_store: OpenStore) -> None:
     store = open_store()
     halves: list[tuple[str, Kind, float, float]] = [
         ("1.000004", "y_pred", 4.0, 400.0),
@@ -228,13 +228,13 @@ def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(o
         for sample_id, kind, value, arrived_at in halves:
             store.hold(sample_id, kind, HeldHalf(value, arrived_at))
 
-    assert store.expired(300.0) == [
+    assert list(store.held_before(300.0)) == [
         ("1.000001", "y_true", 1.0, 100.0),
         ("1.000002", "y_pred", 2.0, 200.0),
         ("1.000003", "y_true", 3.0, 299.999),
     ]
-    assert store.expired(100.0) == []
-    assert [half[0] for half in store.expired(1e12)] == [
+    assert list(store.held_before(100.0)) == []
+    assert [half[0] for half in list(store.held_before(1e12))] == [
         "1.000001",
         "1.000002",
         "1.000003",
@@ -246,14 +246,14 @@ def test_expired_returns_exactly_the_halves_older_than_the_cutoff_oldest_first(o
     assert store.held_count == {"y_true": 3, "y_pred": 3}
 
 
-def test_expired_does_not_return_halves_that_joined(open_store: OpenStore) -> None:
+def test_held_before_does_not_return_halves_that_joined(open_store: OpenStore) -> None:
     store = open_store()
     join = LabelPredictionJoin(store)
     with store.transaction():
         join.add(LABEL, "1.000001", 1.0, 10.0)
         join.add(LABEL, "1.000002", 2.0, 20.0)
         join.add(PREDICTION, "1.000001", 1.5, 30.0)
-    assert store.expired(1000.0) == [("1.000002", "y_true", 2.0, 20.0)]
+    assert list(store.held_before(1000.0)) == [("1.000002", "y_true", 2.0, 20.0)]
 
 
 # --- keeping up with the CSV -----------------------------------------------------------

@@ -5,6 +5,7 @@ path in tests/integration/test_model_api.py)."""
 import asyncio
 import json
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from httpx import AsyncClient, Response
 from sklearn.datasets import load_diabetes
 
 from services.common.amqp.consumer import Delivery
-from services.common.messages import FeaturesMessage, PredictionMessage
+from services.common.messages import ID_RULE, FeaturesMessage, PredictionMessage
 from services.common.settings import Settings
 from services.model_api.app import ModelService, create_app
 from tests.unit.in_process import in_process
@@ -123,6 +124,102 @@ def test_a_row_the_model_predicts_no_finite_number_for_is_refused_alone(settings
     refused = asyncio.run(service._predict_batch(batch))
     assert [(delivery.message.id, "predicted" in reason) for delivery, reason in refused] == [("1700000000.000002", True)]
     assert [m.message_id for m in link.to("t.y_pred")] == ["1700000000.000001", "1700000000.000003"]
+
+
+# --- monitored predictions over HTTP -------------------------------------------------------
+
+
+def test_a_prediction_served_over_http_is_published_to_y_pred_under_the_callers_id(settings: Settings) -> None:
+    link = StandInLink()
+
+    async def scenario(client: AsyncClient) -> tuple[Response, Response]:
+        one = await client.post("/predict", json={"id": "order-17", "features": ROWS[0]})
+        batch = await client.post("/predict", json={"ids": ["b-1", "b-2", "b-3"], "instances": ROWS})
+        return one, batch
+
+    one, batch = in_process(create_app(settings, link), scenario)
+    assert one.status_code == 200, one.text
+    assert one.json()["id"] == "order-17" and one.json()["monitored"] is True
+    assert batch.json()["ids"] == ["b-1", "b-2", "b-3"] and batch.json()["monitored"] is True
+    published = [PredictionMessage.model_validate_json(m.body) for m in link.to("t.y_pred")]
+    assert [(p.id, p.body) for p in published] == [
+        ("order-17", one.json()["prediction"]),
+        *zip(batch.json()["ids"], batch.json()["predictions"], strict=True),
+    ]
+    assert {p.model_version for p in published} == {one.json()["model_version"]}
+    assert all(p.ts is not None for p in published)
+    assert [m.message_id for m in link.to("t.y_pred")] == ["order-17", "b-1", "b-2", "b-3"]
+
+
+def test_without_ids_each_prediction_gets_a_unique_timestamp_id_that_no_features_id_can_equal(settings: Settings) -> None:
+    link = StandInLink()
+
+    async def scenario(client: AsyncClient) -> list[Response]:
+        return [
+            await client.post("/predict", json={"features": ROWS[0]}),
+            await client.post("/predict", json={"instances": ROWS}),
+            await client.post("/predict", json={"features": ROWS[1]}),
+        ]
+
+    answers = in_process(create_app(settings, link), scenario)
+    ids = [answers[0].json()["id"], *answers[1].json()["ids"], answers[2].json()["id"]]
+    assert len(set(ids)) == 5 and ids == sorted(ids)
+    for made in ids:
+        # The time served to the microsecond (the seed's format), then six digits of this process:
+        # longer than the features service's ids, so never one of them.
+        assert re.fullmatch(r"\d{10}\.\d{6}\d{6}", made), made
+        assert abs(float(made) - time.time()) < 60
+    assert len({made[-6:] for made in ids}) == 1
+    assert [m.message_id for m in link.to("t.y_pred")] == ids
+
+
+def test_with_monitoring_off_nothing_is_published_and_the_answer_says_so(model_path: Path) -> None:
+    link = StandInLink(problem="RabbitMQ at localhost:5672 is not reachable")
+    settings = Settings(MODEL_PATH=model_path, QUEUE_PREFIX="t.", MONITOR_HTTP_PREDICTIONS=False)
+
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.post("/predict", json={"id": "x", "features": ROWS[0]})
+
+    answer = in_process(create_app(settings, link), scenario)
+    assert answer.status_code == 200 and answer.json()["monitored"] is False and answer.json()["id"] == "x"
+    assert link.published == []
+
+
+def test_with_monitoring_on_and_no_broker_nothing_is_served(settings: Settings) -> None:
+    link = StandInLink(problem="RabbitMQ at localhost:5672 is not reachable")
+
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.post("/predict", json={"features": ROWS[0]})
+
+    answer = in_process(create_app(settings, link), scenario)
+    assert answer.status_code == 503 and link.down_because in answer.json()["detail"]
+    assert link.published == []
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"id": "has space", "features": ROWS[0]}, ID_RULE),
+        ({"id": "x" * 65, "features": ROWS[0]}, "65 characters"),
+        ({"id": "a", "instances": ROWS}, '"id" goes with "features"'),
+        ({"ids": ["a"], "features": ROWS[0]}, '"ids" goes with "instances"'),
+        ({"ids": ["a", "b"], "instances": ROWS}, '"ids" has 2 ids for 3 instances'),
+        ({"ids": ["a", "b", "a"], "instances": ROWS}, "given more than once: a"),
+        ({"ids": ["a", "b,c", "d"], "instances": ROWS}, ID_RULE),
+    ],
+)
+def test_a_bad_id_is_a_422_saying_what_is_wrong_and_nothing_is_published(
+    settings: Settings, body: dict[str, Any], says: str
+) -> None:
+    link = StandInLink()
+
+    async def scenario(client: AsyncClient) -> Response:
+        return await client.post("/predict", json=body)
+
+    answer = in_process(create_app(settings, link), scenario)
+    assert answer.status_code == 422, answer.text
+    assert any(says in error["msg"] for error in answer.json()["detail"]), answer.json()
+    assert link.published == []
 
 
 def test_drift_sees_what_predict_served_and_names_the_ten_features(settings: Settings) -> None:
