@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
     # model_api: its drift window holds the last DRIFT_WINDOW_SIZE samples it saw, of the last
     # DRIFT_WINDOW_S seconds (docs/monitoring.md, "Drift and data quality").
-    DRIFT_WINDOW_SIZE: int = Field(300, ge=2, le=100_000)
+    DRIFT_WINDOW_SIZE: int = Field(300, ge=30, le=100_000)  # below 30 samples a window is not judged
     DRIFT_WINDOW_S: float = Field(3600.0, gt=0, allow_inf_nan=False)
 
     def label_delay(self) -> LabelDelay:

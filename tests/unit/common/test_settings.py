@@ -176,7 +176,7 @@ def test_the_drift_window_and_plot_apis_model_url_default_as_documented_and_refu
     settings = Settings()
     assert (settings.DRIFT_WINDOW_SIZE, settings.DRIFT_WINDOW_S) == (300, 3600.0)
     assert (settings.MODEL_API_URL.host, settings.MODEL_API_URL.port) == ("localhost", 8002)
-    for name, value in (("DRIFT_WINDOW_SIZE", "1"), ("DRIFT_WINDOW_S", "0"), ("DRIFT_WINDOW_S", "inf"), ("MODEL_API_URL", "x")):
+    for name, value in (("DRIFT_WINDOW_SIZE", "29"), ("DRIFT_WINDOW_S", "0"), ("DRIFT_WINDOW_S", "inf"), ("MODEL_API_URL", "x")):
         monkeypatch.setenv(name, value)
         with pytest.raises(ValidationError, match=name):
             Settings()
