@@ -206,7 +206,10 @@ class BatchConsumer:
                 self._inbox.put_nowait(Delivery(message, raw, subscription.queue, arrived))
                 return
         if self._invalid is not None:
-            self._invalid(error)
+            try:
+                self._invalid(error)
+            except Exception:  # counting it must never keep a bad message from its DLQ
+                log.exception("the consumer's invalid-message hook failed; the message is dead-lettered all the same")
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)

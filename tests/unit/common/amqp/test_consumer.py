@@ -158,6 +158,20 @@ def test_the_service_is_told_of_each_message_refused_before_its_handler() -> Non
     assert told == ["too_short", "too large"]
 
 
+def test_a_failing_hook_does_not_keep_a_bad_message_from_its_dlq() -> None:
+    def invalid(_error: ValidationError | None) -> None:
+        raise RuntimeError("a bug in the service's counting")
+
+    async def scenario() -> tuple[Harness, FakeDelivery]:
+        h = Harness(invalid=invalid)
+        bad = FakeDelivery(h.channel, 1, body=b'{"id": "1.5", "body": [1, 2]}')
+        await h.deliver(bad)
+        return h, bad
+
+    h, bad = asyncio.run(scenario())
+    assert [m.queue for m in h.dead_letters.published] == ["features.dlq"] and bad.settled == ["ack"]
+
+
 def test_a_delivery_still_being_dead_lettered_is_never_covered_by_a_multiple_ack() -> None:
     async def scenario() -> tuple[FakeChannel, list[FakeDelivery], FakeDelivery, list[str]]:
         h = Harness()
