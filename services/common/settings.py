@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     METRIC_PORT: Port = 8003
     PLOT_PORT: Port = 8004
     METRIC_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8003")
+    # plot_api: where it finds model_api's GET /drift for the dashboard's drift panel and chart.
+    MODEL_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8002")
     # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
     PREFETCH: int = Field(200, ge=1, le=65535)
     # A half whose partner has not come within this time is counted an orphan (and listed in
@@ -89,6 +91,10 @@ class Settings(BaseSettings):
     # metric_api: the constant predictor's value for baseline_mae/skill; by default the
     # training-set mean of y from the model's sidecar (<MODEL_PATH>.json, target_mean).
     BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
+    # model_api: its drift window holds the last DRIFT_WINDOW_SIZE samples it saw, of the last
+    # DRIFT_WINDOW_S seconds (docs/monitoring.md, "Drift and data quality").
+    DRIFT_WINDOW_SIZE: int = Field(300, ge=30, le=100_000)  # below 30 samples a window is not judged
+    DRIFT_WINDOW_S: float = Field(3600.0, gt=0, allow_inf_nan=False)
 
     @property
     def brokers(self) -> tuple[Url, ...]:

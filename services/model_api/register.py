@@ -3,8 +3,9 @@
 Writes ``PATH.json``, the metadata model_api needs to load a pickled scikit-learn
 regressor you made yourself: its sha256 (model_api refuses the file if it changes
 afterwards), type, parameters, scikit-learn version, and its metrics on the same held-out
-rows of the diabetes data that ``train`` reports. Run it only on a file you made or trust:
-it unpickles the file, and unpickling runs code.
+rows of the diabetes data that ``train`` reports; and ``PATH.reference.json``, the training rows
+of that split with your model's predictions on them, for drift. Run it only on a file you made
+or trust: it unpickles the file, and unpickling runs code.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from typing import Any
 
 import sklearn
 
+from services.model_api.drift import BadReference
 from services.model_api.modelstore import (
     ModelFileError,
     pickled_sklearn_version,
@@ -24,7 +26,7 @@ from services.model_api.modelstore import (
     warning_text,
     write_metadata,
 )
-from services.model_api.train import DEFAULT_SEED, describe, diabetes_split, summary_line
+from services.model_api.train import DEFAULT_SEED, describe, diabetes_split, summary_line, write_reference_for
 
 
 def register(path: Path, seed: int = DEFAULT_SEED) -> tuple[dict[str, Any], list[str]]:
@@ -33,14 +35,15 @@ def register(path: Path, seed: int = DEFAULT_SEED) -> tuple[dict[str, Any], list
     model, caught = unpickle(data, path)
     predictor_for(model, "unregistered", path)  # refuses what cannot serve this pipeline
     made_with = pickled_sklearn_version(caught) or sklearn.__version__
-    metadata = describe(
-        model,
-        diabetes_split(seed),
-        sklearn_version=made_with,
-        trained_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
-    )
+    split = diabetes_split(seed)
+    metadata = describe(model, split, sklearn_version=made_with, trained_at=datetime.fromtimestamp(path.stat().st_mtime, UTC))
     metadata["registered_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    return write_metadata(path, data, metadata), [warning_text(w) for w in caught]
+    notes = [warning_text(w) for w in caught]
+    try:
+        metadata["reference"] = write_reference_for(model, split, path)
+    except BadReference as exc:
+        notes.append(f"no drift reference written, so drift will be unavailable for this model: {exc}")
+    return write_metadata(path, data, metadata), notes
 
 
 def main(argv: list[str] | None = None) -> int:

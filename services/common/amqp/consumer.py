@@ -110,8 +110,12 @@ class BatchConsumer:
         recover: Callable[[], Awaitable[None]] = _recover_later,
         batch_max: int = BATCH_MAX,
         window_s: float = BATCH_WINDOW_S,
+        invalid: Callable[[ValidationError | None], None] | None = None,
     ) -> None:
+        """``invalid`` is told of each message dead-lettered before it reached the handler: its
+        validation error, or None for one too large (model_api counts them by reason)."""
         self._handler = handler
+        self._invalid = invalid
         self._recover = recover
         self._batch_max = batch_max
         self._window_s = window_s
@@ -195,17 +199,23 @@ class BatchConsumer:
         except ChannelInvalidStateError:
             return  # its channel closed as it arrived: the broker redelivers it
         arrived = asyncio.get_running_loop().time()
+        error: ValidationError | None = None
         if len(raw.body) > MAX_MESSAGE_BYTES:
             reason = f"message of {len(raw.body)} bytes exceeds {MAX_MESSAGE_BYTES}"
         else:
             try:
                 message = subscription.schema.model_validate_json(raw.body)
             except ValidationError as exc:
-                reason = describe_validation_error(exc)
+                error, reason = exc, describe_validation_error(exc)
             else:
                 MESSAGES_CONSUMED.labels(queue=subscription.queue).inc()
                 self._inbox.put_nowait(Delivery(message, raw, subscription.queue, arrived))
                 return
+        if self._invalid is not None:
+            try:
+                self._invalid(error)
+            except Exception:  # counting it must never keep a bad message from its DLQ
+                log.exception("the consumer's invalid-message hook failed; the message is dead-lettered all the same")
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
