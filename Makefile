@@ -9,13 +9,16 @@ MODEL_PATH ?= $(DEFAULT_MODEL)
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint bench install install-test install-lint model broker browser clean
+.PHONY: help run test test-compose lint bench install install-test install-lint model broker browser clean cluster cluster-stop
 
 help:
 	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
 	@echo "make test   set up and run the whole test suite against a real RabbitMQ"
+	@echo "make test-compose  build and run deploy/compose.yml in Docker and drive it (needs root for Docker)"
 	@echo "make lint   the lint and type gate: ruff (lint and format) and mypy; fails on any finding"
 	@echo "make bench  set up and run the benchmark (about 7 min; BENCH_ARGS=--smoke for a quick check)"
+	@echo "make cluster       start (or complete) a local three-node RabbitMQ cluster on 127.0.0.1:5681-5683"
+	@echo "make cluster-stop  stop that cluster and remove its data"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
@@ -84,6 +87,13 @@ browser:
 test: $(VENV)/.installed-test broker browser
 	$(BIN)/python -m pytest
 
+# deploy/compose.yml built, run and faulted for real (tests/compose, docs/containers.md). It needs a
+# Docker engine: as root, DOCKER_STANDIN_SCRIPT (by default shared/tools/docker-standin-images.sh
+# beside this repository) installs and starts one and provides the base images; without one the
+# tests are SKIPPED with the reason, which is printed. -s shows the COMPOSE timing lines as they come.
+test-compose: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m compose tests/compose -s
+
 # Configured in pyproject.toml ([tool.ruff], [tool.mypy]); needs no broker.
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
@@ -93,6 +103,13 @@ lint: $(VENV)/.installed-lint
 # The benchmark: real services on the real broker; tables on stdout, JSON in bench/results/.
 bench: $(VENV)/.installed-test broker
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# A local three-node RabbitMQ cluster (docs/cluster.md); never the machine's own broker on 5672.
+cluster: $(VENV)/.installed
+	@$(BIN)/python -m services.common.cluster start
+
+cluster-stop: $(VENV)/.installed
+	@$(BIN)/python -m services.common.cluster stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import add_arguments as add_cluster_arguments
+from bench.cluster import cluster_report, cluster_section
 from bench.http_load import http_load
 from bench.latency import latency
 from bench.machine import RssSampler, machine
@@ -71,12 +73,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load generator of the HTTP section: httpx.AsyncClient per client (httpx), or a minimal "
         "HTTP/1.1 client on asyncio streams that uses a tenth of the CPU (raw)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="add the cluster section: quorum queues on the local three-node cluster against classic on the single broker",
+    )
+    add_cluster_arguments(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny everything, to check the benchmark itself works")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="folder for the JSON (bench/results)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.samples, args.rates, args.rate_seconds = 200, [10.0, 50.0], 3.0
         args.http_seconds, args.http_clients, args.scale_rows = 2.0, 10, [1000]
+        args.cluster_samples = 200
     return args
 
 
@@ -118,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             "scale_rows": args.scale_rows,
             "smoke": args.smoke,
             "pipeline_env": {"FEATURES_INTERVAL_S": "3600", "PLOT_INTERVAL_S": "10"},
+            "cluster": (
+                {"samples": args.cluster_samples, "shards": args.cluster_shards, "model_replicas": args.cluster_replicas}
+                if args.cluster
+                else None
+            ),
         },
     }
     problems: list[str] = []
@@ -177,6 +191,23 @@ def main(argv: list[str] | None = None) -> int:
             if one is not None:
                 scale.append(one)
         results["scale"] = scale
+
+        if args.cluster:
+            cluster_dir = work / "cluster"
+            cluster_dir.mkdir()
+            results["cluster"] = section(
+                "cluster",
+                problems,
+                lambda: cluster_section(
+                    cluster_dir,
+                    model_path,
+                    amqp_url,
+                    args.cluster_samples,
+                    args.cluster_shards,
+                    args.cluster_replicas,
+                    problems,
+                ),
+            )
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"\nbench: interrupted; services stopped, queues deleted (their logs: {work})", file=sys.stderr)
@@ -184,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = round(time.monotonic() - began, 1)
 
     text = report(results)
+    if results.get("cluster"):
+        text += "\n\n" + cluster_report(results["cluster"])
     print()
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ import httpx
 from bench.figures import rounded
 from bench.machine import RssSampler, broker_pid, cpu_use, rss_mb
 from bench.progress import COUNT_POLL_S, say, wait_for_progress
-from harness.checker import check
+from harness.checker import check_all
+from harness.cluster import shard_csvs
 from harness.pipeline import Pipeline
 from services.features_api.app import MAX_BURST
 
@@ -39,10 +40,23 @@ class LineCounter:
         return max(0, self.newlines - 1)  # minus the header
 
 
-def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problems: list[str]) -> dict[str, Any]:
+def throughput(
+    pipeline: Pipeline,
+    rss: RssSampler | None,
+    samples: int,
+    problems: list[str],
+    broker_pids: dict[str, int | None] | None = None,
+) -> dict[str, Any]:
+    """One burst; the figures. ``broker_pids``: the broker's VMs whose CPU to count (default: the
+    local RabbitMQ's, as ``rabbitmq``). Rows are counted over every metric_api shard's CSV."""
     features = pipeline.url("features_api")
-    counter = LineCounter(pipeline.csv)
-    baseline = counter.rows()
+    csvs = shard_csvs(pipeline)
+    counters = [LineCounter(csv) for csv in csvs]
+
+    def rows_now() -> int:
+        return sum(counter.rows() for counter in counters)
+
+    baseline = rows_now()
     target = baseline + samples
     done_at: list[float] = []
     current = [baseline]
@@ -50,7 +64,7 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
 
     def watch() -> None:  # notes the moment the CSV has every row, even while we are still publishing
         while not stop.is_set():
-            current[0] = counter.rows()
+            current[0] = rows_now()
             if current[0] >= target:
                 done_at.append(time.time())
                 return
@@ -61,7 +75,7 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
     pids: dict[str, int | None] = {
         name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
     }
-    pids["rabbitmq"] = broker_pid()
+    pids |= {"rabbitmq": broker_pid()} if broker_pids is None else broker_pids
     cpu_before = cpu_use(pids)
     ids: list[str] = []
     watcher = threading.Thread(target=watch, daemon=True, name="row-count")
@@ -94,7 +108,7 @@ def throughput(pipeline: Pipeline, rss: RssSampler | None, samples: int, problem
     assert metric_api is not None  # the pipeline started it
     metric_after = rss_mb(metric_api.pid)
 
-    verdict = check(ids, pipeline.csv)
+    verdict = check_all(ids, csvs)
     result: dict[str, Any] = {
         "samples": samples,
         "publish_requests": math.ceil(samples / MAX_PUBLISH_COUNT),

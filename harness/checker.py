@@ -5,6 +5,7 @@ The categories of the jepsen/RabbitMQ queue checker: ``lost`` (published, no row
 """
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def row_ids(csv: Path) -> list[str]:
 
 
 def check(published: list[str], csv: Path) -> Verdict:
-    ids = row_ids(csv)
+    return check_all(published, [csv])
+
+
+def check_all(published: list[str], csvs: Sequence[Path]) -> Verdict:
+    """The verdict over the union of several metric_log.csv files (the join's shards)."""
+    ids = [sample_id for csv in csvs for sample_id in row_ids(csv)]
     counts = Counter(ids)
     expected = set(published)
     return Verdict(

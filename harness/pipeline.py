@@ -128,6 +128,7 @@ def running_pipeline(
             "FEATURES_INTERVAL_S": "3600",
             "PLOT_INTERVAL_S": "0.5",
             "METRIC_API_URL": f"http://127.0.0.1:{ports['METRIC_PORT']}",
+            "MODEL_API_URL": f"http://127.0.0.1:{ports['MODEL_PORT']}",
             **ports,
             **settings,
         }

@@ -64,6 +64,10 @@ class TcpProxy:
         self._loop.call_soon_threadsafe(stall_all)
 
     def close(self) -> None:
+        """Stop listening and drop every connection (once; closing again does nothing)."""
+        if self._loop.is_closed():
+            return
+
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()

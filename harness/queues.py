@@ -19,6 +19,17 @@ def queue_names() -> list[str]:
     return [name for base in (FEATURES, Y_TRUE, Y_PRED) for name in (base, dlq_name(base))]
 
 
+async def connect(amqp_url: str) -> aio_pika.abc.AbstractConnection:
+    """A plain connection to the first broker of ``amqp_url`` (one, or a cluster's nodes comma-separated) that answers."""
+    problems = []
+    for url in amqp_url.split(","):
+        try:
+            return await aio_pika.connect(url.strip(), timeout=10)
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            problems.append(f"{url}: {exc}")
+    raise ConnectionError("no broker answers: " + "; ".join(problems))
+
+
 def delay_queue_names(label_delay: str) -> list[str]:
     """The delay queues features_api declares under LABEL_DELAY_S=``label_delay``, without the prefix."""
     return [queue.name for queue in delay_queues(Settings(QUEUE_PREFIX=""), Y_TRUE, LabelDelay.parse(label_delay))]
@@ -28,7 +39,7 @@ def delete_queues(amqp_url: str, prefix: str, label_delay: str = "0") -> None:
     """Remove a run's queues (and their dead-letter queues, and its delay queues) from the broker."""
 
     async def delete() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
+        connection = await connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             for name in [*queue_names(), *delay_queue_names(label_delay)]:
@@ -41,7 +52,7 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
     """(messages ready, consumers) of each of a pipeline's queues and dead-letter queues."""
 
     async def read() -> dict[str, tuple[int, int]]:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
+        connection = await connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             state = {}

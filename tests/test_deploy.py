@@ -498,6 +498,7 @@ def test_build_context_has_what_the_dockerfile_copies_and_nothing_else() -> None
         "services/common/__pycache__/http.cpython-311.pyc",
         "services/model_api/myfile.pkl",
         "services/model_api/myfile.pkl.json",
+        "services/model_api/myfile.pkl.reference.json",
         "deploy/.env",
         "README.md",
     ]:

@@ -36,12 +36,16 @@ async def _probe(url: str) -> None:
 
 
 def unreachable(url: str) -> str | None:
-    """Why no broker lets us in at ``url``, in one line; None when one does."""
-    try:
-        asyncio.run(_probe(url))
-    except Exception as exc:  # noqa: BLE001 - any failure means the same here
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    """Why no broker lets us in at ``url`` (one, or several comma-separated), in one line; None when one does."""
+    reasons = []
+    for one in url.split(","):
+        try:
+            asyncio.run(_probe(one.strip()))
+        except Exception as exc:  # noqa: BLE001 - any failure means the same here
+            reasons.append(f"{type(exc).__name__}: {exc}")
+        else:
+            return None
+    return "; ".join(reasons)
 
 
 def answers(url: str) -> bool:
@@ -78,12 +82,26 @@ def _server_command() -> str | None:
 
 def main() -> int:
     settings = get_settings()
+    brokers = settings.brokers
     try:
-        return _ensure(settings.AMQP_URL)
+        if len(brokers) > 1:
+            return _ensure_one_of(brokers)
+        return _ensure(brokers[0])
     except BrokerRefused:
-        user = settings.AMQP_URL.username or "guest"
-        _say(f"RabbitMQ at {_where(settings.AMQP_URL)} refused the login of user {user!r}: fix the user/password in AMQP_URL")
+        user = brokers[0].username or "guest"
+        where = ", ".join(_where(broker) for broker in brokers)
+        _say(f"RabbitMQ at {where} refused the login of user {user!r}: fix the user/password in AMQP_URL")
         return 1
+
+
+def _ensure_one_of(brokers: tuple[Url, ...]) -> int:
+    """Several brokers (a cluster): one must answer. None is started here, and never the
+    machine's default node: the local cluster is `make cluster`'s (docs/cluster.md)."""
+    if any(answers(str(broker)) for broker in brokers):
+        return 0
+    where = ", ".join(_where(broker) for broker in brokers)
+    _say(f"none of the brokers in AMQP_URL answers ({where}); for the local cluster run `make cluster`")
+    return 1
 
 
 def _where(amqp_url: Url) -> str:

@@ -59,14 +59,15 @@ def service_app(
     service: str,
     lifespan: Lifespan[FastAPI],
     problem: Callable[[], str | None],
+    details: Callable[[], dict[str, Any]] = dict,
     *,
     settings: Settings | None = None,
-    details: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """A service's FastAPI app: its lifespan, the ops routes and everything the module docstring lists.
 
     ``problem()`` is why the service is not ready (/health answers 503 with it), or None;
-    ``details()`` adds fields to every /health answer (what a user should know even when ready).
+    ``details()`` adds fields to every /health answer (the broker a service is connected to,
+    what a user should know even when it is ready).
     """
     settings = settings or get_settings()
     token = settings.API_TOKEN.get_secret_value() if settings.API_TOKEN is not None else None
@@ -85,14 +86,15 @@ def service_app(
 # -- /health and /metrics
 
 
-def ops_router(service: str, problem: Callable[[], str | None], details: Callable[[], dict[str, Any]] | None = None) -> APIRouter:
-    """``GET /health`` (200 when ``problem()`` is None, else 503 with it) and ``GET /metrics``."""
+def ops_router(service: str, problem: Callable[[], str | None], details: Callable[[], dict[str, Any]] = dict) -> APIRouter:
+    """``GET /health`` (200 when ``problem()`` is None, else 503 with it; both with ``details()``,
+    e.g. the broker a service is connected to) and ``GET /metrics``."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/health", responses={503: {"description": "not ready, with the reason"}})
     async def health() -> JSONResponse:
         reason = problem()
-        extra = details() if details is not None else {}
+        extra = details()
         if reason is None:
             return JSONResponse({"status": "ok", "service": service, **extra})
         return JSONResponse({"status": "unavailable", "service": service, "reason": reason, **extra}, status_code=503)

@@ -21,6 +21,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from services.common.settings import get_settings
 
 FEATURE_COUNT = 10
+# The ten columns of scikit-learn's diabetes data, in the order every features body carries them.
+FEATURE_NAMES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 # Ids go into a CSV column unquoted, so they must not contain separators or newlines.
 ID_MAX_LENGTH = 64
 ID_PATTERN = rf"^[0-9A-Za-z._:-]{{1,{ID_MAX_LENGTH}}}$"

@@ -3,9 +3,9 @@
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, UrlConstraints
+from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, TypeAdapter, UrlConstraints
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,6 +13,31 @@ from services.common.delay import LabelDelay
 
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+_AMQP_URL = TypeAdapter(AmqpUrl)
+
+
+def parse_brokers(value: str) -> tuple[Url, ...]:
+    """The brokers of a comma-separated AMQP_URL, in order; ValueError saying what is wrong."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise ValueError("an empty entry: list the brokers as amqp://...,amqp://...")
+    urls = tuple(_AMQP_URL.validate_python(part) for part in parts)
+    if len({(url.scheme, url.username, url.password, url.path or "/", url.query) for url in urls}) > 1:
+        raise ValueError(
+            "the brokers listed must be nodes of one cluster: the same scheme, user, password, "
+            "virtual host and options; only host and port may differ"
+        )
+    return urls
+
+
+def _normalised_brokers(value: str) -> str:
+    return ",".join(str(url) for url in parse_brokers(value))
+
+
+QueueType = Literal["classic", "quorum"]
+
+# One broker, or several nodes of one cluster, comma-separated (the first is tried first).
+AmqpUrls = Annotated[str, AfterValidator(_normalised_brokers)]
 
 
 def _usable_token(token: SecretStr) -> SecretStr:
@@ -40,7 +65,9 @@ DelaySpec = Annotated[str, AfterValidator(_delay_spec)]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
 
-    AMQP_URL: AmqpUrl = Url("amqp://guest:guest@localhost:5672/")
+    AMQP_URL: AmqpUrls = "amqp://guest:guest@localhost:5672/"
+    # quorum: every queue and DLQ a quorum queue (replicated over a cluster's nodes; docs/cluster.md).
+    QUEUE_TYPE: QueueType = "classic"
     QUEUE_PREFIX: str = Field("", pattern=r"^[A-Za-z0-9_.:-]*$", max_length=100)
     LOGS_DIR: Path = Path("logs")
     FEATURES_INTERVAL_S: float = Field(10.0, ge=0)
@@ -58,6 +85,8 @@ class Settings(BaseSettings):
     METRIC_PORT: Port = 8003
     PLOT_PORT: Port = 8004
     METRIC_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8003")
+    # plot_api: where it finds model_api's GET /drift for the dashboard's drift panel and chart.
+    MODEL_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8002")
     # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
     PREFETCH: int = Field(200, ge=1, le=65535)
     # A half whose partner has not come within this time is counted an orphan (and listed in
@@ -77,6 +106,10 @@ class Settings(BaseSettings):
     # metric_api: the constant predictor's value for baseline_mae/skill; by default the
     # training-set mean of y from the model's sidecar (<MODEL_PATH>.json, target_mean).
     BASELINE_MEAN: float | None = Field(None, allow_inf_nan=False)
+    # model_api: its drift window holds the last DRIFT_WINDOW_SIZE samples it saw, of the last
+    # DRIFT_WINDOW_S seconds (docs/monitoring.md, "Drift and data quality").
+    DRIFT_WINDOW_SIZE: int = Field(300, ge=30, le=100_000)  # below 30 samples a window is not judged
+    DRIFT_WINDOW_S: float = Field(3600.0, gt=0, allow_inf_nan=False)
     # HTTP: with a token set, every route that changes state asks for it (docs/operations.md, "Who may change state").
     API_TOKEN: ApiToken | None = None
     # The largest request body any route takes; a larger one is answered 413 before it is read. 2 MiB
@@ -87,6 +120,11 @@ class Settings(BaseSettings):
     # features are within ±0.3 and its target within 25..346; a model of another scale may need more.
     FEATURE_ABS_MAX: float = Field(1e6, gt=0, le=1e100, allow_inf_nan=False)
     TARGET_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
+
+    @property
+    def brokers(self) -> tuple[Url, ...]:
+        """The brokers of AMQP_URL, in the order they are tried."""
+        return parse_brokers(self.AMQP_URL)
 
     def label_delay(self) -> LabelDelay:
         return LabelDelay.parse(self.LABEL_DELAY_S)

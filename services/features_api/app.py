@@ -3,13 +3,14 @@
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from prometheus_client import Counter
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
@@ -17,11 +18,11 @@ from services.common.amqp.topology import FEATURES, Y_TRUE, DelayQueue, delay_qu
 from services.common.delay import bucket_of, expiration_ms
 from services.common.files import FEATURES_STATE
 from services.common.http import StrictBody, service_app
-from services.common.messages import FeaturesMessage, LabelMessage
+from services.common.messages import FEATURE_NAMES, FeaturesMessage, LabelMessage
 from services.common.settings import Settings, get_settings
 from services.features_api import intake
 from services.features_api.intake import CallerIntake
-from services.features_api.sampler import DiabetesSampler, Sample
+from services.features_api.sampler import MAX_NOISE, MAX_SCALE, MAX_SHIFT, DiabetesSampler, Sample, Scenario, known_feature
 from services.features_api.state import StateFileError, load_paused, save_paused
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await publisher.stop_loop(loop)
             await publisher.link.close()
 
-    app = service_app("features_api", lifespan, publisher.link.problem, settings=settings)
+    app = service_app("features_api", lifespan, publisher.link.problem, publisher.link.details, settings=settings)
     app.include_router(router)
     app.include_router(intake.router)
     return app
@@ -230,3 +231,94 @@ async def _keep(publisher: FeaturesPublisher) -> None:
         await publisher.keep_paused()
     except StateFileError as exc:
         raise HTTPException(500, detail=f"{'paused' if publisher.paused else 'resumed'} until a restart only: {exc}") from exc
+
+
+Feature = Annotated[str, AfterValidator(known_feature)]
+
+
+def per_feature(low: float, high: float) -> WithJsonSchema:
+    """The schema of a mapping of the ten features to a number in std units between low and high."""
+    number = {"type": "number", "minimum": low, "maximum": high}
+    return WithJsonSchema({"type": "object", "propertyNames": {"enum": list(FEATURE_NAMES)}, "additionalProperties": number})
+
+
+Shift = Annotated[float, Field(ge=-MAX_SHIFT, le=MAX_SHIFT, allow_inf_nan=False)]
+Scale = Annotated[float, Field(ge=0, le=MAX_SCALE, allow_inf_nan=False)]
+Noise = Annotated[float, Field(ge=0, le=MAX_NOISE, allow_inf_nan=False)]
+SHIFT_SCHEMA, SCALE_SCHEMA, NOISE_SCHEMA = (
+    per_feature(-MAX_SHIFT, MAX_SHIFT),
+    per_feature(0, MAX_SCALE),
+    per_feature(0, MAX_NOISE),
+)
+
+
+def for_every_feature(value: Any) -> Any:
+    """A single noise level is every feature's."""
+    return dict.fromkeys(FEATURE_NAMES, value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+class ScenarioRequest(BaseModel):
+    """What the demo sends from now on, per feature, in units of that feature's std (GET shows them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shift: Annotated[dict[Feature, Shift], SHIFT_SCHEMA] = Field(
+        default_factory=dict, description='added: e.g. {"bmi": 1.0} moves bmi up one std'
+    )
+    scale: Annotated[dict[Feature, Scale], SCALE_SCHEMA] = Field(
+        default_factory=dict, description="the spread around the feature's mean multiplied: 2.0 twice as wide, 0 constant"
+    )
+    noise: Annotated[
+        dict[Feature, Noise],
+        BeforeValidator(for_every_feature),
+        WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_NOISE}, NOISE_SCHEMA.json_schema]}),
+    ] = Field(default_factory=dict, description="the std of gaussian noise added: one number for every feature, or per feature")
+
+
+class ScenarioState(BaseModel):
+    active: bool = Field(description="whether what is sent differs from the data")
+    since: float | None = Field(description="when the scenario was set (epoch s)")
+    shift: dict[str, float]
+    scale: dict[str, float]
+    noise: dict[str, float]
+    std: dict[str, float] = Field(description="each feature's std over the data: the unit of shift and noise")
+
+
+def scenario_state(publisher: FeaturesPublisher) -> ScenarioState:
+    scenario, sampler = publisher.sampler.scenario, publisher.sampler
+    return ScenarioState(
+        active=scenario.active,
+        since=scenario.since,
+        shift=dict(scenario.shift),
+        scale=dict(scenario.scale),
+        noise=dict(scenario.noise),
+        std=dict(zip(FEATURE_NAMES, sampler.std.tolist(), strict=False)),
+    )
+
+
+SCENARIO_422: dict[int | str, dict[str, Any]] = {
+    422: {"description": "an unknown feature (the answer lists the ten) or a value out of bounds"}
+}
+
+
+@router.post("/scenario", responses=SCENARIO_422)
+async def set_scenario(request: ScenarioRequest, publisher: Publisher) -> ScenarioState:
+    """Change what the demo sends from now on (the timer and /features/publish), replacing any
+    scenario set before; the labels stay the data's. ``DELETE`` ends it."""
+    publisher.sampler.set_scenario(Scenario(request.shift, request.scale, request.noise, since=time.time()))
+    state = scenario_state(publisher)
+    log.info("scenario set: shift %s, scale %s, noise %s (std units)", state.shift, state.scale, state.noise)
+    return state
+
+
+@router.get("/scenario")
+async def get_scenario(publisher: Publisher) -> ScenarioState:
+    return scenario_state(publisher)
+
+
+@router.delete("/scenario")
+async def end_scenario(publisher: Publisher) -> ScenarioState:
+    """The demo sends the data as it is again."""
+    publisher.sampler.set_scenario(Scenario())
+    log.info("scenario ended: the demo sends the data as it is")
+    return scenario_state(publisher)

@@ -73,7 +73,8 @@ class MetricService:
         return self.storage_problem or self.link.problem()
 
     def health_details(self) -> dict[str, Any]:
-        return {"files_repaired": self.last_repair} if self.last_repair else {}
+        """What /health adds: the broker connected to, and what the last repair of the files was."""
+        return {**self.link.details(), **({"files_repaired": self.last_repair} if self.last_repair else {})}
 
     @property
     def dead_lettered(self) -> int:
@@ -230,7 +231,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await asyncio.gather(starting, return_exceptions=True)
             await service.stop()
 
-    app = service_app("metric_api", lifespan, service.problem, settings=settings, details=service.health_details)
+    app = service_app("metric_api", lifespan, service.problem, service.health_details, settings=settings)
     app.include_router(router)
     return app
 

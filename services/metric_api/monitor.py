@@ -17,7 +17,8 @@ from prometheus_client.registry import Collector
 from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
 from services.common.settings import Settings
-from services.metric_api.alerts import ALERT_ROWS, MaeAlert, WebhookNotifier
+from services.common.webhook import WebhookNotifier
+from services.metric_api.alerts import ALERT_ROWS, MaeAlert
 from services.metric_api.stats import QualityStats
 
 log = logging.getLogger(__name__)

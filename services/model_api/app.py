@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import secrets
@@ -12,10 +13,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
+import numpy as np
 import sklearn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -35,6 +37,7 @@ from services.common.messages import (
     Target,
 )
 from services.common.settings import Settings, get_settings
+from services.model_api.drift_watch import DriftWatch, refusal_kind
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,8 @@ class ModelService:
         self.ids = SampleIdClock(suffix=f"{secrets.randbelow(10**ID_SUFFIX_DIGITS):0{ID_SUFFIX_DIGITS}d}")
         self._reload_lock = asyncio.Lock()
         self._sighup_reloads: set[asyncio.Task[None]] = set()
-        self.consumer = BatchConsumer(self._predict_batch)
+        self.drift = DriftWatch(settings, self.model)
+        self.consumer = BatchConsumer(self._predict_batch, invalid=self.drift.refused_from_queue)
         self.consumer.subscribe(settings.queue(FEATURES), FeaturesMessage)
         self.link = link or BrokerLink(settings, "model_api", publishes=half_queues(settings, Y_PRED), consumers=[self.consumer])
 
@@ -82,7 +86,8 @@ class ModelService:
         refused alone, not with its batch.
         """
         model = self.model  # one model for the whole batch, whatever a reload does meanwhile
-        values = model.predictor.predict([delivery.message.body for delivery in batch])
+        rows = np.asarray([delivery.message.body for delivery in batch], dtype=float)  # once, for the model and drift
+        values = model.predictor.predict(rows)
         predictions, refused = [], []
         for delivery, value in zip(batch, values, strict=True):
             features = delivery.message
@@ -93,6 +98,10 @@ class ModelService:
                 refused.append((delivery, f"model {model.version} predicted {value:g} for these features: {problem}"))
         await self.link.publisher.publish_many(predictions)
         self.count_served(model.version, "queue", len(predictions))
+        # After the publish: a batch that fails is seen when it comes again. Only what was predicted.
+        self.drift.observe(rows, values)
+        if refused:
+            self.drift.refuse("queue", "unpredictable", len(refused))
         return refused
 
     async def monitor(self, ids: list[str], values: list[float], version: str, served_at: float) -> None:
@@ -140,7 +149,9 @@ class ModelService:
                 MODEL_RELOADS.labels(outcome="refused").inc()
                 log.error("model reload refused, model %s stays in service: %s", self.model.version, exc)
                 raise
+            monitor = await asyncio.to_thread(self.drift.monitor_for, new)
             old, self.model = self.model, self._log_loaded(new)
+            self.drift.use(new, monitor)
             MODEL_RELOADS.labels(outcome="loaded").inc()
             log.info("model reloaded: %s -> %s", old.version, new.version)
             return old, new
@@ -162,11 +173,13 @@ class ModelService:
 
     def start(self) -> None:
         self.link.start()
+        self.drift.start()
 
     async def stop(self) -> None:
         with contextlib.suppress(RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.link.close()
+        await self.drift.stop()
 
 
 class State(TypedDict):
@@ -187,9 +200,23 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
         finally:
             await service.stop()
 
-    app = service_app("model_api", lifespan, service.link.problem, settings=settings)
+    app = service_app("model_api", lifespan, service.link.problem, service.link.details, settings=settings)
     app.include_router(router)
+    count_refused_predict_bodies(app, service)
     return app
+
+
+def count_refused_predict_bodies(app: FastAPI, service: ModelService) -> None:
+    """Count each /predict body refused with a 422 by reason (data quality), then answer as usual."""
+    answer = app.exception_handlers[RequestValidationError]
+
+    async def counted(request: Request, exc: Exception) -> Response:
+        if request.url.path == "/predict" and isinstance(exc, RequestValidationError) and not isinstance(exc, Unpredictable):
+            service.drift.refuse("http", refusal_kind(exc.errors()))
+        response = answer(request, exc)
+        return await response if inspect.isawaitable(response) else response
+
+    app.add_exception_handler(RequestValidationError, counted)
 
 
 async def get_service(request: Request) -> ModelService:
@@ -262,6 +289,10 @@ class PredictRequest(StrictBody):
         return self
 
 
+class Unpredictable(RequestValidationError):
+    """A 422 for rows the model predicts no finite number for (counted as such, not as a bad body)."""
+
+
 class PredictResponse(BaseModel):
     id: str = Field(description="the sample's id: yours, or the one made for it; send its label with it")
     prediction: float
@@ -302,10 +333,12 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
     model = service.model
     one_row = "features" in request.model_fields_set
     rows = [request.features] if one_row else request.instances
-    values = model.predictor.predict(rows)
+    matrix = np.asarray(rows, dtype=float)  # once, for the model and drift
+    values = model.predictor.predict(matrix)
     unpredictable = [(i, problem) for i, value in enumerate(values) if (problem := prediction_problem(value)) is not None]
     if unpredictable:
-        raise RequestValidationError(
+        service.drift.refuse("http", "unpredictable", len(unpredictable))
+        raise Unpredictable(
             [
                 {
                     "type": "value_error",
@@ -324,6 +357,7 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
     if monitored:
         await service.monitor(ids, values, model.version, served_at)
     service.count_served(model.version, "http", len(rows))
+    service.drift.observe(matrix, values)
     if one_row:
         return PredictResponse(id=ids[0], prediction=values[0], model_version=model.version, monitored=monitored)
     return BatchPredictResponse(ids=ids, predictions=values, model_version=model.version, monitored=monitored)
@@ -360,3 +394,11 @@ async def model_info(service: Service) -> dict[str, Any]:
         "predictions_by_version": {version: dict(paths) for version, paths in service.served.items()},
         "dead_lettered": service.consumer.dead_lettered,
     }
+
+
+@router.get("/drift")
+async def drift(service: Service) -> dict[str, Any]:
+    """The last ``DRIFT_WINDOW_SIZE`` samples predicted for (of the last ``DRIFT_WINDOW_S`` seconds),
+    per feature and for the prediction, against the model's reference: whether each drifted, its
+    statistics and bins, and the data quality. docs/monitoring.md says how to read it."""
+    return service.drift.report(time.time())

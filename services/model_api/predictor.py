@@ -20,9 +20,10 @@ class Predictor:
         self.model = model
         self.version = version
 
-    def predict(self, rows: Sequence[Sequence[float]]) -> list[float]:
+    def predict(self, rows: Sequence[Sequence[float]] | np.ndarray) -> list[float]:
         """One prediction per row, in one vectorised call. A row the model's arithmetic overflows on
-        gets a non-finite prediction, which the callers refuse (without numpy's warning on top)."""
+        gets a non-finite prediction, which the callers refuse (without numpy's warning on top).
+        A float matrix is used as it is (no copy): model_api hands the drift window the same one."""
         if len(rows) == 0:
             return []
         with np.errstate(over="ignore", invalid="ignore"):

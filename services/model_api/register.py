@@ -3,8 +3,9 @@
 Writes ``PATH.json``, the metadata model_api needs to load a pickled scikit-learn
 regressor you made yourself: its sha256 (model_api refuses the file if it changes
 afterwards), type, parameters, scikit-learn version, and its metrics on the same held-out
-rows of the diabetes data that ``train`` reports. Run it only on a file you made or trust:
-it unpickles the file, and unpickling runs code.
+rows of the diabetes data that ``train`` reports; and ``PATH.reference.json``, the training rows
+of that split with your model's predictions on them, for drift. Run it only on a file you made
+or trust: it unpickles the file, and unpickling runs code.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from typing import Any
 
 import sklearn
 
+from services.model_api.drift import BadReference
 from services.model_api.modelstore import (
     NOT_A_REGRESSOR_ACCEPTED,
     ModelFileError,
@@ -26,7 +28,7 @@ from services.model_api.modelstore import (
     warning_text,
     write_metadata,
 )
-from services.model_api.train import DEFAULT_SEED, describe, diabetes_split, summary_line
+from services.model_api.train import DEFAULT_SEED, describe, diabetes_split, summary_line, write_reference_for
 
 
 def register(path: Path, seed: int = DEFAULT_SEED, *, not_a_regressor: bool = False) -> tuple[dict[str, Any], list[str]]:
@@ -39,16 +41,17 @@ def register(path: Path, seed: int = DEFAULT_SEED, *, not_a_regressor: bool = Fa
     predictor_for(model, "unregistered", path)  # refuses what cannot serve this pipeline
     check_regressor(model, path, accepted=not_a_regressor)
     made_with = pickled_sklearn_version(caught) or sklearn.__version__
-    metadata = describe(
-        model,
-        diabetes_split(seed),
-        sklearn_version=made_with,
-        trained_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
-    )
+    split = diabetes_split(seed)
+    metadata = describe(model, split, sklearn_version=made_with, trained_at=datetime.fromtimestamp(path.stat().st_mtime, UTC))
     metadata["registered_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if not_a_regressor:
         metadata[NOT_A_REGRESSOR_ACCEPTED] = True
-    return write_metadata(path, data, metadata), [warning_text(w) for w in caught]
+    notes = [warning_text(w) for w in caught]
+    try:
+        metadata["reference"] = write_reference_for(model, split, path)
+    except BadReference as exc:
+        notes.append(f"no drift reference written, so drift will be unavailable for this model: {exc}")
+    return write_metadata(path, data, metadata), notes
 
 
 def main(argv: list[str] | None = None) -> int:

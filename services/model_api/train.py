@@ -1,8 +1,9 @@
 """Train the regression model: ``python -m services.model_api.train [--out PATH] [--model KIND] [--seed N]``.
 
 Fits a model (linear, ridge or random_forest) on a fixed train split of scikit-learn's
-diabetes data, writes the pickle (``MODEL_PATH`` by default) and ``<file>.json`` with what
-was trained and how well it does on the held-out rows.
+diabetes data, writes the pickle (``MODEL_PATH`` by default), ``<file>.json`` with what was trained and how
+well it does on the held-out rows, and ``<file>.reference.json``: the training rows and the
+model's predictions on them, which model_api compares what it is asked with (drift).
 """
 
 import argparse
@@ -22,7 +23,9 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 from sklearn.model_selection import train_test_split
 
 from services.common.settings import get_settings
+from services.model_api.drift import Reference
 from services.model_api.modelstore import model_version, save_model
+from services.model_api.reference_file import write_reference
 
 TEST_SIZE = 0.2
 DEFAULT_SEED = 42
@@ -90,10 +93,19 @@ def describe(
     }
 
 
+def write_reference_for(model: Any, split: Split, out: Path) -> dict[str, Any]:
+    """Write the drift reference of ``model`` beside ``out`` (the training rows and the model's
+    predictions on them); return the sidecar's record of it. BadReference if it predicts NaN there."""
+    source = f"the training split of scikit-learn's diabetes data (random_state {split.seed}, {len(split.x_train)} rows)"
+    return write_reference(out, Reference.build(split.x_train, model.predict(split.x_train), source))
+
+
 def train(out: Path, seed: int = DEFAULT_SEED, model: str = "linear") -> dict[str, Any]:
     split = diabetes_split(seed)
     fitted = MODELS[model](seed).fit(split.x_train, split.y_train)
-    return save_model(fitted, out, describe(fitted, split))
+    metadata = describe(fitted, split)
+    metadata["reference"] = write_reference_for(fitted, split, out)  # before the sidecar that vouches for it
+    return save_model(fitted, out, metadata)
 
 
 def summary_line(done: str, out: Path, metadata: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""plot_api: keeps the registry's charts of the metric log fresh (PNGs in LOGS_DIR and over HTTP), with a live dashboard."""
+"""plot_api: keeps the registry's charts of the metric log and of model_api's drift fresh (PNGs in
+LOGS_DIR and over HTTP), with a live dashboard."""
 
 import asyncio
 import hashlib
@@ -21,7 +22,8 @@ from prometheus_client import Counter, Histogram
 from services.common.files import METRIC_LOG, atomic_write
 from services.common.http import service_app
 from services.common.settings import Settings, get_settings
-from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, charts_to_draw, rows_for
+from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
+from services.plot_api.drift_feed import DriftFeed
 from services.plot_api.tail import MetricLogTail
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,13 @@ class RenderedPng:
 
 class PlotService:
     """Every PLOT_INTERVAL_S: take in new CSV rows and redraw the registry's charts behind them
-    (see ``charts_to_draw``), writing their PNGs."""
+    (see ``charts_to_draw``), and the drift charts when model_api's drift report changed, writing their PNGs."""
 
     def __init__(self, settings: Settings, charts: Charts = CHARTS) -> None:
         self.settings = settings
         self.charts = charts
         self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG)
+        self.drift = DriftFeed(str(settings.MODEL_API_URL))
         self.figures = {name: chart.figure() for name, chart in charts.items()}
         self.images: dict[str, RenderedPng] = {}
         self.drawn: dict[str, tuple[int, int]] = {}
@@ -74,6 +77,7 @@ class PlotService:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
+        await self.drift.close()
 
     async def _run(self) -> None:
         while True:
@@ -89,25 +93,39 @@ class PlotService:
         """Take in new rows and redraw the charts behind them; return the charts redrawn."""
         started = time.perf_counter()
         await asyncio.to_thread(self.tail.read_new)
-        if self.tail.count == 0:
-            return []
         changes = self.tail.changes
-        names = charts_to_draw(self.charts.values(), self.drawn, changes)
+        versions = dict.fromkeys(charts_to_draw(self.charts.values(), self.drawn, changes) if self.tail.count else [], changes)
+        drift = await self._drift_rows()
+        if drift is not None:
+            for chart in self.charts.values():
+                if chart.window is Window.DRIFT and self.drawn.get(chart.name, (None, 0))[0] != drift.version:
+                    versions[chart.name] = drift.version
+        names = [name for name in self.charts if name in versions]  # in registry order
         if not names:
             return []
         self.refreshes += 1
-        images = await asyncio.to_thread(self._render_and_write, names)
+        images = await asyncio.to_thread(self._render_and_write, names, drift)
         RENDERS.inc()
         RENDER_SECONDS.observe(time.perf_counter() - started)
         self.images = {**self.images, **images}  # published together, once written and counted
-        self.drawn |= dict.fromkeys(names, (changes, self.refreshes))
+        self.drawn |= {name: (versions[name], self.refreshes) for name in names}
         return names
 
-    def _render_and_write(self, names: list[str]) -> dict[str, RenderedPng]:
+    async def _drift_rows(self) -> DriftRows | None:
+        """model_api's drift report, if a chart draws it and model_api answers."""
+        if not any(chart.window is Window.DRIFT for chart in self.charts.values()):
+            return None
+        report = await self.drift.latest()
+        return None if report is None else DriftRows.of(report)
+
+    def _render_and_write(self, names: list[str], drift: DriftRows | None) -> dict[str, RenderedPng]:
         """Draw the named charts and write each to LOGS_DIR (atomically). Runs in a thread."""
         charts = [self.charts[name] for name in names]
         # Each window's rows are taken once, and only if a chart drawn now needs them.
-        rows = {window: rows_for(window, self.tail) for window in {chart.window for chart in charts}}
+        rows: dict[Window, Any] = {
+            window: drift if window is Window.DRIFT else rows_for(window, self.tail)
+            for window in {chart.window for chart in charts}
+        }
         images = {}
         for chart in charts:
             with CHART_SECONDS.labels(chart.name).time():
@@ -167,7 +185,10 @@ def png_response(service: PlotService, chart: str, if_none_match: str | None) ->
     """A chart's current PNG from memory, with ETag/Last-Modified; 304 when the client has it."""
     image = service.images.get(chart)
     if image is None:
-        detail = f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
+        if service.charts[chart].window is Window.DRIFT:
+            detail = f"no {chart} chart yet: {service.drift.problem or 'it is drawn within PLOT_INTERVAL_S'}"
+        else:
+            detail = f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
         return JSONResponse({"detail": detail}, status_code=404)
     headers = {"ETag": image.etag, "Last-Modified": image.last_modified, "Cache-Control": "no-cache"}
     if if_none_match is not None and (
@@ -216,13 +237,23 @@ async def metric_summary(client: MetricClient) -> Any:
     return answer.json()
 
 
+@router.get("/api/drift", responses={502: {"description": "model_api did not answer"}})
+async def model_drift(service: Service) -> Any:
+    """model_api's GET /drift (at MODEL_API_URL), relayed so the dashboard needs one origin only."""
+    try:
+        return await service.drift.fetch()
+    except httpx.HTTPError:
+        return JSONResponse({"detail": service.drift.problem}, status_code=502)
+
+
 def chart_figures(charts: Charts) -> str:
     """The dashboard's figure of each chart; the page fetches each ``data-src`` again as it is redrawn."""
     figures = []
     for name, chart in charts.items():
         src, caption = html.escape(chart.url.lstrip("/")), html.escape(chart.caption)
+        when = "once model_api answers GET /drift" if chart.window is Window.DRIFT else "once the first rows are joined"
         figures.append(
-            f'<figure><img id="{html.escape(name)}" data-src="{src}" alt="{caption} (drawn once the first rows are joined)">'
+            f'<figure><img id="{html.escape(name)}" data-src="{src}" alt="{caption} (drawn {when})">'
             f"<figcaption>{chart.window.value} · <code>{src}</code></figcaption></figure>"
         )
     return "\n  ".join(figures)

@@ -1,19 +1,21 @@
 """The chart registry: every chart plot_api draws, serves, writes and shows, in one place.
 
-A chart is a drawing class in ``render.py`` (arrays in, PNG bytes out) plus one entry in
-``CHARTS`` below. The route ``GET /plot/{image}``, the file under LOGS_DIR, the refresh
+A chart is a drawing class in ``render.py`` (arrays in, PNG bytes out; the drift chart's is in
+``drift_chart.py``) plus one entry in ``CHARTS`` below. The route ``GET /plot/{image}``, the file under LOGS_DIR, the refresh
 schedule, the dashboard's figures, the ``plot_chart_render_seconds{chart=...}`` label and the
 tests all read the registry, so nothing else changes when a chart is added.
 """
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from services.plot_api.distribution import ErrorDistribution
+from services.plot_api.drift_chart import DriftChart
 from services.plot_api.render import ErrorOverTimeChart, HistogramChart, PredVsTrueChart, stamp
 from services.plot_api.tail import MetricLogTail
 
@@ -27,6 +29,11 @@ class Window(Enum):
 
     ALL = "every row"
     RECENT = "the last rows"
+    # Not the metric log: model_api's drift report (GET /drift), drawn whenever it changed.
+    DRIFT = "model_api's drift window"
+
+
+LOG_WINDOWS = frozenset({Window.ALL, Window.RECENT})  # the windows drawn from the metric log
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,37 @@ class RecentRows:
     stamp: str
 
 
+@dataclass(frozen=True)
+class DriftRows:
+    """What a drift chart draws from: model_api's drift report."""
+
+    report: dict[str, Any]
+    stamp: str
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> "DriftRows":
+        window = report.get("window") or {}
+        until = window.get("until")
+        when = "none yet" if until is None else f"{datetime.fromtimestamp(until, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        age = window.get("max_age_s")
+        within = f" of {age:g} s" if isinstance(age, int | float) else ""
+        size = window.get("size")
+        last = f"the last {size:,} samples{within}" if isinstance(size, int) else "none"
+        stamp = (
+            f"n = {window.get('count', 0):,} samples · window: {last} · newest {when} · model {report.get('model_version', '?')}"
+        )
+        return cls(report, stamp)
+
+    @property
+    def version(self) -> int:
+        """Changes when the report does: a drift chart is drawn again only then."""
+        window = self.report.get("window") or {}
+        key = (self.report.get("model_version"), self.report.get("status"), *(window.get(k) for k in ("seen", "count", "since")))
+        return hash(key)
+
+
 def rows_for(window: Window, tail: MetricLogTail) -> AllRows | RecentRows:
-    """The rows as the tail holds them now, in the shape a chart of ``window`` draws from."""
+    """The rows as the tail holds them now, in the shape a chart of ``window`` (one of LOG_WINDOWS) draws from."""
     newest = tail.newest_row_time()
     if window is Window.ALL:
         return AllRows(tail.distribution, stamp(tail.count, "all rows", newest))
@@ -70,7 +106,7 @@ class ChartSpec:
     file: str  # the PNG under LOGS_DIR
     window: Window
     caption: str  # what it shows, for the dashboard (alt text) and the OpenAPI docs
-    # draw(figure, rows) -> PNG bytes, rows being AllRows or RecentRows as ``window`` says.
+    # draw(figure, rows) -> PNG bytes, rows being AllRows, RecentRows or DriftRows as ``window`` says.
     # ``figure()`` builds what a render reuses (render.py's chart classes keep one matplotlib
     # figure each); the service calls it once per chart, and no two renders of a chart overlap.
     draw: Callable[[Any, Any], bytes]
@@ -130,20 +166,29 @@ CHARTS = registry(
         figure=PredVsTrueChart,
         draw=lambda chart, rows: chart.render(rows.y_true, rows.y_pred, rows.stamp),
     ),
+    ChartSpec(
+        name="drift",
+        url="/plot/drift.png",
+        file="drift.png",
+        window=Window.DRIFT,
+        caption="each feature's and the prediction's share per reference decile, window against reference, drifted in red",
+        figure=DriftChart,
+        draw=lambda chart, rows: chart.render(rows.report, rows.stamp),
+    ),
 )
 
 
 def charts_to_draw(charts: Iterable[ChartSpec], drawn: Mapping[str, tuple[int, int]], changes: int) -> list[str]:
-    """The names of the charts a refresh draws, in registry order, given what each was last drawn
-    from (``drawn[name]`` = (the tail's change count then, the refresh number then)) and the
-    tail's change count now.
+    """The names of the metric-log charts a refresh draws, in registry order, given what each was
+    last drawn from (``drawn[name]`` = (the tail's change count then, the refresh number then)) and
+    the tail's change count now. (A drift chart is drawn whenever model_api's report changed.)
 
     Every every-row chart that is behind. Of the last-rows charts, the ones never drawn, else the
     one behind that was drawn longest ago (the first in the registry on a tie): after the first
     refresh each draws at most one of them, and all are current at most as many refreshes after
     the rows stop coming as there are last-rows charts.
     """
-    behind = [chart for chart in charts if drawn.get(chart.name, (None, 0))[0] != changes]
+    behind = [chart for chart in charts if chart.window in LOG_WINDOWS and drawn.get(chart.name, (None, 0))[0] != changes]
     every = [chart.name for chart in behind if chart.window is Window.ALL]
     in_turn = [chart.name for chart in behind if chart.window is Window.RECENT]
     never = [name for name in in_turn if name not in drawn]

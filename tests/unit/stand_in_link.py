@@ -30,6 +30,9 @@ class StandInLink:
     def problem(self) -> str | None:
         return self.down_because
 
+    def details(self) -> dict[str, str]:
+        return {}
+
     async def close(self) -> None:
         self.state = "closed"
 

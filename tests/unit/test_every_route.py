@@ -76,8 +76,19 @@ def metric_stub() -> Iterator[JsonStub]:
         yield stub
 
 
-def apps(logs: Path, model_path: Path, metric_url: str, token: str | None) -> dict[str, FastAPI]:
+@pytest.fixture(scope="module")
+def model_stub() -> Iterator[JsonStub]:
+    """plot_api's model_api, as it relays /drift."""
+    with JsonStub("/drift", {"status": "unavailable"}) as stub:
+        yield stub
+
+
+def apps(
+    logs: Path, model_path: Path, metric_url: str, token: str | None, model_url: str = "http://127.0.0.1:9"
+) -> dict[str, FastAPI]:
+    """The four apps; plot_api relays the stand-ins at ``metric_url`` and ``model_url``."""
     settings = Settings(
+        MODEL_API_URL=model_url,
         QUEUE_PREFIX="t.",
         LOGS_DIR=logs,
         MODEL_PATH=model_path,
@@ -150,9 +161,10 @@ def send_all(app: FastAPI, headers: dict[str, str]) -> tuple[list[str], int]:
 @pytest.mark.parametrize("service", ["features_api", "model_api", "metric_api", "plot_api"])
 @pytest.mark.parametrize("authorized", [True, False], ids=["with the token", "without it"])
 def test_no_route_answers_a_hostile_request_with_a_5xx(
-    tmp_path: Path, model_path: Path, metric_stub: JsonStub, service: str, authorized: bool
+    tmp_path: Path, model_path: Path, metric_stub: JsonStub, model_stub: JsonStub, service: str, authorized: bool
 ) -> None:
-    app = apps(tmp_path / "logs", model_path, f"http://127.0.0.1:{metric_stub.port}", TOKEN)[service]
+    urls = f"http://127.0.0.1:{metric_stub.port}", f"http://127.0.0.1:{model_stub.port}"
+    app = apps(tmp_path / "logs", model_path, urls[0], TOKEN, urls[1])[service]
     failures, sent = send_all(app, {"Authorization": f"Bearer {TOKEN}"} if authorized else {})
     assert sent > 100
     assert not failures, f"{len(failures)} of {sent} requests answered 5xx:\n" + "\n".join(failures[:40])

@@ -36,6 +36,7 @@ from services.common.amqp.instruments import HANDLE_SECONDS, MESSAGES_CONSUMED, 
 from services.common.amqp.publisher import Outgoing, Publisher
 from services.common.amqp.topology import declare_queue, dlq_name
 from services.common.messages import MAX_MESSAGE_BYTES, SampleMessage
+from services.common.settings import QueueType
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,13 @@ class BatchConsumer:
         recover: Callable[[], Awaitable[None]] = _recover_later,
         batch_max: int = BATCH_MAX,
         window_s: float = BATCH_WINDOW_S,
+        invalid: Callable[[ValidationError | None], None] | None = None,
         on_dead_lettered: Callable[[int], None] | None = None,
     ) -> None:
+        """``invalid`` is told of each message dead-lettered before it reached the handler: its
+        validation error, or None for one too large (model_api counts them by reason)."""
         self._handler = handler
+        self._invalid = invalid
         self._recover = recover
         self._on_dead_lettered = on_dead_lettered  # told how many were dead-lettered, each time (a service may keep count)
         self._batch_max = batch_max
@@ -140,13 +145,18 @@ class BatchConsumer:
     def queues(self) -> list[str]:
         return [subscription.queue for subscription in self._subscriptions]
 
-    async def start(self, open_channel: Callable[[], Awaitable[AbstractRobustChannel]], dead_letters: Publisher) -> None:
-        """Declare each queue and consume it on its own channel; start the batch worker."""
+    async def start(
+        self,
+        open_channel: Callable[[], Awaitable[AbstractRobustChannel]],
+        dead_letters: Publisher,
+        queue_type: QueueType = "classic",
+    ) -> None:
+        """Declare each queue (of ``queue_type``) and consume it on its own channel; start the batch worker."""
         self._dead_letters = dead_letters
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"batches-{'+'.join(self.queues)}")
         for subscription in self._subscriptions:
-            subscription.amqp_queue = await declare_queue(await open_channel(), subscription.queue)
+            subscription.amqp_queue = await declare_queue(await open_channel(), subscription.queue, queue_type)
         await self.resume()
 
     async def pause(self) -> None:
@@ -193,17 +203,23 @@ class BatchConsumer:
         except ChannelInvalidStateError:
             return  # its channel closed as it arrived: the broker redelivers it
         arrived = asyncio.get_running_loop().time()
+        error: ValidationError | None = None
         if len(raw.body) > MAX_MESSAGE_BYTES:
             reason = f"message of {len(raw.body)} bytes exceeds {MAX_MESSAGE_BYTES}"
         else:
             try:
                 message = subscription.schema.model_validate_json(raw.body)
             except ValidationError as exc:
-                reason = describe_validation_error(exc)
+                error, reason = exc, describe_validation_error(exc)
             else:
                 MESSAGES_CONSUMED.labels(queue=subscription.queue).inc()
                 self._inbox.put_nowait(Delivery(message, raw, subscription.queue, arrived))
                 return
+        if self._invalid is not None:
+            try:
+                self._invalid(error)
+            except Exception:  # counting it must never keep a bad message from its DLQ
+                log.exception("the consumer's invalid-message hook failed; the message is dead-lettered all the same")
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)

@@ -1,12 +1,12 @@
 """A service's one robust connection to RabbitMQ, what it sets up there, and what /health says of it."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-import aio_pika
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
 from yarl import URL
 
@@ -34,6 +34,7 @@ class Link(Protocol):
     def start(self) -> None: ...
     async def ready(self) -> None: ...
     def problem(self) -> str | None: ...
+    def details(self) -> dict[str, str]: ...
     async def close(self) -> None: ...
 
 
@@ -47,7 +48,9 @@ class BrokerLink:
     ``start()`` returns at once: the connection is made in the background, retried until
     the broker answers, so the service starts (and /health says why it is not ready)
     while the broker is down. Once connected, aio-pika's robust connection restores
-    channels, queues and consumers by itself after a drop.
+    channels, queues and consumers by itself after a drop. With several brokers in AMQP_URL
+    (the nodes of a cluster), each (re)connection goes to the first that answers, the one it
+    lost last (services/common/amqp/transport.py); /health names the broker it is on.
     """
 
     def __init__(
@@ -58,12 +61,16 @@ class BrokerLink:
         publishes: Sequence[str | DelayQueue] = (),
         consumers: Sequence[BatchConsumer] = (),
     ) -> None:
-        url = URL(str(settings.AMQP_URL))
+        brokers = settings.brokers
+        url = URL(str(brokers[0]))
         if "heartbeat" not in url.query:
             url = url.update_query(heartbeat=settings.AMQP_HEARTBEAT_S)
-        self._url = str(url)
-        self._where = f"RabbitMQ at {settings.AMQP_URL.host}:{settings.AMQP_URL.port or 5672}"
-        self._user = settings.AMQP_URL.username or "guest"
+        self._url = url
+        default_port = 5671 if url.scheme == "amqps" else 5672
+        self._brokers = [(broker.host or "localhost", broker.port or default_port) for broker in brokers]
+        listed = ", ".join(f"{host}:{port}" for host, port in self._brokers)
+        self._where = f"RabbitMQ at {listed}" if len(brokers) == 1 else f"the RabbitMQ cluster at {listed}"
+        self._user = brokers[0].username or "guest"
         self._settings = settings
         self._service = service
         self._publishes = list(publishes)
@@ -74,7 +81,7 @@ class BrokerLink:
         self._lost = False  # the outage is said once, until the connection is back
         self._up = False  # connected and the service's queues and consumers set up
         self._publisher: ConfirmedPublisher | None = None
-        self.connection: AbstractRobustConnection | None = None
+        self.connection: CoalescingRobustConnection | None = None
         self.channels: list[AbstractRobustChannel] = []
 
     @property
@@ -103,6 +110,11 @@ class BrokerLink:
             return f"{closed} broker channel(s) closed; reopening"
         return None
 
+    def details(self) -> dict[str, str]:
+        """What /health adds: the broker (host:port) of the connection, once there is one."""
+        broker = self.connection.broker if self.connection is not None else None
+        return {} if broker is None else {"broker": f"{broker[0]}:{broker[1]}"}
+
     async def _channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -116,24 +128,43 @@ class BrokerLink:
 
     async def _set_up(self) -> None:
         """Declare what the service publishes to, open the publisher, start the consumers."""
+        self._publisher = ConfirmedPublisher(
+            await self._publishing_channel(), self._settings.PUBLISH_TIMEOUT_S, renew=self._renew_publishing_channel
+        )
+        for consumer in self._consumers:
+            await consumer.start(self._consumer_channel, self._publisher, self._settings.QUEUE_TYPE)
+
+    async def _publishing_channel(self) -> AbstractRobustChannel:
         channel = await self._channel()
         for queue in self._publishes:
-            await declare(channel, queue)
-        self._publisher = ConfirmedPublisher(channel, self._settings.PUBLISH_TIMEOUT_S)
-        for consumer in self._consumers:
-            await consumer.start(self._consumer_channel, self._publisher)
+            await declare(channel, queue, self._settings.QUEUE_TYPE)
+        return channel
+
+    async def _renew_publishing_channel(self, stuck: AbstractRobustChannel) -> AbstractRobustChannel:
+        """A new publishing channel in place of ``stuck`` (which the broker keeps refusing), closed."""
+        channel = await self._publishing_channel()
+        if stuck in self.channels:
+            self.channels.remove(stuck)
+        with contextlib.suppress(Exception):
+            await stuck.close()
+        return channel
 
     async def _connect_until_up(self) -> None:
         delay = 0.5
         while True:
             try:
-                connection = await aio_pika.connect_robust(
+                connection = CoalescingRobustConnection(
                     self._url,
-                    timeout=5,
+                    brokers=self._brokers if len(self._brokers) > 1 else (),
                     reconnect_interval=1,
                     client_properties={"connection_name": self._service},
-                    connection_class=CoalescingRobustConnection,
                 )
+                try:
+                    # Past a broker that is gone, the next one is tried (2 s each at most).
+                    await connection.connect(timeout=5 + 2 * (len(self._brokers) - 1))
+                except BaseException:
+                    await connection.close()
+                    raise
             except ProbableAuthenticationError:
                 reason = (
                     f"{self._where} refused the login of user {self._user!r} (ACCESS_REFUSED): "
@@ -153,7 +184,7 @@ class BrokerLink:
                     connection.close_callbacks.add(self._on_lost)
                     connection.reconnect_callbacks.add(self._on_reconnect)
                     self._up = True
-                    log.info("connected to %s as %s", self._where, self._service)
+                    log.info("connected to %s as %s (%s)", self._where, self._service, self._on())
                     return
             if reason != self._reason:
                 log.warning("%s; retrying", reason)
@@ -172,7 +203,10 @@ class BrokerLink:
     def _on_reconnect(self, _connection: object) -> None:
         BROKER_RECONNECTS.inc()
         self._lost = False
-        log.info("reconnected to %s", self._where)
+        log.info("reconnected to %s (%s)", self._where, self._on())
+
+    def _on(self) -> str:
+        return self.details().get("broker", "?")
 
     async def close(self) -> None:
         """Stop the consumers (letting what they hold finish), then close the connection."""

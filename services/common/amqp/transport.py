@@ -15,11 +15,17 @@ So a "drained" frame is not yet on the wire, and nothing here treats it as if it
 publish counts as done only when the broker's confirm arrives.
 
 It plugs in through aiormq's public ``TransportFactory`` hook; aio-pika hands its
-connection's ``kwargs`` to aiormq, so a small ``RobustConnection`` subclass (passed as
-``connect_robust(..., connection_class=CoalescingRobustConnection)``) sets it there.
+connection's ``kwargs`` to aiormq, so a small ``RobustConnection`` subclass sets it there.
+
+The same factory fails over across the nodes of a cluster (AMQP_URL listing several): aio-pika
+connects to one URL, and every (re)connection of it goes through ``create()``, which tries the
+brokers in turn, the first one first, and after a lost connection the next one first. The
+AMQP login, the virtual host and the options come from the URL aio-pika holds; the brokers
+of one cluster differ only in host and port (Settings checks that).
 """
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
@@ -83,27 +89,72 @@ class CoalescingTransport(asyncio.Transport):
     # handed that one by create_connection, and StreamWriter calls none of them on this one.
 
 
+Broker = tuple[str, int]  # host, port
+
+
 class CoalescingTransportFactory(aiormq.TransportFactory):
-    """aiormq's TCP/TLS connection, with a :class:`CoalescingTransport` under its writer."""
+    """aiormq's TCP/TLS connection, with a :class:`CoalescingTransport` under its writer,
+    to the first of ``brokers`` that accepts it (the URL's own host and port when none are given).
+
+    ``brokers`` are tried in order, starting with the first on the first connection and, on each
+    reconnection, with the one after the broker it was connected to: a broker that went away is
+    tried last. ``current`` is the broker of the last connection made.
+    """
+
+    def __init__(self, brokers: Sequence[Broker] = (), connect_timeout_s: float = 2.0) -> None:
+        self.brokers = list(brokers)
+        self.connect_timeout_s = connect_timeout_s
+        self.current: Broker | None = None
+        self._next = 0
+
+    def _order(self, url: URL) -> list[Broker]:
+        if not self.brokers:
+            assert url.host is not None and url.port is not None, f"aiormq completes the URL with its port: {url}"
+            return [(url.host, url.port)]
+        return self.brokers[self._next :] + self.brokers[: self._next]
 
     async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         ssl_context_provider = kwargs.pop("ssl_context_provider", None)
         ssl = await ssl_context_provider.get_context() if url.scheme == "amqps" and ssl_context_provider else None
+        failures = []
+        for host, port in self._order(url):
+            try:
+                async with asyncio.timeout(self.connect_timeout_s if len(self.brokers) > 1 else None):
+                    streams = await self._open(host, port, ssl, kwargs)
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
+                continue
+            self.current = (host, port)
+            if self.brokers:
+                self._next = (self.brokers.index((host, port)) + 1) % len(self.brokers)
+            return streams
+        raise AMQPConnectionError("; ".join(failures))
+
+    @staticmethod
+    async def _open(host: str, port: int, ssl: Any, kwargs: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        assert url.host is not None and url.port is not None, f"aiormq completes the URL with its port: {url}"
-        try:
-            transport, _ = await loop.create_connection(lambda: protocol, url.host, url.port, ssl=ssl, **kwargs)
-        except OSError as exc:
-            raise AMQPConnectionError(*exc.args) from exc
+        transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl, **kwargs)
         writer = asyncio.StreamWriter(CoalescingTransport(transport, loop), protocol, reader, loop)
         return reader, writer
 
 
 class CoalescingRobustConnection(aio_pika.RobustConnection):
-    """aio-pika's robust connection whose every (re)connection uses the coalescing transport."""
+    """aio-pika's robust connection whose every (re)connection uses the coalescing transport,
+    failing over across ``brokers`` (host, port) when given.
 
-    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+    Make it directly (``connect_robust`` would copy extra keywords into the URL's query), then
+    ``await connection.connect(timeout)``."""
+
+    def __init__(
+        self, url: URL, loop: asyncio.AbstractEventLoop | None = None, *, brokers: Sequence[Broker] = (), **kwargs: Any
+    ) -> None:
         super().__init__(url, loop=loop, **kwargs)
-        self.kwargs["transport_factory"] = CoalescingTransportFactory()
+        self.transport_factory = CoalescingTransportFactory(brokers)
+        self.kwargs["transport_factory"] = self.transport_factory
+
+    @property
+    def broker(self) -> Broker | None:
+        """The host and port of the broker of the last connection made."""
+        return self.transport_factory.current

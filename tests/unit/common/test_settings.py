@@ -62,7 +62,7 @@ def test_environment_overrides_every_contract_setting(monkeypatch: pytest.Monkey
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    url = settings.AMQP_URL
+    (url,) = settings.brokers
     assert (url.scheme, url.username, url.password, url.host, url.port, url.path) == (
         "amqps",
         "user",
@@ -166,3 +166,18 @@ def test_model_allow_unverified_refuses_a_non_boolean(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MODEL_ALLOW_UNVERIFIED", "maybe")
     with pytest.raises(ValidationError, match="MODEL_ALLOW_UNVERIFIED"):
         Settings()
+
+
+def test_the_drift_window_and_plot_apis_model_url_default_as_documented_and_refuse_nonsense(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DRIFT_WINDOW_SIZE", "DRIFT_WINDOW_S", "MODEL_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert (settings.DRIFT_WINDOW_SIZE, settings.DRIFT_WINDOW_S) == (300, 3600.0)
+    assert (settings.MODEL_API_URL.host, settings.MODEL_API_URL.port) == ("localhost", 8002)
+    for name, value in (("DRIFT_WINDOW_SIZE", "29"), ("DRIFT_WINDOW_S", "0"), ("DRIFT_WINDOW_S", "inf"), ("MODEL_API_URL", "x")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError, match=name):
+            Settings()
+        monkeypatch.delenv(name)

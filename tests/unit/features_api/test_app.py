@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient, Response
+from sklearn.datasets import load_diabetes
 
 from services.common.delay import BUCKET_RATIO, LabelDelay, bucket_start_s
 from services.common.files import FEATURES_STATE
-from services.common.messages import ID_RULE, FeaturesMessage, LabelMessage
+from services.common.messages import FEATURE_NAMES, ID_RULE, FeaturesMessage, LabelMessage
 from services.common.settings import Settings
 from services.features_api.app import MAX_BURST, create_app
 from services.features_api.intake import MAX_ITEMS
@@ -317,3 +318,56 @@ def test_with_a_delay_distribution_each_label_waits_in_the_queue_of_its_bucket(t
         assert start_ms / 1000 <= delay + 1e-3 and (start_ms == 0 or delay < start_ms / 1000 * BUCKET_RATIO + 1e-3)
     declared_buckets = {f"t.y_true.delay.{round(bucket_start_s(b) * 1000)}ms" for b in LabelDelay.parse("exp:30").buckets()}
     assert {m.queue for m in labels} <= declared_buckets
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+def test_a_scenario_changes_what_is_sent_until_it_is_deleted(settings: Settings) -> None:
+    link = StandInLink()
+    bmi = FEATURE_NAMES.index("bmi")
+    data = load_diabetes().data
+
+    async def scenario(client: AsyncClient) -> list[Response]:
+        return [
+            await client.post("/features/scenario", json={"shift": {"bmi": 3.0}, "noise": 0}),
+            await client.get("/features/scenario"),
+            await client.post("/features/publish", json={"count": 30}),
+            await client.delete("/features/scenario"),
+            await client.post("/features/publish", json={"count": 30}),
+        ]
+
+    set_, shown, _, deleted, _ = in_process(create_app(settings, link), scenario)
+    assert set_.status_code == 200 and set_.json() == shown.json()
+    assert shown.json()["active"] is True and shown.json()["shift"] == {"bmi": 3.0}
+    assert shown.json()["noise"] == dict.fromkeys(FEATURE_NAMES, 0.0) and shown.json()["since"] is not None
+    assert shown.json()["std"]["bmi"] == pytest.approx(data[:, bmi].std())
+    assert deleted.json()["active"] is False and deleted.json()["shift"] == {}
+    sent = [FeaturesMessage.model_validate_json(m.body).body[bmi] for m in link.to("t.features")]
+    # the 30 sent during the scenario are 3 std up; the 30 after it are values of the data again
+    shifted_low = data[:, bmi].min() + 3 * data[:, bmi].std()
+    assert all(value >= shifted_low - 1e-12 for value in sent[:30])
+    assert all(value in set(data[:, bmi].tolist()) for value in sent[30:])
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "says"),
+    [
+        ({"shift": {"bmx": 1.0}}, ["body", "shift", "bmx"], "the features are age, sex, bmi, bp, s1, s2, s3, s4, s5, s6"),
+        ({"noise": {"BMI": 1.0}}, ["body", "noise", "BMI"], "the features are age, sex, bmi"),
+        ({"scale": {"bmi": 11}}, ["body", "scale", "bmi"], "less than or equal to 10"),
+        ({"shift": {"bmi": "x"}}, ["body", "shift", "bmi"], "number"),
+        ({"drift": {"bmi": 1}}, ["body", "drift"], "Extra inputs"),
+    ],
+)
+def test_a_bad_scenario_is_a_422_naming_the_problem_and_changes_nothing(
+    settings: Settings, body: dict, where: list, says: str
+) -> None:
+    async def scenario(client: AsyncClient) -> tuple[Response, Response]:
+        return await client.post("/features/scenario", json=body), await client.get("/features/scenario")
+
+    refused, shown = in_process(create_app(settings, StandInLink()), scenario)
+    assert refused.status_code == 422
+    errors = refused.json()["detail"]
+    assert any(e["loc"][: len(where)] == where and says in e["msg"] for e in errors), errors
+    assert shown.json()["active"] is False

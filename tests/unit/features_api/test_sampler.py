@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes
 
-from services.features_api.sampler import DiabetesSampler, SampleIdClock
+from services.common.messages import FEATURE_NAMES
+from services.features_api.sampler import DiabetesSampler, SampleIdClock, Scenario
 
 ID_FORMAT = re.compile(r"^\d+\.\d{6}$")
 
@@ -132,3 +133,45 @@ def test_a_custom_matrix_is_sampled_by_row() -> None:
 def test_bad_inputs_are_refused(features: np.ndarray, targets: np.ndarray) -> None:
     with pytest.raises(ValueError, match="feature matrix"):
         DiabetesSampler(features, targets)
+
+
+def test_a_scenario_shifts_scales_and_adds_noise_in_std_units_and_leaves_the_labels() -> None:
+    plain, changed = DiabetesSampler.diabetes(seed=5), DiabetesSampler.diabetes(seed=5)
+    data = load_diabetes().data
+    mean, std = data.mean(axis=0), data.std(axis=0)
+    bmi, s5 = FEATURE_NAMES.index("bmi"), FEATURE_NAMES.index("s5")
+    changed.set_scenario(Scenario(shift={"bmi": 1.0}, scale={"s5": 2.0}, since=1.0))
+    for _ in range(50):
+        a, b = plain.draw(), changed.draw()
+        assert b.label == a.label
+        assert b.features[bmi] == pytest.approx(a.features[bmi] + std[bmi])
+        assert b.features[s5] == pytest.approx(mean[s5] + 2 * (a.features[s5] - mean[s5]))
+        others = [i for i in range(10) if i not in (bmi, s5)]
+        assert [b.features[i] for i in others] == pytest.approx([a.features[i] for i in others])
+    changed.set_scenario(Scenario())  # ended: the data as it is again
+    assert not changed.scenario.active and changed.draw().features == plain.draw().features
+
+
+def test_noise_has_the_asked_std_and_no_bias() -> None:
+    sampler = DiabetesSampler.diabetes(seed=3)
+    sampler.set_scenario(Scenario(noise={"age": 2.0}, since=1.0))
+    data = load_diabetes().data
+    drawn = np.array([sampler.draw().features for _ in range(4000)])
+    age = FEATURE_NAMES.index("age")
+    # the drawn variance is the data's plus the noise's: (1 + 2²) std²
+    assert drawn[:, age].std() == pytest.approx(np.sqrt(5) * data[:, age].std(), rel=0.05)
+    assert abs(drawn[:, age].mean() - data[:, age].mean()) < 0.1 * data[:, age].std()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "refusal"),
+    [
+        ({"shift": {"bmx": 1.0}}, "unknown feature 'bmx': the features are age, sex, bmi"),
+        ({"shift": {"bmi": 11.0}}, "shift of bmi must be between -10 and 10"),
+        ({"scale": {"bmi": -1.0}}, "scale of bmi must be between 0 and 10"),
+        ({"noise": {"bmi": float("nan")}}, "noise of bmi"),
+    ],
+)
+def test_a_scenario_out_of_bounds_or_for_an_unknown_feature_is_refused(scenario: dict, refusal: str) -> None:
+    with pytest.raises(ValueError, match=refusal):
+        Scenario(**scenario)

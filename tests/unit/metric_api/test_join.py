@@ -187,6 +187,30 @@ def test_another_value_after_the_row_is_written_is_a_conflict_naming_the_id_and_
     assert join.nothing_held_for(ID)
 
 
+@pytest.mark.parametrize("written", [False, True], ids=["held", "written"])
+def test_a_prediction_made_again_that_differs_only_in_its_last_bits_is_a_duplicate(join: JoinUnderTest, written: bool) -> None:
+    """model_api predicts a redelivered features message again, in a batch of another size:
+    BLAS may sum in another order (seen in the compose test after kill -9 of model_api)."""
+    first = sum([0.1] * 10)  # 0.9999999999999999
+    again = 1.0  # the same sum in another order
+    assert first != again
+    join.add(PREDICTION, ID, first)
+    if written:
+        join.add(LABEL, ID, 2.0)
+    assert join.add(PREDICTION, ID, again) == Duplicate()
+    assert isinstance(join.add(PREDICTION, ID, first * (1 + 1e-6)), Conflict)  # a real difference still is one
+    if written:
+        assert join.store.written(ID) == MetricRow.of(ID, 2.0, first)  # the first one stays
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["held", "written"])
+def test_a_label_must_repeat_exactly(join: JoinUnderTest, written: bool) -> None:
+    join.add(LABEL, ID, 1.0)
+    if written:
+        join.add(PREDICTION, ID, 2.0)
+    assert isinstance(join.add(LABEL, ID, sum([0.1] * 10)), Conflict)
+
+
 def test_a_conflict_on_one_id_leaves_other_ids_alone(join: JoinUnderTest) -> None:
     join.add(LABEL, "1.000000", 10.0)
     join.add(LABEL, "2.000000", 20.0)

@@ -256,3 +256,101 @@ def test_a_bad_id_is_a_422_saying_what_is_wrong_and_nothing_is_published(
     assert answer.status_code == 422, answer.text
     assert any(says in error["msg"] for error in answer.json()["detail"]), answer.json()
     assert link.published == []
+
+
+def test_drift_sees_what_predict_served_and_names_the_ten_features(settings: Settings) -> None:
+    rows = load_diabetes().data[:40].tolist()
+
+    async def scenario(client: AsyncClient) -> dict[str, Any]:
+        await client.post("/predict", json={"instances": rows[:39]})
+        await client.post("/predict", json={"features": rows[39]})
+        return (await client.get("/drift")).json()
+
+    drift = in_process(create_app(settings, StandInLink()), scenario)
+    assert drift["window"]["count"] == 40 and drift["window"]["seen"] == 40
+    assert list(drift["features"]) == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    assert drift["status"] in ("calm", "drifted") and drift["rule"]["decides"] == "ks"
+    assert drift["prediction"]["window"]["mean"] == pytest.approx(np.mean(expected(settings.MODEL_PATH, rows)))
+    assert drift["features"]["bmi"]["window"]["mean"] == pytest.approx(np.mean([r[2] for r in rows]))
+    sidecar = json.loads(Path(f"{settings.MODEL_PATH}.json").read_text())
+    assert drift["reference"]["sha256"] == sidecar["reference"]["sha256"] and drift["reference"]["rows"] == 353
+    assert drift["model_version"] == sidecar["sha256"][:12]
+
+
+def test_drift_sees_what_the_queue_path_predicted(settings: Settings) -> None:
+    service = ModelService(settings, StandInLink())
+    rows = load_diabetes().data[:14].tolist()
+    asyncio.run(service._predict_batch(deliveries(rows)))
+    drift = service.drift.report(time.time())
+    assert drift["window"]["count"] == 14
+    assert drift["prediction"]["window"]["mean"] == pytest.approx(np.mean(expected(settings.MODEL_PATH, rows)))
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b'{"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', "non_finite"),
+        (b'{"instances": [[0, 0, 0, 0, 0, 0, 0, 0, 0, Infinity]]}', "non_finite"),
+        (b'{"features": [null, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', "missing"),
+        (b'{"features": [0, 0, 0, 0, 0, 0, 0, 0, 0]}', "feature_count"),
+        (b'{"instances": [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}', "feature_count"),
+        (b'{"instances": []}', "other"),
+        (b'{"features": [1.7e308, 1.7e308, 1.7e308, 1.7e308, 1.7e308, 1e5, 1e5, 1e5, 1e5, 1e5]}', "other"),
+    ],
+)
+def test_a_refused_predict_body_is_counted_by_reason_in_drift(settings: Settings, body: bytes, kind: str) -> None:
+    async def scenario(client: AsyncClient) -> tuple[Response, dict[str, Any]]:
+        answer = await client.post("/predict", content=body, headers={"content-type": "application/json"})
+        return answer, (await client.get("/drift")).json()
+
+    answer, drift = in_process(create_app(settings, StandInLink()), scenario)
+    assert answer.status_code == 422
+    assert {k: v for k, v in drift["refused"]["http"].items() if v} == {kind: 1}
+    assert drift["window"]["count"] == 0  # nothing refused reaches the window
+
+
+def test_a_row_the_model_cannot_predict_is_counted_as_unpredictable(settings: Settings) -> None:
+    service = ModelService(settings, StandInLink())
+    batch = deliveries([ROWS[0], ROWS[1]])
+    # Features validated before the queues bounded them (FEATURE_ABS_MAX): the model's arithmetic overflows.
+    batch[1].message = FeaturesMessage.model_construct(id=batch[1].message.id, body=[1.7e308] * 10, ts=None)
+    asyncio.run(service._predict_batch(batch))
+    assert service.drift.refused["queue"]["unpredictable"] == 1 and service.drift.monitor.window.count == 1
+
+
+def test_a_model_without_a_reference_serves_and_says_drift_is_unavailable(tmp_path: Path, model_path: Path) -> None:
+    own = tmp_path / "old.pkl"
+    own.write_bytes(model_path.read_bytes())
+    sidecar = json.loads(Path(f"{model_path}.json").read_text())
+    del sidecar["reference"]  # as a model trained before drift existed
+    Path(f"{own}.json").write_text(json.dumps(sidecar))
+
+    async def scenario(client: AsyncClient) -> tuple[Response, dict[str, Any]]:
+        return await client.post("/predict", json={"features": ROWS[0]}), (await client.get("/drift")).json()
+
+    answer, drift = in_process(create_app(Settings(MODEL_PATH=own), StandInLink()), scenario)
+    assert answer.status_code == 200
+    assert drift["status"] == "unavailable" and "names no drift reference" in drift["reason"]
+    assert list(drift["features"]) == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    assert drift["reference"] is None and drift["window"]["count"] == 1
+
+
+def test_a_reload_to_another_model_starts_its_drift_window_anew(tmp_path: Path) -> None:
+    from services.model_api.train import train
+
+    path = tmp_path / "serving.pkl"
+    train(path)
+    service = ModelService(Settings(MODEL_PATH=path), StandInLink())
+    asyncio.run(service._predict_batch(deliveries(ROWS)))
+    assert service.drift.report(time.time())["window"]["count"] == 3
+    first = service.model.version
+    train(path, model="ridge")  # another model, with its own reference
+
+    async def reload() -> None:
+        await service.reload()
+
+    asyncio.run(reload())
+    drift = service.drift.report(time.time())
+    assert service.model.version != first and drift["model_version"] == service.model.version
+    assert drift["window"]["count"] == 0  # its predictions are another model's: not mixed with the old
+    assert drift["reference"]["sha256"] == json.loads(Path(f"{path}.json").read_text())["reference"]["sha256"]

@@ -18,17 +18,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.files import METRIC_LOG
 from services.common.settings import Settings
 from services.plot_api.app import create_app
-from services.plot_api.charts import CHARTS, AllRows, ChartSpec, Window, registry
+from services.plot_api.charts import CHARTS, LOG_WINDOWS, AllRows, ChartSpec, Window, registry
 from services.plot_api.distribution import ErrorDistribution
 from tests.unit.in_process import in_process
 from tests.unit.metric_log import append, metric_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INTERVAL_S = 0.05
+LOG_CHARTS = {name: chart for name, chart in CHARTS.items() if chart.window in LOG_WINDOWS}  # drawn from the metric log
 
 
 def settings(logs: Path) -> Settings:
-    return Settings(LOGS_DIR=logs, PLOT_INTERVAL_S=INTERVAL_S, METRIC_API_URL="http://127.0.0.1:9")
+    return Settings(
+        LOGS_DIR=logs, PLOT_INTERVAL_S=INTERVAL_S, METRIC_API_URL="http://127.0.0.1:9", MODEL_API_URL="http://127.0.0.1:9"
+    )
 
 
 async def served(client: AsyncClient, url: str, unlike: str | None = None, within_s: float = 20) -> Response:
@@ -53,15 +56,22 @@ def chart_route_docs(openapi: dict) -> tuple[dict, list[str]]:
 def test_before_any_row_each_chart_is_a_404_naming_the_log(tmp_path: Path) -> None:
     async def scenario(client: AsyncClient) -> list[Response]:
         await asyncio.sleep(4 * INTERVAL_S)  # a few refreshes, none with rows
+        for _ in range(200):  # until a refresh has asked model_api (at most 10 s)
+            if "did not answer" in (await client.get(CHARTS["drift"].url)).text:
+                break
+            await asyncio.sleep(INTERVAL_S)
         return [await client.get(chart.url) for chart in CHARTS.values()]
 
-    for answer in in_process(create_app(settings(tmp_path)), scenario):
-        assert answer.status_code == 404, answer.url
-        assert str(tmp_path / METRIC_LOG) in answer.json()["detail"] and "no rows" in answer.json()["detail"]
+    answers = dict(zip(CHARTS, in_process(create_app(settings(tmp_path)), scenario), strict=True))
+    for name in LOG_CHARTS:
+        assert answers[name].status_code == 404, name
+        assert str(tmp_path / METRIC_LOG) in answers[name].json()["detail"] and "no rows" in answers[name].json()["detail"]
+    # model_api (MODEL_API_URL) does not answer here either: the drift chart's 404 says so
+    assert answers["drift"].status_code == 404 and "did not answer GET /drift" in answers["drift"].json()["detail"]
     assert not any(tmp_path.glob("*.png"))
 
 
-@pytest.mark.parametrize("chart", CHARTS.values(), ids=list(CHARTS))
+@pytest.mark.parametrize("chart", LOG_CHARTS.values(), ids=list(LOG_CHARTS))
 def test_each_chart_is_served_from_memory_with_validators_and_written_to_its_file(chart: ChartSpec, tmp_path: Path) -> None:
     csv = tmp_path / METRIC_LOG
 
@@ -173,7 +183,36 @@ def test_adding_a_chart_is_one_function_and_one_registry_entry(tmp_path: Path) -
         families = {f.name: f for f in text_string_to_metric_families((await client.get("/metrics")).text)}
         counts = [s.labels for s in families["plot_chart_render_seconds"].samples if s.name.endswith("_count")]
         assert {"chart": "row_count"} in counts
-        for chart in CHARTS.values():  # the registry's own charts are still there
+        for chart in LOG_CHARTS.values():  # the registry's own charts are still there
             assert (await served(client, chart.url)).content.startswith(PNG_SIGNATURE)
 
     in_process(create_app(settings(tmp_path), registry(*CHARTS.values(), row_count)), scenario)
+
+
+def test_the_drift_chart_and_api_drift_follow_model_apis_report(tmp_path: Path) -> None:
+    """With a stand-in model_api: no metric log at all (the labels are late), yet the drift chart is
+    drawn, written and served, redrawn when the report changes, and /api/drift relays the report."""
+    from tests.json_stub import JsonStub
+    from tests.unit.plot_api.test_charts import drift_report
+
+    chart = CHARTS["drift"]
+    with JsonStub("/drift", drift_report(0.0)) as model_api:
+
+        async def scenario(client: AsyncClient) -> None:
+            first = await served(client, chart.url)
+            assert (tmp_path / chart.file).read_bytes() == first.content
+            assert (await client.get("/api/drift")).json() == drift_report(0.0)
+            await asyncio.sleep(4 * INTERVAL_S)  # the same report: not drawn again
+            assert (await client.get(chart.url)).headers["etag"] == first.headers["etag"]
+            model_api.body = drift_report(1.5)
+            redrawn = await served(client, chart.url, unlike=first.headers["etag"])
+            assert (tmp_path / chart.file).read_bytes() == redrawn.content
+            assert (await client.get("/api/drift")).json()["drifted"]
+            model_api.status = 500
+            relayed = await client.get("/api/drift")
+            assert relayed.status_code == 502 and model_api.url.removesuffix("/drift") in relayed.json()["detail"]
+            assert (await client.get(chart.url)).status_code == 200  # the last picture stays, stamped with its time
+
+        app_settings = settings(tmp_path).model_copy(update={"MODEL_API_URL": f"http://127.0.0.1:{model_api.port}"})
+        in_process(create_app(app_settings), scenario)
+    assert not (tmp_path / METRIC_LOG).exists()

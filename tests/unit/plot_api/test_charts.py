@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.common.files import METRIC_LOG
-from services.plot_api.charts import CHARTS, AllRows, ChartSpec, RecentRows, Window, registry, rows_for
+from services.plot_api.charts import CHARTS, LOG_WINDOWS, AllRows, ChartSpec, DriftRows, RecentRows, Window, registry, rows_for
 from services.plot_api.tail import MetricLogTail
 from tests.unit.metric_log import append, metric_rows
 
@@ -20,7 +20,10 @@ def csv(tmp_path: Path) -> Path:
     return tmp_path / METRIC_LOG
 
 
-@pytest.mark.parametrize("chart", CHARTS.values(), ids=list(CHARTS))
+LOG_CHARTS = {name: chart for name, chart in CHARTS.items() if chart.window in LOG_WINDOWS}
+
+
+@pytest.mark.parametrize("chart", LOG_CHARTS.values(), ids=list(LOG_CHARTS))
 def test_every_registered_chart_draws_the_rows_of_its_window_again_as_they_change(chart: ChartSpec, csv: Path) -> None:
     append(csv, metric_rows(0, 300, seed=1))
     tail = MetricLogTail(csv)
@@ -84,3 +87,39 @@ def test_the_registry_keeps_the_order_given() -> None:
 def test_the_registry_refuses_charts_that_would_clash(charts: list[ChartSpec], refusal: str) -> None:
     with pytest.raises(ValueError, match=refusal):
         registry(*charts)
+
+
+def drift_report(shift: float, count: int = 300, seed: int = 0) -> dict:
+    """A report as model_api's GET /drift gives it, made by its own drift core on the diabetes data."""
+    from sklearn.datasets import load_diabetes
+
+    from services.model_api.drift import DriftMonitor, Reference
+
+    data, rng = load_diabetes().data, np.random.default_rng(seed)
+
+    def predict(rows: np.ndarray) -> np.ndarray:  # a stand-in linear model
+        predicted: np.ndarray = rows @ np.arange(1.0, 11.0) * 100
+        return predicted
+
+    monitor = DriftMonitor(Reference.build(data, predict(data), "test"), size=300, max_age_s=3600.0)
+    rows = data[rng.integers(len(data), size=count)].copy()
+    rows[:, 2] += shift * data[:, 2].std()
+    monitor.observe(rows, predict(rows), 1700000000.0)
+    return {**monitor.assess(1700000000.0), "model_version": "abc123def456"}
+
+
+def test_the_drift_chart_draws_model_apis_report_and_is_redrawn_only_when_it_changed() -> None:
+    chart = CHARTS["drift"]
+    assert chart.window is Window.DRIFT
+    figure = chart.figure()
+    calm, drifted = DriftRows.of(drift_report(0.0)), DriftRows.of(drift_report(1.5))
+    assert drifted.report["drifted"] and "bmi" in drifted.report["drifted"] and not calm.report["drifted"]
+    pictures = [chart.draw(figure, rows) for rows in (calm, drifted, calm)]
+    assert all(p.startswith(PNG_SIGNATURE) for p in pictures)
+    assert pictures[0] != pictures[1] and pictures[0] == pictures[2]  # the figure is reused, not left dirty
+    assert "n = 300 samples" in calm.stamp and "2023-11-14 22:13:20 UTC" in calm.stamp and "abc123def456" in calm.stamp
+    assert calm.version == DriftRows.of(drift_report(0.0)).version != DriftRows.of(drift_report(0.0, count=200)).version
+    few = DriftRows.of(drift_report(0.0, count=5))
+    unavailable = DriftRows.of({"status": "unavailable", "reason": "no reference file", "features": {}, "prediction": {}})
+    for rows in (few, unavailable):
+        assert chart.draw(figure, rows).startswith(PNG_SIGNATURE)

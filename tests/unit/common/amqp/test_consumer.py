@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from aiormq.exceptions import ChannelInvalidStateError
+from pydantic import ValidationError
 
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, _Subscription, delivery_tag
 from services.common.amqp.publisher import Outgoing
-from services.common.messages import FeaturesMessage
+from services.common.messages import MAX_MESSAGE_BYTES, FeaturesMessage
 
 
 def features(n: int) -> bytes:
@@ -78,13 +79,18 @@ async def accept_all(_batch: list[Delivery[Any]]) -> list[Rejection]:
 class Harness:
     """A consumer of queue ``features`` wired to in-memory stand-ins (no broker, no worker task)."""
 
-    def __init__(self, handler: Handler = accept_all, recover: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler = accept_all,
+        recover: Callable[[], Awaitable[None]] | None = None,
+        invalid: Callable[[ValidationError | None], None] | None = None,
+    ) -> None:
         self.recovered = asyncio.Event()
 
         async def default_recover() -> None:
             await self.recovered.wait()
 
-        self.consumer = BatchConsumer(handler, recover=recover or default_recover)
+        self.consumer = BatchConsumer(handler, recover=recover or default_recover, invalid=invalid)
         self.subscription = _Subscription("features", FeaturesMessage)
         self.dead_letters = DeadLetters()
         self.consumer._dead_letters = self.dead_letters  # a recording stand-in publisher (a Publisher)
@@ -133,6 +139,38 @@ def test_a_message_that_fails_validation_is_dead_lettered_with_the_reason_and_ne
     assert "body" in h.dead_letters.reasons()["m1"] and "10" in h.dead_letters.reasons()["m1"]
     assert bad.settled == ["ack"]  # acked once its DLQ copy was confirmed
     assert handled == []
+
+
+def test_the_service_is_told_of_each_message_refused_before_its_handler() -> None:
+    told: list[str] = []
+
+    def invalid(error: ValidationError | None) -> None:
+        told.append("too large" if error is None else error.errors()[0]["type"])
+
+    async def scenario() -> None:
+        h = Harness(invalid=invalid)
+        await h.deliver(
+            FakeDelivery(h.channel, 1, body=b'{"id": "1.5", "body": [1, 2]}'),
+            FakeDelivery(h.channel, 2),
+            FakeDelivery(h.channel, 3, body=b"{" + b" " * MAX_MESSAGE_BYTES + b"}"),
+        )
+
+    asyncio.run(scenario())
+    assert told == ["too_short", "too large"]
+
+
+def test_a_failing_hook_does_not_keep_a_bad_message_from_its_dlq() -> None:
+    def invalid(_error: ValidationError | None) -> None:
+        raise RuntimeError("a bug in the service's counting")
+
+    async def scenario() -> tuple[Harness, FakeDelivery]:
+        h = Harness(invalid=invalid)
+        bad = FakeDelivery(h.channel, 1, body=b'{"id": "1.5", "body": [1, 2]}')
+        await h.deliver(bad)
+        return h, bad
+
+    h, bad = asyncio.run(scenario())
+    assert [m.queue for m in h.dead_letters.published] == ["features.dlq"] and bad.settled == ["ack"]
 
 
 def test_a_delivery_still_being_dead_lettered_is_never_covered_by_a_multiple_ack() -> None:

@@ -1,11 +1,14 @@
 """CoalescingTransport: what is written in one loop turn leaves in one write, in order."""
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
+from aiormq.exceptions import AMQPConnectionError
+from yarl import URL
 
-from services.common.amqp.transport import CoalescingTransport
+from services.common.amqp.transport import CoalescingTransport, CoalescingTransportFactory
 
 
 class RecordingTransport(asyncio.Transport):
@@ -107,3 +110,56 @@ def test_extra_info_comes_from_the_real_transport(name: str) -> None:
         return CoalescingTransport(WithInfo(), asyncio.get_running_loop()).get_extra_info(name)
 
     assert asyncio.run(scenario()) == f"real {name}"
+
+
+# -- failing over across a cluster's brokers (real sockets on this machine, no broker)
+
+
+async def _hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _listening() -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(_hang_up, "127.0.0.1", 0)
+    port: int = server.sockets[0].getsockname()[1]
+    return server, port
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_the_first_broker_that_accepts_is_used_and_a_reconnection_starts_after_it() -> None:
+    async def scenario() -> list[int]:
+        (server_b, b), (server_c, c) = await _listening(), await _listening()
+        dead = _closed_port()
+        factory = CoalescingTransportFactory([("127.0.0.1", dead), ("127.0.0.1", b), ("127.0.0.1", c)])
+        seen = []
+        for _ in range(3):
+            _reader, writer = await factory.create(URL(f"amqp://guest:guest@127.0.0.1:{dead}/"))
+            assert factory.current is not None
+            seen.append(factory.current[1])
+            writer.close()
+            await writer.wait_closed()
+        for server in (server_b, server_c):
+            server.close()
+            await server.wait_closed()
+        assert seen[0] == b
+        return [b, c, seen[1], seen[2]]
+
+    b, c, second, third = asyncio.run(scenario())
+    # The dead first broker is skipped; after b comes c; after c the list wraps past the dead one to b.
+    assert (second, third) == (c, b)
+
+
+def test_no_broker_accepting_is_one_error_naming_each() -> None:
+    first, second = _closed_port(), _closed_port()
+    factory = CoalescingTransportFactory([("127.0.0.1", first), ("127.0.0.1", second)])
+    with pytest.raises(AMQPConnectionError) as refused:
+        asyncio.run(factory.create(URL(f"amqp://127.0.0.1:{first}/")))
+    assert f"127.0.0.1:{first}" in str(refused.value) and f"127.0.0.1:{second}" in str(refused.value)
+    assert factory.current is None

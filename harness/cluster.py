@@ -1,0 +1,78 @@
+"""The pipeline on the local three-node RabbitMQ cluster (services/common/cluster.py): quorum
+queues, several model_api processes, and the join split into ``shards`` metric_api processes
+(METRIC_SHARDS/METRIC_SHARD, each with its own LOGS_DIR and port; plot_api reads them all)."""
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from harness.checker import Verdict, check_all, row_ids
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import ServiceProcess, free_port
+from services.common import cluster
+from services.common.files import METRIC_LOG
+
+
+@contextlib.contextmanager
+def running_on_cluster(
+    work_dir: Path, model_path: Path, *, shards: int = 1, model_replicas: int = 2, **settings: str
+) -> Iterator[Pipeline]:
+    """The services on the local cluster (which must be up), QUEUE_TYPE=quorum.
+
+    ``services["metric_api"]`` owns shard 0 (LOGS_DIR ``work_dir/logs``, as in every pipeline);
+    ``services["metric_api-<k>"]`` owns shard k, its LOGS_DIR ``work_dir/metric_api-<k>/logs``.
+    """
+    ports = [free_port() for _ in range(shards)]
+    with running_pipeline(
+        work_dir,
+        model_path,
+        cluster.URLS,
+        model_replicas=model_replicas,
+        QUEUE_TYPE="quorum",
+        METRIC_SHARDS=str(shards),
+        METRIC_SHARD="0",
+        METRIC_PORT=str(ports[0]),
+        METRIC_API_URL=",".join(f"http://127.0.0.1:{port}" for port in ports),
+        **settings,
+    ) as pipeline:
+        base = pipeline.services["metric_api"].env
+        for shard in range(1, shards):
+            shard_dir = work_dir / f"metric_api-{shard}"
+            (shard_dir / "logs").mkdir(parents=True, exist_ok=True)
+            env = {**base, "METRIC_SHARD": str(shard), "METRIC_PORT": str(ports[shard]), "LOGS_DIR": str(shard_dir / "logs")}
+            pipeline.services[f"metric_api-{shard}"] = ServiceProcess("metric_api", env, shard_dir).start()
+        for shard in range(1, shards):
+            pipeline.services[f"metric_api-{shard}"].wait_healthy()
+        yield pipeline
+
+
+def shard_csvs(pipeline: Pipeline) -> list[Path]:
+    """Each metric_api process's metric_log.csv (one per shard), shard 0 first."""
+    return [Path(service.env["LOGS_DIR"]) / METRIC_LOG for service in pipeline.replicas("metric_api")]
+
+
+def all_row_ids(pipeline: Pipeline) -> list[str]:
+    """Every row's id over all the shards' CSVs."""
+    return [sample_id for csv in shard_csvs(pipeline) for sample_id in row_ids(csv)]
+
+
+def verdict(pipeline: Pipeline, published: list[str]) -> Verdict:
+    """Lost, duplicated and unexpected ids over the union of the shards' CSVs."""
+    return check_all(published, shard_csvs(pipeline))
+
+
+def rows_per_shard(pipeline: Pipeline) -> list[int]:
+    return [len(row_ids(csv)) for csv in shard_csvs(pipeline)]
+
+
+def brokers_in_use(pipeline: Pipeline) -> Counter[str]:
+    """How many services are connected to each broker (host:port), as their /health says."""
+    found: Counter[str] = Counter()
+    for service in pipeline.services.values():
+        with contextlib.suppress(httpx.HTTPError):
+            if broker := httpx.get(f"{service.url}/health", timeout=5).json().get("broker"):
+                found[broker] += 1
+    return found
