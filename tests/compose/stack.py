@@ -26,6 +26,7 @@ import httpx
 from harness.checker import Verdict, row_ids
 from harness.processes import wait_until
 from services.common.files import METRIC_LOG
+from services.features_api.app import MAX_BURST
 from tests.compose.engine import Engine
 from tests.deploy_files import COMPOSE_FILE, REPO_ROOT, env_example
 
@@ -274,12 +275,18 @@ class ComposeStack:
         return httpx.get(f"{self.url(service, number)}{path}", headers=self.headers(), timeout=30)
 
     def burst(self, count: int) -> list[str]:
-        """POST /features/publish: ``count`` samples, confirmed on the broker when it answers."""
-        answer = httpx.post(
-            f"{self.url('features_api')}/features/publish", json={"count": count}, headers=self.headers(), timeout=120
-        )
-        assert answer.status_code == 200, answer.text
-        ids: list[str] = answer.json()["ids"]
+        """POST /features/publish: ``count`` samples, in requests of at most MAX_BURST, each confirmed
+        on the broker when it answers."""
+        ids: list[str] = []
+        while len(ids) < count:
+            answer = httpx.post(
+                f"{self.url('features_api')}/features/publish",
+                json={"count": min(MAX_BURST, count - len(ids))},
+                headers=self.headers(),
+                timeout=120,
+            )
+            assert answer.status_code == 200, answer.text
+            ids += answer.json()["ids"]
         self.published += ids
         return ids
 
