@@ -34,9 +34,7 @@ async def consumer_count(connection: aio_pika.abc.AbstractRobustConnection, queu
         return count
 
 
-def test_consuming_goes_on_after_its_channel_is_closed_and_after_the_broker_cancels_it(
-    amqp_url: str, queue_prefix: str
-) -> None:
+def test_consuming_goes_on_after_its_channel_is_closed_and_after_the_broker_cancels_it(amqp_url: str, queue_prefix: str) -> None:
     queue = f"{queue_prefix}y_true"
     handled: list[str] = []
     got_all = asyncio.Event()

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from importlib.metadata import version
 from typing import Any
 
@@ -116,38 +116,88 @@ def publish_public(channel: aiormq.abc.AbstractChannel, messages: Sequence[Outgo
 
 
 async def send_batch(channel: Any, messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
-    """Queue every message as one write on the channel; return each one's confirmation future."""
+    """Queue every message as one write on the channel; return each one's confirmation future.
+
+    aiormq gives each publish a future from the channel's future store (so that closing the
+    channel fails it), which costs two sets and three callbacks per message (measured ~15 % of
+    features_api's CPU). Here only the batch has such a future: when the channel closes, that
+    one fails and cancels the confirmations still pending (the publisher then sends them again).
+    """
     assert channel.publisher_confirms, "a ConfirmedPublisher needs a channel with publisher confirms"
+    loop = asyncio.get_running_loop()
     frames: list[Any] = []
     confirmations: list[asyncio.Future[Any]] = []
+    batch = _Batch(channel, len(messages))
     async with channel.lock:
         first_tag = channel.delivery_tag + 1
         try:
             for message in messages:
                 channel.delivery_tag += 1
                 tag = channel.delivery_tag
-                confirmation = channel.create_future()
+                confirmation = loop.create_future()
+                confirmation.add_done_callback(batch.one_done)
                 channel.confirmations[tag] = confirmation
                 # A Basic.Return names the message by its message_id: this maps it to the tag.
                 channel.message_id_delivery_tag[message.message_id] = tag
-                confirmation.add_done_callback(partial(_forget_message_id, channel, message.message_id, tag))
+                batch.sent.append((message.message_id, tag))
                 confirmations.append(confirmation)
-                frames.append(Basic.Publish(exchange="", routing_key=message.queue, mandatory=True))
+                frames.append(_publish_method(message.queue))
                 frames.append(ContentHeader(properties=message.properties(), body_size=len(message.body)))
                 step = channel.max_content_size
                 frames.extend(ContentBody(message.body[at : at + step]) for at in range(0, len(message.body), step))
+            batch.watch(channel.create_future(), confirmations)
             await channel.write_queue.put(ChannelFrame.marshall(frames=frames, channel_number=channel.number))
         except BaseException:
             # Nothing reached the broker: give the delivery tags back, as aiormq does.
             for tag in range(first_tag, channel.delivery_tag + 1):
                 channel.confirmations.pop(tag, None)
             channel.delivery_tag = first_tag - 1
-            for confirmation in confirmations:
-                confirmation.cancel()
+            batch.abandon(confirmations)
             raise
     return confirmations
 
 
-def _forget_message_id(channel: Any, message_id: str, tag: int, _done: object) -> None:
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
+@lru_cache(maxsize=1024)
+def _publish_method(queue: str) -> Basic.Publish:
+    """The Basic.Publish frame of every message to ``queue`` (immutable once made; validating one costs)."""
+    return Basic.Publish(exchange="", routing_key=queue, mandatory=True)
+
+
+class _Batch:
+    """The publishes of one ``send_batch``: one future in the channel's store stands for them all."""
+
+    __slots__ = ("channel", "left", "sent", "stands_for")
+
+    def __init__(self, channel: Any, count: int) -> None:
+        self.channel = channel
+        self.left = count
+        self.sent: list[tuple[str, int]] = []  # (message_id, delivery tag)
+        self.stands_for: asyncio.Future[Any] | None = None
+
+    def watch(self, stands_for: asyncio.Future[Any], confirmations: list[asyncio.Future[Any]]) -> None:
+        self.stands_for = stands_for
+        stands_for.add_done_callback(partial(self._over, confirmations))
+        if self.left == 0:
+            stands_for.set_result(None)
+
+    def one_done(self, _confirmation: object) -> None:
+        self.left -= 1
+        if self.left == 0 and self.stands_for is not None and not self.stands_for.done():
+            self.stands_for.set_result(None)
+
+    def abandon(self, confirmations: list[asyncio.Future[Any]]) -> None:
+        """Nothing was queued: cancel it all (the batch's future leaves the channel's store)."""
+        if self.stands_for is not None:
+            self.stands_for.cancel()  # runs _over
+        else:
+            self._over(confirmations)
+
+    def _over(self, confirmations: list[asyncio.Future[Any]], _stands_for: object = None) -> None:
+        """Every confirmation came, or the channel closed (the store failed ``stands_for``): cancel
+        what is still pending, and forget the message ids, as aiormq does per publish."""
+        for confirmation in confirmations:
+            confirmation.cancel()  # a no-op on those done
+        forget = self.channel.message_id_delivery_tag
+        for message_id, tag in self.sent:
+            if forget.get(message_id) == tag:
+                del forget[message_id]

@@ -5,8 +5,8 @@ publisher; the same paths run against the real broker in tests/integration and t
 """
 
 import asyncio
-from types import SimpleNamespace
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,13 +31,14 @@ class FakeChannel:
         self.deliveries: dict[int, FakeDelivery] = {}
 
     async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        assert not wait, "an ack need not wait for its frame to be written: a lost one means a redelivery"
         if multiple:
             self.multiple_acks.append(delivery_tag)
         else:
             self.deliveries[delivery_tag].settled.append("ack")
 
     async def basic_nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True, wait: bool = True) -> None:
-        assert not multiple
+        assert not multiple and not wait
         self.deliveries[delivery_tag].settled.append(f"nack(requeue={requeue})")
 
 
