@@ -18,6 +18,7 @@ attributes on first use, and anything else takes ``publish_public``: gathered
 
 import asyncio
 import logging
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -26,9 +27,9 @@ from typing import Any
 
 import aiormq
 from aiormq.abc import ChannelFrame
-from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.common import FieldTable
+from pamqp.frame import marshal
 from pamqp.header import ContentHeader
 
 from services.common.amqp.topology import PERSISTENT
@@ -125,9 +126,10 @@ async def send_batch(channel: Any, messages: Sequence[Outgoing]) -> list[asyncio
     """
     assert channel.publisher_confirms, "a ConfirmedPublisher needs a channel with publisher confirms"
     loop = asyncio.get_running_loop()
-    frames: list[Any] = []
+    parts: list[bytes] = []
     confirmations: list[asyncio.Future[Any]] = []
     batch = _Batch(channel, len(messages))
+    number, step = channel.number, channel.max_content_size
     async with channel.lock:
         first_tag = channel.delivery_tag + 1
         try:
@@ -141,12 +143,12 @@ async def send_batch(channel: Any, messages: Sequence[Outgoing]) -> list[asyncio
                 channel.message_id_delivery_tag[message.message_id] = tag
                 batch.sent.append((message.message_id, tag))
                 confirmations.append(confirmation)
-                frames.append(_publish_method(message.queue))
-                frames.append(ContentHeader(properties=message.properties(), body_size=len(message.body)))
-                step = channel.max_content_size
-                frames.extend(ContentBody(message.body[at : at + step]) for at in range(0, len(message.body), step))
+                parts.append(_publish_frame(message.queue, number))
+                parts.append(content_header_frame(message, number))
+                body = message.body
+                parts.extend(_frame(BODY_FRAME, number, body[at : at + step]) for at in range(0, len(body), step))
             batch.watch(channel.create_future(), confirmations)
-            await channel.write_queue.put(ChannelFrame.marshall(frames=frames, channel_number=channel.number))
+            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
         except BaseException:
             # Nothing reached the broker: give the delivery tags back, as aiormq does.
             for tag in range(first_tag, channel.delivery_tag + 1):
@@ -157,10 +159,46 @@ async def send_batch(channel: Any, messages: Sequence[Outgoing]) -> list[asyncio
     return confirmations
 
 
+# Encoding the frames of a message with pamqp took ~25 µs (its generic marshalling of a
+# Basic.Publish and of the properties); these few fixed shapes are encoded directly, and checked
+# byte for byte against pamqp's encoding in tests/unit/common/amqp/test_fastpath.py.
+HEADER_FRAME, BODY_FRAME = 2, 3  # AMQP 0-9-1 frame types
+FRAME_END = b"\xce"
+BASIC_CLASS = 60
+# Basic property flags, in the order of the properties on the wire.
+CONTENT_TYPE, DELIVERY_MODE, EXPIRATION, MESSAGE_ID = 0x8000, 0x1000, 0x0100, 0x0080
+_JSON = b"\x10application/json"  # content_type as a short string
+
+
+def _frame(kind: int, channel_number: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", kind, channel_number, len(payload)) + payload + FRAME_END
+
+
 @lru_cache(maxsize=1024)
-def _publish_method(queue: str) -> Basic.Publish:
-    """The Basic.Publish frame of every message to ``queue`` (immutable once made; validating one costs)."""
-    return Basic.Publish(exchange="", routing_key=queue, mandatory=True)
+def _publish_frame(queue: str, channel_number: int) -> bytes:
+    """The Basic.Publish method frame of every message to ``queue`` on a channel: the same bytes each time."""
+    return marshal(Basic.Publish(exchange="", routing_key=queue, mandatory=True), channel_number)
+
+
+def _short_string(value: str) -> bytes | None:
+    encoded = value.encode()
+    return None if len(encoded) > 255 else bytes((len(encoded),)) + encoded
+
+
+def content_header_frame(message: Outgoing, channel_number: int) -> bytes:
+    """The content header frame of ``message``: its size and properties (what pamqp would encode)."""
+    message_id = _short_string(message.message_id)
+    if message.headers is not None or message_id is None:  # a field table (dead letters): pamqp encodes it
+        return marshal(ContentHeader(properties=message.properties(), body_size=len(message.body)), channel_number)
+    flags = CONTENT_TYPE | DELIVERY_MODE | (MESSAGE_ID if message.message_id else 0)  # pamqp leaves out an empty one
+    if not message.message_id:
+        message_id = b""
+    expiration = b""
+    if message.expiration_ms is not None:
+        flags |= EXPIRATION
+        expiration = _short_string(str(message.expiration_ms)) or b""
+    payload = struct.pack(">HHQH", BASIC_CLASS, 0, len(message.body), flags) + _JSON + bytes((PERSISTENT,))
+    return _frame(HEADER_FRAME, channel_number, payload + expiration + message_id)
 
 
 class _Batch:
