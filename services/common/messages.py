@@ -29,6 +29,7 @@ ID_PATTERN = rf"^[0-9A-Za-z._:-]{{1,{ID_MAX_LENGTH}}}$"
 # What every refusal of an id says (the 422s of the HTTP routes, x-dlq-reason on the queues).
 ID_RULE = f"an id is 1 to {ID_MAX_LENGTH} characters, each a letter A-Z a-z, a digit 0-9 or one of . _ : -"
 _ID_CHARACTER = re.compile(r"[0-9A-Za-z._:-]")
+_VALID_ID = re.compile(rf"[0-9A-Za-z._:-]{{1,{ID_MAX_LENGTH}}}").fullmatch  # the rule in one match: the common case
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
@@ -76,6 +77,8 @@ def id_problem(value: str) -> str | None:
 
 
 def _check_id(value: str) -> str:
+    if _VALID_ID(value):
+        return value
     if (problem := id_problem(value)) is not None:
         raise ValueError(problem)
     return value

@@ -29,8 +29,10 @@ class HeldHalf:
 
 class HalfStore(Protocol):
     def written(self, sample_id: str) -> MetricRow | None: ...
-    def held(self, sample_id: str, kind: Kind) -> float | None: ...
-    def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None: ...
+    def held_halves(self, sample_id: str) -> dict[Kind, HeldHalf]:
+        """The halves of ``sample_id`` waiting (none, one, or a label and a prediction), in one lookup."""
+        ...
+
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None: ...
     def release(self, sample_id: str, kind: Kind) -> None: ...
     def record_written(self, row: MetricRow, written_at: float | None = None) -> None: ...
@@ -102,12 +104,13 @@ class LabelPredictionJoin:
             if same_value(kind, seen, value):
                 return Duplicate()
             return Conflict(f"id {sample_id} already has its row with {kind}={seen!r}; this message says {value!r}")
-        held = self.store.held(sample_id, kind)
+        waiting = self.store.held_halves(sample_id)
+        held = waiting.get(kind)
         if held is not None:
-            if same_value(kind, held, value):
+            if same_value(kind, held.value, value):
                 return Duplicate()
-            return Conflict(f"id {sample_id} already has {kind}={held!r} waiting; this message says {value!r}")
-        partner = self.store.held_half(sample_id, other(kind))
+            return Conflict(f"id {sample_id} already has {kind}={held.value!r} waiting; this message says {value!r}")
+        partner = waiting.get(other(kind))
         if partner is None:
             self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
             return Held()
@@ -149,6 +152,9 @@ class MemoryHalfStore:
 
     def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
         return self.halves.get((sample_id, kind))
+
+    def held_halves(self, sample_id: str) -> dict[Kind, HeldHalf]:
+        return {kind: half for kind in (LABEL, PREDICTION) if (half := self.halves.get((sample_id, kind))) is not None}
 
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
         self.halves[(sample_id, kind)] = half

@@ -159,6 +159,12 @@ class SqliteHalfStore:
         ).fetchone()
         return HeldHalf(*found) if found else None
 
+    def held_halves(self, sample_id: str) -> dict[Kind, HeldHalf]:
+        found = self._db.execute(
+            "SELECT kind, value, arrived_at, ts, model_version FROM held WHERE id = ?", (sample_id,)
+        ).fetchall()
+        return {kind: HeldHalf(*half) for kind, *half in found}
+
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
         self._db.execute(
             "INSERT INTO held (id, kind, value, arrived_at, ts, model_version) VALUES (?, ?, ?, ?, ?, ?)",

@@ -17,6 +17,14 @@ The one failure rule:
 
 A dead-lettered delivery is acked only after its copy in the DLQ is confirmed, and an ack
 with ``multiple=True`` never covers a delivery still being dead-lettered.
+
+Deliveries are taken with aiormq's ``basic_consume`` on the robust channel's current aiormq
+channel, not through aio-pika's ``Queue.consume``: that wraps every delivery in an
+``IncomingMessage`` and a second task, measured at ~10 % of a consuming service's CPU
+(docs/performance.md). aio-pika's robust channel therefore does not know these consumers, so
+the consumer does its part of the robustness itself: when the robust channel is reopened (a
+reconnect, or a channel the broker closed) it consumes again on the new aiormq channel, and a
+consumer the broker cancels (its queue deleted, say) is consumed again after a pause.
 """
 
 import asyncio
@@ -24,11 +32,12 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
-from aiormq.exceptions import ChannelInvalidStateError
+from aio_pika.abc import AbstractRobustChannel
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from services.common.amqp.errors import BROKER_GONE
@@ -48,6 +57,7 @@ BATCH_MAX = 500
 BATCH_WINDOW_S = 0.002
 REASON_MAX = 1000  # characters of x-dlq-reason
 RESUME_RETRY_S = 1.0
+CANCELLED_RETRY_S = 1.0  # after the broker cancelled a consumer, consume again this much later
 
 
 @dataclass(slots=True, eq=False)
@@ -55,7 +65,7 @@ class Delivery(Generic[M]):
     """A delivery and its validated message (None for one refused before validation)."""
 
     message: M
-    raw: AbstractIncomingMessage
+    raw: DeliveredMessage  # aiormq's: its channel is the aiormq channel it came on
     queue: str
     arrived: float  # the event loop's clock
 
@@ -73,8 +83,11 @@ class HandBack(Exception):
 class _Subscription:
     queue: str
     schema: type[SampleMessage]
-    amqp_queue: AbstractRobustQueue | None = None
+    channel: AbstractRobustChannel | None = None
+    consuming_on: AbstractChannel | None = None  # the aiormq channel of ``tag``
     tag: str | None = None
+    # A reopen and a broker's cancel may both consume again at once: one consumer, not two.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def next_batch(inbox: asyncio.Queue[T], max_size: int = BATCH_MAX, window_s: float = BATCH_WINDOW_S) -> list[T]:
@@ -128,8 +141,10 @@ class BatchConsumer:
         self._dead_letters: Publisher | None = None
         # Delivery tags received and not yet settled, per channel: an ack with multiple=True
         # is sent only when it covers exactly the deliveries being acked.
-        self._unsettled: dict[object, set[int]] = {}
+        self._unsettled: dict[AbstractChannel, set[int]] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._paused = False
+        self._watched: set[AbstractChannel] = set()  # aiormq channels whose broker-side cancels we follow
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set while the worker holds no batch
         self._idle.set()
@@ -156,24 +171,71 @@ class BatchConsumer:
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"batches-{'+'.join(self.queues)}")
         for subscription in self._subscriptions:
-            subscription.amqp_queue = await declare_queue(await open_channel(), subscription.queue, queue_type)
+            channel = await open_channel()
+            await declare_queue(channel, subscription.queue, queue_type)
+            subscription.channel = channel
+            channel.reopen_callbacks.add(functools.partial(self._reopened, subscription=subscription))
         await self.resume()
 
     async def pause(self) -> None:
         """Stop taking deliveries; those in hand stay ours until settled."""
+        self._paused = True
         for subscription in self._subscriptions:
-            if subscription.amqp_queue is not None and subscription.tag is not None:
-                tag, subscription.tag = subscription.tag, None
-                # Any error means the channel is already gone: the broker requeues what we held.
-                with contextlib.suppress(Exception):
-                    await subscription.amqp_queue.cancel(tag)
+            async with subscription.lock:
+                if subscription.consuming_on is not None and subscription.tag is not None:
+                    channel, tag = subscription.consuming_on, subscription.tag
+                    subscription.consuming_on = subscription.tag = None
+                    # Any error means the channel is already gone: the broker requeues what we held.
+                    with contextlib.suppress(Exception):
+                        await channel.basic_cancel(tag)
 
     async def resume(self) -> None:
+        self._paused = False
         for subscription in self._subscriptions:
-            if subscription.amqp_queue is not None and subscription.tag is None:
-                subscription.tag = await subscription.amqp_queue.consume(
-                    functools.partial(self._on_delivery, subscription=subscription)
-                )
+            await self._consume(subscription)
+
+    async def _consume(self, subscription: _Subscription) -> None:
+        """Consume ``subscription``'s queue on its robust channel's current aiormq channel, unless
+        it already does (or the consumer is paused)."""
+        async with subscription.lock:
+            if self._paused or subscription.channel is None:
+                return
+            channel = await subscription.channel.get_underlay_channel()
+            if subscription.tag is not None and subscription.consuming_on is channel and not channel.is_closed:
+                return
+            if channel not in self._watched:  # a consumer the broker cancels is consumed again
+                self._watched.add(channel)
+                channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+            consume_ok = await channel.basic_consume(
+                subscription.queue, functools.partial(self._on_delivery, subscription=subscription)
+            )
+            subscription.consuming_on, subscription.tag = channel, consume_ok.consumer_tag
+
+    async def _reopened(self, _channel: object, subscription: _Subscription) -> None:
+        """The robust channel came back on a new aiormq channel (aio-pika redeclared the queue):
+        consume there, as aio-pika does for the consumers it knows."""
+        subscription.consuming_on = subscription.tag = None
+        try:
+            await self._consume(subscription)
+        except BROKER_GONE as exc:  # gone again at once: the next reopen consumes
+            log.warning("could not consume %s on the reopened channel (%s)", subscription.queue, exc)
+
+    def _cancelled_by_broker(self, frame: Basic.Cancel) -> None:
+        for subscription in self._subscriptions:
+            if subscription.tag is not None and subscription.tag == frame.consumer_tag:
+                subscription.consuming_on = subscription.tag = None
+                log.warning("the broker cancelled the consumer of %s; consuming it again", subscription.queue)
+                task = asyncio.create_task(self._consume_again(subscription), name=f"reconsume-{subscription.queue}")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _consume_again(self, subscription: _Subscription) -> None:
+        while subscription.tag is None and not self._paused:
+            await asyncio.sleep(CANCELLED_RETRY_S)
+            try:
+                await self._consume(subscription)
+            except Exception as exc:  # noqa: BLE001 - the queue may be gone for a while (deleted, its node down): keep trying
+                log.warning("cannot consume %s again yet (%s); retrying", subscription.queue, str(exc) or type(exc).__name__)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking deliveries, give the worker ``grace_s`` to finish what it holds, then stop it.
@@ -197,11 +259,8 @@ class BatchConsumer:
                 await asyncio.gather(task, return_exceptions=True)
 
     # -- deliveries
-    async def _on_delivery(self, raw: AbstractIncomingMessage, subscription: _Subscription) -> None:
-        try:
-            self._unsettled.setdefault(raw.channel, set()).add(delivery_tag(raw))
-        except ChannelInvalidStateError:
-            return  # its channel closed as it arrived: the broker redelivers it
+    async def _on_delivery(self, raw: DeliveredMessage, subscription: _Subscription) -> None:
+        self._unsettled.setdefault(raw.channel, set()).add(delivery_tag(raw))
         arrived = asyncio.get_running_loop().time()
         error: ValidationError | None = None
         if len(raw.body) > MAX_MESSAGE_BYTES:
@@ -212,7 +271,7 @@ class BatchConsumer:
             except ValidationError as exc:
                 error, reason = exc, describe_validation_error(exc)
             else:
-                MESSAGES_CONSUMED.labels(queue=subscription.queue).inc()
+                _consumed(subscription.queue).inc()
                 self._inbox.put_nowait(Delivery(message, raw, subscription.queue, arrived))
                 return
         if self._invalid is not None:
@@ -321,7 +380,7 @@ class BatchConsumer:
                 Outgoing(
                     dlq_name(delivery.queue),
                     delivery.raw.body,
-                    delivery.raw.message_id or "",
+                    message_id(delivery.raw),
                     {"x-dlq-reason": reason[:REASON_MAX], "x-original-queue": delivery.queue},
                 )
                 for delivery, reason in rejected
@@ -341,15 +400,12 @@ class BatchConsumer:
         delivery of that channel has a lower tag (one being dead-lettered, say): acking it
         by accident could lose it.
         """
-        by_channel: dict[object, list[AbstractIncomingMessage]] = {}
+        by_channel: dict[AbstractChannel, list[DeliveredMessage]] = {}
         now = asyncio.get_running_loop().time()
         for delivery in deliveries:
             if requeue is None:
-                HANDLE_SECONDS.labels(queue=delivery.queue).observe(now - delivery.arrived)
-            try:
-                by_channel.setdefault(delivery.raw.channel, []).append(delivery.raw)
-            except ChannelInvalidStateError:  # its channel closed: the broker redelivers it
-                continue
+                _handle_seconds(delivery.queue).observe(now - delivery.arrived)
+            by_channel.setdefault(delivery.raw.channel, []).append(delivery.raw)
         settling = []
         for channel, group in by_channel.items():
             unsettled = self._unsettled.get(channel, set())
@@ -364,15 +420,33 @@ class BatchConsumer:
         await asyncio.gather(*settling)
 
     def _forget_closed_channels(self) -> None:
-        for channel in [channel for channel in self._unsettled if getattr(channel, "is_closed", False)]:
+        for channel in [channel for channel in self._unsettled if channel.is_closed]:
             del self._unsettled[channel]
+        self._watched = {channel for channel in self._watched if not channel.is_closed}
 
 
-def delivery_tag(raw: AbstractIncomingMessage) -> int:
-    """Its delivery tag: aio-pika types it optional (a message built to publish has none), a consumed one always has one."""
+def delivery_tag(raw: DeliveredMessage) -> int:
+    """Its delivery tag: aiormq types it optional (a returned message has none), a consumed one always has one."""
     tag = raw.delivery_tag
     assert tag is not None, "a delivery without a delivery tag"
     return tag
+
+
+def message_id(raw: DeliveredMessage) -> str:
+    """The AMQP message_id the publisher set (the sample id), or "" for a message without one."""
+    return raw.header.properties.message_id or ""
+
+
+@functools.cache
+def _consumed(queue: str) -> Any:
+    """The queue's child of MESSAGES_CONSUMED, looked up once."""
+    return MESSAGES_CONSUMED.labels(queue=queue)
+
+
+@functools.cache
+def _handle_seconds(queue: str) -> Any:
+    """The queue's child of HANDLE_SECONDS (``labels()`` costs a lookup and a lock per call)."""
+    return HANDLE_SECONDS.labels(queue=queue)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -384,25 +458,25 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def _settle_one(raw: AbstractIncomingMessage, *, requeue: bool | None = None) -> None:
+async def _settle_one(raw: DeliveredMessage, *, requeue: bool | None = None) -> None:
     """Ack (or nack) one delivery, tolerating a channel that died meanwhile.
 
     A delivery whose channel closed is redelivered by the broker; the consumers are
-    idempotent by id, so losing the ack loses nothing.
+    idempotent by id, so losing the ack loses nothing (nor does not waiting for it to be written).
     """
     try:
         if requeue is None:
-            await raw.ack()
+            await raw.channel.basic_ack(delivery_tag(raw), wait=False)
         else:
-            await raw.nack(requeue=requeue)
+            await raw.channel.basic_nack(delivery_tag(raw), requeue=requeue, wait=False)
     except Exception as exc:  # noqa: BLE001 - aiormq fails a send on a dying channel with a bare Exception
         # The lost connection is logged once by BrokerLink; each delivery it takes down is not news.
         log.debug("could not settle delivery %s (%r); the broker will redeliver it", raw.delivery_tag, exc)
 
 
-async def _ack_up_to(channel: Any, tag: int) -> None:
+async def _ack_up_to(channel: AbstractChannel, tag: int) -> None:
     """Ack every delivery on ``channel`` up to and including ``tag`` (AMQP ``multiple``)."""
     try:
-        await channel.basic_ack(tag, multiple=True)
+        await channel.basic_ack(tag, multiple=True, wait=False)
     except Exception as exc:  # noqa: BLE001 - as in _settle_one: the broker will redeliver them
         log.debug("could not ack deliveries up to %s (%r); the broker will redeliver them", tag, exc)

@@ -299,3 +299,8 @@ def test_an_id_clock_with_a_suffix_never_gives_an_id_of_one_without() -> None:
     assert suffixed_ids[0] == "1669147134.196809042" and not plain_ids & set(suffixed_ids)
     with pytest.raises(ValueError, match="digits"):
         SampleIdClock(suffix="a1")
+
+
+@pytest.mark.parametrize("good_id", ["x" * 64, "a", "order-17:line_2.v3", "0"], ids=["64-chars", "one", "every-kind", "zero"])
+def test_ids_within_the_rule_are_taken_as_they_are(good_id: str) -> None:
+    assert LabelMessage.model_validate_json(raw(id=good_id, body=1.0)).id == good_id

@@ -434,3 +434,17 @@ def test_a_read_only_logs_folder_is_refused_naming_the_file_and_the_os_error(tmp
         subprocess.run(["umount", "-l", str(folder)], check=False)
     message = str(refused.value)
     assert str(folder / "metric_state.sqlite3") in message and "Read-only file system" in message
+
+
+def test_held_halves_gives_every_half_of_an_id_in_one_answer_and_only_that_ids(open_store: OpenStore) -> None:
+    store = open_store()
+    with store.transaction():
+        store.hold("1.000001", LABEL, HeldHalf(151.0, 10.0, ts=9.5))
+        store.hold("1.000001", PREDICTION, HeldHalf(150.25, 11.0, model_version="v2"))
+        store.hold("1.000002", PREDICTION, HeldHalf(7.0, 12.0))
+    assert store.held_halves("1.000001") == {
+        LABEL: HeldHalf(151.0, 10.0, ts=9.5),
+        PREDICTION: HeldHalf(150.25, 11.0, model_version="v2"),
+    }
+    assert store.held_halves("1.000002") == {PREDICTION: HeldHalf(7.0, 12.0)}
+    assert store.held_halves("1.000003") == {}

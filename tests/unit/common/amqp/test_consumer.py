@@ -6,6 +6,7 @@ publisher; the same paths run against the real broker in tests/integration and t
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,29 +23,36 @@ def features(n: int) -> bytes:
 
 
 class FakeChannel:
+    """An aiormq channel as the consumer settles on it: acks (single or multiple) and nacks by tag."""
+
     def __init__(self) -> None:
         self.is_closed = False
         self.multiple_acks: list[int] = []
+        self.deliveries: dict[int, FakeDelivery] = {}
 
-    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
-        assert multiple
-        self.multiple_acks.append(delivery_tag)
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        assert not wait, "an ack need not wait for its frame to be written: a lost one means a redelivery"
+        if multiple:
+            self.multiple_acks.append(delivery_tag)
+        else:
+            self.deliveries[delivery_tag].settled.append("ack")
+
+    async def basic_nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True, wait: bool = True) -> None:
+        assert not multiple and not wait
+        self.deliveries[delivery_tag].settled.append(f"nack(requeue={requeue})")
 
 
 class FakeDelivery:
+    """An aiormq DeliveredMessage: the delivery's tag and flag, the header's message_id, the body, its channel."""
+
     def __init__(self, channel: FakeChannel, tag: int, body: bytes | None = None, redelivered: bool = False) -> None:
         self.channel = channel
+        channel.deliveries[tag] = self
         self.delivery_tag = tag
         self.body = features(tag) if body is None else body
         self.redelivered = redelivered
-        self.message_id = f"m{tag}"
+        self.header = SimpleNamespace(properties=SimpleNamespace(message_id=f"m{tag}"))
         self.settled: list[str] = []
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nack(self, requeue: bool = True) -> None:
-        self.settled.append(f"nack(requeue={requeue})")
 
 
 class DeadLetters:

@@ -1,0 +1,95 @@
+"""BatchConsumer against the real broker: it consumes through aiormq directly (not aio-pika's
+Queue.consume), so it must itself consume again when its channel is reopened or the broker
+cancels it, and never end up with two consumers on one queue."""
+
+import asyncio
+from typing import Any
+
+import aio_pika
+import pytest
+
+from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
+from services.common.amqp.publisher import ConfirmedPublisher, Outgoing
+from services.common.amqp.topology import declare_queue
+from services.common.amqp.transport import CoalescingRobustConnection
+from services.common.messages import LabelMessage
+
+pytestmark = [pytest.mark.broker]
+
+WAIT_S = 20.0
+
+
+def labels(queue: str, first: int, count: int) -> list[Outgoing]:
+    return [
+        Outgoing(queue, LabelMessage(id=f"1700000000.{n:06d}", body=float(n)).to_bytes(), f"1700000000.{n:06d}")
+        for n in range(first, first + count)
+    ]
+
+
+async def consumer_count(connection: aio_pika.abc.AbstractRobustConnection, queue: str) -> int:
+    async with connection.channel() as channel:
+        declared = await channel.declare_queue(queue, passive=True)
+        count = declared.declaration_result.consumer_count
+        assert count is not None
+        return count
+
+
+def test_consuming_goes_on_after_its_channel_is_closed_and_after_the_broker_cancels_it(amqp_url: str, queue_prefix: str) -> None:
+    queue = f"{queue_prefix}y_true"
+    handled: list[str] = []
+    got_all = asyncio.Event()
+    expected = 0
+
+    async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
+        handled.extend(delivery.message.id for delivery in batch)
+        if len(set(handled)) >= expected:
+            got_all.set()
+        return []
+
+    async def round_of(publisher: ConfirmedPublisher, first: int, count: int) -> None:
+        nonlocal expected
+        expected, _ = first + count, got_all.clear()
+        await publisher.publish_many(labels(queue, first, count))
+        await asyncio.wait_for(got_all.wait(), WAIT_S)
+
+    async def scenario() -> tuple[list[int], BatchConsumer]:
+        connection = await aio_pika.connect_robust(amqp_url, connection_class=CoalescingRobustConnection)
+        async with connection:
+            publishing = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await declare_queue(publishing, queue)
+            publisher = ConfirmedPublisher(publishing, timeout_s=5)
+            consumer = BatchConsumer(handler)
+            consumer.subscribe(queue, LabelMessage)
+            consumer_channel: list[aio_pika.abc.AbstractRobustChannel] = []
+
+            async def open_channel() -> aio_pika.abc.AbstractRobustChannel:
+                channel = await connection.channel()
+                consumer_channel.append(channel)
+                return channel
+
+            await consumer.start(open_channel, publisher)
+            consumers = [await consumer_count(connection, queue)]
+            await round_of(publisher, 0, 100)
+
+            # A channel error (an ack of a tag never delivered) makes the broker close the
+            # channel; aio-pika reopens it, and the consumer must consume on the new one.
+            underlay = await consumer_channel[0].get_underlay_channel()
+            await underlay.basic_ack(999_999, wait=False)
+            await round_of(publisher, 100, 100)
+            consumers.append(await consumer_count(connection, queue))
+
+            # The queue deleted under the consumer: the broker cancels it. Its publisher and
+            # the consumer's robust channel declare it again; the consumer consumes it again.
+            async with connection.channel() as other:
+                await other.queue_delete(queue)
+            await asyncio.sleep(0.2)
+            await declare_queue(publishing, queue)
+            await round_of(publisher, 200, 100)
+            consumers.append(await consumer_count(connection, queue))
+            await consumer.stop()
+            return consumers, consumer
+
+    consumers, consumer = asyncio.run(scenario())
+    assert sorted(set(handled)) == [f"1700000000.{n:06d}" for n in range(300)]
+    assert consumers == [1, 1, 1], "one consumer on the queue each time, never none or two"
+    assert consumer.dead_lettered == 0
