@@ -5,6 +5,26 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+FileIdentity = tuple[int, int]  # (device, inode): the file itself, whatever its name
+
+
+def identity(stat: os.stat_result) -> FileIdentity:
+    return stat.st_dev, stat.st_ino
+
+
+def still_there(path: Path, expected: FileIdentity) -> tuple[os.stat_result | None, str | None]:
+    """Whether ``path`` still names the file of ``expected``: its stat and None while it does,
+    else None and how it does not (deleted or moved away, replaced, cannot be looked at)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None, f"{path} was deleted or moved away"
+    except OSError as exc:
+        return None, f"{path} cannot be looked at ({exc})"
+    if identity(stat) != expected:
+        return None, f"{path} was replaced by another file"
+    return stat, None
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from services.common.files import still_there
 from services.common.metric_rows import METRIC_LOG_HEADER as CSV_HEADER
 from services.common.metric_rows import MetricRow, RowFormatError, format_rows, parse_row
 
@@ -108,14 +109,9 @@ class MetricLog:
         if self._damaged is not None:
             return self._damaged
         device, inode, size = self._written
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return f"{self.path} was deleted or moved away"
-        except OSError as exc:
-            return f"{self.path} cannot be looked at ({exc})"
-        if (stat.st_dev, stat.st_ino) != (device, inode):
-            return f"{self.path} was replaced by another file"
+        stat, problem = still_there(self.path, (device, inode))
+        if stat is None:
+            return problem
         if stat.st_size < size:
             return f"{self.path} was truncated (from {size} to {stat.st_size} bytes)"
         if stat.st_size > size:

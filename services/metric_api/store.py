@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.files import identity, still_there
 from services.common.messages import UNKNOWN_VERSION
 from services.common.metric_rows import MetricRow
 from services.metric_api.join import HeldHalf, Kind
@@ -90,23 +91,14 @@ class SqliteHalfStore:
         self._load_versions()
         self._count_held()
         self._load_last_line()
-        stat = path.stat()
-        self._identity = (stat.st_dev, stat.st_ino)
+        self._identity = identity(path.stat())
 
     def _load_last_line(self) -> None:
         self._last_line: int = self._db.execute("SELECT coalesce(max(line), 0) FROM written").fetchone()[0]
 
     def moved(self) -> str | None:
         """How the file at ``path`` is no longer this database (deleted, moved away, replaced), or None."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return f"{self.path} was deleted or moved away"
-        except OSError as exc:
-            return f"{self.path} cannot be looked at ({exc})"
-        if (stat.st_dev, stat.st_ino) != self._identity:
-            return f"{self.path} was replaced by another file"
-        return None
+        return still_there(self.path, self._identity)[1]
 
     def save_copy(self, path: Path) -> None:
         """Write this database, as this connection sees it, to ``path`` (which must not exist)."""

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from harness.checker import Verdict, row_ids
+from harness.checker import Verdict, check_all, row_ids
 from harness.processes import wait_until
 from services.common.files import METRIC_LOG
 from services.features_api.app import MAX_BURST
@@ -325,15 +324,7 @@ class ComposeStack:
 
     def verdict(self) -> Verdict:
         """harness.checker's categories over every published id and the rows of every CSV."""
-        ids = [row for csv in self.csvs() for row in row_ids(csv)]
-        counts, expected = Counter(ids), set(self.published)
-        return Verdict(
-            published=len(expected),
-            rows=len(ids),
-            lost=len(expected - counts.keys()),
-            duplicated=sum(n - 1 for n in counts.values() if n > 1),
-            unexpected=len(counts.keys() - expected),
-        )
+        return check_all(self.published, self.csvs())
 
     def settled(self, timeout: float = 180) -> Verdict:
         """Wait until every published id has its row and the work queues are empty; the verdict.

@@ -48,7 +48,8 @@ def test_consuming_goes_on_after_its_channel_is_closed_and_after_the_broker_canc
 
     async def round_of(publisher: ConfirmedPublisher, first: int, count: int) -> None:
         nonlocal expected
-        expected, _ = first + count, got_all.clear()
+        expected = first + count
+        got_all.clear()
         await publisher.publish_many(labels(queue, first, count))
         await asyncio.wait_for(got_all.wait(), WAIT_S)
 

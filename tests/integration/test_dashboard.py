@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.pipeline import CHART_ROUTES, Pipeline, running_pipeline
 from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
 from services.plot_api.charts import CHARTS
-from tests.browser import HEIGHT, WIDTH, BrowserError, Chromium, Page
+from tests.browser import HEIGHT, WIDTH, Chromium, Page
 from tests.json_stub import JsonStub
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -98,15 +98,6 @@ def image_state(page: Page) -> list[dict]:
         "[...document.images].map(i => ({id: i.id, src: i.dataset.src, etag: i.dataset.etag, complete: i.complete,"
         " naturalWidth: i.naturalWidth, shownWidth: i.getBoundingClientRect().width}))"
     )
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Chromium]:
-    try:
-        with Chromium(tmp_path / "chromium") as browser:
-            yield browser
-    except BrowserError as exc:
-        pytest.fail(str(exc))
 
 
 def wait_until_shown(page: Page, charts: dict[str, httpx.Response], what: str) -> list[dict]:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
-from tests.browser import BrowserError, Chromium, Page
+from tests.browser import Chromium, Page
 from tests.json_stub import JsonStub
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -31,15 +31,6 @@ def webhook() -> Iterator[JsonStub]:
 def pipeline(tmp_path_factory: pytest.TempPathFactory, model_path: Path, amqp_url: str, webhook: JsonStub) -> Iterator[Pipeline]:
     with running_pipeline(tmp_path_factory.mktemp("drift"), model_path, amqp_url, ALERT_WEBHOOK_URL=webhook.url) as pipeline:
         yield pipeline
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Chromium]:
-    try:
-        with Chromium(tmp_path / "chromium") as browser:
-            yield browser
-    except BrowserError as exc:
-        pytest.fail(str(exc))
 
 
 def drift(pipeline: Pipeline) -> dict:
