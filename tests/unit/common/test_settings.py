@@ -17,6 +17,8 @@ CONTRACT_VARIABLES = (
     "METRIC_PORT",
     "PLOT_PORT",
     "METRIC_API_URL",
+    "METRIC_SHARDS",
+    "METRIC_SHARD",
 )
 
 
@@ -41,7 +43,7 @@ def test_defaults_equal_the_contract_table() -> None:
         8003,
         8004,
     )
-    url = settings.METRIC_API_URL
+    (url,) = settings.metric_apis
     assert (url.scheme, url.host, url.port, url.path in ("", "/")) == ("http", "localhost", 8003, True)
 
 
@@ -82,7 +84,8 @@ def test_environment_overrides_every_contract_setting(monkeypatch: pytest.Monkey
         9003,
         9004,
     )
-    assert (settings.METRIC_API_URL.host, settings.METRIC_API_URL.port) == ("metric", 9003)
+    ((url,),) = [settings.metric_apis]
+    assert (url.host, url.port) == ("metric", 9003)
 
 
 def test_zero_features_interval_means_as_fast_as_possible_and_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
