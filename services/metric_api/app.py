@@ -20,8 +20,8 @@ from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind
 from services.metric_api.ledger import LedgerFilesChanged, MetricLedger, StorageErrors
-from services.metric_api.rows_feed import ROWS_MAX_BYTES, LogChunk, read_chunk
 from services.metric_api.monitor import QualityMonitor, Waiting
+from services.metric_api.rows_feed import ROWS_MAX_BYTES, LogChunk, read_chunk
 from services.metric_api.stats import RECENT_ROWS_SERVED
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,8 @@ def shard_queue(settings: Settings, kind: str, shard: int) -> str:
     if settings.METRIC_SHARDS == 1:
         return settings.queue(kind)
     if not 0 <= shard < settings.METRIC_SHARDS:
-        raise ValueError(f"shard {shard} is not one of METRIC_SHARDS={settings.METRIC_SHARDS} (0 to {settings.METRIC_SHARDS - 1})")
+        shards = settings.METRIC_SHARDS
+        raise ValueError(f"shard {shard} is not one of METRIC_SHARDS={shards} (0 to {shards - 1})")
     return settings.queue(f"{kind}.shard{shard}of{settings.METRIC_SHARDS}")
 
 
