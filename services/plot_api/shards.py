@@ -40,11 +40,17 @@ class ShardRowsTail(MetricLogTail):
     replaced (a new X-Log-Id, or 416) makes everything read again from the start.
     """
 
-    def __init__(self, urls: list[str], recent: int = RECENT_ROWS_DRAWN, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        recent: int = RECENT_ROWS_DRAWN,
+        timeout: float = 2.0,
+        transport: httpx.BaseTransport | None = None,  # tests answer for the shards
+    ) -> None:
         self.shards = [ShardCursor(url.rstrip("/")) for url in urls]
         self.union = QualityStats()
         self._lock = threading.Lock()
-        self._client = httpx.Client(timeout=timeout)
+        self._client = httpx.Client(timeout=timeout, transport=transport)
         super().__init__(Path("metric shards"), recent)  # no file of its own: read_new is overridden
 
     def describe(self) -> str:
