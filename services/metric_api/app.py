@@ -88,6 +88,9 @@ class MetricService:
             **({"files_repaired": self.last_repair} if self.last_repair else {}),
         }
 
+    def standing_by(self) -> bool:
+        return self.settings.METRIC_SHARDS > 1 and self.shard_details()["role"] == "standby"
+
     def shard_details(self) -> dict[str, Any]:
         """Which shard this process owns, and whether it is joining: the broker delivers a shard's
         halves to one consumer at a time (x-single-active-consumer), so a second metric_api of the
@@ -168,8 +171,8 @@ class MetricService:
         """Between batches, look every FILE_CHECK_S whether the files are still the ones being written."""
         while True:
             await asyncio.sleep(FILE_CHECK_S)
-            if self.storage_problem is not None:
-                continue
+            if self.storage_problem is not None or self.standing_by():
+                continue  # a standby's files are written by the active metric_api of its shard: taken in when it takes over
             try:
                 async with self._ledger_lock:
                     if (what := await asyncio.to_thread(self.ledger.changed)) is not None:
