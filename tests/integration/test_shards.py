@@ -76,9 +76,11 @@ def test_two_shards_share_the_ids_and_a_standby_takes_over_without_loss(tmp_path
         # A shard down: the view says which is missing, and still answers.
         pipeline.services["metric_api"].stop()
         summary = wait_until(
-            lambda: (s := httpx.get(f"{pipeline.url('plot_api')}/api/summary", timeout=10)).status_code == 200
-            and s.json()["missing"]
-            and s.json(),
+            lambda: (
+                (s := httpx.get(f"{pipeline.url('plot_api')}/api/summary", timeout=10)).status_code == 200
+                and s.json()["missing"]
+                and s.json()
+            ),
             20,
             "the summary to name the shard that is down",
         )
