@@ -88,9 +88,19 @@ def test_two_shards_share_the_ids_and_a_standby_takes_over_without_loss(tmp_path
         assert summary["count"] == 3 * BURST  # its rows were read before it went
 
 
-def test_a_service_with_another_metric_shards_is_refused_loudly(tmp_path: Path, model_path: Path, amqp_url: str) -> None:
+@pytest.mark.parametrize("shards", ["3", "1"])
+def test_a_service_with_another_metric_shards_is_refused_loudly(
+    tmp_path: Path, model_path: Path, amqp_url: str, shards: str
+) -> None:
+    """Three shards, or one (the unsharded queues), against a two-shard deployment: refused at its
+    declarations (the fence), and its /health says so, instead of halves sent where no join takes them."""
     with running_sharded(tmp_path, model_path, amqp_url, shards=SHARDS) as pipeline:
-        env = {**pipeline.services["metric_api"].env, "METRIC_SHARDS": "3", "METRIC_SHARD": "0", "METRIC_PORT": str(free_port())}
+        env = {
+            **pipeline.services["metric_api"].env,
+            "METRIC_SHARDS": shards,
+            "METRIC_SHARD": "0",
+            "METRIC_PORT": str(free_port()),
+        }
         log_dir = tmp_path / "mismatch"
         (log_dir / "logs").mkdir(parents=True)
         stray = ServiceProcess("metric_api", {**env, "LOGS_DIR": str(log_dir / "logs")}, log_dir).start()
@@ -101,3 +111,4 @@ def test_a_service_with_another_metric_shards_is_refused_loudly(tmp_path: Path, 
             assert answer.status_code == 503 and "METRIC_SHARDS" in answer.json()["reason"], answer.text
         finally:
             stray.stop()
+        assert len(pipeline.burst(10)) == 10  # the deployment itself goes on
