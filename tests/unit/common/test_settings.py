@@ -84,8 +84,8 @@ def test_environment_overrides_every_contract_setting(monkeypatch: pytest.Monkey
         9003,
         9004,
     )
-    ((url,),) = [settings.metric_apis]
-    assert (url.host, url.port) == ("metric", 9003)
+    (metric_api,) = settings.metric_apis
+    assert (metric_api.host, metric_api.port) == ("metric", 9003)
 
 
 def test_zero_features_interval_means_as_fast_as_possible_and_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from services.common.amqp.topology import (
     shard_queue,
 )
 from services.common.delay import LabelDelay
-from services.common.settings import Settings
+from services.common.settings import QueueType, Settings
 
 # crc32 of the id's UTF-8 bytes, as zlib (and any CRC-32/ISO-HDLC implementation) computes it,
 # taken down once: a change of routing would strand every half already queued.
@@ -77,8 +77,9 @@ def test_one_shard_is_the_queues_and_arguments_there_were_before_shards() -> Non
 def test_shard_queues_carry_the_shard_count_and_take_one_consumer_at_a_time() -> None:
     config = settings(2)
     assert half_queues(config, "y_true") == ["p.y_true.shard0of2", "p.y_true.shard1of2"]
-    for queue_type in ("classic", "quorum"):
-        arguments = queue_arguments("p.y_true.shard1of2", queue_type)  # type: ignore[arg-type]
+    queue_types: tuple[QueueType, ...] = ("classic", "quorum")
+    for queue_type in queue_types:
+        arguments = queue_arguments("p.y_true.shard1of2", queue_type)
         assert arguments["x-single-active-consumer"] is True
         assert arguments["x-dead-letter-routing-key"] == "p.y_true.shard1of2.dlq"
     assert "x-single-active-consumer" not in queue_arguments("p.y_true.shard1of2.dlq")
