@@ -27,11 +27,8 @@ def read_chunk(path: Path, offset: int, max_bytes: int = ROWS_MAX_BYTES) -> LogC
             f.seek(offset)
             data = f.read(min(max_bytes, stat.st_size - offset))
             end = data.rfind(b"\n") + 1
-            while end == 0 and len(data) == max_bytes:  # one line longer than max_bytes: take it whole
-                more = f.read(max_bytes)
-                if not more:
-                    break
-                data += more
+            while end == 0 and offset + len(data) < stat.st_size:  # one line longer than max_bytes: take it whole
+                data += f.read(min(max_bytes, stat.st_size - offset - len(data)))
                 end = data.rfind(b"\n") + 1
     except FileNotFoundError:
         return None if offset > 0 else LogChunk(b"", 0, "none")
