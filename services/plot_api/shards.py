@@ -51,6 +51,7 @@ class ShardRowsTail(MetricLogTail):
         self.union = QualityStats()
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=timeout, transport=transport)
+        # Last: MetricLogTail's __init__ calls _start_over, which resets the above.
         super().__init__(Path("metric shards"), recent)  # no file of its own: read_new is overridden
 
     def describe(self) -> str:
@@ -60,11 +61,11 @@ class ShardRowsTail(MetricLogTail):
         self._client.close()
 
     def _start_over(self, inode: int | None) -> None:
+        """Everything read again from the start, from every shard (the charts' rows cannot lose one shard's)."""
         super()._start_over(inode)
-        for shard in getattr(self, "shards", []):
+        for shard in self.shards:
             shard.offset, shard.log_id, shard.rows = 0, None, 0
-        if hasattr(self, "union"):
-            self.union.reset()
+        self.union.reset()
 
     def read_new(self) -> int:
         """Take in the rows each shard appended since the last look; return how many."""
