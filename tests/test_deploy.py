@@ -29,6 +29,7 @@ from services.common.settings import Settings
 from tests.deploy_files import (
     APP_PORTS,
     APP_SERVICES,
+    CLUSTER_FILE,
     COMPOSE_FILE,
     COMPOSE_VARIABLE,
     DEPLOY_DIR,
@@ -125,7 +126,7 @@ def test_service_has_a_healthcheck_on_its_health_route(compose: dict[str, Any], 
     assert healthcheck.endswith(json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])), healthcheck
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE, DEPLOY_DIR / "compose.cluster.yml"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE, CLUSTER_FILE], ids=lambda p: p.name)
 def test_no_service_has_a_fixed_container_name(path: Path) -> None:
     """A fixed name would make `--scale` fail on the second replica."""
     for name, service in load_compose(path)["services"].items():
@@ -297,9 +298,6 @@ def test_compose_accepts_the_file_with_credentials_set(tmp_path: Path) -> None:
     for name in SERVICES_WITH_LOGS:
         [volume] = services[name]["volumes"]
         assert (volume["type"], volume["source"], volume["target"]) == ("bind", str(REPO_ROOT / "logs"), "/app/logs")
-
-
-CLUSTER_FILE = DEPLOY_DIR / "compose.cluster.yml"
 
 
 def test_the_cluster_file_runs_three_clustered_nodes_quorum_queues_and_two_shards(tmp_path: Path) -> None:
