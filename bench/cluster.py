@@ -6,7 +6,7 @@ processes, one metric_api per shard, plot_api), measured as the throughput secti
 - the baseline: classic queues on the single broker (AMQP_URL);
 - quorum queues on the local three-node cluster (services/common/cluster.py, what ``make cluster``
   starts; started here when it is not running, and stopped again afterwards), for each shard
-  count of ``--cluster-shards`` (2 needs the sharded join, METRIC_SHARDS).
+  count of ``--cluster-shards`` (METRIC_SHARDS: one metric_api per shard).
 
 Every id must come out exactly once over the shards' CSVs, or the run reports a problem.
 """
@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster-shards",
         type=lambda text: [int(part) for part in text.split(",") if part.strip()],
         default=[1],
-        help="shard counts to measure on the cluster, e.g. 1,2 (1; 2 needs the sharded join)",
+        help="shard counts (METRIC_SHARDS) to measure on the cluster, e.g. 1,2 (1)",
     )
     parser.add_argument("--cluster-replicas", type=int, default=2, help="model_api processes (2)")
 

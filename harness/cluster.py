@@ -20,18 +20,29 @@ from services.common.files import METRIC_LOG
 def running_on_cluster(
     work_dir: Path, model_path: Path, *, shards: int = 1, model_replicas: int = 2, **settings: str
 ) -> Iterator[Pipeline]:
-    """The services on the local cluster (which must be up), QUEUE_TYPE=quorum.
+    """The services on the local cluster (which must be up), QUEUE_TYPE=quorum (see ``running_sharded``)."""
+    with running_sharded(
+        work_dir, model_path, cluster.URLS, shards=shards, model_replicas=model_replicas, QUEUE_TYPE="quorum", **settings
+    ) as pipeline:
+        yield pipeline
+
+
+@contextlib.contextmanager
+def running_sharded(
+    work_dir: Path, model_path: Path, amqp_url: str, *, shards: int, model_replicas: int = 1, **settings: str
+) -> Iterator[Pipeline]:
+    """The services with the join split into ``shards`` metric_api processes (METRIC_SHARDS).
 
     ``services["metric_api"]`` owns shard 0 (LOGS_DIR ``work_dir/logs``, as in every pipeline);
-    ``services["metric_api-<k>"]`` owns shard k, its LOGS_DIR ``work_dir/metric_api-<k>/logs``.
+    ``services["metric_api-<k>"]`` owns shard k, its LOGS_DIR ``work_dir/metric_api-<k>/logs``;
+    plot_api's METRIC_API_URL lists them all.
     """
     ports = [free_port() for _ in range(shards)]
     with running_pipeline(
         work_dir,
         model_path,
-        cluster.URLS,
+        amqp_url,
         model_replicas=model_replicas,
-        QUEUE_TYPE="quorum",
         METRIC_SHARDS=str(shards),
         METRIC_SHARD="0",
         METRIC_PORT=str(ports[0]),
@@ -49,9 +60,31 @@ def running_on_cluster(
         yield pipeline
 
 
+def start_standby(pipeline: Pipeline, shard: int) -> ServiceProcess:
+    """A second metric_api of shard ``shard`` (its key ``metric_api-<shard>-standby``): the same
+    LOGS_DIR and queues as the shard's, its own port and log file."""
+    owner = pipeline.services["metric_api" if shard == 0 else f"metric_api-{shard}"]
+    log_dir = owner.log_path.parent / f"standby-{shard}"
+    log_dir.mkdir(exist_ok=True)
+    standby = ServiceProcess("metric_api", {**owner.env, "METRIC_PORT": str(free_port())}, log_dir).start()
+    pipeline.services[f"metric_api-{shard}-standby"] = standby
+    standby.wait_healthy()
+    return standby
+
+
+def merged_count(pipeline: Pipeline) -> int | None:
+    """The count plot_api's /api/summary gives over every shard (None if it does not answer)."""
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        answer = httpx.get(f"{pipeline.url('plot_api')}/api/summary", timeout=10)
+        if answer.status_code == 200:
+            count: int = answer.json()["count"]
+            return count
+    return None
+
+
 def shard_csvs(pipeline: Pipeline) -> list[Path]:
-    """Each metric_api process's metric_log.csv (one per shard), shard 0 first."""
-    return [Path(service.env["LOGS_DIR"]) / METRIC_LOG for service in pipeline.replicas("metric_api")]
+    """Each shard's metric_log.csv, shard 0 first (a standby writes its shard's)."""
+    return list(dict.fromkeys(Path(service.env["LOGS_DIR"]) / METRIC_LOG for service in pipeline.replicas("metric_api")))
 
 
 def all_row_ids(pipeline: Pipeline) -> list[str]:

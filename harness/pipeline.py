@@ -72,7 +72,7 @@ class Pipeline:
         return ids
 
     def queues(self) -> dict[str, tuple[int, int]]:
-        return queue_state(self.amqp_url, self.prefix)
+        return queue_state(self.amqp_url, self.prefix, int(self.services["features_api"].env.get("METRIC_SHARDS", "1")))
 
     def settled_charts(self, timeout: float = 30) -> dict[str, httpx.Response]:
         """plot_api's charts once served and no longer changing (drawn from every row there is):
@@ -151,4 +151,4 @@ def running_pipeline(
         try:
             stop_all(list(pipeline.services.values()))
         finally:
-            delete_queues(amqp_url, prefix, settings.get("LABEL_DELAY_S", "0"))
+            delete_queues(amqp_url, prefix, settings.get("LABEL_DELAY_S", "0"), int(settings.get("METRIC_SHARDS", "1")))

@@ -5,7 +5,7 @@ import uuid
 
 import aio_pika
 
-from services.common.amqp.topology import FEATURES, Y_PRED, Y_TRUE, delay_queues, dlq_name
+from services.common.amqp.topology import FEATURES, Y_PRED, Y_TRUE, delay_queues, dlq_name, half_queues
 from services.common.delay import LabelDelay
 from services.common.settings import Settings
 
@@ -14,9 +14,13 @@ def unique_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}."
 
 
-def queue_names() -> list[str]:
-    """A pipeline's queues and their dead-letter queues, without the prefix."""
-    return [name for base in (FEATURES, Y_TRUE, Y_PRED) for name in (base, dlq_name(base))]
+def queue_names(shards: int = 1) -> list[str]:
+    """A pipeline's queues and their dead-letter queues, without the prefix (with ``shards`` > 1,
+    each shard's label and prediction queues, and the fences under the unsharded names)."""
+    settings = Settings(QUEUE_PREFIX="", METRIC_SHARDS=shards)
+    halves = [queue for kind in (Y_TRUE, Y_PRED) for queue in half_queues(settings, kind)]
+    fences = [Y_TRUE, Y_PRED] if shards > 1 else []
+    return [*fences, *(name for base in (FEATURES, *halves) for name in (base, dlq_name(base)))]
 
 
 async def connect(amqp_url: str) -> aio_pika.abc.AbstractConnection:
@@ -30,25 +34,26 @@ async def connect(amqp_url: str) -> aio_pika.abc.AbstractConnection:
     raise ConnectionError("no broker answers: " + "; ".join(problems))
 
 
-def delay_queue_names(label_delay: str) -> list[str]:
+def delay_queue_names(label_delay: str, shards: int = 1) -> list[str]:
     """The delay queues features_api declares under LABEL_DELAY_S=``label_delay``, without the prefix."""
-    return [queue.name for queue in delay_queues(Settings(QUEUE_PREFIX=""), Y_TRUE, LabelDelay.parse(label_delay))]
+    settings = Settings(QUEUE_PREFIX="", METRIC_SHARDS=shards)
+    return [queue.name for queue in delay_queues(settings, Y_TRUE, LabelDelay.parse(label_delay))]
 
 
-def delete_queues(amqp_url: str, prefix: str, label_delay: str = "0") -> None:
+def delete_queues(amqp_url: str, prefix: str, label_delay: str = "0", shards: int = 1) -> None:
     """Remove a run's queues (and their dead-letter queues, and its delay queues) from the broker."""
 
     async def delete() -> None:
         connection = await connect(amqp_url)
         async with connection:
             channel = await connection.channel()
-            for name in [*queue_names(), *delay_queue_names(label_delay)]:
+            for name in [*queue_names(shards), *delay_queue_names(label_delay, shards)]:
                 await channel.queue_delete(f"{prefix}{name}")
 
     asyncio.run(delete())
 
 
-def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
+def queue_state(amqp_url: str, prefix: str, shards: int = 1) -> dict[str, tuple[int, int]]:
     """(messages ready, consumers) of each of a pipeline's queues and dead-letter queues."""
 
     async def read() -> dict[str, tuple[int, int]]:
@@ -56,7 +61,7 @@ def queue_state(amqp_url: str, prefix: str) -> dict[str, tuple[int, int]]:
         async with connection:
             channel = await connection.channel()
             state = {}
-            for name in queue_names():
+            for name in queue_names(shards):
                 queue = await channel.declare_queue(f"{prefix}{name}", passive=True)
                 result = queue.declaration_result
                 state[name] = (result.message_count or 0, result.consumer_count or 0)

@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = REPO_ROOT / "deploy"
 COMPOSE_FILE = DEPLOY_DIR / "compose.yml"
 SCALE_FILE = DEPLOY_DIR / "compose.scale.yml"
+CLUSTER_FILE = DEPLOY_DIR / "compose.cluster.yml"
 DOCKERFILE = DEPLOY_DIR / "Dockerfile"
 ENV_EXAMPLE = DEPLOY_DIR / ".env.example"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"

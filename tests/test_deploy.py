@@ -25,9 +25,11 @@ from typing import Any
 import pytest
 
 from harness.processes import PORT_SETTING, free_port
+from services.common.settings import Settings
 from tests.deploy_files import (
     APP_PORTS,
     APP_SERVICES,
+    CLUSTER_FILE,
     COMPOSE_FILE,
     COMPOSE_VARIABLE,
     DEPLOY_DIR,
@@ -124,7 +126,7 @@ def test_service_has_a_healthcheck_on_its_health_route(compose: dict[str, Any], 
     assert healthcheck.endswith(json.dumps(["python", "-m", "services.common.healthcheck", PORT_SETTING[service]])), healthcheck
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE_FILE, SCALE_FILE, CLUSTER_FILE], ids=lambda p: p.name)
 def test_no_service_has_a_fixed_container_name(path: Path) -> None:
     """A fixed name would make `--scale` fail on the second replica."""
     for name, service in load_compose(path)["services"].items():
@@ -239,7 +241,13 @@ def env_file(tmp_path: Path, **values: str) -> Path:
 
 def resolved_config(tmp_path: Path, *files: Path) -> dict[str, Any]:
     credentials = env_file(
-        tmp_path, RABBITMQ_USER="monitor", RABBITMQ_PASSWORD="s3cret-pw", API_TOKEN=TOKEN, APP_UID="1234", APP_GID="1234"
+        tmp_path,
+        RABBITMQ_USER="monitor",
+        RABBITMQ_PASSWORD="s3cret-pw",
+        API_TOKEN=TOKEN,
+        APP_UID="1234",
+        APP_GID="1234",
+        RABBITMQ_ERLANG_COOKIE="cookie-of-the-test",
     )
     result = docker_compose("config", "--format", "json", env_file=credentials, files=files)
     assert result.returncode == 0, result.stderr
@@ -290,6 +298,59 @@ def test_compose_accepts_the_file_with_credentials_set(tmp_path: Path) -> None:
     for name in SERVICES_WITH_LOGS:
         [volume] = services[name]["volumes"]
         assert (volume["type"], volume["source"], volume["target"]) == ("bind", str(REPO_ROOT / "logs"), "/app/logs")
+
+
+def test_the_cluster_file_runs_three_clustered_nodes_quorum_queues_and_two_shards(tmp_path: Path) -> None:
+    """deploy/compose.cluster.yml over the base file, resolved and validated by Docker Compose itself."""
+    base = resolved_config(tmp_path, COMPOSE_FILE)
+    config = resolved_config(tmp_path, COMPOSE_FILE, CLUSTER_FILE)
+    services = config["services"]
+    nodes = ["rabbitmq", "rabbitmq2", "rabbitmq3"]
+    assert [services[node]["hostname"] for node in nodes] == nodes
+    # One Erlang cookie for all (from deploy/.env), and peer discovery naming the three nodes.
+    assert {services[node]["environment"]["RABBITMQ_ERLANG_COOKIE"] for node in nodes} == {"cookie-of-the-test"}
+    discovery = config["configs"]["rabbitmq-cluster"]["content"]
+    assert all(f"= rabbit@{node}\n" in discovery for node in nodes), discovery
+    for node in nodes:
+        [mount] = services[node]["configs"]
+        assert mount["target"].startswith("/etc/rabbitmq/conf.d/")
+    # Each node its own data volume.
+    data = [next(v["source"] for v in services[node]["volumes"] if v["target"] == "/var/lib/rabbitmq") for node in nodes]
+    assert len(set(data)) == 3, data
+    brokers = "amqp://monitor:s3cret-pw@rabbitmq:5672/,amqp://monitor:s3cret-pw@rabbitmq2:5672/,amqp://monitor:s3cret-pw@rabbitmq3:5672/"
+    shards = {"metric_api": "0", "metric_api_1": "1"}
+    for name in [*APP_SERVICES, "metric_api_1"]:
+        environment = services[name]["environment"]
+        assert (environment["AMQP_URL"], environment["QUEUE_TYPE"], environment["METRIC_SHARDS"]) == (brokers, "quorum", "2")
+        assert environment["API_TOKEN"] == TOKEN  # the rest of the base file's settings stay
+    # Two shards: each its own METRIC_SHARD, logs folder and host port; plot_api lists both.
+    logs = {}
+    for name, shard in shards.items():
+        service = services[name]
+        assert service["environment"]["METRIC_SHARD"] == shard
+        assert service["build"]["target"] == "metric_api" and service["user"] == "1234:1234"
+        [volume] = service["volumes"]
+        assert volume["type"] == "bind"
+        logs[name] = volume["source"]
+        # A missing folder is an error naming it, not a root-owned folder made by Docker.
+        [written] = load_compose(CLUSTER_FILE)["services"][name]["volumes"]
+        assert written["bind"]["create_host_path"] is False
+    assert logs == {"metric_api": str(REPO_ROOT / "logs" / "shard0"), "metric_api_1": str(REPO_ROOT / "logs" / "shard1")}
+    assert [p["published"] for p in services["metric_api_1"]["ports"]] == ["8005"]
+    assert services["plot_api"]["environment"]["METRIC_API_URL"] == "http://metric_api:8003,http://metric_api_1:8003"
+    # Every value there is one the services take (the settings class, as each service reads it).
+    for name in [*APP_SERVICES, "metric_api_1"]:
+        environment = {key: str(value) for key, value in services[name]["environment"].items()}
+        settings = Settings(**{key: value for key, value in environment.items() if key in Settings.model_fields})
+        assert len(settings.brokers) == 3 and settings.METRIC_SHARDS == 2
+    assert services["features_api"]["volumes"] == base["services"]["features_api"]["volumes"]
+
+
+def test_the_cluster_file_needs_the_cookie(tmp_path: Path) -> None:
+    credentials = env_file(tmp_path, RABBITMQ_USER="monitor", RABBITMQ_PASSWORD="s3cret-pw", API_TOKEN=TOKEN)
+    result = docker_compose("config", env_file=credentials, files=(COMPOSE_FILE, CLUSTER_FILE))
+    assert result.returncode != 0
+    assert "set RABBITMQ_ERLANG_COOKIE in deploy/.env" in result.stderr
 
 
 def test_compose_merges_the_scale_file_into_replicas_on_free_ports(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, TypeAdapter, UrlConstraints
+from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, TypeAdapter, UrlConstraints, model_validator
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,6 +14,7 @@ from services.common.delay import LabelDelay
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 _AMQP_URL = TypeAdapter(AmqpUrl)
+MAX_SHARDS = 1024
 
 
 def parse_brokers(value: str) -> tuple[Url, ...]:
@@ -33,6 +34,27 @@ def parse_brokers(value: str) -> tuple[Url, ...]:
 def _normalised_brokers(value: str) -> str:
     return ",".join(str(url) for url in parse_brokers(value))
 
+
+def parse_metric_apis(value: str) -> tuple[AnyHttpUrl, ...]:
+    """The metric_api's of a comma-separated METRIC_API_URL (one per shard of the join), in order."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise ValueError("an empty entry: list the metric_api's as http://...,http://...")
+    urls = tuple(_HTTP_URL.validate_python(part) for part in parts)
+    if len({str(url) for url in urls}) < len(urls):
+        raise ValueError("a metric_api is listed twice: list each shard's metric_api once")
+    return urls
+
+
+_HTTP_URL = TypeAdapter(AnyHttpUrl)
+
+
+def _normalised_metric_apis(value: str) -> str:
+    return ",".join(str(url) for url in parse_metric_apis(value))
+
+
+# One metric_api, or one per shard of the join, comma-separated (plot_api shows their union).
+MetricApiUrls = Annotated[str, AfterValidator(_normalised_metric_apis)]
 
 QueueType = Literal["classic", "quorum"]
 
@@ -84,7 +106,11 @@ class Settings(BaseSettings):
     MODEL_PORT: Port = 8002
     METRIC_PORT: Port = 8003
     PLOT_PORT: Port = 8004
-    METRIC_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8003")
+    METRIC_API_URL: MetricApiUrls = "http://localhost:8003"
+    # The join split by id into METRIC_SHARDS shards (docs/cluster.md, "The sharded join"): every
+    # service must have the same METRIC_SHARDS; a metric_api owns shard METRIC_SHARD (0-based).
+    METRIC_SHARDS: int = Field(1, ge=1, le=MAX_SHARDS)
+    METRIC_SHARD: int = Field(0, ge=0)
     # plot_api: where it finds model_api's GET /drift for the dashboard's drift panel and chart.
     MODEL_API_URL: AnyHttpUrl = AnyHttpUrl("http://localhost:8002")
     # Unacked messages each consumer may hold; RabbitMQ suggests 100-300 per consumer.
@@ -120,6 +146,20 @@ class Settings(BaseSettings):
     # features are within ±0.3 and its target within 25..346; a model of another scale may need more.
     FEATURE_ABS_MAX: float = Field(1e6, gt=0, le=1e100, allow_inf_nan=False)
     TARGET_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _shard_within_shards(self) -> "Settings":
+        if self.METRIC_SHARD >= self.METRIC_SHARDS:
+            raise ValueError(
+                f"METRIC_SHARD={self.METRIC_SHARD} is not a shard of METRIC_SHARDS={self.METRIC_SHARDS}: "
+                f"the shards are numbered 0 to {self.METRIC_SHARDS - 1}"
+            )
+        return self
+
+    @property
+    def metric_apis(self) -> tuple[AnyHttpUrl, ...]:
+        """The metric_api's of METRIC_API_URL: one, or one per shard."""
+        return parse_metric_apis(self.METRIC_API_URL)
 
     @property
     def brokers(self) -> tuple[Url, ...]:

@@ -9,17 +9,19 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge
 
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection
 from services.common.amqp.link import BrokerLink, Link
-from services.common.amqp.topology import Y_PRED, Y_TRUE
+from services.common.amqp.topology import Y_PRED, Y_TRUE, shard_queue
 from services.common.http import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind
 from services.metric_api.ledger import LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor, Waiting
+from services.metric_api.rows_feed import ROWS_MAX_BYTES, LogChunk, read_chunk
 from services.metric_api.stats import RECENT_ROWS_SERVED
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ FILES_REPAIRED = Counter(
 )
 # How often an idle service looks whether its files are still the ones it writes (a batch always looks first).
 FILE_CHECK_S = 2.0
+# A shard's metric_api that was delivered no halves for this long may be its standby (/health says so).
+ACTIVE_WITHIN_S = 60.0
 
 
 class MetricService:
@@ -53,12 +57,15 @@ class MetricService:
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
         self.last_repair: str | None = None  # what happened to the files the last time they were repaired
-        self._kinds: dict[str, Kind] = {settings.queue(Y_TRUE): "y_true", settings.queue(Y_PRED): "y_pred"}
+        # This process owns one shard of the join (the only one when METRIC_SHARDS is 1): its two queues.
+        labels, predictions = (shard_queue(settings, kind, settings.METRIC_SHARD) for kind in (Y_TRUE, Y_PRED))
+        self._kinds: dict[str, Kind] = {labels: "y_true", predictions: "y_pred"}
         self.consumer = BatchConsumer(self._record_batch, recover=self._open_until_ok, on_dead_lettered=self._count_dead_lettered)
         self._dead_lettered_unsaved = 0
         self._saving_dead_lettered: asyncio.Task[None] | None = None
-        self.consumer.subscribe(settings.queue(Y_TRUE), LabelMessage)
-        self.consumer.subscribe(settings.queue(Y_PRED), PredictionMessage)
+        self.last_delivery_at: float | None = None  # monotonic
+        self.consumer.subscribe(labels, LabelMessage)
+        self.consumer.subscribe(predictions, PredictionMessage)
         self.link = link or BrokerLink(settings, "metric_api", consumers=[self.consumer])
         # The ledger is used from one thread at a time: the batch worker's, the orphan sweep's, the file watch's...
         self._ledger_lock = asyncio.Lock()
@@ -73,8 +80,31 @@ class MetricService:
         return self.storage_problem or self.link.problem()
 
     def health_details(self) -> dict[str, Any]:
-        """What /health adds: the broker connected to, and what the last repair of the files was."""
-        return {**self.link.details(), **({"files_repaired": self.last_repair} if self.last_repair else {})}
+        """What /health adds: the broker connected to, the shard and this process's role in it,
+        and what the last repair of the files was."""
+        return {
+            **self.link.details(),
+            **(self.shard_details() if self.settings.METRIC_SHARDS > 1 else {}),
+            **({"files_repaired": self.last_repair} if self.last_repair else {}),
+        }
+
+    def standing_by(self) -> bool:
+        return self.settings.METRIC_SHARDS > 1 and self.shard_details()["role"] == "standby"
+
+    def shard_details(self) -> dict[str, Any]:
+        """Which shard this process owns, and whether it is joining: the broker delivers a shard's
+        halves to one consumer at a time (x-single-active-consumer), so a second metric_api of the
+        same shard is connected and healthy but given nothing: a standby, which takes over when the
+        active one goes. The broker does not tell a consumer which it is; a metric_api delivered
+        nothing for ACTIVE_WITHIN_S is the standby, or the active one of an idle shard."""
+        since = None if self.last_delivery_at is None else time.monotonic() - self.last_delivery_at
+        role = "active" if since is not None and since < ACTIVE_WITHIN_S else "standby"
+        return {
+            "shard": self.settings.METRIC_SHARD,
+            "shards": self.settings.METRIC_SHARDS,
+            "role": role,
+            "last_delivery_s_ago": None if since is None else round(since, 1),
+        }
 
     @property
     def dead_lettered(self) -> int:
@@ -108,6 +138,7 @@ class MetricService:
             await asyncio.sleep(RETRY_S)
 
     async def _record_batch(self, batch: list[Delivery[Any]]) -> list[Rejection]:
+        self.last_delivery_at = time.monotonic()
         halves = [(self._kinds[delivery.queue], delivery.message) for delivery in batch]
         try:
             # The statistics take the rows under the same lock: a repair rebuilding them meanwhile would count them twice.
@@ -140,8 +171,8 @@ class MetricService:
         """Between batches, look every FILE_CHECK_S whether the files are still the ones being written."""
         while True:
             await asyncio.sleep(FILE_CHECK_S)
-            if self.storage_problem is not None:
-                continue
+            if self.storage_problem is not None or self.standing_by():
+                continue  # a standby's files are written by the active metric_api of its shard: taken in when it takes over
             try:
                 async with self._ledger_lock:
                     if (what := await asyncio.to_thread(self.ledger.changed)) is not None:
@@ -268,3 +299,30 @@ async def recent(service: Service, limit: Annotated[int, Query(ge=1, le=RECENT_R
         {"id": row.id, "y_true": row.y_true, "y_pred": row.y_pred, "absolute_error": row.absolute_error}
         for row in service.quality.core.last(limit)
     ]
+
+
+@router.get(
+    "/rows",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "metric_log.csv from `offset`: whole lines only"},
+        416: {"description": "`offset` is past the end of the file (it was replaced): read again from 0"},
+    },
+)
+async def rows(
+    service: Service,
+    offset: Annotated[int, Query(ge=0, description="the byte to start from: 0, then each answer's X-Next-Offset")] = 0,
+    max_bytes: Annotated[int, Query(ge=1024, le=ROWS_MAX_BYTES)] = ROWS_MAX_BYTES,
+) -> Response:
+    """metric_log.csv itself, from byte ``offset`` (the header first when 0), whole lines only: how
+    plot_api reads the rows of every shard over HTTP, a little more at each look.
+    ``X-Next-Offset`` is where to go on; ``X-Log-Id`` changes when the file is replaced
+    (read again from 0 then)."""
+    chunk: LogChunk | None = await asyncio.to_thread(read_chunk, service.ledger.csv.path, offset, max_bytes)
+    if chunk is None:
+        return JSONResponse(
+            {"detail": f"offset {offset} is past the end of {service.ledger.csv.path}: it was replaced; read again from 0"},
+            status_code=416,
+        )
+    headers = {"X-Next-Offset": str(chunk.next_offset), "X-Log-Id": chunk.log_id, "Cache-Control": "no-store"}
+    return Response(chunk.data, media_type="text/csv", headers=headers)

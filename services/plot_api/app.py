@@ -24,6 +24,8 @@ from services.common.http import service_app
 from services.common.settings import Settings, get_settings
 from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
 from services.plot_api.drift_feed import DriftFeed
+from services.plot_api.merged_summary import ShardSummary, merge_summaries
+from services.plot_api.shards import ShardRowsTail
 from services.plot_api.tail import MetricLogTail
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,9 @@ class PlotService:
     def __init__(self, settings: Settings, charts: Charts = CHARTS) -> None:
         self.settings = settings
         self.charts = charts
-        self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG)
+        # One metric_api: its CSV in LOGS_DIR, as always. Several (the join's shards): their rows over HTTP.
+        metric_apis = [str(url).rstrip("/") for url in settings.metric_apis]
+        self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG) if len(metric_apis) == 1 else ShardRowsTail(metric_apis)
         self.drift = DriftFeed(str(settings.MODEL_API_URL))
         self.figures = {name: chart.figure() for name, chart in charts.items()}
         self.images: dict[str, RenderedPng] = {}
@@ -78,6 +82,8 @@ class PlotService:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
         await self.drift.close()
+        if isinstance(self.tail, ShardRowsTail):
+            self.tail.close()
 
     async def _run(self) -> None:
         while True:
@@ -148,7 +154,7 @@ def create_app(settings: Settings | None = None, charts: Charts = CHARTS) -> Fas
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         service.start()
-        async with httpx.AsyncClient(base_url=str(settings.METRIC_API_URL), timeout=2.0) as client:
+        async with httpx.AsyncClient(base_url=str(settings.metric_apis[0]), timeout=2.0) as client:
             try:
                 yield {"plot": service, "http": client}
             finally:
@@ -188,7 +194,8 @@ def png_response(service: PlotService, chart: str, if_none_match: str | None) ->
         if service.charts[chart].window is Window.DRIFT:
             detail = f"no {chart} chart yet: {service.drift.problem or 'it is drawn within PLOT_INTERVAL_S'}"
         else:
-            detail = f"no {chart} chart yet: {service.tail.path} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
+            where = service.tail.describe()
+            detail = f"no {chart} chart yet: {where} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
         return JSONResponse({"detail": detail}, status_code=404)
     headers = {"ETag": image.etag, "Last-Modified": image.last_modified, "Cache-Control": "no-cache"}
     if if_none_match is not None and (
@@ -227,14 +234,33 @@ def chart_router(charts: Charts) -> APIRouter:
 
 
 @router.get("/api/summary", responses={502: {"description": "metric_api did not answer"}})
-async def metric_summary(client: MetricClient) -> Any:
-    """metric_api's /metrics/summary, relayed so the dashboard needs one origin only."""
+async def metric_summary(client: MetricClient, service: Service) -> Any:
+    """metric_api's /metrics/summary, relayed so the dashboard needs one origin only; with several
+    metric_api's (the join's shards), one summary over all of them, naming any that did not answer."""
+    if isinstance(service.tail, ShardRowsTail):
+        return await sharded_summary(client, service.tail)
     try:
         answer = await client.get("/metrics/summary")
         answer.raise_for_status()
     except httpx.HTTPError as exc:
         return JSONResponse({"detail": f"metric_api at {client.base_url} did not answer: {exc}"}, status_code=502)
     return answer.json()
+
+
+async def sharded_summary(client: httpx.AsyncClient, tail: ShardRowsTail) -> dict[str, Any]:
+    """Every shard's summary, merged with the statistics over the union of their rows (as of the last look)."""
+
+    async def one(url: str, rows_read: int) -> ShardSummary:
+        try:
+            answer = await client.get(f"{url}/metrics/summary")
+            answer.raise_for_status()
+            return ShardSummary(url, answer.json(), rows_read=rows_read)
+        except (httpx.HTTPError, ValueError) as exc:
+            return ShardSummary(url, None, f"did not answer: {type(exc).__name__}: {exc}", rows_read)
+
+    shards = await asyncio.gather(*(one(shard.url, shard.rows) for shard in tail.shards))
+    union = await asyncio.to_thread(tail.union_summary, time.time())
+    return merge_summaries(shards, union)
 
 
 @router.get("/api/drift", responses={502: {"description": "model_api did not answer"}})

@@ -50,6 +50,10 @@ class MetricLogTail:
         self._errors: deque[float] = deque(maxlen=self.recent)
         self.last_id: str | None = None
 
+    def describe(self) -> str:
+        """Where the rows come from, for messages."""
+        return str(self.path)
+
     @property
     def count(self) -> int:
         return self.distribution.count

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.processes import wait_until
 from services.common.metric_rows import METRIC_LOG_HEADER
 from tests.compose.stack import ComposeStack, Container, timed
-from tests.deploy_files import APP_SERVICES, COMPOSE_FILE, SCALE_FILE
+from tests.deploy_files import APP_SERVICES, CLUSTER_FILE, COMPOSE_FILE, SCALE_FILE
 
 # Building cold (base images present) is about 2 minutes here; the engine itself, when the
 # stand-in script has to install Docker and build the base images, up to 10 more.
@@ -222,3 +222,42 @@ def test_nothing_was_dead_lettered(stack: ComposeStack) -> None:
     """Nothing any step did was a poison message: every dead-letter queue is empty. (A prediction made
     again after a redelivery may differ in its last bits; the join takes it as the duplicate it is.)"""
     assert stack.dead_letters() == []
+
+
+def test_the_cluster_override_runs_three_nodes_and_two_shards_exactly_once(stack: ComposeStack) -> None:
+    """deploy/compose.cluster.yml: three clustered nodes, quorum queues, the join in two shards
+    (logs/shard0, logs/shard1), plot_api's one view over both. On fresh volumes and logs: the
+    default layout's classic queues cannot become quorum queues."""
+    started = time.monotonic()
+    stack.down("-v")
+    for csv in stack.csvs():
+        csv.unlink()
+    stack.published.clear()
+    stack.use(COMPOSE_FILE, CLUSTER_FILE)
+    stack.compose("up", "-d", "--build", timeout=1200)
+    stack.wait_ready(2 * HEALTHY_WITHIN_S)
+    timed("cluster layout: down -v, up to all healthy", time.monotonic() - started)
+    members = stack.management("GET", "/nodes")
+    assert sorted(node["name"] for node in members if node["running"]) == [
+        "rabbit@rabbitmq",
+        "rabbit@rabbitmq2",
+        "rabbit@rabbitmq3",
+    ], members
+    for shard, service in enumerate(["metric_api", "metric_api_1"]):
+        health = stack.get(service, "/health").json()
+        assert (health["shard"], health["shards"]) == (shard, 2), health
+
+    stack.burst(BURST)
+    assert_exact(stack, "cluster layout, two shards")
+    rows = {csv.parent.name: len(pd.read_csv(csv, dtype={"id": str})) for csv in stack.csvs()}
+    print(f"COMPOSE rows per shard: {rows}", flush=True)
+    assert sorted(rows) == ["shard0", "shard1"] and all(n >= BURST / 4 for n in rows.values()), rows
+    queue = stack.management("GET", "/queues/%2F/y_true.shard0of2")
+    assert queue["arguments"]["x-queue-type"] == "quorum" and queue["arguments"]["x-single-active-consumer"] is True
+
+    def merged() -> int | None:
+        answer = stack.get("plot_api", "/api/summary")
+        return answer.json()["count"] if answer.status_code == 200 else None
+
+    wait_until(lambda: merged() == BURST, 60, "plot_api's merged count to be every row", 1)
+    timed("cluster layout, all of it", time.monotonic() - started)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
+from aiormq.exceptions import ChannelPreconditionFailed
 from yarl import URL
 
 from services.common.amqp import fastpath
@@ -178,6 +179,12 @@ class BrokerLink:
                     await self._set_up()
                 except BROKER_GONE as exc:  # the broker went away again while we declared
                     reason = f"connected to {self._where} but could not set up queues: {exc}"
+                    if isinstance(exc, ChannelPreconditionFailed):
+                        reason += (
+                            f" (a queue exists with other arguments: declared by services with another QUEUE_TYPE or "
+                            f"METRIC_SHARDS than this one's {self._settings.QUEUE_TYPE} and "
+                            f"{self._settings.METRIC_SHARDS}; docs/cluster.md says how to change them)"
+                        )
                     self.connection, self.channels = None, []
                     await connection.close()
                 else:

@@ -10,8 +10,17 @@ at-most-once unless ``x-dead-letter-strategy`` is ``at-least-once``, which needs
 ``reject-publish``; its ``x-delivery-limit`` also counts deliveries cut by a closed connection,
 so it is kept well above what a few broker failovers make. The consumers' own failure rule
 (services/common/amqp/consumer.py) dead-letters long before the limit.
+
+``METRIC_SHARDS=N`` (N > 1) splits the join by id (docs/cluster.md, "The sharded join"): the
+halves of an id go to the shard ``crc32(id) % N`` (``shard_of``), into ``y_true.shard<k>of<N>``
+and ``y_pred.shard<k>of<N>``, declared with ``x-single-active-consumer`` so that only one
+metric_api of a shard joins at a time. N is in the name, and the unsharded name is fenced off
+(``fence_arguments``), so services that disagree on N fail loudly instead of mis-routing.
+With N = 1 the names and arguments are the unsharded ones, as before shards existed.
 """
 
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,19 +41,45 @@ def dlq_name(queue: str) -> str:
     return f"{queue}.dlq"
 
 
+def shard_of(sample_id: str, shards: int) -> int:
+    """The shard of the join that owns ``sample_id``: a function of the id alone (crc32, as
+    zlib computes it on the id's UTF-8 bytes), so it never changes with a broker's restart."""
+    return zlib.crc32(sample_id.encode()) % shards
+
+
+def shard_queue(settings: Settings, kind: str, shard: int) -> str:
+    """Shard ``shard``'s queue of ``kind`` (Y_TRUE or Y_PRED); the unsharded name when METRIC_SHARDS is 1."""
+    if settings.METRIC_SHARDS == 1:
+        return settings.queue(kind)
+    if not 0 <= shard < settings.METRIC_SHARDS:
+        shards = settings.METRIC_SHARDS
+        raise ValueError(f"shard {shard} is not one of METRIC_SHARDS={shards} (0 to {shards - 1})")
+    return settings.queue(f"{kind}.shard{shard}of{settings.METRIC_SHARDS}")
+
+
+_SHARD_NAME = re.compile(r"^(?P<base>.+)\.shard(?P<shard>\d+)of(?P<shards>\d+)$")
+
+
+def sharded(name: str) -> tuple[str, int] | None:
+    """(the unsharded name, METRIC_SHARDS) of a shard queue's name; None for any other queue."""
+    match = _SHARD_NAME.match(name)
+    return None if match is None else (match["base"], int(match["shards"]))
+
+
 def half_queue(settings: Settings, kind: str, sample_id: str) -> str:
     """The queue a label (``Y_TRUE``) or a prediction (``Y_PRED``) of ``sample_id`` goes to.
 
     Every publisher of a half asks here, so that both halves of an id always meet in the
-    same queue pair: the one place to route by id when the join is split into shards.
+    same queue pair: that of the shard owning the id (``shard_of``).
     """
-    del sample_id  # one join today: every id goes to the one queue of its kind
-    return settings.queue(kind)
+    if settings.METRIC_SHARDS == 1:
+        return settings.queue(kind)
+    return shard_queue(settings, kind, shard_of(sample_id, settings.METRIC_SHARDS))
 
 
 def half_queues(settings: Settings, kind: str) -> list[str]:
     """Every queue ``half_queue`` may name for ``kind`` (what a publisher declares)."""
-    return [settings.queue(kind)]
+    return [shard_queue(settings, kind, shard) for shard in range(settings.METRIC_SHARDS)]
 
 
 def queue_arguments(name: str, queue_type: QueueType = "classic") -> dict[str, Any]:
@@ -57,7 +92,26 @@ def queue_arguments(name: str, queue_type: QueueType = "classic") -> dict[str, A
     arguments |= dead_lettering(dlq_name(name), queue_type)
     if queue_type == "quorum":
         arguments["x-delivery-limit"] = DELIVERY_LIMIT
+    if sharded(name) is not None:
+        # Two metric_api's of one shard: the broker delivers to one, the other waits (standby).
+        arguments["x-single-active-consumer"] = True
     return arguments
+
+
+def fence_arguments(shards: int, queue_type: QueueType = "classic") -> dict[str, Any]:
+    """The arguments of the unsharded queue (``y_true``) once the join is split into ``shards``.
+
+    Every service with METRIC_SHARDS > 1 declares it so, before its shard queues: it holds
+    nothing (a publish to it is refused), and its arguments differ from the unsharded queue's
+    and from another METRIC_SHARDS' fence, so a service that disagrees on METRIC_SHARDS (or
+    queues left from before the split) fails its declaration with PRECONDITION_FAILED instead
+    of sending halves where no join takes them.
+    """
+    return ({"x-queue-type": "quorum"} if queue_type == "quorum" else {}) | {
+        "x-max-length": 0,
+        "x-overflow": "reject-publish",
+        "x-max-length-bytes": shards,  # compared at each declaration: METRIC_SHARDS in the broker's words
+    }
 
 
 def dead_lettering(to: str, queue_type: QueueType) -> dict[str, Any]:
@@ -110,6 +164,10 @@ async def declare_delay_queue(
 
 
 async def declare_queue(channel: AbstractRobustChannel, name: str, queue_type: QueueType = "classic") -> AbstractRobustQueue:
-    """Declare a durable queue and its durable dead-letter queue, both of ``queue_type``."""
+    """Declare a durable queue and its durable dead-letter queue, both of ``queue_type`` (a shard's
+    queue after the fence of its unsharded name, see ``fence_arguments``)."""
+    if (shard := sharded(name)) is not None:
+        unsharded, shards = shard
+        await channel.declare_queue(unsharded, durable=True, arguments=fence_arguments(shards, queue_type))
     await channel.declare_queue(dlq_name(name), durable=True, arguments=queue_arguments(dlq_name(name), queue_type))
     return await channel.declare_queue(name, durable=True, arguments=queue_arguments(name, queue_type))

@@ -17,6 +17,8 @@ CONTRACT_VARIABLES = (
     "METRIC_PORT",
     "PLOT_PORT",
     "METRIC_API_URL",
+    "METRIC_SHARDS",
+    "METRIC_SHARD",
 )
 
 
@@ -41,7 +43,7 @@ def test_defaults_equal_the_contract_table() -> None:
         8003,
         8004,
     )
-    url = settings.METRIC_API_URL
+    (url,) = settings.metric_apis
     assert (url.scheme, url.host, url.port, url.path in ("", "/")) == ("http", "localhost", 8003, True)
 
 
@@ -82,7 +84,8 @@ def test_environment_overrides_every_contract_setting(monkeypatch: pytest.Monkey
         9003,
         9004,
     )
-    assert (settings.METRIC_API_URL.host, settings.METRIC_API_URL.port) == ("metric", 9003)
+    (metric_api,) = settings.metric_apis
+    assert (metric_api.host, metric_api.port) == ("metric", 9003)
 
 
 def test_zero_features_interval_means_as_fast_as_possible_and_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,3 +184,53 @@ def test_the_drift_window_and_plot_apis_model_url_default_as_documented_and_refu
         with pytest.raises(ValidationError, match=name):
             Settings()
         monkeypatch.delenv(name)
+
+
+def test_the_join_has_one_shard_by_default() -> None:
+    settings = Settings()
+    assert (settings.METRIC_SHARDS, settings.METRIC_SHARD) == (1, 0)
+
+
+def test_a_metric_api_owns_one_of_the_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRIC_SHARDS", "3")
+    monkeypatch.setenv("METRIC_SHARD", "2")
+    assert (Settings().METRIC_SHARDS, Settings().METRIC_SHARD) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("shards", "shard", "message"),
+    [
+        ("2", "2", "METRIC_SHARD=2 is not a shard of METRIC_SHARDS=2: the shards are numbered 0 to 1"),
+        ("1", "1", "METRIC_SHARD=1 is not a shard of METRIC_SHARDS=1"),
+        ("0", "0", "METRIC_SHARDS"),
+        ("two", "0", "METRIC_SHARDS"),
+        ("2", "-1", "METRIC_SHARD"),
+        ("2000", "0", "METRIC_SHARDS"),
+    ],
+)
+def test_an_impossible_shard_is_refused_naming_the_settings(
+    monkeypatch: pytest.MonkeyPatch, shards: str, shard: str, message: str
+) -> None:
+    monkeypatch.setenv("METRIC_SHARDS", shards)
+    monkeypatch.setenv("METRIC_SHARD", shard)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_metric_api_url_lists_the_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRIC_API_URL", "http://shard0:8003, http://shard1.example:9003")
+    assert [(url.host, url.port) for url in Settings().metric_apis] == [("shard0", 8003), ("shard1.example", 9003)]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("http://a:8003,,http://b:8003", "an empty entry"),
+        ("http://a:8003,http://a:8003", "listed twice"),
+        ("http://a:8003,ftp://b", "URL scheme"),
+    ],
+)
+def test_a_bad_list_of_metric_apis_is_refused(monkeypatch: pytest.MonkeyPatch, value: str, message: str) -> None:
+    monkeypatch.setenv("METRIC_API_URL", value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
