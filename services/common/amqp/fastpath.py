@@ -6,7 +6,9 @@ publishes leaves one message per loop turn. ``send_batch`` does what ``basic_pub
 (delivery tags, confirmation futures, the mandatory-return bookkeeping, rollback when
 nothing was queued) for a whole batch under one lock as one queued frame. Measured: with the
 coalescing transport, a 5,000-sample burst went from ~10,000 socket writes per service to
-~20, and the pipeline from ~3.6 to ~1.4 ms of CPU per sample (docs/performance.md).
+~20, and the pipeline from ~3.6 to ~1.4 ms of CPU per sample (docs/performance.md). Since
+issue 17 it also encodes the frames itself (``content_header_frame``; byte for byte pamqp's) and
+gives the channel's future store one future per batch instead of one per message.
 
 What it relies on (aiormq 7.2): ``Channel.lock``, ``.delivery_tag``, ``.confirmations``,
 ``.message_id_delivery_tag``, ``.write_queue``, ``.max_content_size``, ``.number``,
