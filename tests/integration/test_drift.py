@@ -98,9 +98,11 @@ def test_a_bmi_shift_is_flagged_at_once_shown_on_the_dashboard_and_the_error_fol
     metrics = gauges(pipeline)
     assert metrics[("model_drift_detected", "bmi")] == 1.0 and metrics[("model_drift_detected", "age")] == 0.0
     wait_until(lambda: webhook.posted, 10, "the drift alert to be posted")
-    assert [(p["alert"], p["service"], set(p["drift"])) for p in webhook.posted] == [
-        ("raised", "model_api", {"bmi", "prediction"})
-    ]
+    assert [(p["alert"], p["service"]) for p in webhook.posted] == [("raised", "model_api")]
+    # Raised by the watch's first look that finds a drifted column, which may come in the middle of
+    # the burst: bmi (shifted by 1 std) is flagged by then; the prediction (moved by 0.46 of its std)
+    # may cross the line a moment later, after the alert is up (seen in about 1 run in 7).
+    assert "bmi" in webhook.posted[0]["drift"] and set(webhook.posted[0]["drift"]) <= {"bmi", "prediction"}
 
     # The labels of the shifted samples are in: the error shows it. The prediction moved up by about
     # 25 (0.46 of its std) while the labels did not, so the bias (ME) jumps by about that; the MAE
