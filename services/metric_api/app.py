@@ -88,8 +88,12 @@ class MetricService:
             **({"files_repaired": self.last_repair} if self.last_repair else {}),
         }
 
+    def _since_delivery(self) -> float | None:
+        return None if self.last_delivery_at is None else time.monotonic() - self.last_delivery_at
+
     def standing_by(self) -> bool:
-        return self.settings.METRIC_SHARDS > 1 and self.shard_details()["role"] == "standby"
+        since = self._since_delivery()
+        return self.settings.METRIC_SHARDS > 1 and (since is None or since >= ACTIVE_WITHIN_S)
 
     def shard_details(self) -> dict[str, Any]:
         """Which shard this process owns, and whether it is joining: the broker delivers a shard's
@@ -97,12 +101,11 @@ class MetricService:
         same shard is connected and healthy but given nothing: a standby, which takes over when the
         active one goes. The broker does not tell a consumer which it is; a metric_api delivered
         nothing for ACTIVE_WITHIN_S is the standby, or the active one of an idle shard."""
-        since = None if self.last_delivery_at is None else time.monotonic() - self.last_delivery_at
-        role = "active" if since is not None and since < ACTIVE_WITHIN_S else "standby"
+        since = self._since_delivery()
         return {
             "shard": self.settings.METRIC_SHARD,
             "shards": self.settings.METRIC_SHARDS,
-            "role": role,
+            "role": "standby" if self.standing_by() else "active",
             "last_delivery_s_ago": None if since is None else round(since, 1),
         }
 

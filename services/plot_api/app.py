@@ -82,8 +82,7 @@ class PlotService:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
         await self.drift.close()
-        if isinstance(self.tail, ShardRowsTail):
-            self.tail.close()
+        self.tail.close()
 
     async def _run(self) -> None:
         while True:

@@ -54,6 +54,9 @@ class MetricLogTail:
         """Where the rows come from, for messages."""
         return str(self.path)
 
+    def close(self) -> None:
+        """Nothing to let go of: a file is opened at each look (ShardRowsTail has a client to close)."""
+
     @property
     def count(self) -> int:
         return self.distribution.count
