@@ -18,6 +18,7 @@ from services.plot_api.charts import CHARTS
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
 CHART_ROUTES = {chart.url: chart.file for chart in CHARTS.values()}
+RETRY_503_S = 0.2  # between tries of a publish refused while the broker connection is down
 
 
 @dataclass
@@ -58,8 +59,13 @@ class Pipeline:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def burst(self, count: int, timeout: float = 60) -> list[str]:
-        """Publish ``count`` samples now, in requests of at most MAX_BURST; their ids."""
+        """Publish ``count`` samples now, in requests of at most MAX_BURST; their ids.
+
+        A 503 (the broker connection is down: nothing was published) is tried again, as a
+        client should, until ``timeout`` has passed since the last request that was taken.
+        """
         ids: list[str] = []
+        deadline = time.monotonic() + timeout
         while len(ids) < count:
             answer = httpx.post(
                 f"{self.url('features_api')}/features/publish",
@@ -67,8 +73,12 @@ class Pipeline:
                 headers=self.auth,
                 timeout=timeout,
             )
+            if answer.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(RETRY_503_S)
+                continue
             assert answer.status_code == 200, answer.text
             ids.extend(answer.json()["ids"])
+            deadline = time.monotonic() + timeout
         return ids
 
     def queues(self) -> dict[str, tuple[int, int]]:
