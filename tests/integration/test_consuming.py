@@ -3,14 +3,16 @@ Queue.consume), so it must itself consume again when its channel is reopened or 
 cancels it, and never end up with two consumers on one queue."""
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aio_pika
 import pytest
 
+from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
 from services.common.amqp.publisher import ConfirmedPublisher, Outgoing
-from services.common.amqp.topology import declare_queue
+from services.common.amqp.topology import declare_queue, dlq_name
 from services.common.amqp.transport import CoalescingRobustConnection
 from services.common.messages import LabelMessage
 
@@ -94,3 +96,61 @@ def test_consuming_goes_on_after_its_channel_is_closed_and_after_the_broker_canc
     assert sorted(set(handled)) == [f"1700000000.{n:06d}" for n in range(300)]
     assert consumers == [1, 1, 1], "one consumer on the queue each time, never none or two"
     assert consumer.dead_lettered == 0
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["inline", "a task per delivery"])
+def test_deliveries_taken_inline_or_in_tasks_reach_the_handler_and_the_dlq_alike(
+    amqp_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+) -> None:
+    """With the fast path, aiormq's reader hands each delivery to the consumer without a task
+    (fastpath.deliver_inline); without it, aiormq's own way. Both take every good message and
+    dead-letter every bad one."""
+    monkeypatch.setattr(fastpath, "FAST_PATH", fast_path)
+    in_tasks = 0
+    real_on_delivery = BatchConsumer._on_delivery
+
+    async def counting(self: BatchConsumer, *args: Any, **kwargs: Any) -> None:
+        nonlocal in_tasks
+        in_tasks += 1
+        await real_on_delivery(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchConsumer, "_on_delivery", counting)
+    queue = f"{queue_prefix}y_true"
+    handled: list[str] = []
+    good = labels(queue, 0, 300)
+    bad = [Outgoing(queue, b"not json", f"bad{n}") for n in range(3)]
+
+    async def scenario() -> tuple[int, int]:
+        connection = await aio_pika.connect_robust(amqp_url, connection_class=CoalescingRobustConnection)
+        async with connection:
+            publishing = await connection.channel(publisher_confirms=True)
+            await declare_queue(publishing, queue)
+            publisher = ConfirmedPublisher(publishing, timeout_s=5)
+
+            everything = asyncio.Event()
+
+            def look() -> None:
+                if len(handled) >= len(good) and consumer.dead_lettered >= len(bad):
+                    everything.set()
+
+            async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
+                handled.extend(delivery.message.id for delivery in batch)
+                look()
+                return []
+
+            consumer = BatchConsumer(handler, on_dead_lettered=lambda _count: look())
+            consumer.subscribe(queue, LabelMessage)
+            await consumer.start(connection.channel, publisher)
+            await publisher.publish_many(good[:150] + bad + good[150:])
+            with contextlib.suppress(TimeoutError):  # the assertions say what is missing
+                await asyncio.wait_for(everything.wait(), WAIT_S)
+            await consumer.stop()
+            async with connection.channel() as channel:
+                dlq = await channel.declare_queue(dlq_name(queue), passive=True)
+                in_dlq = dlq.declaration_result.message_count or 0
+            return consumer.dead_lettered, in_dlq
+
+    dead_lettered, in_dlq = asyncio.run(scenario())
+    assert sorted(handled) == sorted(message.message_id for message in good)
+    assert (dead_lettered, in_dlq) == (3, 3)
+    assert in_tasks == (0 if fast_path else len(good) + len(bad))

@@ -21,7 +21,10 @@ with ``multiple=True`` never covers a delivery still being dead-lettered.
 Deliveries are taken with aiormq's ``basic_consume`` on the robust channel's current aiormq
 channel, not through aio-pika's ``Queue.consume``: that wraps every delivery in an
 ``IncomingMessage`` and a second task, measured at ~10 % of a consuming service's CPU
-(docs/performance.md). aio-pika's robust channel therefore does not know these consumers, so
+(docs/performance.md). aiormq itself runs a task per delivery; where ``fastpath.deliver_inline``
+can, the channel's reader instead calls the consumer's synchronous ``_take`` (validate, into the
+inbox) at once, and only a delivery to dead-letter gets a task. aio-pika's robust channel
+therefore does not know these consumers, so
 the consumer does its part of the robustness itself: when the robust channel is reopened (a
 reconnect, or a channel the broker closed) it consumes again on the new aiormq channel, and a
 consumer the broker cancels (its queue deleted, say) is consumed again after a pause.
@@ -31,7 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +43,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
+from services.common.amqp import fastpath
 from services.common.amqp.errors import BROKER_GONE
 from services.common.amqp.instruments import HANDLE_SECONDS, MESSAGES_CONSUMED, MESSAGES_DEAD_LETTERED
 from services.common.amqp.publisher import Outgoing, Publisher
@@ -88,6 +92,20 @@ class _Subscription:
     tag: str | None = None
     # A reopen and a broker's cancel may both consume again at once: one consumer, not two.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _Callback:
+    """The consumer callback of one subscription: awaited in a task per delivery by aiormq, or,
+    where ``fastpath.deliver_inline`` took over the channel's deliveries, its ``inline`` called."""
+
+    __slots__ = ("_consumer", "_subscription", "inline")
+
+    def __init__(self, consumer: "BatchConsumer", subscription: _Subscription) -> None:
+        self._consumer, self._subscription = consumer, subscription
+        self.inline = functools.partial(consumer._on_delivery_inline, subscription=subscription)
+
+    def __call__(self, raw: DeliveredMessage) -> Coroutine[Any, Any, None]:
+        return self._consumer._on_delivery(raw, self._subscription)
 
 
 async def next_batch(inbox: asyncio.Queue[T], max_size: int = BATCH_MAX, window_s: float = BATCH_WINDOW_S) -> list[T]:
@@ -206,9 +224,8 @@ class BatchConsumer:
             if channel not in self._watched:  # a consumer the broker cancels is consumed again
                 self._watched.add(channel)
                 channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
-            consume_ok = await channel.basic_consume(
-                subscription.queue, functools.partial(self._on_delivery, subscription=subscription)
-            )
+                fastpath.deliver_inline(channel)
+            consume_ok = await channel.basic_consume(subscription.queue, _Callback(self, subscription))
             subscription.consuming_on, subscription.tag = channel, consume_ok.consumer_tag
 
     async def _reopened(self, _channel: object, subscription: _Subscription) -> None:
@@ -259,7 +276,8 @@ class BatchConsumer:
                 await asyncio.gather(task, return_exceptions=True)
 
     # -- deliveries
-    async def _on_delivery(self, raw: DeliveredMessage, subscription: _Subscription) -> None:
+    def _take(self, raw: DeliveredMessage, subscription: _Subscription) -> Rejection | None:
+        """A delivery arrived: into the inbox if valid; else what to dead-letter and why."""
         self._unsettled.setdefault(raw.channel, set()).add(delivery_tag(raw))
         arrived = asyncio.get_running_loop().time()
         error: ValidationError | None = None
@@ -273,17 +291,34 @@ class BatchConsumer:
             else:
                 _consumed(subscription.queue).inc()
                 self._inbox.put_nowait(Delivery(message, raw, subscription.queue, arrived))
-                return
+                return None
         if self._invalid is not None:
             try:
                 self._invalid(error)
             except Exception:  # counting it must never keep a bad message from its DLQ
                 log.exception("the consumer's invalid-message hook failed; the message is dead-lettered all the same")
+        return Delivery(None, raw, subscription.queue, arrived), reason
+
+    async def _on_delivery(self, raw: DeliveredMessage, subscription: _Subscription) -> None:
+        """aiormq's public way: a task per delivery runs this."""
+        if (refused := self._take(raw, subscription)) is not None:
+            await self._dead_letter_in_flight(refused)
+
+    def _on_delivery_inline(self, raw: DeliveredMessage, subscription: _Subscription) -> None:
+        """The fast way (fastpath.deliver_inline): aiormq's reader calls this, no task per delivery;
+        only a delivery to dead-letter gets a task."""
+        if (refused := self._take(raw, subscription)) is not None:
+            task = asyncio.create_task(self._dead_letter_in_flight(refused), name=f"dead-letter-{subscription.queue}")
+            self._in_flight.add(task)  # from now: stop() waits for it
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _dead_letter_in_flight(self, refused: Rejection) -> None:
+        """Dead-letter one delivery; ``stop`` waits for it (an in-flight task)."""
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
-            await self._dead_letter([(Delivery(None, raw, subscription.queue, arrived), reason)])
+            await self._dead_letter([refused])
         finally:
             if task is not None:
                 self._in_flight.discard(task)

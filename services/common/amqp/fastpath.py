@@ -8,14 +8,16 @@ nothing was queued) for a whole batch under one lock as one queued frame. Measur
 coalescing transport, a 5,000-sample burst went from ~10,000 socket writes per service to
 ~20, and the pipeline from ~3.6 to ~1.4 ms of CPU per sample (docs/performance.md). Since
 issue 17 it also encodes the frames itself (``content_header_frame``; byte for byte pamqp's) and
-gives the channel's future store one future per batch instead of one per message.
+gives the channel's future store one future per batch instead of one per message, and
+``deliver_inline`` hands each delivery to a consumer without a task per delivery.
 
 What it relies on (aiormq 7.2): ``Channel.lock``, ``.delivery_tag``, ``.confirmations``,
 ``.message_id_delivery_tag``, ``.write_queue``, ``.max_content_size``, ``.number``,
 ``.create_future()``, and ``Connection.FRAME_BUFFER_SIZE``. None of them is declared by
-aiormq's ``AbstractChannel``. So: the version is checked at import (``FAST_PATH``), the
-attributes on first use, and anything else takes ``publish_public``: gathered
-``basic_publish`` calls, aiormq's public API, correct on any version, just slower.
+aiormq's ``AbstractChannel``; for deliveries, ``DELIVERY_INTERNALS``. So: the version is
+checked at import (``FAST_PATH``), the attributes on first use, and anything else takes the
+public path: gathered ``basic_publish`` calls, and a task per delivery as aiormq makes it —
+correct on any version, just slower.
 """
 
 import asyncio
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from importlib.metadata import version
+from types import MethodType
 from typing import Any
 
 import aiormq
@@ -241,3 +244,48 @@ class _Batch:
         for message_id, tag in self.sent:
             if forget.get(message_id) == tag:
                 del forget[message_id]
+
+
+# -- deliveries without a task each
+
+# What deliver_inline relies on (aiormq 7.2's Channel): its reader awaits ``_on_deliver_frame``
+# for each Basic.Deliver, which reads the header and body frames (``__get_content_header``,
+# ``_read_content``) and runs the consumer in a task of its own (``consumers``, ``create_task``,
+# ``_on_consumer_done``).
+DELIVERY_INTERNALS = ("_on_deliver_frame", "_Channel__get_content_header", "_read_content", "consumers", "_on_consumer_done")
+
+
+def deliver_inline(channel: aiormq.abc.AbstractChannel) -> bool:
+    """Have ``channel`` call a consumer callback's ``inline`` function (when it has one) at once
+    for each delivery, instead of running the callback in a task of its own.
+
+    aiormq runs every consumer callback in a new task, registered in two future stores with
+    three done callbacks: ~10 % of metric_api's CPU (py-spy). A consumer whose work per delivery
+    is synchronous (validate, put in its inbox) does not need one. ``inline`` must not block and
+    must not raise: it runs in the channel's frame reader. True when this channel now does so;
+    False (aiormq's own way, a task per delivery) on an aiormq this was not written for.
+    """
+    if not (FAST_PATH and all(hasattr(channel, name) for name in DELIVERY_INTERNALS)):
+        return False
+    if "_on_deliver_frame" not in vars(channel):
+        channel._on_deliver_frame = MethodType(_on_deliver_frame, channel)  # type: ignore[attr-defined]  # an aiormq internal, checked above
+    return True
+
+
+async def _on_deliver_frame(channel: Any, frame: Basic.Deliver) -> None:
+    """aiormq 7.2's ``Channel._on_deliver_frame``, calling an ``inline`` consumer without a task."""
+    header = await channel._Channel__get_content_header()
+    message = await channel._read_content(frame, header)
+    consumer = channel.consumers.get(frame.consumer_tag) if frame.consumer_tag is not None else None
+    if consumer is None:
+        return
+    # basic_consume keeps the callback wrapped in a coroutine function (aiormq.tools.awaitable, functools.wraps)
+    inline = getattr(getattr(consumer, "__wrapped__", consumer), "inline", None)
+    if inline is None:
+        task = channel.create_task(consumer(message))
+        task.add_done_callback(channel._on_consumer_done)
+        return
+    try:
+        inline(message)
+    except Exception:  # the reader must go on; the delivery stays unacked until its channel closes (then redelivered)
+        log.exception("a consumer failed on delivery %s", frame.delivery_tag)

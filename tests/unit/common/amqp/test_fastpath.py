@@ -211,3 +211,62 @@ def test_the_frames_are_the_bytes_pamqp_would_send(message: Outgoing) -> None:
         *(ContentBody(message.body[at : at + step]) for at in range(0, len(message.body), step)),
     ]
     assert asyncio.run(scenario()) == b"".join(marshal(frame, 7) for frame in expected) * 2
+
+
+class DeliveringChannel:
+    """What deliver_inline relies on in an aiormq channel: a delivery's header and body frames, its consumers."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumers = {"tag": consumer}
+        self.tasks: list[Any] = []
+
+    async def _on_deliver_frame(self, _frame: Basic.Deliver) -> None:  # aiormq's own, replaced
+        raise AssertionError("aiormq's own way was taken")
+
+    async def _Channel__get_content_header(self) -> ContentHeader:  # noqa: N802 - the name aiormq's private method has once mangled
+        return ContentHeader(body_size=2)
+
+    async def _read_content(self, frame: Basic.Deliver, _header: ContentHeader) -> tuple[int | None, bytes]:
+        return frame.delivery_tag, b"{}"
+
+    def create_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+    @staticmethod
+    def _on_consumer_done(task: Any) -> None:
+        pass
+
+
+def test_an_inline_consumer_is_called_at_once_and_others_in_a_task_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[Any] = []
+
+    async def in_a_task(message: Any) -> None:
+        taken.append(("task", message))
+
+    def wrapped(inline: Any) -> Any:  # as aiormq's basic_consume keeps a callback: functools.wraps around it
+        async def callback(message: Any) -> None: ...
+
+        callback.__wrapped__ = inline  # type: ignore[attr-defined]
+        return callback
+
+    class Inline:
+        def inline(self, message: Any) -> None:
+            taken.append(("inline", message))
+
+    async def scenario(consumer: Any) -> DeliveringChannel:
+        channel = DeliveringChannel(consumer)
+        assert fastpath.deliver_inline(channel)  # type: ignore[arg-type]  # a stand-in channel
+        await channel._on_deliver_frame(Basic.Deliver(consumer_tag="tag", delivery_tag=7))
+        await asyncio.gather(*channel.tasks)
+        return channel
+
+    inline_channel = asyncio.run(scenario(wrapped(Inline())))
+    assert taken == [("inline", (7, b"{}"))] and inline_channel.tasks == []
+    taken.clear()
+    task_channel = asyncio.run(scenario(in_a_task))
+    assert taken == [("task", (7, b"{}"))] and len(task_channel.tasks) == 1
+
+    monkeypatch.setattr(fastpath, "FAST_PATH", False)
+    assert not fastpath.deliver_inline(DeliveringChannel(in_a_task))  # type: ignore[arg-type]  # another aiormq: its own way
