@@ -274,6 +274,12 @@ def test_an_inline_consumer_is_called_at_once_and_others_in_a_task_each(monkeypa
     assert not fastpath.deliver_inline(DeliveringChannel(in_a_task))  # type: ignore[arg-type]  # another aiormq: its own way
 
 
+# aiormq's own frame reader, whatever aiormq.connection.FrameReceiver is now (read_frames_fast
+# replaces it for the whole process once a BrokerLink starts, in tests too).
+AIORMQ_FRAME_RECEIVER: type[aiormq.connection.FrameReceiver] = fastpath.FastFrameReceiver.__mro__[1]
+assert AIORMQ_FRAME_RECEIVER.__module__ == "aiormq.connection"
+
+
 def _slots(value: Any) -> dict[str, Any]:
     """Every attribute of a pamqp frame object (they have __slots__), nested properties too."""
     names = [name for cls in type(value).__mro__ for name in getattr(cls, "__slots__", ())] or list(vars(value))
@@ -357,12 +363,14 @@ def test_a_broken_stream_fails_as_aiormq_fails_it(wire: bytes) -> None:
             return exc
         raise AssertionError("a broken frame was read")
 
-    ours, aiormqs = asyncio.run(read(fastpath.FastFrameReceiver)), asyncio.run(read(aiormq.connection.FrameReceiver))
+    ours, aiormqs = asyncio.run(read(fastpath.FastFrameReceiver)), asyncio.run(read(AIORMQ_FRAME_RECEIVER))
     assert (type(ours), str(ours)) == (type(aiormqs), str(aiormqs))
 
 
 def test_frames_are_read_fast_only_when_asked_and_on_the_aiormq_it_was_written_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aiormq.connection, "FrameReceiver", aiormq.connection.FrameReceiver)  # undone after the test
+    # aiormq's own reader to start from (a BrokerLink started earlier in this process may have
+    # installed the fast one); undone after the test
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", AIORMQ_FRAME_RECEIVER)
     monkeypatch.setattr(fastpath, "FAST_PATH", False)
     assert not fastpath.read_frames_fast()
     assert aiormq.connection.FrameReceiver is not fastpath.FastFrameReceiver
