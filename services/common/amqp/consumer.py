@@ -98,11 +98,13 @@ class _Callback:
     """The consumer callback of one subscription: awaited in a task per delivery by aiormq, or,
     where ``fastpath.deliver_inline`` took over the channel's deliveries, its ``inline`` called."""
 
-    __slots__ = ("_consumer", "_subscription", "inline")
+    __slots__ = ("_consumer", "_subscription")
 
     def __init__(self, consumer: "BatchConsumer", subscription: _Subscription) -> None:
         self._consumer, self._subscription = consumer, subscription
-        self.inline = functools.partial(consumer._on_delivery_inline, subscription=subscription)
+
+    def inline(self, raw: DeliveredMessage) -> None:
+        self._consumer._on_delivery_inline(raw, self._subscription)
 
     def __call__(self, raw: DeliveredMessage) -> Coroutine[Any, Any, None]:
         return self._consumer._on_delivery(raw, self._subscription)
