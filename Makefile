@@ -42,18 +42,18 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 install-lint: $(VENV)/.installed-lint
 
-$(DEFAULT_MODEL): | $(VENV)/.installed
-	$(BIN)/python -m services.model_api.train --out $@
-
 ifeq ($(MODEL_PATH),$(DEFAULT_MODEL))
-model: $(DEFAULT_MODEL)
+# The demo model, unless one is there: yours registered at this path, or a profile of a model served elsewhere.
+model: | $(VENV)/.installed
+	@$(BIN)/python -m services.model_api.train --out $(DEFAULT_MODEL) --if-needed
 else
 # A path of yours is never trained into: a typo must not serve the demo model in its place.
 model:
-	@test -f "$(MODEL_PATH)" || { \
+	@test -f "$(MODEL_PATH)" -o -f "$(MODEL_PATH).json" || { \
 	  echo "make: MODEL_PATH=$(MODEL_PATH) does not exist. make run trains only the demo model, at $(DEFAULT_MODEL)"; \
 	  echo "      (leave MODEL_PATH unset for it). Train one there: $(BIN)/python -m services.model_api.train --out $(MODEL_PATH)"; \
-	  echo "      or bring your own and register it: $(BIN)/python -m services.model_api.register $(MODEL_PATH) (docs/own-model.md)"; \
+	  echo "      or register yours: $(BIN)/python -m services.model_api.register $(MODEL_PATH) --reference FILE --target COLUMN"; \
+	  echo "      (docs/own-model.md; --prediction-column COLUMN instead of a model file for a model served elsewhere)"; \
 	  exit 1; }
 endif
 

@@ -2,8 +2,10 @@
 
 from typing import Any
 
+from bench.ingest import ITEMS_PER_REQUEST
 from bench.scale import SCALE_APPEND_ROWS, SCALE_APPENDS
 from bench.throughput import MAX_PUBLISH_COUNT
+from services.common.schema import DIABETES
 from services.plot_api.charts import CHARTS
 
 
@@ -86,6 +88,66 @@ def report(results: dict[str, Any]) -> str:
                 ),
                 "",
             ]
+    ing = results.get("ingest")
+    if ing:
+        cpu = ing.get("cpu_ms_per_item", {})
+        cores = (results.get("machine") or {}).get("nproc", "?")
+        out += [
+            (
+                f"**Ingest** — predictions made elsewhere through `POST /predictions`: {ing['clients']} concurrent "
+                "clients (one `httpx.AsyncClient` each, kept-alive), each sending its next request of "
+                f"{ITEMS_PER_REQUEST:,} items (the 10 diabetes features as a list, a prediction) as soon as the "
+                "last is answered (after the broker confirmed every item), for "
+                f"{results['settings']['ingest_seconds']:g} s on the pipeline of the throughput burst; "
+                "× pipeline = items/s ÷ its end-to-end samples/s (the issue asks ≥ 10,000 items/s and ≥ 3×). "
+                "Then, untimed, their labels through `POST /labels`, and one CSV row per id checked. Machine busy: "
+                f"every process, over the {cores} cores (/proc/stat); of it the pipeline's: the four services and the broker."
+            ),
+            "",
+            md_table(
+                [
+                    "items/s",
+                    "requests/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "× pipeline",
+                    "items",
+                    "refused requests",
+                    "lost",
+                    "duplicated",
+                    "load-gen CPU (cores)",
+                    "machine busy (cores)",
+                    "of it the pipeline's",
+                ],
+                [
+                    [
+                        ing["items_per_s"],
+                        ing["requests_per_s"],
+                        ing["p50_ms"],
+                        ing["p99_ms"],
+                        ing["vs_pipeline"],
+                        ing["items"],
+                        ing["refused_requests"],
+                        ing["lost"],
+                        ing["duplicated"],
+                        ing["loadgen_cpu_share"],
+                        ing["machine_busy_cores"],
+                        ing["pipeline_cores"],
+                    ]
+                ],
+            ),
+            "",
+        ]
+        if cpu:
+            out += [
+                "**CPU per item during the ingest** (user + system, from /proc; µs of one core per item).",
+                "",
+                md_table(
+                    ["process", "CPU µs / item"],
+                    [[n, round(v * 1000, 1)] for n, v in cpu.items()] + [["total", round(sum(cpu.values()) * 1000, 1)]],
+                ),
+                "",
+            ]
     lat = results.get("latency")
     if lat:
         out += [
@@ -138,6 +200,44 @@ def report(results: dict[str, Any]) -> str:
                 [
                     [r["endpoint"], r["req_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["loadgen_cpu_share"]]
                     for r in http
+                ],
+            ),
+            "",
+        ]
+    wide = results.get("wide")
+    if wide:
+        diabetes = results.get("throughput") or {}
+        runs = [(f"diabetes ({len(DIABETES.names)} features)", diabetes), (f"wide ({wide['features']} features)", wide)]
+        processes = list(dict.fromkeys(name for _, run in runs for name in run.get("cpu_ms_per_sample", {})))
+        out += [
+            (
+                f"**Schema width** — the throughput burst again ({wide['samples']:,} samples) on a second pipeline "
+                f"serving a {wide['features']}-feature model (a scikit-learn Pipeline, StandardScaler + Ridge, fitted "
+                "on a DataFrame; registered with its reference CSV, whose rows the demo draws), beside the diabetes "
+                "burst; CPU in ms of one core per sample."
+            ),
+            "",
+            md_table(
+                [
+                    "model",
+                    "samples",
+                    "end-to-end samples/s",
+                    *(f"{name} CPU ms" for name in processes),
+                    "total CPU ms",
+                    "lost",
+                    "duplicated",
+                ],
+                [
+                    [
+                        label,
+                        run.get("samples"),
+                        run.get("samples_per_s"),
+                        *(run.get("cpu_ms_per_sample", {}).get(name) for name in processes),
+                        round(sum(run["cpu_ms_per_sample"].values()), 3) if run.get("cpu_ms_per_sample") else None,
+                        run.get("lost"),
+                        run.get("duplicated"),
+                    ]
+                    for label, run in runs
                 ],
             ),
             "",

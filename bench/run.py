@@ -5,8 +5,9 @@ temporary LOGS_DIR), drives them, prints Markdown tables and writes the same fig
 to ``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json``.
 
 Sections: machine; throughput of a burst (with lost/duplicated ids and each service's RSS);
-end-to-end latency at fixed offered rates; HTTP load (an async httpx load loop of our own);
-plot_api alone on CSVs of growing size.
+ingest of predictions made elsewhere (``POST /predictions``); end-to-end latency at fixed offered
+rates; HTTP load (an async httpx load loop of our own); the throughput burst again on a pipeline
+serving a 100-feature model (wide); plot_api alone on CSVs of growing size.
 
 It is not a test: a slow machine only gives slow figures. It exits 1 only when something is
 broken (lost, duplicated or unexpected ids, a service that fails or does not stop cleanly, a
@@ -33,19 +34,33 @@ from typing import Any
 from bench.cluster import add_arguments as add_cluster_arguments
 from bench.cluster import cluster_report, cluster_section
 from bench.http_load import http_load
+from bench.ingest import ingest
 from bench.latency import latency
 from bench.machine import RssSampler, machine
 from bench.progress import interrupted, on_signal, say
 from bench.report import report
 from bench.scale import scale_one
 from bench.throughput import throughput
+from bench.wide import register_wide_model, wide
 from harness.checker import check
-from harness.pipeline import running_pipeline
+from harness.pipeline import Pipeline, running_pipeline
 from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("throughput", "ingest", "latency", "http", "wide", "scale")
+# ingest and wide are read beside the diabetes throughput burst: either runs it too
+NEEDS_THROUGHPUT = ("ingest", "wide")
+PIPELINE_ENV = {"FEATURES_INTERVAL_S": "3600", "PLOT_INTERVAL_S": "10"}
+
+
+def sections(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'none'}: the sections are {','.join(SECTIONS)}")
+    return chosen
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +93,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="add the cluster section: quorum queues on the local three-node cluster against classic on the single broker",
     )
+    parser.add_argument("--ingest-seconds", type=float, default=10.0, help="seconds of POST /predictions load (10)")
+    parser.add_argument("--ingest-clients", type=int, default=4, help="concurrent POST /predictions clients (4)")
+    parser.add_argument(
+        "--wide-samples", type=int, default=20_000, help="samples in the throughput burst of the 100-feature model (20000)"
+    )
+    parser.add_argument(
+        "--only",
+        type=sections,
+        default=list(SECTIONS),
+        help=f"run only these sections, comma-separated, of {','.join(SECTIONS)} (all); ingest and wide also run "
+        "throughput, the diabetes figure they are compared with; --cluster adds the cluster section either way",
+    )
     add_cluster_arguments(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny everything, to check the benchmark itself works")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="folder for the JSON (bench/results)")
@@ -86,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.samples, args.rates, args.rate_seconds = 200, [10.0, 50.0], 3.0
         args.http_seconds, args.http_clients, args.scale_rows = 2.0, 10, [1000]
         args.cluster_samples = 200
+        args.ingest_seconds, args.ingest_clients, args.wide_samples = 2.0, 2, 300
+    if any(name in args.only for name in NEEDS_THROUGHPUT) and "throughput" not in args.only:
+        args.only = ["throughput", *args.only]
     return args
 
 
@@ -102,6 +132,43 @@ def section(name: str, problems: list[str], run: Callable[[], Any]) -> Any:
         traceback.print_exc(file=sys.stderr)
         problems.append(f"{name}: {type(exc).__name__}: {str(exc)[:2000]}")
         return None
+
+
+def with_pipeline(
+    label: str,
+    folder: Path,
+    model_path: Path,
+    amqp_url: str,
+    problems: list[str],
+    run: Callable[[Pipeline, RssSampler], None],
+) -> dict[str, float]:
+    """Start the four services serving ``model_path``, ``run`` the sections against them, stop them;
+    the peak RSS of each service over the whole run. A service that does not start or stop cleanly is
+    a problem, and the run goes on."""
+    folder.mkdir()
+    peaks: dict[str, float] = {}
+    try:
+        say(f"starting the four services ({label})")
+        with running_pipeline(
+            folder,
+            model_path,
+            amqp_url,
+            FEATURES_INTERVAL_S=PIPELINE_ENV["FEATURES_INTERVAL_S"],
+            PLOT_INTERVAL_S=PIPELINE_ENV["PLOT_INTERVAL_S"],
+        ) as pipeline:
+            rss = RssSampler(pipeline.services)
+            rss.start()
+            try:
+                run(pipeline, rss)
+            finally:
+                rss.stop()
+                peaks = {name: round(value, 1) for name, value in rss.overall.items()}
+            say(f"stopping the four services ({label})")
+    except AssertionError as exc:  # stop_all: a service did not stop cleanly (or failed to start)
+        if interrupted():
+            raise KeyboardInterrupt from exc
+        problems.append(f"pipeline ({label}): {str(exc)[:3000]}")
+    return peaks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             "http_client": args.http_client,
             "scale_rows": args.scale_rows,
             "smoke": args.smoke,
-            "pipeline_env": {"FEATURES_INTERVAL_S": "3600", "PLOT_INTERVAL_S": "10"},
+            "ingest_seconds": args.ingest_seconds,
+            "ingest_clients": args.ingest_clients,
+            "wide_samples": args.wide_samples,
+            "only": args.only,
+            "pipeline_env": PIPELINE_ENV,
             "cluster": (
                 {"samples": args.cluster_samples, "shards": args.cluster_shards, "model_replicas": args.cluster_replicas}
                 if args.cluster
@@ -145,52 +216,61 @@ def main(argv: list[str] | None = None) -> int:
         model_path.parent.mkdir()
         train(model_path)
 
-        pipeline_dir = work / "pipeline"
-        pipeline_dir.mkdir()
-        try:
-            say("starting the four services")
-            with running_pipeline(
-                pipeline_dir, model_path, amqp_url, FEATURES_INTERVAL_S="3600", PLOT_INTERVAL_S="10"
-            ) as pipeline:
-                rss = RssSampler(pipeline.services)
-                rss.start()
-                all_ids: list[str] = []
-                try:
-                    t = section("throughput", problems, lambda: throughput(pipeline, rss, args.samples, problems))
-                    results["throughput"] = t
-                    results["latency"] = section(
-                        "latency", problems, lambda: latency(pipeline, args.rates, args.rate_seconds, all_ids, problems)
+        def diabetes(pipeline: Pipeline, rss: RssSampler) -> None:
+            if "throughput" in args.only:
+                results["throughput"] = section("throughput", problems, lambda: throughput(pipeline, rss, args.samples, problems))
+            if "ingest" in args.only:
+                samples_per_s = (results.get("throughput") or {}).get("samples_per_s")
+                results["ingest"] = section(
+                    "ingest",
+                    problems,
+                    lambda: ingest(pipeline, args.ingest_clients, args.ingest_seconds, samples_per_s, problems),
+                )
+            all_ids: list[str] = []
+            if "latency" in args.only:
+                results["latency"] = section(
+                    "latency", problems, lambda: latency(pipeline, args.rates, args.rate_seconds, all_ids, problems)
+                )
+            if all_ids:
+                verdict = check(all_ids, pipeline.csv)
+                results["latency_check"] = {
+                    "published": verdict.published,
+                    "lost": verdict.lost,
+                    "duplicated": verdict.duplicated,
+                }
+                if verdict.lost or verdict.duplicated:
+                    problems.append(f"latency: lost {verdict.lost}, duplicated {verdict.duplicated} ids")
+            if "http" in args.only:
+                results["http"] = section(
+                    "http",
+                    problems,
+                    lambda: http_load(pipeline, args.http_clients, args.http_seconds, args.http_client, problems),
+                )
+
+        if any(name in args.only for name in ("throughput", "ingest", "latency", "http")):
+            results["peak_rss_mb"] = with_pipeline("diabetes", work / "pipeline", model_path, amqp_url, problems, diabetes)
+
+        if "wide" in args.only:
+            say("wide: registering the 100-feature model")
+            registered = section("wide", problems, lambda: register_wide_model(work / "wide"))
+            if registered is not None:
+                wide_path, features = registered
+
+                def wide_burst(pipeline: Pipeline, rss: RssSampler) -> None:
+                    results["wide"] = section(
+                        "wide", problems, lambda: wide(pipeline, rss, args.wide_samples, features, problems)
                     )
-                    if all_ids:
-                        verdict = check(all_ids, pipeline.csv)
-                        results["latency_check"] = {
-                            "published": verdict.published,
-                            "lost": verdict.lost,
-                            "duplicated": verdict.duplicated,
-                        }
-                        if verdict.lost or verdict.duplicated:
-                            problems.append(f"latency: lost {verdict.lost}, duplicated {verdict.duplicated} ids")
-                    results["http"] = section(
-                        "http",
-                        problems,
-                        lambda: http_load(pipeline, args.http_clients, args.http_seconds, args.http_client, problems),
-                    )
-                finally:
-                    rss.stop()
-                    results["peak_rss_mb"] = {k: round(v, 1) for k, v in rss.overall.items()}
-                say("stopping the four services")
-        except AssertionError as exc:  # stop_all: a service did not stop cleanly (or failed to start)
-            if interrupted():
-                raise KeyboardInterrupt from exc
-            problems.append(f"pipeline: {str(exc)[:3000]}")
+
+                with_pipeline("wide", work / "wide-pipeline", wide_path, amqp_url, problems, wide_burst)
 
         scale = []
-        for rows in args.scale_rows:
+        for rows in args.scale_rows if "scale" in args.only else []:
             say(f"scale: plot_api on {rows} rows")
             one = section(f"scale {rows}", problems, functools.partial(scale_one, work, rows, problems))
             if one is not None:
                 scale.append(one)
-        results["scale"] = scale
+        if "scale" in args.only:
+            results["scale"] = scale
 
         if args.cluster:
             cluster_dir = work / "cluster"

@@ -5,7 +5,7 @@ import uuid
 
 import aio_pika
 
-from services.common.amqp.topology import FEATURES, Y_PRED, Y_TRUE, delay_queues, dlq_name, half_queues
+from services.common.amqp.topology import FEATURES, PREDICTIONS, Y_PRED, Y_TRUE, delay_queues, dlq_name, half_queues
 from services.common.delay import LabelDelay
 from services.common.settings import Settings
 
@@ -20,7 +20,7 @@ def queue_names(shards: int = 1) -> list[str]:
     settings = Settings(QUEUE_PREFIX="", METRIC_SHARDS=shards)
     halves = [queue for kind in (Y_TRUE, Y_PRED) for queue in half_queues(settings, kind)]
     fences = [Y_TRUE, Y_PRED] if shards > 1 else []
-    return [*fences, *(name for base in (FEATURES, *halves) for name in (base, dlq_name(base)))]
+    return [*fences, *(name for base in (FEATURES, PREDICTIONS, *halves) for name in (base, dlq_name(base)))]
 
 
 async def connect(amqp_url: str) -> aio_pika.abc.AbstractConnection:

@@ -25,12 +25,14 @@ def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     assert "| samples |" in done.stdout
+    assert "**Ingest**" in done.stdout and "| items/s |" in done.stdout
+    assert "| diabetes (10 features) |" in done.stdout and "| wide (100 features) |" in done.stdout
 
     written = [p for p in tmp_path.glob("*.json") if p.name != "latest.json"]
     assert len(written) == 1 and (tmp_path / "latest.json").exists()
     results = json.loads(written[0].read_text())
     assert results == json.loads((tmp_path / "latest.json").read_text())
-    for name in ("machine", "throughput", "latency", "http", "scale"):
+    for name in ("machine", "throughput", "ingest", "latency", "http", "wide", "scale"):
         assert results.get(name), f"section {name} is missing or empty"
     assert results["problems"] == []
 
@@ -42,3 +44,12 @@ def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path) -> None:
     assert all(r["rows_seen"] == r["samples"] and r["p99_ms"] is not None for r in results["latency"])
     assert {r["endpoint"] for r in results["http"]} >= {"GET /plot/latest.png", "POST /predict"}
     assert results["scale"][0]["rows"] == 1000 and results["scale"][0]["first_png_s"] > 0
+
+    ingest = results["ingest"]
+    assert ingest["clients"] == 2 and ingest["items_per_request"] == 1000
+    assert ingest["items"] >= 1000 and ingest["items"] % 1000 == 0 and ingest["items_per_s"] > 0
+    assert ingest["refused_requests"] == ingest["lost"] == ingest["duplicated"] == 0 and ingest["complete"]
+    wide = results["wide"]
+    assert wide["features"] == 100 and wide["samples"] == wide["published"] == 300
+    assert wide["lost"] == wide["duplicated"] == wide["unexpected"] == 0 and wide["samples_per_s"] > 0
+    assert wide["cpu_ms_per_sample"]["model_api"] > 0

@@ -41,9 +41,15 @@ def test_a_model_path_that_does_not_exist_is_an_error_naming_it_and_nothing_is_t
 def test_make_run_trains_only_the_default_model_at_the_default_path(tmp_path: Path) -> None:
     mine = tmp_path / "mine.pkl"
     mine.write_bytes(b"a model of the user's")
-    trains = re.compile(r"^\S*python -m services\.model_api\.train --out (\S+)$", re.MULTILINE)
+    trains = re.compile(r"^\S*python -m services\.model_api\.train --out (\S+)(?: --if-needed)?$", re.MULTILINE)
     assert trains.findall(make("--dry-run", "run", f"MODEL_PATH={mine}").stdout) == []
     assert trains.findall(make("--dry-run", "--always-make", "model").stdout) == [DEFAULT_MODEL]
+    # A profile of a model served elsewhere is a sidecar without a model file: make run takes it.
+    profile = tmp_path / "theirs.pkl"
+    profile.with_name("theirs.pkl.json").write_text("{}")
+    assert make("model", f"MODEL_PATH={profile}").returncode == 0
+    refused = make("model", f"MODEL_PATH={tmp_path / 'typo.pkl'}")
+    assert refused.returncode != 0 and "typo.pkl does not exist" in refused.stdout + refused.stderr
 
 
 class Terminal:

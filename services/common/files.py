@@ -66,9 +66,3 @@ def metadata_path(model_path: Path) -> Path:
     does not import scikit-learn for it: that alone was ~110 MB of its memory.
     """
     return model_path.with_name(model_path.name + ".json")
-
-
-def reference_path(model_path: Path) -> Path:
-    """The model's drift reference (``<file>.reference.json``): what it was trained on, to compare
-    what it is asked with; its sha256 is in the sidecar. Written by train and register."""
-    return model_path.with_name(model_path.name + ".reference.json")

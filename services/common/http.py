@@ -21,7 +21,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from services.common.amqp.errors import broker_gone
+from services.common.schema import FeatureSchema, SchemaViolation, problem_errors
 from services.common.settings import Settings, get_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -81,6 +82,25 @@ def service_app(
     app.add_middleware(HeadAsGet)
     _document_limits(app, protected=token is not None)
     return app
+
+
+def schema_rows(
+    schema: FeatureSchema, bodies: Sequence[Any], loc: Callable[[int], tuple[str | int, ...]]
+) -> list[list[float | str | None]]:
+    """Each features body checked against ``schema``, in schema order; a 422 naming every body's
+    problems (at ``loc(i)`` in the request, then the feature) when any does not fit."""
+    rows: list[list[float | str | None]] = []
+    errors: list[dict[str, Any]] = []
+    for i, body in enumerate(bodies):
+        try:
+            rows.append(schema.row(body))
+        except SchemaViolation as exc:
+            errors.extend(problem_errors(exc, loc(i), body))
+            if len(errors) >= 20:
+                break
+    if errors:
+        raise RequestValidationError(errors)
+    return rows
 
 
 # -- /health and /metrics

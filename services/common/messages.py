@@ -16,13 +16,23 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from services.common.schema import FeatureSchema, SchemaViolation
 from services.common.settings import get_settings
 
-FEATURE_COUNT = 10
-# The ten columns of scikit-learn's diabetes data, in the order every features body carries them.
-FEATURE_NAMES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 # Ids go into a CSV column unquoted, so they must not contain separators or newlines.
 ID_MAX_LENGTH = 64
 ID_PATTERN = rf"^[0-9A-Za-z._:-]{{1,{ID_MAX_LENGTH}}}$"
@@ -108,13 +118,6 @@ Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False), AfterVal
 TS_MAX = 1e10
 
 
-def _within_feature_bound(value: float) -> float:
-    bound = get_settings().FEATURE_ABS_MAX
-    if abs(value) > bound:
-        raise ValueError(f"{value:g} is beyond ±{bound:g} (FEATURE_ABS_MAX; the diabetes features are within ±0.3)")
-    return value
-
-
 def _within_target_bound(value: float) -> float:
     bound = get_settings().TARGET_ABS_MAX
     if abs(value) > bound:
@@ -138,12 +141,60 @@ def _schema_bound(setting: str) -> Callable[[dict[str, Any]], None]:
     return add
 
 
-# A feature value, and a label or prediction (a value of the model's target), within their sane bounds.
-Feature = Annotated[Number, AfterValidator(_within_feature_bound), Field(json_schema_extra=_schema_bound("FEATURE_ABS_MAX"))]
+# A label or prediction (a value of the model's target), within its sane bounds.
 Target = Annotated[Number, AfterValidator(_within_target_bound), Field(json_schema_extra=_schema_bound("TARGET_ABS_MAX"))]
 Timestamp = Annotated[Number, AfterValidator(_plausible_ts)]
-# One sample's features: the body of a features message, and a row over HTTP.
-Features = Annotated[list[Feature], Field(min_length=FEATURE_COUNT, max_length=FEATURE_COUNT)]
+# One sample's features, as JSON gives them: checked against the model's schema where it is known
+# (services/common/schema.py), on the queues through the validation context (``SCHEMA_CONTEXT``), over
+# HTTP by the route.
+_FEATURES_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "object", "description": "every feature of the model's schema by name: a number, a string or null"},
+            {"type": "array", "description": "the values in the schema's order"},
+        ],
+        "description": "the features of one sample (GET :8002/model/info lists the schema)",
+    }
+)
+
+
+def _object_or_list(body: Any) -> Any:
+    if isinstance(body, dict | list):
+        return body
+    try:
+        FeatureSchema.numeric(["_"]).row(body)  # says what it is, as the schema's refusals do
+    except SchemaViolation as exc:
+        raise schema_error(exc) from None
+    return body
+
+
+# Any JSON value goes in, so that a string or number where the features go is refused in the schema's words.
+FeaturesBody = Annotated[Any, AfterValidator(_object_or_list), _FEATURES_SCHEMA]
+SCHEMA_CONTEXT = "schema"  # the key of the FeatureSchema in a validation context
+
+
+def schema_error(exc: SchemaViolation) -> PydanticCustomError:
+    """A refusal by the schema as a pydantic error: its type says the kind (counted by model_api), its
+    message names the feature."""
+    return PydanticCustomError(f"feature_{exc.kind}", "{problems}", {"problems": str(exc)})
+
+
+def checked_features(body: Any, info: ValidationInfo, fingerprint: str | None = None) -> Any:
+    """``body`` in schema order, checked against the schema of the validation context (as it is without one)."""
+    schema: FeatureSchema | None = (info.context or {}).get(SCHEMA_CONTEXT)
+    if schema is None:
+        return body
+    if fingerprint is not None and fingerprint != schema.fingerprint and isinstance(body, list):
+        raise PydanticCustomError(
+            "feature_schema_changed",
+            "these features were published in the order of schema {sent}, and the model in service has schema "
+            "{serving} ({listing}): publish them again, or as an object by name",
+            {"sent": fingerprint, "serving": schema.fingerprint, "listing": schema.listing()},
+        )
+    try:
+        return schema.row(body)
+    except SchemaViolation as exc:
+        raise schema_error(exc) from None
 
 
 class SampleMessage(BaseModel):
@@ -157,7 +208,15 @@ class SampleMessage(BaseModel):
 
 
 class FeaturesMessage(SampleMessage):
-    body: Features
+    # The schema the list was published for (FeatureSchema.fingerprint): a list is positional, so a
+    # model_api serving another schema refuses it instead of reading its values as other features.
+    schema_id: str | None = Field(None, max_length=64)
+    body: FeaturesBody
+
+    @field_validator("body", mode="after")
+    @classmethod
+    def _fits_the_schema(cls, body: Any, info: ValidationInfo) -> Any:
+        return checked_features(body, info, info.data.get("schema_id"))
 
 
 class LabelMessage(SampleMessage):
@@ -169,6 +228,24 @@ class LabelMessage(SampleMessage):
 UNKNOWN_VERSION = "unknown"
 
 
+ModelVersion = Annotated[str, Field(max_length=64)]
+
+
 class PredictionMessage(SampleMessage):
     body: Target
-    model_version: str = Field(UNKNOWN_VERSION, max_length=64)
+    model_version: ModelVersion = UNKNOWN_VERSION
+
+
+class ReportedPrediction(SampleMessage):
+    """A prediction made elsewhere (the ``predictions`` queue; ``POST /predictions`` takes the same items):
+    model_api checks its features against the schema, feeds drift with them and publishes it to y_pred."""
+
+    body: Target
+    model_version: ModelVersion | None = None
+    schema_id: str | None = Field(None, max_length=64)  # as a features message's: the schema a list of features follows
+    features: FeaturesBody | None = None
+
+    @field_validator("features", mode="after")
+    @classmethod
+    def _fits_the_schema(cls, features: Any, info: ValidationInfo) -> Any:
+        return None if features is None else checked_features(features, info, info.data.get("schema_id"))

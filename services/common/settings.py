@@ -138,13 +138,14 @@ class Settings(BaseSettings):
     DRIFT_WINDOW_S: float = Field(3600.0, gt=0, allow_inf_nan=False)
     # HTTP: with a token set, every route that changes state asks for it (docs/operations.md, "Who may change state").
     API_TOKEN: ApiToken | None = None
-    # The largest request body any route takes; a larger one is answered 413 before it is read. 2 MiB
-    # holds the largest request the routes take (10,000 labels with 64-character ids: about 1 MB).
-    HTTP_BODY_MAX_BYTES: int = Field(2 << 20, ge=1024, le=1 << 30)
+    # The largest request body any route takes; a larger one is answered 413 before it is read. 16 MiB
+    # holds the largest requests the routes take: 10,000 labels with 64-character ids (about 1 MB), and
+    # 10,000 predictions from elsewhere with their features (about 1 KB each with 50 features).
+    HTTP_BODY_MAX_BYTES: int = Field(16 << 20, ge=1024, le=1 << 30)
     # Sane bounds on the numbers of a sample, on the queues and over HTTP alike: a value beyond them is
     # refused (the DLQ, or a 422) before it reaches a model, the CSV or the statistics. The diabetes
-    # features are within ±0.3 and its target within 25..346; a model of another scale may need more.
-    FEATURE_ABS_MAX: float = Field(1e6, gt=0, le=1e100, allow_inf_nan=False)
+    # features are within ±0.3 and its target within 25..346; register says when a reference holds more.
+    FEATURE_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
     TARGET_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
 
     @model_validator(mode="after")

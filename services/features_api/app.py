@@ -1,4 +1,6 @@
-"""features_api: publishes samples (features and label under one id) on a timer and on demand."""
+"""features_api: publishes samples (features and label under one id) on a timer and on demand, drawn
+from the registered model's reference (services/features_api/demo.py); for a model served
+elsewhere, the prediction the reference recorded goes with the features to ``predictions``."""
 
 import asyncio
 import logging
@@ -9,20 +11,40 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
-from services.common.amqp.topology import FEATURES, Y_TRUE, DelayQueue, delay_queue, delay_queues, half_queue, half_queues
+from services.common.amqp.topology import (
+    FEATURES,
+    PREDICTIONS,
+    Y_TRUE,
+    DelayQueue,
+    delay_queue,
+    delay_queues,
+    half_queue,
+    half_queues,
+)
 from services.common.delay import bucket_of, expiration_ms
 from services.common.files import FEATURES_STATE
 from services.common.http import StrictBody, service_app
-from services.common.messages import FEATURE_NAMES, FeaturesMessage, LabelMessage
+from services.common.messages import FeaturesMessage, LabelMessage, ReportedPrediction, SampleIdClock
 from services.common.settings import Settings, get_settings
 from services.features_api import intake
+from services.features_api.demo import RegistrationWatch
 from services.features_api.intake import CallerIntake
-from services.features_api.sampler import MAX_NOISE, MAX_SCALE, MAX_SHIFT, DiabetesSampler, Sample, Scenario, known_feature
+from services.features_api.sampler import (
+    MAX_NOISE,
+    MAX_SCALE,
+    MAX_SHIFT,
+    ReferenceSampler,
+    Sample,
+    Scenario,
+    ScenarioError,
+    scenario_for,
+)
 from services.features_api.state import StateFileError, load_paused, save_paused
 
 log = logging.getLogger(__name__)
@@ -43,24 +65,58 @@ class FeaturesPublisher:
     waiting there survives this process dying.
     """
 
-    def __init__(self, settings: Settings, sampler: DiabetesSampler, link: Link | None = None) -> None:
+    def __init__(self, settings: Settings, registration: RegistrationWatch, link: Link | None = None) -> None:
         self.settings = settings
-        self.sampler = sampler
+        self.registration = registration
+        self.clock = SampleIdClock()  # also gives the ids of the callers' own samples: one clock, unique ids
         self.sent = 0
         self.state_path = settings.LOGS_DIR / FEATURES_STATE
         self.paused = load_paused(self.state_path)
         self.delay = settings.label_delay()
         self._delay_rng = random.Random(settings.FEATURES_SEED)  # noqa: S311 - a simulated delay, not a secret
         self._features_queue = settings.queue(FEATURES)
-        publishes: list[str | DelayQueue] = [self._features_queue, *half_queues(settings, Y_TRUE)]
+        self._predictions_queue = settings.queue(PREDICTIONS)
+        publishes: list[str | DelayQueue] = [self._features_queue, self._predictions_queue, *half_queues(settings, Y_TRUE)]
         publishes += delay_queues(settings, Y_TRUE, self.delay)
         self.link = link or BrokerLink(settings, "features_api", publishes=publishes)
         self._stop = asyncio.Event()
         self._loop_sample = asyncio.Lock()
         self._connected = False
 
+    @property
+    def sampler(self) -> ReferenceSampler | None:
+        return self.registration.current.sampler
+
+    async def follow_registration(self) -> None:
+        """Read the registration again if its sidecar changed (a register or train meanwhile); a
+        scenario set for the old schema ends with it."""
+        if not self.registration.changed():
+            return
+        registered = await asyncio.to_thread(self.registration.reload)
+        old = self.sampler
+        self.registration.use(registered)
+        if old is not None and old.scenario.active and registered.sampler is not None:
+            if registered.schema == old.schema:
+                registered.sampler.set_scenario(old.scenario)
+            else:
+                log.warning("the schema changed: the scenario set for the old one ends")
+
+    def _draw(self, count: int) -> list[Sample]:
+        sampler = self.sampler
+        if sampler is None:
+            raise HTTPException(503, detail=f"the demo has no rows to draw: {self.registration.current.unavailable}")
+        return [sampler.draw(*self.clock.next()) for _ in range(count)]
+
     def _messages(self, sample: Sample) -> tuple[Outgoing, Outgoing]:
-        features = FeaturesMessage(id=sample.id, body=sample.features, ts=sample.ts)
+        schema = self.registration.current.schema
+        if sample.prediction is None:
+            features = FeaturesMessage(id=sample.id, body=sample.features, ts=sample.ts, schema_id=schema.fingerprint)
+            first = Outgoing(self._features_queue, features.to_bytes(), sample.id)
+        else:  # a model served elsewhere: its prediction, as its own stack would report it
+            reported = ReportedPrediction(
+                id=sample.id, body=sample.prediction, ts=sample.ts, features=sample.features, schema_id=schema.fingerprint
+            )
+            first = Outgoing(self._predictions_queue, reported.to_bytes(), sample.id)
         label = LabelMessage(id=sample.id, body=sample.label, ts=sample.ts)
         labels = half_queue(self.settings, Y_TRUE, sample.id)
         if self.delay.off:
@@ -69,7 +125,7 @@ class FeaturesPublisher:
             delay_s = self.delay.draw(self._delay_rng)
             queue = delay_queue(labels, bucket_of(delay_s)).name
             held_back = Outgoing(queue, label.to_bytes(), sample.id, expiration_ms=expiration_ms(delay_s))
-        return Outgoing(self._features_queue, features.to_bytes(), sample.id), held_back
+        return first, held_back
 
     async def publish_samples(self, samples: list[Sample]) -> None:
         """Publish each sample's features and label; return once the broker confirmed all of them."""
@@ -78,7 +134,8 @@ class FeaturesPublisher:
         SAMPLES_SENT.inc(len(samples))
 
     async def publish_burst(self, count: int) -> list[str]:
-        samples = [self.sampler.draw() for _ in range(count)]
+        await self.follow_registration()
+        samples = self._draw(count)
         for start in range(0, count, BURST_WINDOW):
             await self.publish_samples(samples[start : start + BURST_WINDOW])
         return [s.id for s in samples]
@@ -98,8 +155,9 @@ class FeaturesPublisher:
             else:
                 return
             async with self._loop_sample:
-                if not self.paused:
-                    await self.publish_samples([self.sampler.draw()])
+                await self.follow_registration()
+                if not self.paused and self.sampler is not None:
+                    await self.publish_samples(self._draw(1))
 
     async def pause(self) -> None:
         """Stop the loop; returns once a sample it was publishing is out, so none follows."""
@@ -132,8 +190,8 @@ class State(TypedDict):
 def create_app(settings: Settings | None = None, link: Link | None = None) -> FastAPI:
     """The features_api app; ``link`` replaces the broker connection (in-process tests)."""
     settings = settings or get_settings()
-    publisher = FeaturesPublisher(settings, DiabetesSampler.diabetes(settings.FEATURES_SEED), link)
-    callers = CallerIntake(settings, publisher.link, publisher.sampler.clock.next)
+    publisher = FeaturesPublisher(settings, RegistrationWatch(settings.MODEL_PATH, settings.FEATURES_SEED), link)
+    callers = CallerIntake(settings, publisher.link, publisher.clock.next, lambda: publisher.registration.current.schema)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
@@ -163,6 +221,8 @@ class Status(BaseModel):
     interval_s: float
     paused: bool = Field(description="the demo loop is paused (kept across restarts)")
     loop: bool = Field(description="the demo loop runs at all (FEATURES_LOOP)")
+    demo: str = Field(description="where the demo's rows come from, or why there are none to draw")
+    schema_: str = Field(alias="schema", serialization_alias="schema", description="the schema: its fingerprint and features")
     label_delay_s: str = Field(description="LABEL_DELAY_S: how late the demo's labels reach y_true")
     broker: str = Field(description="'connected', or why not")
 
@@ -187,13 +247,16 @@ class BurstResponse(BaseModel):
 router = APIRouter(prefix="/features", tags=["features"])
 
 
-@router.get("/status")
+@router.get("/status", response_model_by_alias=True)
 async def status(publisher: Publisher) -> Status:
+    current = publisher.registration.current
     return Status(
         sent=publisher.sent,
         interval_s=publisher.settings.FEATURES_INTERVAL_S,
         paused=publisher.paused,
         loop=publisher.settings.FEATURES_LOOP,
+        demo=current.unavailable or f"draws from {current.source}",
+        schema=f"{current.schema.fingerprint}: {current.schema.describe()}",
         label_delay_s=publisher.settings.LABEL_DELAY_S,
         broker=publisher.link.problem() or "connected",
     )
@@ -233,79 +296,74 @@ async def _keep(publisher: FeaturesPublisher) -> None:
         raise HTTPException(500, detail=f"{'paused' if publisher.paused else 'resumed'} until a restart only: {exc}") from exc
 
 
-Feature = Annotated[str, AfterValidator(known_feature)]
-
-
-def per_feature(low: float, high: float) -> WithJsonSchema:
-    """The schema of a mapping of the ten features to a number in std units between low and high."""
-    number = {"type": "number", "minimum": low, "maximum": high}
-    return WithJsonSchema({"type": "object", "propertyNames": {"enum": list(FEATURE_NAMES)}, "additionalProperties": number})
-
-
-Shift = Annotated[float, Field(ge=-MAX_SHIFT, le=MAX_SHIFT, allow_inf_nan=False)]
-Scale = Annotated[float, Field(ge=0, le=MAX_SCALE, allow_inf_nan=False)]
-Noise = Annotated[float, Field(ge=0, le=MAX_NOISE, allow_inf_nan=False)]
-SHIFT_SCHEMA, SCALE_SCHEMA, NOISE_SCHEMA = (
-    per_feature(-MAX_SHIFT, MAX_SHIFT),
-    per_feature(0, MAX_SCALE),
-    per_feature(0, MAX_NOISE),
-)
-
-
-def for_every_feature(value: Any) -> Any:
-    """A single noise level is every feature's."""
-    return dict.fromkeys(FEATURE_NAMES, value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+Shift = float | str | dict[str, float]
 
 
 class ScenarioRequest(BaseModel):
-    """What the demo sends from now on, per feature, in units of that feature's std (GET shows them)."""
+    """What the demo sends from now on, per feature of the schema (GET shows it): a numeric feature in
+    units of its std, a categorical one by moving rows to a category."""
 
     model_config = ConfigDict(extra="forbid")
 
-    shift: Annotated[dict[Feature, Shift], SHIFT_SCHEMA] = Field(
-        default_factory=dict, description='added: e.g. {"bmi": 1.0} moves bmi up one std'
+    shift: dict[str, Shift] = Field(
+        default_factory=dict,
+        description=(
+            'numeric: added, in std units ({"bmi": 1.0} moves bmi up one std, within '
+            f"±{MAX_SHIFT:g}); categorical: a category every row moves to, or the shares moved to each "
+            '({"city": {"Lyon": 0.3}}: 30 % of the rows drawn get Lyon)'
+        ),
     )
-    scale: Annotated[dict[Feature, Scale], SCALE_SCHEMA] = Field(
-        default_factory=dict, description="the spread around the feature's mean multiplied: 2.0 twice as wide, 0 constant"
+    scale: dict[str, float] = Field(
+        default_factory=dict,
+        description=f"numeric: the spread around the mean multiplied (0 to {MAX_SCALE:g}): 2.0 twice as wide, 0 constant",
     )
-    noise: Annotated[
-        dict[Feature, Noise],
-        BeforeValidator(for_every_feature),
-        WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_NOISE}, NOISE_SCHEMA.json_schema]}),
-    ] = Field(default_factory=dict, description="the std of gaussian noise added: one number for every feature, or per feature")
+    noise: float | dict[str, float] = Field(
+        default_factory=dict,
+        description=f"numeric: the std of gaussian noise added (0 to {MAX_NOISE:g} std units): "
+        "one number for every numeric feature, or per feature",
+    )
 
 
 class ScenarioState(BaseModel):
     active: bool = Field(description="whether what is sent differs from the data")
     since: float | None = Field(description="when the scenario was set (epoch s)")
-    shift: dict[str, float]
+    shift: dict[str, float | dict[str, float]]
     scale: dict[str, float]
     noise: dict[str, float]
-    std: dict[str, float] = Field(description="each feature's std over the data: the unit of shift and noise")
+    std: dict[str, float] = Field(description="each numeric feature's std over the reference: the unit of shift and noise")
 
 
 def scenario_state(publisher: FeaturesPublisher) -> ScenarioState:
-    scenario, sampler = publisher.sampler.scenario, publisher.sampler
-    return ScenarioState(
-        active=scenario.active,
-        since=scenario.since,
-        shift=dict(scenario.shift),
-        scale=dict(scenario.scale),
-        noise=dict(scenario.noise),
-        std=dict(zip(FEATURE_NAMES, sampler.std.tolist(), strict=False)),
-    )
+    sampler = publisher.sampler
+    if sampler is None:
+        return ScenarioState(active=False, since=None, shift={}, scale={}, noise={}, std={})
+    scenario = sampler.scenario
+    return ScenarioState(active=scenario.active, since=scenario.since, **scenario.to_json(), std=sampler.std_by_name())
 
 
 SCENARIO_422: dict[int | str, dict[str, Any]] = {
-    422: {"description": "an unknown feature (the answer lists the ten) or a value out of bounds"}
+    422: {
+        "description": "a feature not in the schema (the answer lists the schema's), a value out of bounds, "
+        "or a change its kind does not take"
+    }
 }
 
 
-@router.post("/scenario", responses=SCENARIO_422)
+@router.post("/scenario", responses={**SCENARIO_422, 503: {"description": "the demo has no rows to draw"}})
 async def set_scenario(request: ScenarioRequest, publisher: Publisher) -> ScenarioState:
     """Change what the demo sends from now on (the timer and /features/publish), replacing any
     scenario set before; the labels stay the data's. ``DELETE`` ends it."""
-    publisher.sampler.set_scenario(Scenario(request.shift, request.scale, request.noise, since=time.time()))
+    await publisher.follow_registration()
+    sampler = publisher.sampler
+    if sampler is None:
+        raise HTTPException(503, detail=f"the demo has no rows to draw: {publisher.registration.current.unavailable}")
+    try:
+        scenario = scenario_for(sampler.schema, request.shift, request.scale, request.noise, since=time.time())
+    except ScenarioError as exc:
+        raise RequestValidationError(
+            [{"type": "scenario", "loc": ("body", *exc.where), "msg": str(exc), "input": None}]
+        ) from None
+    sampler.set_scenario(scenario)
     state = scenario_state(publisher)
     log.info("scenario set: shift %s, scale %s, noise %s (std units)", state.shift, state.scale, state.noise)
     return state
@@ -319,6 +377,7 @@ async def get_scenario(publisher: Publisher) -> ScenarioState:
 @router.delete("/scenario")
 async def end_scenario(publisher: Publisher) -> ScenarioState:
     """The demo sends the data as it is again."""
-    publisher.sampler.set_scenario(Scenario())
+    if publisher.sampler is not None:
+        publisher.sampler.set_scenario(Scenario())
     log.info("scenario ended: the demo sends the data as it is")
     return scenario_state(publisher)

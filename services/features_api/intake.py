@@ -1,9 +1,10 @@
 """The caller's own data over HTTP: ``POST /labels`` (ground truth, whenever it comes) and
 ``POST /samples`` (whole rows that go through the model like the demo's).
 
-Each item is validated with the message schema's own types (the id rule, finite numbers, ten
-features), so what the queues would dead-letter is refused here with a 422 naming the item;
-a request is taken whole or not at all. The answer comes once the broker has confirmed every
+Each item is validated with the message schema's own types (the id rule, finite numbers) and its
+features against the registered model's schema (services/common/schema.py), so what the queues
+would dead-letter is refused here with a 422 naming the item and the feature; a request is taken
+whole or not at all. The answer comes once the broker has confirmed every
 message. The caller's labels are never delayed (LABEL_DELAY_S is the demo's).
 """
 
@@ -19,8 +20,9 @@ from pydantic import BaseModel, Field, model_validator
 from services.common.amqp.link import Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_TRUE, half_queue
-from services.common.http import StrictBody
-from services.common.messages import ID_RULE, CallerId, Features, FeaturesMessage, LabelMessage, Target
+from services.common.http import StrictBody, schema_rows
+from services.common.messages import ID_RULE, CallerId, FeaturesBody, FeaturesMessage, LabelMessage, Target
+from services.common.schema import FeatureSchema
 from services.common.settings import Settings
 
 MAX_ITEMS = 10_000  # labels in one request: its answer is a count, and a label sent again is a duplicate, harmless
@@ -59,7 +61,7 @@ class LabelsAccepted(BaseModel):
 
 class SampleIn(StrictBody):
     id: CallerId | None = Field(None, description=f"your id for the sample; one is made when absent. {ID_RULE}")
-    features: Features
+    features: FeaturesBody = Field(description="{name: value} for every feature of the schema, or [values in schema order]")
     y_true: Target | None = Field(None, description="its label, if known now; else send it later to POST /labels")
 
 
@@ -81,10 +83,13 @@ class SamplesAccepted(BaseModel):
 class CallerIntake:
     """Publishes what callers send: labels to ``y_true``, samples' features to ``features``."""
 
-    def __init__(self, settings: Settings, link: Link, next_id: Callable[[], tuple[str, float]]) -> None:
+    def __init__(
+        self, settings: Settings, link: Link, next_id: Callable[[], tuple[str, float]], schema: Callable[[], FeatureSchema]
+    ) -> None:
         self.settings = settings
         self.link = link
         self._next_id = next_id  # the demo's id clock: ids made here never equal the demo's
+        self.schema = schema  # the registered model's, as it is now
         self._features_queue = settings.queue(FEATURES)
         self.labels = 0
         self.samples = 0
@@ -104,17 +109,22 @@ class CallerIntake:
         LABELS_TAKEN.inc(len(labels))
         return len(labels)
 
-    async def publish_samples(self, samples: Sequence[SampleIn]) -> SamplesAccepted:
+    def rows(self, samples: Sequence[SampleIn]) -> list[list[float | str | None]]:
+        """Each sample's features checked against the schema, in its order (a 422 naming the feature otherwise)."""
+        return schema_rows(self.schema(), [sample.features for sample in samples], lambda i: ("body", "samples", i, "features"))
+
+    async def publish_samples(self, samples: Sequence[SampleIn], rows: Sequence[list[float | str | None]]) -> SamplesAccepted:
+        schema = self.schema()
         messages: list[Outgoing] = []
         ids: list[str] = []
         labelled = 0
-        for sample in samples:
+        for sample, row in zip(samples, rows, strict=True):
             if sample.id is None:
                 sample_id, ts = self._next_id()
             else:
                 sample_id, ts = sample.id, time.time()
             ids.append(sample_id)
-            features = FeaturesMessage(id=sample_id, body=sample.features, ts=ts).to_bytes()
+            features = FeaturesMessage(id=sample_id, body=row, ts=ts, schema_id=schema.fingerprint).to_bytes()
             messages.append(Outgoing(self._features_queue, features, sample_id))
             if sample.y_true is not None:
                 messages.append(self._label(sample_id, sample.y_true, ts))
@@ -153,5 +163,6 @@ async def post_labels(request: LabelsRequest, intake: Intake) -> LabelsAccepted:
 async def post_samples(request: SamplesRequest, intake: Intake) -> SamplesAccepted:
     """Your own rows: model_api predicts each as it does the demo's; with ``y_true`` (now, or later
     through /labels) each becomes a row of metric_log.csv."""
+    rows = intake.rows(request.samples)
     _connected(intake)
-    return await intake.publish_samples(request.samples)
+    return await intake.publish_samples(request.samples, rows)

@@ -4,6 +4,10 @@ Unpickling runs code, so a model file is loaded only when its sha256 is the one 
 sidecar records: the sidecar is written when the file is made (``train``) or vouched for
 (``register``), and a file changed since then is refused. ``MODEL_ALLOW_UNVERIFIED=1``
 lifts that check for an operator who trusts the file anyway.
+
+A sidecar may also be a profile of a model served elsewhere (``register --reference FILE
+--target COLUMN --prediction-column COLUMN``, no model file): model_api then loads no model,
+answers ``/predict`` with a 503 saying so, and monitors what ``/predictions`` reports.
 """
 
 import hashlib
@@ -21,7 +25,8 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.exceptions import InconsistentVersionWarning
 
 from services.common.files import atomic_write, metadata_path
-from services.common.messages import FEATURE_COUNT
+from services.common.registration import Registration, RegistrationError, read_sidecar, schema_of, served_elsewhere
+from services.common.schema import FeatureSchema
 from services.model_api.predictor import Predictor
 
 TRAIN_COMMAND = "python -m services.model_api.train"
@@ -36,19 +41,40 @@ class ModelFileError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified (or knowingly unverified) model in service, and what is known about it."""
+    """A verified (or knowingly unverified) model in service, and what is known about it; for a
+    profile of a model served elsewhere, no predictor (``unservable`` says why)."""
 
-    predictor: Predictor
+    predictor: Predictor | None
     path: Path
-    metadata: dict[str, Any]  # the sidecar's, with ``sha256`` always that of the file read
+    metadata: dict[str, Any]  # the sidecar's, with ``sha256`` always that of the file read (when there is one)
     verified: bool
     warnings: tuple[str, ...]
     loaded_at: str
     load_seconds: float
+    schema: FeatureSchema
+    version: str
 
     @property
-    def version(self) -> str:
-        return self.predictor.version
+    def registration(self) -> Registration:
+        return Registration(self.path, self.metadata, self.schema)
+
+    @property
+    def serving(self) -> Predictor:
+        """The model's predictor; ModelFileError (saying why) for a profile of a model served elsewhere."""
+        if self.predictor is None:
+            raise ModelFileError(self.unservable or "no model")
+        return self.predictor
+
+    @property
+    def unservable(self) -> str | None:
+        """Why /predict cannot be served with this model, or None when it can."""
+        if self.predictor is not None:
+            return None
+        return (
+            f"no model file is registered here: {metadata_path(self.path)} is the profile of a model served elsewhere "
+            "(register --prediction-column); report its predictions to POST /predictions, or register a model file "
+            "and reload"
+        )
 
 
 def model_version(sha256: str) -> str:
@@ -75,8 +101,11 @@ def read_model_file(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(
-            f"model file {path} does not exist (MODEL_PATH): train one there with `{TRAIN_COMMAND} --out {path}`, "
-            f"or register your own with `{REGISTER_COMMAND} {path}`; make run trains the demo model only at its default path"
+            f"model file {path} does not exist (MODEL_PATH): train the demo there with `{TRAIN_COMMAND} --out {path}`, "
+            f"register your own with `{REGISTER_COMMAND} {path} --reference FILE --target COLUMN`, or profile a model "
+            f"served elsewhere with `{REGISTER_COMMAND} --out {path} --reference FILE --target COLUMN "
+            "--prediction-column COLUMN`; "
+            "make run trains the demo model only at its default path"
         ) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path}: {exc}") from exc
@@ -103,16 +132,16 @@ def warning_text(caught: warnings.WarningMessage) -> str:
     return f"{caught.category.__name__}: {caught.message}"
 
 
-def predictor_for(model: Any, version: str, path: Path) -> Predictor:
-    """The model as a Predictor, or a ModelFileError saying why it cannot serve this pipeline."""
+def predictor_for(model: Any, version: str, path: Path, schema: FeatureSchema) -> Predictor:
+    """The model as a Predictor of ``schema``'s rows, or a ModelFileError saying why it cannot be one."""
     try:
-        return Predictor(model, version)
+        return Predictor(model, version, schema)
     except TypeError as exc:
         raise ModelFileError(f"model file {path} holds no usable model: {exc}") from exc
     except ValueError as exc:
         raise ModelFileError(
-            f"model file {path} does not fit this pipeline: {exc} (the {FEATURE_COUNT} features of "
-            f"scikit-learn's diabetes data, in its order); retrain it on those, e.g. with `{TRAIN_COMMAND}`"
+            f"model file {path} does not fit the schema its metadata {metadata_path(path)} records ({schema.describe()}): "
+            f"{exc}; register it with its reference file: `{REGISTER_COMMAND} {path} --reference FILE --target COLUMN`"
         ) from exc
 
 
@@ -134,7 +163,8 @@ def check_regressor(model: Any, path: Path, *, accepted: bool) -> None:
         return
     raise ModelFileError(
         f"model file {path}: {problem}. Monitoring it would compare its outputs (class labels, scores) with the labels "
-        f"as if they were predictions. If they are values of y, say so: `{REGISTER_COMMAND} --not-a-regressor {path}`"
+        f"as if they were predictions. If they are values of y, say so: `{REGISTER_COMMAND} --not-a-regressor {path} "
+        "--reference FILE --target COLUMN`"
     )
 
 
@@ -144,7 +174,8 @@ def _unverified(path: Path, why: str, allow_unverified: bool) -> str:
         raise ModelFileError(
             f"refusing to load model file {path}: {why}. Unpickling runs code, so only a file whose sha256 "
             f"matches its metadata is loaded. If you made this model, write its metadata with "
-            f"`{REGISTER_COMMAND} {path}` (or retrain with `{TRAIN_COMMAND} --out {path}`); if you trust "
+            f"`{REGISTER_COMMAND} {path} --reference FILE --target COLUMN` "
+            f"(or retrain with `{TRAIN_COMMAND} --out {path}`); if you trust "
             "the file as it is, set MODEL_ALLOW_UNVERIFIED=1"
         )
     return f"unverified model file {path}: {why}; loaded because MODEL_ALLOW_UNVERIFIED=1"
@@ -159,22 +190,53 @@ def pickled_sklearn_version(caught: list[warnings.WarningMessage]) -> str | None
     )
 
 
+def _sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar's metadata; None when there is none; ModelFileError when it is unreadable."""
+    try:
+        return read_sidecar(path)
+    except FileNotFoundError:
+        return None
+    except RegistrationError as exc:
+        raise ModelFileError(str(exc)) from exc
+
+
+def _schema(metadata: dict[str, Any], path: Path) -> FeatureSchema:
+    try:
+        return schema_of(metadata, metadata_path(path))
+    except RegistrationError as exc:
+        raise ModelFileError(f"{exc}; register the model again") from exc
+
+
+def load_profile(path: Path, metadata: dict[str, Any], started: float) -> LoadedModel:
+    """The profile of a model served elsewhere: its schema and reference, no model."""
+    registration = Registration(path, metadata, _schema(metadata, path))
+    return LoadedModel(
+        predictor=None,
+        path=path,
+        metadata=metadata,
+        verified=True,  # nothing is unpickled: a profile runs no code
+        warnings=(),
+        loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        load_seconds=time.perf_counter() - started,
+        schema=registration.schema,
+        version=registration.model_version,
+    )
+
+
 def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
-    """Read, verify, unpickle and schema-check the model file; ModelFileError says what is wrong."""
+    """Read, verify, unpickle and schema-check the model file (or read the profile of a model served
+    elsewhere); ModelFileError says what is wrong."""
     started = time.perf_counter()
+    metadata = _sidecar(path)
+    if metadata is not None and served_elsewhere(metadata):
+        return load_profile(path, metadata, started)
     data = read_model_file(path)
     sha256 = hashlib.sha256(data).hexdigest()
     sidecar = metadata_path(path)
     notes: list[str] = []
-    try:
-        metadata = json.loads(sidecar.read_text())
-    except FileNotFoundError:
+    if metadata is None:
         metadata = {}
         notes.append(_unverified(path, f"it has no metadata file {sidecar} (sha256 of the file: {sha256})", allow_unverified))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"cannot read model metadata {sidecar}: {exc}") from exc
-    if not isinstance(metadata, dict):
-        raise ModelFileError(f"model metadata {sidecar} is not a JSON object")
     expected = metadata.get("sha256")
     verified = expected == sha256
     if metadata and not verified:
@@ -195,7 +257,8 @@ def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
             f"model file {path} was made with scikit-learn {trained_with} (its metadata says) and this "
             f"service runs {sklearn.__version__}: its predictions may differ or fail; retrain it with this version"
         )
-    predictor = predictor_for(model, model_version(sha256), path)
+    schema = _schema(metadata, path)
+    predictor = predictor_for(model, model_version(sha256), path, schema)
     check_regressor(model, path, accepted=verified and metadata.get(NOT_A_REGRESSOR_ACCEPTED) is True)
     return LoadedModel(
         predictor=predictor,
@@ -205,4 +268,6 @@ def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
         warnings=tuple(notes),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         load_seconds=time.perf_counter() - started,
+        schema=schema,
+        version=predictor.version,
     )

@@ -1,9 +1,12 @@
-"""Train the regression model: ``python -m services.model_api.train [--out PATH] [--model KIND] [--seed N]``.
+"""Train the demo model: ``python -m services.model_api.train [--out PATH] [--model KIND] [--seed N]``.
 
 Fits a model (linear, ridge or random_forest) on a fixed train split of scikit-learn's
-diabetes data, writes the pickle (``MODEL_PATH`` by default), ``<file>.json`` with what was trained and how
-well it does on the held-out rows, and ``<file>.reference.json``: the training rows and the
-model's predictions on them, which model_api compares what it is asked with (drift).
+diabetes data, writes the pickle (``MODEL_PATH`` by default), ``<file>.json`` with what was trained,
+its feature schema (the ten numeric diabetes columns) and how well it does on the held-out rows,
+and ``<file>.reference.parquet``: every row of the dataset (the population the demo samples),
+with its target and the model's prediction — what model_api compares what it is asked with
+(drift) and what features_api's demo draws. The same kind of sidecar as ``register`` writes for
+a model of yours: diabetes is simply the default schema.
 """
 
 import argparse
@@ -15,17 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import sklearn
 from sklearn.datasets import load_diabetes
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression, Ridge
-from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 from sklearn.model_selection import train_test_split
 
+from services.common.reference import write_reference
+from services.common.registration import SERVED, RegistrationError, read_sidecar, served_elsewhere
 from services.common.settings import get_settings
-from services.model_api.drift import Reference
 from services.model_api.modelstore import model_version, save_model
-from services.model_api.reference_file import write_reference
+from services.model_api.predictor import Predictor
+from services.model_api.profiling import infer_schema, json_safe_params, reference_table, score
 
 TEST_SIZE = 0.2
 DEFAULT_SEED = 42
@@ -49,31 +54,28 @@ class Split:
     seed: int
 
 
+def diabetes_frame() -> pd.DataFrame:
+    """scikit-learn's diabetes data (it ships with it: no download), its ten features and ``target``."""
+    frame: pd.DataFrame = load_diabetes(as_frame=True).frame
+    return frame
+
+
 def diabetes_split(seed: int = DEFAULT_SEED) -> Split:
     dataset = load_diabetes()
     x_train, x_test, y_train, y_test = train_test_split(dataset.data, dataset.target, test_size=TEST_SIZE, random_state=seed)
     return Split(x_train, x_test, y_train, y_test, list(dataset.feature_names), seed)
 
 
-def _json_safe_params(model: Any) -> dict[str, Any]:
-    get_params = getattr(model, "get_params", None)
-    if not callable(get_params):
-        return {}
-    return {
-        name: value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
-        for name, value in get_params(deep=False).items()
-    }
-
-
 def describe(
     model: Any, split: Split, *, sklearn_version: str = sklearn.__version__, trained_at: datetime | None = None
 ) -> dict[str, Any]:
-    """The sidecar metadata of a fitted model: what it is, and how it does on the held-out rows."""
+    """The sidecar metadata of a fitted demo model: what it is, and how it does on the held-out rows."""
     trained_at = trained_at or datetime.now(UTC)
-    predicted = model.predict(split.x_test)
+    scores = score(np.asarray(split.y_test, dtype=float), np.asarray(model.predict(split.x_test), dtype=float))
     return {
+        SERVED: "here",
         "model_type": type(model).__name__,
-        "params": _json_safe_params(model),
+        "params": json_safe_params(model),
         "sklearn_version": sklearn_version,
         "feature_names": split.feature_names,
         "trained_at": trained_at.isoformat(timespec="seconds"),
@@ -83,28 +85,28 @@ def describe(
             "train_rows": len(split.y_train),
             "test_rows": len(split.y_test),
         },
-        "metrics": {
-            "mae": float(mean_absolute_error(split.y_test, predicted)),
-            "rmse": float(root_mean_squared_error(split.y_test, predicted)),
-            "r2": float(r2_score(split.y_test, predicted)),
-        },
+        "metrics": {**scores.to_json(), "on": f"the held-out {TEST_SIZE:.0%} of scikit-learn's diabetes data"},
         # The metric service's baseline predicts this for every row.
         "target_mean": float(np.mean(split.y_train)),
     }
 
 
-def write_reference_for(model: Any, split: Split, out: Path) -> dict[str, Any]:
-    """Write the drift reference of ``model`` beside ``out`` (the training rows and the model's
-    predictions on them); return the sidecar's record of it. BadReference if it predicts NaN there."""
-    source = f"the training split of scikit-learn's diabetes data (random_state {split.seed}, {len(split.x_train)} rows)"
-    return write_reference(out, Reference.build(split.x_train, model.predict(split.x_train), source))
+def write_reference_for(model: Any, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the demo's reference beside ``out`` (every diabetes row, its target and ``model``'s
+    prediction); return the sidecar's records of the schema and of the reference."""
+    frame = diabetes_frame()
+    names = [str(name) for name in frame.columns if name != "target"]
+    schema = infer_schema(frame, names, "target")
+    predictions = np.asarray(Predictor(model, "train", schema).predict_input(frame[names].to_numpy(dtype=float)), dtype=float)
+    table = reference_table(frame, schema, frame["target"].to_numpy(dtype=float), predictions, "scikit-learn's diabetes data")
+    return schema.to_json(), write_reference(out, table)
 
 
 def train(out: Path, seed: int = DEFAULT_SEED, model: str = "linear") -> dict[str, Any]:
     split = diabetes_split(seed)
     fitted = MODELS[model](seed).fit(split.x_train, split.y_train)
     metadata = describe(fitted, split)
-    metadata["reference"] = write_reference_for(fitted, split, out)  # before the sidecar that vouches for it
+    metadata["schema"], metadata["reference"] = write_reference_for(fitted, out)  # before the sidecar that vouches for it
     return save_model(fitted, out, metadata)
 
 
@@ -121,10 +123,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="model file to write (default: MODEL_PATH)")
     parser.add_argument("--model", choices=sorted(MODELS), default="linear", help="what to fit (default: linear)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random_state of the split (and the forest)")
+    parser.add_argument(
+        "--if-needed",
+        action="store_true",
+        help="make run's: only when OUT holds no registered model or profile (or a demo model older than schemas)",
+    )
     args = parser.parse_args(argv)
     out = args.out or get_settings().MODEL_PATH
+    if args.if_needed and (why := already_there(out)) is not None:
+        print(f"{out}: {why}; not trained again")
+        return 0
     print(summary_line("wrote", out, train(out, args.seed, args.model)))
     return 0
+
+
+def already_there(out: Path) -> str | None:
+    """Why ``out`` needs no training (a model with a current sidecar, or a profile of a model served
+    elsewhere), or None: nothing there, or a demo model whose sidecar predates schemas and the
+    Parquet reference (written again, so that its drift and demo work)."""
+    try:
+        metadata = read_sidecar(out)
+    except FileNotFoundError:
+        return "a model file without metadata (model_api says what to do)" if out.exists() else None
+    except RegistrationError:
+        return "its metadata is unreadable (model_api says what to do)"
+    if served_elsewhere(metadata):
+        return "the profile of a model served elsewhere"
+    if not out.exists():
+        return None
+    if "schema" not in metadata and metadata.get("model_type") in {type(MODELS[kind](0)).__name__ for kind in MODELS}:
+        return None  # the demo's, from before schemas
+    return "a registered model"
 
 
 if __name__ == "__main__":

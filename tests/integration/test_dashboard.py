@@ -3,6 +3,7 @@
 import functools
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -252,6 +253,125 @@ def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_
                 ["labels without prediction", "3", "0", "0", "0", "0", "0"],
             ]
             page.screenshot(tmp_path / "dashboard-all-numbers.png")
+            assert page.exceptions() == []
+        finally:
+            stop_all([plot])
+
+
+WIDE_DRIFTED = ["size_030", "city_121", "size_150", "size_198", "prediction"]
+TILES = "[...document.querySelectorAll('#{} .tile')].map(t => [t.id.replace(/^drift_/, ''), t.dataset.state])"
+
+
+def tiles(page: Page, container: str) -> list[list[str]]:
+    return page.evaluate(TILES.format(container))
+
+
+def tile_text(page: Page, name: str) -> str:
+    return page.evaluate(f"[...document.getElementById('drift_' + {name!r}).children].map(c => c.textContent).join(' | ')")
+
+
+def drift_shown(page: Page, status: str) -> bool:
+    return shown(page, "drift_status").startswith(status)
+
+
+def test_the_drift_panel_shows_any_schema_drifted_first_and_folds_the_rest(browser: Chromium, tmp_path: Path) -> None:
+    # A stand-in model_api serving the report of a 200-feature schema (every third categorical) made
+    # by model_api's own drift core: 4 features and the prediction drifted, a few values missing (as
+    # often as in the reference: not drift).
+    from services.plot_api.drift_chart import chosen_columns
+    from tests.unit.plot_api.test_drift_chart import drift_report, mixed_schema
+
+    schema = mixed_schema(200)
+    missing = {"size_090": 0.3, "city_004": 0.1, "size_000": 0.02, "size_003": 0.01, "city_007": 0.01, "size_006": 0.01}
+    refused = {"queue": {"wrong_type": 3, "schema_changed": 1}, "http": {"missing_feature": 2, "wrong_type": 1}}
+    report = drift_report(schema, WIDE_DRIFTED, seed=1, missing=missing, reference_missing=missing, refused=refused)
+    assert set(report["drifted"]) == set(WIDE_DRIFTED), report["drifted"]
+    with JsonStub("/drift", report) as model_api, JsonStub("/metrics/summary", NEW_SUMMARY) as metric_api:
+        env = service_env(
+            LOGS_DIR=str(tmp_path),
+            PLOT_INTERVAL_S="0.5",
+            PLOT_PORT=str(free_port()),
+            METRIC_API_URL=f"http://127.0.0.1:{metric_api.port}",
+            MODEL_API_URL=f"http://127.0.0.1:{model_api.port}",
+        )
+        plot = ServiceProcess("plot_api", env, tmp_path).start()
+        try:
+            plot.wait_healthy()
+            page = browser.open(f"{plot.url}/")
+            wait_until(lambda: drift_shown(page, "drifted: "), 15, "the page to show the drift report")
+            shown_tiles, folded = tiles(page, "drift_tiles"), tiles(page, "drift_more_tiles")
+            # One row of tiles: the drifted first, then those closest to drifting, as the drift chart picks them.
+            picked, _ = chosen_columns(report, panels=12)
+            assert [name for name, _ in shown_tiles] == [name for name, _ in picked]
+            assert {name for name, state in shown_tiles[:5]} == set(WIDE_DRIFTED)
+            assert [state for _, state in shown_tiles] == ["drifted"] * 5 + ["calm"] * 7
+            # The other 189 behind a closed fold, in schema order; the page stays about a screen high.
+            assert len(folded) == 201 - 12 and all(state == "calm" for _, state in folded)
+            order = [*schema.names, "prediction"]
+            assert [name for name, _ in folded] == sorted((name for name, _ in folded), key=order.index)
+            fold = "(d => ({open: d.open, hidden: d.hidden, summary: d.querySelector('summary').textContent}))"
+            assert page.evaluate(f"{fold}(document.getElementById('drift_more'))") == {
+                "open": False,
+                "hidden": False,
+                "summary": "189 more columns — calm",
+            }
+            assert page.evaluate("document.getElementById('drift_more').offsetHeight") < 30  # its summary line only
+            assert page.evaluate(f"document.getElementById('drift_{folded[-1][0]}').checkVisibility()") is False
+            assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+            assert page.evaluate("document.getElementById('drift_panel').offsetHeight") < HEIGHT / 2
+            # Each tile's statistics by kind, cut short rather than overflowing its box.
+            categorical, top = tile_text(page, "city_121"), report["features"]["city_121"]["window"]["top"][0]
+            assert categorical.startswith("\u26a0 city_121 | χ² p ") and f" | top {top['label']} " in categorical
+            assert f"unseen {round(100 * report['features']['city_121']['unseen_share'])}\u00a0%" in categorical
+            hover = page.evaluate("document.getElementById('drift_city_121').title")
+            assert hover.startswith("city_121 (categorical) — drifted, by the chi-square test\n"), hover
+            numeric = tile_text(page, "size_030")
+            assert "KS p " in numeric and "W " in numeric and "outside " in numeric
+            assert "missing 30\u00a0%" in tile_text(page, "size_090") and "missing" not in tile_text(page, "size_093")
+            overflowing = page.evaluate(
+                "[...document.querySelectorAll('#drift_tiles .tile')].filter(t => t.scrollWidth > t.clientWidth).map(t => t.id)"
+            )
+            assert overflowing == []
+            refusals = shown(page, "drift_refused")
+            assert refusals.endswith(": missing feature 2 · wrong type 4 · schema changed 1"), refusals
+            quality = shown(page, "drift_quality")
+            assert quality.startswith("data quality over 300 inputs: missing values in size_090 90, city_004 30, "), quality
+            assert "and 1 more feature " in quality and "no unseen categories" not in quality
+            banner = page.evaluate("(a => a.offsetHeight > 0 && a.textContent)(document.getElementById('drift_alert'))")
+            assert banner and "size_030" in banner and "prediction" in banner
+            threshold = re.fullmatch(r"drifted when a test's p ≤ ([0-9.e+-]+)", shown(page, "drift_rule"))
+            assert threshold and float(threshold[1]) == pytest.approx(report["rule"]["threshold"], rel=0.01)
+            assert f"(a test's p ≤ {threshold[1]})" in banner
+            status = shown(page, "drift_status")
+            assert status.endswith(" · 200 features (133 numeric, 67 categorical) and the prediction"), status
+            ids = page.evaluate("[...document.querySelectorAll('[id]')].map(e => e.id)")
+            assert len(ids) == len(set(ids)), "an id given twice (the drift chart's image is #drift)"
+            chart = "(i => i.complete && i.naturalWidth > 0 && i.dataset.etag)(document.getElementById('drift'))"
+            wait_until(lambda: page.evaluate(chart), 15, "the drift chart of the 200 columns to load")
+            page.screenshot(tmp_path / "dashboard-drift-wide.png")
+
+            # Opened, the fold stays open across refreshes and scrolls within the panel.
+            page.evaluate("document.querySelector('#drift_more summary').click()")
+            model_api.body = drift_report(schema, seed=3)  # a calm window of the same schema
+            wait_until(lambda: drift_shown(page, "calm"), 15, "the page to show the calm report")
+            assert page.evaluate("document.getElementById('drift_more').open") is True
+            assert all(state == "calm" for _, state in tiles(page, "drift_tiles") + tiles(page, "drift_more_tiles"))
+            assert shown(page, "drift_more_summary") == "189 more columns — calm"
+            assert page.evaluate("document.getElementById('drift_alert').offsetHeight") == 0
+            assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH
+            assert page.evaluate("document.getElementById('drift_panel').offsetHeight") < HEIGHT
+            assert shown(page, "drift_refused").endswith(": none")
+            page.screenshot(tmp_path / "dashboard-drift-wide-open.png")
+            print(f"dashboard screenshots: {tmp_path / 'dashboard-drift-wide.png'}, dashboard-drift-wide-open.png beside it")
+
+            # Drift unavailable, then a report missing most fields: shown, never broken.
+            model_api.body = {"status": "unavailable", "reason": "no reference file", "features": {"a": {}}, "prediction": {}}
+            wait_until(lambda: drift_shown(page, "unavailable: no reference file"), 15, "the page to show drift unavailable")
+            assert tiles(page, "drift_tiles") == [["a", "none"], ["prediction", "none"]]
+            assert page.evaluate("document.getElementById('drift_more').hidden") is True
+            model_api.body = {"status": "drifted", "drifted": ["x"], "features": {"x": {"drifted": True, "kind": "categorical"}}}
+            wait_until(lambda: drift_shown(page, "drifted: x"), 15, "the page to show a report missing most fields")
+            assert tiles(page, "drift_tiles") == [["x", "drifted"]]
             assert page.exceptions() == []
         finally:
             stop_all([plot])

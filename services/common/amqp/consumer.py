@@ -87,6 +87,8 @@ class HandBack(Exception):
 class _Subscription:
     queue: str
     schema: type[SampleMessage]
+    # What the validators need to know now (model_api: the schema of the model in service), or None.
+    context: Callable[[], dict[str, Any]] | None = None
     channel: AbstractRobustChannel | None = None
     consuming_on: AbstractChannel | None = None  # the aiormq channel of ``tag``
     tag: str | None = None
@@ -172,9 +174,10 @@ class BatchConsumer:
         self.handed_back: str | None = None  # why deliveries are being handed back, while they are
         self.dead_lettered = 0
 
-    def subscribe(self, queue: str, schema: type[SampleMessage]) -> None:
-        """Consume ``queue`` (a broker name, prefix applied), validating with ``schema``."""
-        self._subscriptions.append(_Subscription(queue, schema))
+    def subscribe(self, queue: str, schema: type[SampleMessage], context: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Consume ``queue`` (a broker name, prefix applied), validating with ``schema`` (given what
+        ``context()`` returns at each delivery as pydantic's validation context)."""
+        self._subscriptions.append(_Subscription(queue, schema, context))
 
     @property
     def queues(self) -> list[str]:
@@ -287,7 +290,8 @@ class BatchConsumer:
             reason = f"message of {len(raw.body)} bytes exceeds {MAX_MESSAGE_BYTES}"
         else:
             try:
-                message = subscription.schema.model_validate_json(raw.body)
+                context = None if subscription.context is None else subscription.context()
+                message = subscription.schema.model_validate_json(raw.body, context=context)
             except ValidationError as exc:
                 error, reason = exc, describe_validation_error(exc)
             else:

@@ -41,7 +41,10 @@ from services.common.delay import LabelDelay, bucket_start_s
 from services.common.settings import QueueType, Settings
 
 FEATURES, Y_TRUE, Y_PRED = "features", "y_true", "y_pred"
-QUEUES = (FEATURES, Y_TRUE, Y_PRED)
+# Predictions made elsewhere, with their features: model_api checks them against the schema, feeds
+# drift with them and publishes them to y_pred (the AMQP twin of POST /predictions).
+PREDICTIONS = "predictions"
+QUEUES = (FEATURES, Y_TRUE, Y_PRED, PREDICTIONS)
 PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
 # Deliveries of one message a quorum queue allows before it dead-letters the message: each
 # connection lost while the message was unacked counts, so a few failovers must not reach it.

@@ -4,7 +4,16 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.amqp.consumer import describe_validation_error
-from services.common.messages import ID_RULE, FeaturesMessage, LabelMessage, PredictionMessage, SampleIdClock, SampleMessage
+from services.common.messages import (
+    ID_RULE,
+    SCHEMA_CONTEXT,
+    FeaturesMessage,
+    LabelMessage,
+    PredictionMessage,
+    SampleIdClock,
+    SampleMessage,
+)
+from services.common.schema import DIABETES
 from services.common.settings import get_settings
 
 SEED_ID = "1669147134.196809"
@@ -13,6 +22,11 @@ TEN_FEATURES = [0.038, 0.05, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019
 
 def raw(**fields: object) -> bytes:
     return json.dumps(fields).encode()
+
+
+def features_of(data: bytes) -> FeaturesMessage:
+    """A features message as model_api reads it: checked against the schema of the model in service (the demo's)."""
+    return FeaturesMessage.model_validate_json(data, context={SCHEMA_CONTEXT: DIABETES})
 
 
 def refused_fields(exc: pytest.ExceptionInfo[ValidationError]) -> set[object]:
@@ -24,7 +38,7 @@ def refused_fields(exc: pytest.ExceptionInfo[ValidationError]) -> set[object]:
 
 
 def test_features_message_parses() -> None:
-    message = FeaturesMessage.model_validate_json(raw(id=SEED_ID, body=TEN_FEATURES, ts=1669147134.196809))
+    message = features_of(raw(id=SEED_ID, body=TEN_FEATURES, ts=1669147134.196809))
     assert message.id == SEED_ID
     assert message.body == TEN_FEATURES
     assert message.ts == 1669147134.196809
@@ -42,7 +56,7 @@ def test_prediction_message_parses_with_model_version() -> None:
 
 def test_integer_numbers_are_accepted_as_floats() -> None:
     label = LabelMessage.model_validate_json(raw(id=SEED_ID, body=151))
-    features = FeaturesMessage.model_validate_json(raw(id=SEED_ID, body=list(range(10))))
+    features = features_of(raw(id=SEED_ID, body=list(range(10))))
     assert label.body == 151.0 and type(label.body) is float
     assert features.body == [float(i) for i in range(10)]
     assert all(type(v) is float for v in features.body)
@@ -117,21 +131,37 @@ def test_label_or_prediction_body_of_the_wrong_type_is_refused(kind: type[Sample
 @pytest.mark.parametrize("count", [0, 9, 11])
 def test_features_of_the_wrong_length_are_refused(count: int) -> None:
     with pytest.raises(ValidationError) as exc:
-        FeaturesMessage.model_validate_json(raw(id=SEED_ID, body=[0.5] * count))
+        features_of(raw(id=SEED_ID, body=[0.5] * count))
     assert refused_fields(exc) == {"body"}
 
 
-@pytest.mark.parametrize("element", [b'"0.5"', b"true", b"null", b"[0.5]"])
+def test_a_null_feature_is_taken_as_missing() -> None:
+    body = [*TEN_FEATURES[:9], None]
+    assert features_of(raw(id=SEED_ID, body=body)).body == body
+
+
+def test_features_by_name_come_out_in_schema_order() -> None:
+    by_name = dict(reversed(list(zip(DIABETES.names, TEN_FEATURES, strict=True))))
+    assert features_of(raw(id=SEED_ID, body=by_name)).body == TEN_FEATURES
+
+
+def test_a_list_published_for_another_schema_is_refused_saying_both() -> None:
+    with pytest.raises(ValidationError, match=f"schema abcdef123456, and the model in service has schema {DIABETES.fingerprint}"):
+        features_of(raw(id=SEED_ID, body=TEN_FEATURES, schema_id="abcdef123456"))
+    assert features_of(raw(id=SEED_ID, body=TEN_FEATURES, schema_id=DIABETES.fingerprint)).body == TEN_FEATURES
+
+
+@pytest.mark.parametrize("element", [b'"0.5"', b"true", b"[0.5]", b"{}"])
 def test_features_with_a_non_number_element_are_refused(element: bytes) -> None:
     body = b"[" + b"0.5," * 9 + element + b"]"
     with pytest.raises(ValidationError) as exc:
-        FeaturesMessage.model_validate_json(b'{"id":"1.0","body":' + body + b"}")
+        features_of(b'{"id":"1.0","body":' + body + b"}")
     assert refused_fields(exc) == {"body"}
 
 
 def test_features_body_that_is_not_a_list_is_refused() -> None:
     with pytest.raises(ValidationError) as exc:
-        FeaturesMessage.model_validate_json(raw(id=SEED_ID, body=151.0))
+        features_of(raw(id=SEED_ID, body=151.0))
     assert refused_fields(exc) == {"body"}
 
 
@@ -153,7 +183,7 @@ def test_non_finite_prediction_is_refused(number: bytes) -> None:
 def test_non_finite_feature_is_refused(number: bytes) -> None:
     body = b"[" + b"0.5," * 9 + number + b"]"
     with pytest.raises(ValidationError) as exc:
-        FeaturesMessage.model_validate_json(b'{"id":"1.0","body":' + body + b"}")
+        features_of(b'{"id":"1.0","body":' + body + b"}")
     assert refused_fields(exc) == {"body"}
 
 
@@ -243,7 +273,7 @@ def test_to_bytes_is_utf8_json_matching_the_contract_shape() -> None:
     ("kind", "body", "bound"),
     [
         (FeaturesMessage, [1e300] * 10, "FEATURE_ABS_MAX"),
-        (FeaturesMessage, [*TEN_FEATURES[:9], -1e7], "FEATURE_ABS_MAX"),
+        (FeaturesMessage, [*TEN_FEATURES[:9], -1e13], "FEATURE_ABS_MAX"),
         (LabelMessage, 1.7e308, "TARGET_ABS_MAX"),
         (PredictionMessage, -1.7e308, "TARGET_ABS_MAX"),
         (LabelMessage, 1e13, "TARGET_ABS_MAX"),
@@ -251,7 +281,7 @@ def test_to_bytes_is_utf8_json_matching_the_contract_shape() -> None:
 )
 def test_absurd_finite_numbers_are_refused_naming_the_setting(kind: type[SampleMessage], body: object, bound: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        kind.model_validate_json(raw(id=SEED_ID, body=body))
+        kind.model_validate_json(raw(id=SEED_ID, body=body), context={SCHEMA_CONTEXT: DIABETES})
     assert refused_fields(refused) == {"body"} and bound in str(refused.value)
 
 
@@ -272,7 +302,7 @@ def test_the_bounds_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValidationError, match="beyond ±1000"):
             LabelMessage.model_validate_json(raw(id=SEED_ID, body=5000.0))
         with pytest.raises(ValidationError, match="beyond ±1 "):
-            FeaturesMessage.model_validate_json(raw(id=SEED_ID, body=[*TEN_FEATURES[:9], 2.0]))
+            features_of(raw(id=SEED_ID, body=[*TEN_FEATURES[:9], 2.0]))
     finally:
         get_settings.cache_clear()
 

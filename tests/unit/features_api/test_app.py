@@ -12,7 +12,8 @@ from sklearn.datasets import load_diabetes
 
 from services.common.delay import BUCKET_RATIO, LabelDelay, bucket_start_s
 from services.common.files import FEATURES_STATE
-from services.common.messages import FEATURE_NAMES, ID_RULE, FeaturesMessage, LabelMessage
+from services.common.messages import ID_RULE, FeaturesMessage, LabelMessage
+from services.common.schema import DIABETES, DIABETES_NAMES
 from services.common.settings import Settings
 from services.features_api.app import MAX_BURST, create_app
 from services.features_api.intake import MAX_ITEMS
@@ -24,7 +25,10 @@ ROW = [0.038, 0.05, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(QUEUE_PREFIX="t.", FEATURES_INTERVAL_S=3600, FEATURES_SEED=7, LOGS_DIR=tmp_path)
+    # No registration at MODEL_PATH: the demo draws the diabetes rows scikit-learn ships (the default schema).
+    return Settings(
+        QUEUE_PREFIX="t.", FEATURES_INTERVAL_S=3600, FEATURES_SEED=7, LOGS_DIR=tmp_path, MODEL_PATH=tmp_path / "none.pkl"
+    )
 
 
 def post(path: str, body: dict[str, Any]) -> Any:
@@ -51,8 +55,11 @@ def test_a_burst_publishes_features_and_label_of_each_sample_under_one_id(settin
     assert [m.message_id for m in link.to("t.features")] == ids
     assert all(len(f.body) == 10 for f in features) and all(25 <= label.body <= 346 for label in labels)
     assert all(m.expiration_ms is None for m in link.published)
+    assert features[0].schema_id == DIABETES.fingerprint  # a list: in the order of this schema
     assert status.json() == {
-        "sent": 3, "interval_s": 3600.0, "paused": False, "loop": True, "label_delay_s": "0", "broker": "connected"
+        "sent": 3, "interval_s": 3600.0, "paused": False, "loop": True, "label_delay_s": "0", "broker": "connected",
+        "demo": "draws from scikit-learn's diabetes data",
+        "schema": f"{DIABETES.fingerprint}: 10 features (10 numeric, 0 categorical)",
     }  # fmt: skip
     assert link.state == "closed"  # the lifespan closed it
 
@@ -265,6 +272,8 @@ def test_samples_go_to_features_with_their_labels_to_y_true_and_ids_made_where_n
     [
         ({"features": ROW[:9]}, ["body", "samples", 0, "features"]),
         ({"features": [*ROW[:9], "0.1"]}, ["body", "samples", 0, "features", 9]),
+        ({"features": dict(zip(DIABETES_NAMES[:9], ROW, strict=False))}, ["body", "samples", 0, "features", "s6"]),
+        ({"features": {**dict(zip(DIABETES_NAMES, ROW, strict=True)), "bmx": 1.0}}, ["body", "samples", 0, "features", "bmx"]),
         ({"features": ROW, "id": "new line\n"}, ["body", "samples", 0, "id"]),
         ({"features": ROW, "y_true": True}, ["body", "samples", 0, "y_true"]),
         ({"id": "x"}, ["body", "samples", 0, "features"]),
@@ -325,7 +334,7 @@ def test_with_a_delay_distribution_each_label_waits_in_the_queue_of_its_bucket(t
 
 def test_a_scenario_changes_what_is_sent_until_it_is_deleted(settings: Settings) -> None:
     link = StandInLink()
-    bmi = FEATURE_NAMES.index("bmi")
+    bmi = DIABETES_NAMES.index("bmi")
     data = load_diabetes().data
 
     async def scenario(client: AsyncClient) -> list[Response]:
@@ -340,7 +349,7 @@ def test_a_scenario_changes_what_is_sent_until_it_is_deleted(settings: Settings)
     set_, shown, _, deleted, _ = in_process(create_app(settings, link), scenario)
     assert set_.status_code == 200 and set_.json() == shown.json()
     assert shown.json()["active"] is True and shown.json()["shift"] == {"bmi": 3.0}
-    assert shown.json()["noise"] == dict.fromkeys(FEATURE_NAMES, 0.0) and shown.json()["since"] is not None
+    assert shown.json()["noise"] == dict.fromkeys(DIABETES_NAMES, 0.0) and shown.json()["since"] is not None
     assert shown.json()["std"]["bmi"] == pytest.approx(data[:, bmi].std())
     assert deleted.json()["active"] is False and deleted.json()["shift"] == {}
     sent = [FeaturesMessage.model_validate_json(m.body).body[bmi] for m in link.to("t.features")]
@@ -353,9 +362,13 @@ def test_a_scenario_changes_what_is_sent_until_it_is_deleted(settings: Settings)
 @pytest.mark.parametrize(
     ("body", "where", "says"),
     [
-        ({"shift": {"bmx": 1.0}}, ["body", "shift", "bmx"], "the features are age, sex, bmi, bp, s1, s2, s3, s4, s5, s6"),
-        ({"noise": {"BMI": 1.0}}, ["body", "noise", "BMI"], "the features are age, sex, bmi"),
-        ({"scale": {"bmi": 11}}, ["body", "scale", "bmi"], "less than or equal to 10"),
+        (
+            {"shift": {"bmx": 1.0}},
+            ["body", "shift", "bmx"],
+            "the schema's 10 features are age, sex, bmi, bp, s1, s2, s3, s4, s5, s6",
+        ),
+        ({"noise": {"BMI": 1.0}}, ["body", "noise", "BMI"], "the schema's 10 features are age, sex, bmi"),
+        ({"scale": {"bmi": 11}}, ["body", "scale", "bmi"], "between 0 and 10"),
         ({"shift": {"bmi": "x"}}, ["body", "shift", "bmi"], "number"),
         ({"drift": {"bmi": 1}}, ["body", "drift"], "Extra inputs"),
     ],

@@ -11,7 +11,8 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from sklearn.datasets import load_diabetes
 
-from services.common.messages import FeaturesMessage
+from services.common.messages import SCHEMA_CONTEXT, FeaturesMessage
+from services.common.schema import DIABETES
 from services.common.settings import Settings
 from services.model_api.drift_watch import DriftWatch, refusal_kind
 from services.model_api.modelstore import load_model
@@ -25,23 +26,29 @@ DATA = load_diabetes().data
     [
         ("[NaN,0,0,0,0,0,0,0,0,0]", "non_finite"),
         ("[0,0,0,0,0,0,0,0,0,-Infinity]", "non_finite"),
-        ("[null,0,0,0,0,0,0,0,0,0]", "missing"),
+        ("[0,0,0,0,0,0,0,0,0,1e13]", "out_of_range"),
         ("[0,0,0,0,0,0,0,0,0]", "feature_count"),
         ("[0,0,0,0,0,0,0,0,0,0,0]", "feature_count"),
-        ('["0",0,0,0,0,0,0,0,0,0]', "other"),
-        ("{}", "other"),
+        ('["0",0,0,0,0,0,0,0,0,0]', "wrong_type"),
+        ('{"age": 0}', "missing_feature"),
+        (
+            '{"age": 0, "sex": 0, "bmi": 0, "bp": 0, "s1": 0, "s2": 0, "s3": 0, "s4": 0, "s5": 0, "s6": 0, "s7": 0}',
+            "unknown_feature",
+        ),
+        ('"0,0,0"', "not_a_body"),
     ],
 )
 def test_a_refused_features_message_is_classified_by_reason(body: str, kind: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        FeaturesMessage.model_validate_json(f'{{"id": "1.5", "body": {body}}}')
+        FeaturesMessage.model_validate_json(f'{{"id": "1.5", "body": {body}}}', context={SCHEMA_CONTEXT: DIABETES})
     assert refusal_kind(refused.value.errors(include_url=False)) == kind
 
 
-def test_a_message_without_features_is_missing_them() -> None:
-    with pytest.raises(ValidationError) as refused:
-        FeaturesMessage.model_validate_json('{"id": "1.5"}')
-    assert refusal_kind(refused.value.errors()) == "missing"
+def test_a_message_without_features_or_with_a_bad_id_is_another_refusal() -> None:
+    for raw in ('{"id": "1.5"}', '{"id": "a b", "body": [0,0,0,0,0,0,0,0,0,0]}'):
+        with pytest.raises(ValidationError) as refused:
+            FeaturesMessage.model_validate_json(raw, context={SCHEMA_CONTEXT: DIABETES})
+        assert refusal_kind(refused.value.errors()) == "other"
 
 
 def gauge(name: str, **labels: str) -> float | None:
@@ -58,7 +65,7 @@ def test_check_sets_the_gauges_and_posts_each_alert_change_once(model_path: Path
         watch = DriftWatch(settings, model)
         shifted = DATA[rng.integers(442, size=100)]
         shifted[:, bmi] += 2 * DATA[:, bmi].std()
-        watch.observe(shifted.tolist(), model.predictor.predict(shifted.tolist()))
+        watch.observe(shifted.tolist(), model.serving.predict(shifted.tolist()))
         watch.check(time.time())
         assert gauge("model_drift_detected", feature="bmi") == 1.0 and gauge("model_drift_alert") == 1.0
         assert gauge("model_drift_detected", feature="age") == 0.0
@@ -67,7 +74,7 @@ def test_check_sets_the_gauges_and_posts_each_alert_change_once(model_path: Path
         assert gauge("model_drift_statistic", feature="bmi", method="psi") == report["features"]["bmi"]["psi"]
         watch.check(time.time())  # nothing new: no second change
         calm = DATA[rng.integers(442, size=100)]
-        watch.observe(calm.tolist(), model.predictor.predict(calm.tolist()))
+        watch.observe(calm.tolist(), model.serving.predict(calm.tolist()))
         watch.monitor.reassess_s = 0  # assess the new window now, not a second later
         watch.check(time.time())
         assert gauge("model_drift_alert") == 0.0 and gauge("model_drift_detected", feature="bmi") == 0.0

@@ -39,7 +39,7 @@ def test_load_returns_a_model_that_predicts_the_same(tmp_path: Path, model: Line
     save_model(model, path, {"model_type": "LinearRegression"})
     loaded = load_model(path)
     rows = load_diabetes(return_X_y=True)[0][:25]
-    np.testing.assert_array_equal(loaded.predictor.model.predict(rows), model.predict(rows))
+    np.testing.assert_array_equal(loaded.serving.model.predict(rows), model.predict(rows))
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     assert loaded.metadata["sha256"] == sha256
     assert loaded.metadata["model_type"] == "LinearRegression"
@@ -107,7 +107,7 @@ def test_allow_unverified_loads_a_file_without_metadata_and_says_so(tmp_path: Pa
     assert not loaded.verified
     [warning] = loaded.warnings
     assert "bare.pkl" in warning and "MODEL_ALLOW_UNVERIFIED=1" in warning
-    assert loaded.predictor.model.n_features_in_ == 10
+    assert loaded.serving.model.n_features_in_ == 10
 
 
 def test_allow_unverified_loads_a_changed_file_with_its_real_sha256(tmp_path: Path, model: LinearRegression) -> None:

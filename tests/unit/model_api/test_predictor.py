@@ -1,9 +1,13 @@
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import Pipeline
 
-from services.model_api.predictor import Predictor
+from harness.datasets import HOUSE_FEATURES, house_model, house_prices
+from services.common.schema import DIABETES, FeatureSchema, FeatureSpec
+from services.model_api.predictor import Predictor, schema_problem
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,7 @@ def model(diabetes: tuple[np.ndarray, np.ndarray]) -> LinearRegression:
 def test_predictions_equal_the_models_own(model: LinearRegression, diabetes: tuple[np.ndarray, np.ndarray]) -> None:
     features, _ = diabetes
     rows = features[:50].tolist()
-    predictions = Predictor(model, "v1").predict(rows)
+    predictions = Predictor(model, "v1", DIABETES).predict(rows)
     expected = model.predict(features[:50])
     assert len(predictions) == 50
     assert all(type(p) is float for p in predictions)
@@ -29,28 +33,28 @@ def test_predictions_equal_the_models_own(model: LinearRegression, diabetes: tup
 
 def test_one_row_gives_one_prediction(model: LinearRegression, diabetes: tuple[np.ndarray, np.ndarray]) -> None:
     features, _ = diabetes
-    [value] = Predictor(model, "v1").predict([features[7].tolist()])
+    [value] = Predictor(model, "v1", DIABETES).predict([features[7].tolist()])
     assert value == pytest.approx(float(model.predict(features[7:8])[0]), rel=1e-12)
 
 
 def test_prediction_by_hand_from_the_coefficients(model: LinearRegression) -> None:
     row = [0.01 * i for i in range(10)]
     expected = float(np.dot(model.coef_, row) + model.intercept_)
-    assert Predictor(model, "v1").predict([row]) == [pytest.approx(expected, rel=1e-12)]
+    assert Predictor(model, "v1", DIABETES).predict([row]) == [pytest.approx(expected, rel=1e-12)]
 
 
 def test_rows_may_be_tuples_of_ints(model: LinearRegression) -> None:
     row = (0, 1, 0, 0, 0, 0, 0, 0, 0, 0)
     expected = float(model.coef_[1] + model.intercept_)
-    assert Predictor(model, "v1").predict([row]) == [pytest.approx(expected, rel=1e-12)]
+    assert Predictor(model, "v1", DIABETES).predict([row]) == [pytest.approx(expected, rel=1e-12)]
 
 
 def test_empty_input_gives_no_predictions(model: LinearRegression) -> None:
-    assert Predictor(model, "v1").predict([]) == []
+    assert Predictor(model, "v1", DIABETES).predict([]) == []
 
 
 def test_the_version_is_kept(model: LinearRegression) -> None:
-    assert Predictor(model, "sha-abc").version == "sha-abc"
+    assert Predictor(model, "sha-abc", DIABETES).version == "sha-abc"
 
 
 @pytest.mark.parametrize("n_features", [1, 9, 11])
@@ -58,7 +62,7 @@ def test_a_model_for_another_number_of_features_is_refused(n_features: int) -> N
     rng = np.random.default_rng(0)
     other = LinearRegression().fit(rng.normal(size=(30, n_features)), rng.normal(size=30))
     with pytest.raises(ValueError, match=str(n_features)):
-        Predictor(other, "v1")
+        Predictor(other, "v1", DIABETES)
 
 
 @pytest.mark.parametrize(
@@ -68,4 +72,57 @@ def test_a_model_for_another_number_of_features_is_refused(n_features: int) -> N
 )
 def test_something_that_is_not_a_fitted_model_is_refused(not_a_model: object) -> None:
     with pytest.raises(TypeError, match="fitted"):
-        Predictor(not_a_model, "v1")
+        Predictor(not_a_model, "v1", DIABETES)
+
+
+HOUSE = FeatureSchema(
+    (
+        FeatureSpec("sqft", "numeric"),
+        FeatureSpec("city", "categorical", ("Paris", "Lyon", "Lille", "Nice")),
+        FeatureSpec("built_year", "numeric"),
+        FeatureSpec("channel", "categorical", ("web", "agent", "app")),
+        FeatureSpec("garden_m2", "numeric"),
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    return house_model(house_prices(1500, seed=1))
+
+
+def test_a_model_fitted_on_a_dataframe_is_fed_one_with_its_columns_and_dtypes(pipeline: Pipeline) -> None:
+    frame = house_prices(40, seed=8)
+    rows = [HOUSE.row([None if pd.isna(v) else v for v in row]) for row in frame[list(HOUSE_FEATURES)].itertuples(index=False)]
+    predictor = Predictor(pipeline, "v1", HOUSE)
+    fed = predictor.model_input(rows)
+    assert list(fed.columns) == list(HOUSE_FEATURES)
+    assert fed["sqft"].dtype == np.float64 and pd.api.types.is_string_dtype(fed["city"])
+    assert fed["garden_m2"].isna().sum() == frame["garden_m2"].isna().sum()
+    np.testing.assert_allclose(np.array(predictor.predict(rows)), pipeline.predict(frame[list(HOUSE_FEATURES)]), rtol=1e-12)
+
+
+def test_an_unseen_category_is_served_by_a_model_that_ignores_it(pipeline: Pipeline) -> None:
+    [value] = Predictor(pipeline, "v1", HOUSE).predict([[1500.0, "Marseille", 1990.0, "web", None]])
+    assert np.isfinite(value)
+
+
+def test_rows_the_model_raises_on_are_refused_alone_with_its_reason() -> None:
+    model = LinearRegression().fit(np.arange(20.0).reshape(10, 2), np.arange(10.0))  # no imputer: NaN makes it raise
+    schema = FeatureSchema.numeric(["a", "b"])
+    outcomes = Predictor(model, "v1", schema).predict_each([[1.0, 2.0], [None, 2.0], [3.0, 4.0], [5.0, None], [6.0, 7.0]])
+    assert [isinstance(o, str) for o in outcomes] == [False, True, False, True, False]
+    assert "ValueError" in str(outcomes[1]) and "NaN" in str(outcomes[1])
+    np.testing.assert_allclose(
+        np.array([outcomes[i] for i in (0, 2, 4)], dtype=float), model.predict(np.array([[1.0, 2.0], [3.0, 4.0], [6.0, 7.0]]))
+    )
+
+
+def test_a_dataframe_model_for_other_columns_says_which(pipeline: Pipeline) -> None:
+    other = FeatureSchema((*HOUSE.features[:4], FeatureSpec("pool", "numeric")))
+    problem = schema_problem(pipeline, other)
+    assert (
+        problem is not None and "garden_m2, which the schema lacks" in problem and "pool, which it was not fitted on" in problem
+    )
+    with pytest.raises(ValueError, match="pool"):
+        Predictor(pipeline, "v1", other)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import sklearn
 from sklearn.datasets import load_diabetes
@@ -35,7 +36,7 @@ def test_train_writes_the_pickle_and_a_sidecar_with_its_sha256(tmp_path: Path) -
 def test_the_trained_model_loads_and_predicts_like_a_reference_fit(tmp_path: Path) -> None:
     out = tmp_path / "myfile.pkl"
     train(out)
-    model = load_model(out).predictor.model
+    model = load_model(out).serving.model
     rows = load_diabetes(return_X_y=True)[0]
     np.testing.assert_allclose(model.predict(rows), reference_model().predict(rows), rtol=1e-9)
 
@@ -62,7 +63,7 @@ def test_the_seed_changes_the_split(tmp_path: Path) -> None:
     first = train(tmp_path / "a.pkl", seed=1)
     second = train(tmp_path / "b.pkl", seed=2)
     assert first["sha256"] != second["sha256"]
-    model = load_model(tmp_path / "b.pkl").predictor.model
+    model = load_model(tmp_path / "b.pkl").serving.model
     rows = load_diabetes(return_X_y=True)[0][:10]
     np.testing.assert_allclose(model.predict(rows), reference_model(seed=2).predict(rows), rtol=1e-9)
 
@@ -130,7 +131,7 @@ def test_other_kinds_of_model_fit_like_a_reference(tmp_path: Path, kind: str, re
     assert loaded.metadata["params"]["random_state" if kind == "random_forest" else "alpha"] == (
         7 if kind == "random_forest" else 0.1
     )
-    np.testing.assert_allclose(loaded.predictor.model.predict(features), expected.predict(features), rtol=1e-9)
+    np.testing.assert_allclose(loaded.serving.model.predict(features), expected.predict(features), rtol=1e-9)
     mae = float(np.mean(np.abs(y_test - expected.predict(x_test))))
     assert loaded.metadata["metrics"]["mae"] == pytest.approx(mae, rel=1e-9)
 
@@ -141,3 +142,37 @@ def test_the_command_line_refuses_an_unknown_kind_of_model(capsys: pytest.Captur
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "xgboost" in err and "random_forest" in err
+
+
+def test_the_demo_schema_is_the_ten_numeric_diabetes_columns_and_its_reference_every_row(tmp_path: Path) -> None:
+    metadata = train(tmp_path / "m.pkl")
+    features = metadata["schema"]["features"]
+    assert [f["name"] for f in features] == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    assert {f["kind"] for f in features} == {"numeric"} and metadata["served"] == "here"
+    stored = pd.read_parquet(tmp_path / "m.pkl.reference.parquet")
+    frame = load_diabetes(as_frame=True).frame
+    assert len(stored) == len(frame) == metadata["reference"]["rows"]  # the population the demo samples
+    np.testing.assert_array_equal(stored["__target__"], frame["target"])
+    np.testing.assert_allclose(
+        stored["__prediction__"], reference_model().predict(frame.drop(columns="target").to_numpy()), rtol=1e-9
+    )
+
+
+def test_if_needed_trains_only_where_no_model_or_profile_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.pkl"
+    assert main(["--out", str(out), "--if-needed"]) == 0 and out.exists()
+    first = out.read_bytes()
+    out.with_name("m.pkl.json").write_text(json.dumps({**json.loads(out.with_name("m.pkl.json").read_text()), "note": "mine"}))
+    assert main(["--out", str(out), "--if-needed"]) == 0
+    assert "a registered model; not trained again" in capsys.readouterr().out
+    assert "note" in json.loads(out.with_name("m.pkl.json").read_text())  # left as it was
+    # a profile of a model served elsewhere (a sidecar, no model file) is kept too
+    profile = tmp_path / "theirs.pkl"
+    profile.with_name("theirs.pkl.json").write_text(json.dumps({"served": "elsewhere"}))
+    assert main(["--out", str(profile), "--if-needed"]) == 0 and not profile.exists()
+    # the demo model of a release before schemas is trained again: its drift and demo need the new reference
+    sidecar = json.loads(out.with_name("m.pkl.json").read_text())
+    del sidecar["schema"]
+    out.with_name("m.pkl.json").write_text(json.dumps(sidecar))
+    assert main(["--out", str(out), "--if-needed"]) == 0
+    assert "schema" in json.loads(out.with_name("m.pkl.json").read_text()) and out.read_bytes() == first

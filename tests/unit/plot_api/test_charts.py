@@ -90,18 +90,23 @@ def test_the_registry_refuses_charts_that_would_clash(charts: list[ChartSpec], r
 
 
 def drift_report(shift: float, count: int = 300, seed: int = 0) -> dict:
-    """A report as model_api's GET /drift gives it, made by its own drift core on the diabetes data."""
+    """A report as model_api's GET /drift gives it, made by its own drift core on the diabetes data
+    (the default schema); bmi shifted by ``shift`` of its std. test_app.py serves it as model_api."""
     from sklearn.datasets import load_diabetes
 
+    from services.common.reference import ReferenceTable
+    from services.common.schema import DIABETES
     from services.model_api.drift import DriftMonitor, Reference
 
-    data, rng = load_diabetes().data, np.random.default_rng(seed)
+    diabetes = load_diabetes()
+    data, rng = diabetes.data, np.random.default_rng(seed)
 
     def predict(rows: np.ndarray) -> np.ndarray:  # a stand-in linear model
         predicted: np.ndarray = rows @ np.arange(1.0, 11.0) * 100
         return predicted
 
-    monitor = DriftMonitor(Reference.build(data, predict(data), "test"), size=300, max_age_s=3600.0)
+    table = ReferenceTable(DIABETES, tuple(data.T), diabetes.target, predict(data), "test")
+    monitor = DriftMonitor(Reference.from_table(table), DIABETES, size=300, max_age_s=3600.0)
     rows = data[rng.integers(len(data), size=count)].copy()
     rows[:, 2] += shift * data[:, 2].std()
     monitor.observe(rows, predict(rows), 1700000000.0)
@@ -117,6 +122,9 @@ def test_the_drift_chart_draws_model_apis_report_and_is_redrawn_only_when_it_cha
     pictures = [chart.draw(figure, rows) for rows in (calm, drifted, calm)]
     assert all(p.startswith(PNG_SIGNATURE) for p in pictures)
     assert pictures[0] != pictures[1] and pictures[0] == pictures[2]  # the figure is reused, not left dirty
+    chart.draw(figure, drifted)  # the ten features and the prediction, each a panel, the drifted first
+    shown = [panel.get_title().split("\n")[0] for panel in figure.panels[:-1] if panel.get_visible()]
+    assert shown == ["bmi — drifted", "age", "sex", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "prediction"]
     assert "n = 300 samples" in calm.stamp and "2023-11-14 22:13:20 UTC" in calm.stamp and "abc123def456" in calm.stamp
     assert calm.version == DriftRows.of(drift_report(0.0)).version != DriftRows.of(drift_report(0.0, count=200)).version
     few = DriftRows.of(drift_report(0.0, count=5))

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, _Subscription, delivery_tag
 from services.common.amqp.publisher import Outgoing
-from services.common.messages import MAX_MESSAGE_BYTES, FeaturesMessage
+from services.common.messages import MAX_MESSAGE_BYTES, SCHEMA_CONTEXT, FeaturesMessage
+from services.common.schema import DIABETES
 
 
 def features(n: int) -> bytes:
@@ -99,7 +100,7 @@ class Harness:
             await self.recovered.wait()
 
         self.consumer = BatchConsumer(handler, recover=recover or default_recover, invalid=invalid)
-        self.subscription = _Subscription("features", FeaturesMessage)
+        self.subscription = _Subscription("features", FeaturesMessage, lambda: {SCHEMA_CONTEXT: DIABETES})
         self.dead_letters = DeadLetters()
         self.consumer._dead_letters = self.dead_letters  # a recording stand-in publisher (a Publisher)
         self.channel = FakeChannel()
@@ -164,7 +165,7 @@ def test_the_service_is_told_of_each_message_refused_before_its_handler() -> Non
         )
 
     asyncio.run(scenario())
-    assert told == ["too_short", "too large"]
+    assert told == ["feature_feature_count", "too large"]
 
 
 def test_a_failing_hook_does_not_keep_a_bad_message_from_its_dlq() -> None:
