@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from services.common.amqp.errors import broker_gone
+from services.common.messages import FEATURES_SCHEMA_MARK
 from services.common.schema import FeatureSchema, SchemaViolation, problem_errors
 from services.common.settings import Settings, get_settings
 
@@ -63,8 +64,12 @@ def service_app(
     details: Callable[[], dict[str, Any]] = dict,
     *,
     settings: Settings | None = None,
+    features_schema: Callable[[], FeatureSchema] | None = None,
 ) -> FastAPI:
     """A service's FastAPI app: its lifespan, the ops routes and everything the module docstring lists.
+
+    ``features_schema()`` is the model's schema now, for a service whose routes take features: its
+    OpenAPI (/docs) shows those features by name and kind.
 
     ``problem()`` is why the service is not ready (/health answers 503 with it), or None;
     ``details()`` adds fields to every /health answer (the broker a service is connected to,
@@ -80,7 +85,7 @@ def service_app(
     # The last added runs first: HEAD becomes GET, then the body's size is watched.
     app.add_middleware(BodyLimit, max_bytes=settings.HTTP_BODY_MAX_BYTES)
     app.add_middleware(HeadAsGet)
-    _document_limits(app, protected=token is not None)
+    _document_limits(app, protected=token is not None, features_schema=features_schema)
     return app
 
 
@@ -393,15 +398,22 @@ async def _answer(
 # -- the OpenAPI document says all of it
 
 
-def _document_limits(app: FastAPI, *, protected: bool) -> None:
+def _document_limits(app: FastAPI, *, protected: bool, features_schema: Callable[[], FeatureSchema] | None = None) -> None:
     """Add to the app's OpenAPI what service_app answers besides the routes' own: 413 and 415 for a
-    route with a body and, with a token set, the bearer scheme and 401 on the routes that ask for it."""
+    route with a body and, with a token set, the bearer scheme and 401 on the routes that ask for it;
+    the model's features where a route takes them (made again when another schema is in service)."""
     made = app.openapi
+    made_for: list[str] = []  # the fingerprint of the schema the cached document shows
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
+        fingerprint = features_schema().fingerprint if features_schema is not None else ""
+        if app.openapi_schema is not None and made_for == [fingerprint]:
             return app.openapi_schema
+        app.openapi_schema = None
         schema = made()
+        if features_schema is not None:
+            _show_features(schema, features_schema())
+        made_for[:] = [fingerprint]
         for path in schema.get("paths", {}).values():
             for method, operation in path.items():
                 responses = operation.setdefault("responses", {})
@@ -422,6 +434,25 @@ def _document_limits(app: FastAPI, *, protected: bool) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _show_features(document: dict[str, Any], schema: FeatureSchema) -> None:
+    """Every features body in ``document`` (marked FEATURES_SCHEMA_MARK) becomes a reference to the
+    model's features, described once under components/schemas/Features."""
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get(FEATURES_SCHEMA_MARK):
+                return {"$ref": "#/components/schemas/Features"}
+            return {key: visit(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [visit(item) for item in node]
+        return node
+
+    document["paths"] = visit(document.get("paths", {}))
+    components = document.setdefault("components", {})
+    components["schemas"] = visit(components.get("schemas", {}))
+    components["schemas"]["Features"] = schema.json_schema()
 
 
 # -- logging and running

@@ -143,12 +143,19 @@ def _schema_bound(setting: str) -> Callable[[dict[str, Any]], None]:
 
 # A label or prediction (a value of the model's target), within its sane bounds.
 Target = Annotated[Number, AfterValidator(_within_target_bound), Field(json_schema_extra=_schema_bound("TARGET_ABS_MAX"))]
-Timestamp = Annotated[Number, AfterValidator(_plausible_ts)]
+Timestamp = Annotated[
+    Number,
+    AfterValidator(_plausible_ts),
+    Field(json_schema_extra={"minimum": 0, "maximum": TS_MAX, "description": "epoch seconds"}),
+]
 # One sample's features, as JSON gives them: checked against the model's schema where it is known
 # (services/common/schema.py), on the queues through the validation context (``SCHEMA_CONTEXT``), over
 # HTTP by the route.
+# The mark of a features body in an OpenAPI document: service_app puts the model's own schema there.
+FEATURES_SCHEMA_MARK = "x-features-of-the-model"
 _FEATURES_SCHEMA = WithJsonSchema(
     {
+        FEATURES_SCHEMA_MARK: True,
         "anyOf": [
             {"type": "object", "description": "every feature of the model's schema by name: a number, a string or null"},
             {"type": "array", "description": "the values in the schema's order"},

@@ -272,6 +272,36 @@ class FeatureSchema:
     def _codes(self) -> dict[int, dict[str, float]]:
         return {j: {c: float(k) for k, c in enumerate(self.features[j].categories)} for j in self.categorical}
 
+    # -- what /docs shows
+    def json_schema(self) -> dict[str, Any]:
+        """A features body as JSON Schema (OpenAPI 3.1): an object with every feature by name, or a list
+        in schema order; a number or null for a numeric feature, a string or null for a categorical one."""
+        bound = get_settings().FEATURE_ABS_MAX
+
+        def value(spec: FeatureSpec) -> dict[str, Any]:
+            if spec.numeric:
+                taken: dict[str, Any] = {"type": "number", "minimum": -bound, "maximum": bound}
+            else:
+                taken = {"type": "string", "maxLength": CATEGORY_MAX_CHARS}
+                if spec.categories:
+                    taken["examples"] = list(spec.categories[:5])
+            return {"title": spec.name, "anyOf": [taken, {"type": "null"}]}
+
+        values = [value(spec) for spec in self.features]
+        return {
+            "title": "Features",
+            "description": f"the model's {self.describe()}: an object by name, or a list in schema order (schema {self.fingerprint})",
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": dict(zip(self.names, values, strict=True)),
+                    "required": list(self.names),
+                    "additionalProperties": False,
+                },
+                {"type": "array", "prefixItems": values, "items": False, "minItems": len(values), "maxItems": len(values)},
+            ],
+        }
+
     # -- the sidecar's record
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": SCHEMA_FORMAT, "features": [spec.to_json() for spec in self.features]}

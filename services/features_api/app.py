@@ -203,7 +203,14 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
             await publisher.stop_loop(loop)
             await publisher.link.close()
 
-    app = service_app("features_api", lifespan, publisher.link.problem, publisher.link.details, settings=settings)
+    app = service_app(
+        "features_api",
+        lifespan,
+        publisher.link.problem,
+        publisher.link.details,
+        settings=settings,
+        features_schema=lambda: publisher.registration.current.schema,
+    )
     app.include_router(router)
     app.include_router(intake.router)
     return app

@@ -258,7 +258,14 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
         finally:
             await service.stop()
 
-    app = service_app("model_api", lifespan, service.link.problem, service.link.details, settings=settings)
+    app = service_app(
+        "model_api",
+        lifespan,
+        service.link.problem,
+        service.link.details,
+        settings=settings,
+        features_schema=lambda: service.model.schema,
+    )
     app.include_router(router)
     count_refused_predict_bodies(app, service)
     return app

@@ -12,12 +12,13 @@ import pytest
 
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import SERVICES
+from services.common.settings import Settings
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 TOKEN = "real-processes-token-0123456789"
 JSON = "application/json"
-OVER_THE_LIMIT = 3 * 1024 * 1024  # HTTP_BODY_MAX_BYTES is 2 MiB by default
+OVER_THE_LIMIT = Settings.model_fields["HTTP_BODY_MAX_BYTES"].default + 1024 * 1024  # a MiB over the default
 BODIES: list[tuple[str, bytes | None, str | None]] = [
     ("no content type", b'{"count": 2}', None),
     ("form (plain curl -d)", b'{"count": 2}', "application/x-www-form-urlencoded"),

@@ -25,6 +25,7 @@ from sklearn.linear_model import LinearRegression
 from harness.processes import ServiceProcess, free_port, run_to_exit, service_env, stop_all, wait_until
 from harness.queues import delete_queues, unique_prefix
 from services.common.messages import PredictionMessage
+from services.common.schema import DIABETES_NAMES
 from services.model_api.modelstore import save_model
 from services.model_api.train import train
 
@@ -72,7 +73,9 @@ def serving(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], a
     """model_api serving the linear model; no test of this module swaps it."""
     work_dir = tmp_path_factory.mktemp("model_api")
     install(models["linear"], work_dir / "serving.pkl")
-    with model_api(work_dir, work_dir / "serving.pkl", amqp_url) as service:
+    # Features within ±10⁶ (not 10¹²): the demo's linear model then predicts within TARGET_ABS_MAX for every
+    # row the schema allows, so that schemathesis' valid rows are all served (beyond, a 422 says why).
+    with model_api(work_dir, work_dir / "serving.pkl", amqp_url, FEATURE_ABS_MAX="1e6") as service:
         yield service
 
 
@@ -136,12 +139,14 @@ ROW = [0.01] * 10
 @pytest.mark.parametrize(
     ("body", "where", "what"),
     [
-        ({"features": ROW[:9]}, ["body", "features"], "at least 10"),
-        ({"features": [*ROW, 0.0]}, ["body", "features"], "at most 10"),
+        ({"features": ROW[:9]}, ["body", "features"], "holds 10 values in schema order, not 9"),
+        ({"features": [*ROW, 0.0]}, ["body", "features"], "holds 10 values in schema order, not 11"),
+        ({"features": dict(zip(DIABETES_NAMES[1:], ROW, strict=False))}, ["body", "features", "age"], "feature 'age' is missing"),
         ({"features": ["a", *ROW[1:]]}, ["body", "features", 0], "number"),
         ({"features": [*ROW[:4], True, *ROW[5:]]}, ["body", "features", 4], "number"),
         ({"features": [*ROW[:2], "0.5", *ROW[3:]]}, ["body", "features", 2], "number"),
-        ({"features": [*ROW[:9], None]}, ["body", "features", 9], "number"),
+        # null is a missing value, taken: the demo's linear model cannot predict with it, and says so
+        ({"features": [*ROW[:9], None]}, ["body", "features"], "Input X contains NaN"),
         ('{"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]}', ["body", "features", 0], "finite"),
         ('{"features": [0, 0, 0, 0, 0, 0, 0, 0, 0, Infinity]}', ["body", "features", 9], "finite"),
         (
@@ -151,16 +156,17 @@ ROW = [0.01] * 10
         ),
         ({"instances": []}, ["body", "instances"], "at least 1"),
         ({"instances": [ROW] * (BATCH_LIMIT + 1)}, ["body", "instances"], f"at most {BATCH_LIMIT}"),
-        ({"instances": [ROW, ROW[:3]]}, ["body", "instances", 1], "at least 10"),
+        ({"instances": [ROW, ROW[:3]]}, ["body", "instances", 1], "holds 10 values in schema order, not 3"),
         ({"instances": ROW}, ["body", "instances", 0], "list"),
         ({}, ["body"], "neither"),
-        ({"features": None}, ["body", "features"], "valid list"),
+        ({"features": None}, ["body", "features"], "an object by name or a list in schema order, not null"),
         ({"features": ROW, "instances": [ROW]}, ["body"], "both"),
         ([ROW], ["body"], "object"),
     ],
     ids=[
         "9 features",
         "11 features",
+        "a feature missing by name",
         "a string",
         "a boolean",
         "a numeric string",
@@ -255,6 +261,28 @@ def ids_as_many_as_instances(case: Case) -> bool:
     return not (isinstance(ids, list) and isinstance(instances, list)) or len(ids) == len(instances)
 
 
+def each_reported_id_once(case: Case) -> bool:
+    """/predictions takes each id once a request: JSON Schema cannot say that of one field of the items
+    (its description does), so a request the schema allows may still be refused for it. Such are left out."""
+    body = case.body
+    items = body.get("predictions") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return True
+    ids = [item.get("id") for item in items if isinstance(item, dict)]
+    return len(ids) == len(set(map(str, ids)))
+
+
+def no_missing_values_for_the_demo_model(case: Case) -> bool:
+    """The schema allows null for any feature (a missing value is taken, and counted); whether the model
+    predicts with one is the model's business, and the demo's linear model does not: it is a 422 naming
+    the model's reason (tested above). Valid requests with a null feature are left out of the positive run."""
+    body = case.body
+    if not isinstance(body, dict):
+        return True
+    rows = [body["features"]] if "features" in body else body.get("instances") or []
+    return not any(None in (row.values() if isinstance(row, dict) else row) for row in rows if isinstance(row, dict | list))
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 def test_no_request_the_schema_allows_or_forbids_makes_a_server_error(serving: ServiceProcess, mode: GenerationMode) -> None:
     """schemathesis, over model_api's own OpenAPI schema: every route, valid and invalid requests,
@@ -269,7 +297,11 @@ def test_no_request_the_schema_allows_or_forbids_makes_a_server_error(serving: S
         if mode is GenerationMode.NEGATIVE and not len(operation.body):
             continue  # nothing to get wrong in a request without a body or parameters
 
-        @given(case=operation.as_strategy(generation_mode=mode).filter(ids_as_many_as_instances))
+        strategy = operation.as_strategy(generation_mode=mode).filter(ids_as_many_as_instances).filter(each_reported_id_once)
+        if mode is GenerationMode.POSITIVE:
+            strategy = strategy.filter(no_missing_values_for_the_demo_model)
+
+        @given(case=strategy)
         @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def answered_by_the_schema(case: Case) -> None:
             case.call_and_validate()

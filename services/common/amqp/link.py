@@ -87,7 +87,9 @@ class BrokerLink:
 
     @property
     def publisher(self) -> ConfirmedPublisher:
-        if self._publisher is None or not self._up:
+        # Usable as soon as it exists: a consumer started during the set-up (a service has several) may be
+        # handed deliveries before the last one is consuming, and publishes what they give.
+        if self._publisher is None:
             raise NotConnected(self.problem() or self._reason)
         return self._publisher
 
@@ -186,7 +188,7 @@ class BrokerLink:
                             f"METRIC_SHARDS than this one's {self._settings.QUEUE_TYPE} and "
                             f"{self._settings.METRIC_SHARDS}; docs/cluster.md says how to change them)"
                         )
-                    self.connection, self.channels = None, []
+                    self.connection, self.channels, self._publisher = None, [], None
                     await connection.close()
                 else:
                     connection.close_callbacks.add(self._on_lost)
