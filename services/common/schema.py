@@ -290,7 +290,8 @@ class FeatureSchema:
         values = [value(spec) for spec in self.features]
         return {
             "title": "Features",
-            "description": f"the model's {self.describe()}: an object by name, or a list in schema order (schema {self.fingerprint})",
+            "description": f"the model's {self.describe()}: an object by name, or a list in schema order "
+            f"(schema {self.fingerprint})",
             "anyOf": [
                 {
                     "type": "object",

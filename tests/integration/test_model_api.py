@@ -279,7 +279,8 @@ def no_missing_values_for_the_demo_model(case: Case) -> bool:
     body = case.body
     if not isinstance(body, dict):
         return True
-    rows = [body["features"]] if "features" in body else body.get("instances") or []
+    given = [body["features"]] if "features" in body else body.get("instances")
+    rows: list[Any] = given if isinstance(given, list) else []
     return not any(None in (row.values() if isinstance(row, dict) else row) for row in rows if isinstance(row, dict | list))
 
 
