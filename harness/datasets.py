@@ -106,3 +106,9 @@ def write_user_model(folder: Path, kind: str = "house", rows: int = 2000, refere
     model_path.write_bytes(pickle.dumps(model))
     make(reference_rows, seed=2).to_csv(reference_path, index=False)
     return UserModel(model_path, reference_path, target, model)
+
+
+def feature_bodies(frame: pd.DataFrame, names: list[str] | tuple[str, ...] = HOUSE_FEATURES) -> list[dict[str, Any]]:
+    """Rows as features bodies by name, as a client would send them: a missing value as null."""
+    features = frame[list(names)].astype(object).where(frame[list(names)].notna(), None)
+    return [{str(name): value for name, value in row.items()} for row in features.to_dict("records")]

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.datasets import HOUSE_FEATURES, UserModel, house_prices, write_user_model
+from harness.datasets import HOUSE_FEATURES, UserModel, feature_bodies, house_prices, write_user_model
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
-from services.model_api.register import register, register_elsewhere
+from services.model_api.register import register_elsewhere
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -29,20 +29,11 @@ FEATURES = list(HOUSE_FEATURES)
 
 
 def bodies(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON objects by feature name, a missing value as null."""
-    features = frame[FEATURES].astype(object).where(frame[FEATURES].notna(), None)
-    return [{str(name): value for name, value in row.items()} for row in features.to_dict("records")]
+    return feature_bodies(frame, FEATURES)
 
 
 def in_order(frame: pd.DataFrame) -> list[list[Any]]:
     return [[row[name] for name in FEATURES] for row in bodies(frame)]
-
-
-@pytest.fixture(scope="module")
-def house(tmp_path_factory: pytest.TempPathFactory) -> UserModel:
-    user = write_user_model(tmp_path_factory.mktemp("house"), "house")
-    register(user.model_path, user.reference_path, "price")
-    return user
 
 
 @pytest.fixture

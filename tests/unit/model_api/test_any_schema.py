@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from httpx import AsyncClient, Response
 
-from harness.datasets import HOUSE_FEATURES, UserModel, house_prices, write_user_model
+from harness.datasets import HOUSE_FEATURES, UserModel, feature_bodies, house_prices
 from services.common.amqp.consumer import Delivery
 from services.common.messages import PredictionMessage, ReportedPrediction
 from services.common.settings import Settings
@@ -24,21 +24,13 @@ from tests.unit.stand_in_link import StandInLink
 FEATURES = list(HOUSE_FEATURES)
 
 
-@pytest.fixture(scope="module")
-def house(tmp_path_factory: pytest.TempPathFactory) -> UserModel:
-    user = write_user_model(tmp_path_factory.mktemp("house"), "house")
-    register(user.model_path, user.reference_path, "price")
-    return user
-
-
 @pytest.fixture
 def settings(house: UserModel) -> Settings:
     return Settings(MODEL_PATH=house.model_path, QUEUE_PREFIX="t.")
 
 
 def bodies(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    features = frame[FEATURES].astype(object).where(frame[FEATURES].notna(), None)
-    return [{str(name): value for name, value in row.items()} for row in features.to_dict("records")]
+    return feature_bodies(frame, FEATURES)
 
 
 class Raw:
