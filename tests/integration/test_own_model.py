@@ -115,7 +115,10 @@ def test_own_predictions_late_labels_samples_and_the_delayed_demo_give_one_row_p
             time.sleep(0.2)
         expected = [*labelled_now, *labelled_late, *sample_truth, *demo]
         wait_until(lambda: len(pipeline.rows()) >= len(expected), 20, f"{len(expected)} rows")
-        demo_rows_at = joined_at(pipeline, demo)
+        # The CSV row is fsynced before the state's transaction commits (docs/guarantees.md): wait for the state too.
+        demo_rows_at = wait_until(
+            lambda: (at := joined_at(pipeline, demo)).keys() == set(demo) and at, 10, "the state to commit the rows"
+        )
         assert min(demo_rows_at[sample_id] - float(sample_id) for sample_id in demo) >= LABEL_DELAY_S  # id = publish time
 
         still_missing = {*never_labelled, *(f"row-{n:03d}" for n in range(75, 100))}
