@@ -26,6 +26,7 @@ from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, PREDICTIONS, Y_PRED, half_queue, half_queues
+from services.common.contracts.drift import DriftReport
 from services.common.http import StrictBody, schema_rows, service_app
 from services.common.messages import (
     ID_RULE,
@@ -543,7 +544,7 @@ async def model_info(service: Service) -> dict[str, Any]:
     }
 
 
-@router.get("/drift")
+@router.get("/drift", response_model=DriftReport)
 async def drift(service: Service) -> dict[str, Any]:
     """The last ``DRIFT_WINDOW_SIZE`` samples predicted for (of the last ``DRIFT_WINDOW_S`` seconds),
     per feature and for the prediction, against the model's reference: whether each drifted, its
