@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
 
-from services.common.http.token import SECURITY_SCHEME, asks_for_token
+from services.common.http.token import BEARER, asks_for_token
 from services.common.messages import FEATURES_SCHEMA_MARK
 from services.common.schema import FeatureSchema
 
@@ -41,15 +42,11 @@ def document(app: FastAPI, *, protected: bool, features_schema: Callable[[], Fea
                     for status, answer in BODY_ANSWERS.items():
                         responses.setdefault(status, answer)
                 if protected and asks_for_token(method, operation):
-                    operation["security"] = [{SECURITY_SCHEME: []}]
+                    operation["security"] = [{BEARER.scheme_name: []}]
                     responses.setdefault("401", TOKEN_ANSWER)
         if protected:
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes[SECURITY_SCHEME] = {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "the service's API_TOKEN; asked by every route that changes state",
-            }
+            schemes[BEARER.scheme_name] = jsonable_encoder(BEARER.model, by_alias=True, exclude_none=True)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to change the document
