@@ -3,10 +3,16 @@
 import json
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from services.common.http.excerpt import EXCERPT_CHARS
 from tests.unit.common.http.tiny_app import post_each, tiny_app
+from tests.unit.in_process import in_process
 
 # --- a body that is not JSON, or not readable: a 4xx that says what to do ---------------------
 
@@ -47,6 +53,37 @@ def test_a_body_that_cannot_be_read_as_json_is_a_400_that_says_why(body: bytes, 
     [answer] = post_each(app, [{"content": body, "headers": {"content-type": "application/json"}}])
     assert answer.status_code == 400 and said in answer.json()["detail"]
     assert answer.json()["detail"].startswith("the body cannot be read as JSON")
+
+
+def test_fastapi_still_answers_an_unreadable_body_with_a_400_raised_from_the_decoders_error() -> None:
+    """The hook the 400 above hangs on, pinned against plain FastAPI: when an upgrade changes it, this
+    fails and says so (services/common/http/errors.py recognises the 400 by its cause, not its words)."""
+    app = FastAPI()
+    seen: list[tuple[int, type[BaseException] | None]] = []
+
+    class Body(BaseModel):
+        count: int
+
+    @app.post("/")
+    async def take(body: Body) -> int:
+        return body.count
+
+    async def record(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        seen.append((exc.status_code, type(exc.__cause__) if exc.__cause__ is not None else None))
+        return JSONResponse({}, status_code=exc.status_code)
+
+    app.add_exception_handler(HTTPException, record)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for body in (b'{"count": "\xff"}', b"[" * 100_000 + b"]" * 100_000):
+            await client.post("/", content=body, headers={"content-type": "application/json"})
+
+    in_process(app, scenario)
+    assert seen == [(400, UnicodeDecodeError), (400, RecursionError)], (
+        "FastAPI no longer raises its 400 for an unreadable body from the decoder's error: "
+        "services/common/http/errors.py needs another hook"
+    )
 
 
 def test_invalid_json_is_a_422_with_what_the_parser_said_and_where() -> None:
