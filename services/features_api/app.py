@@ -29,7 +29,8 @@ from services.common.amqp.topology import (
 )
 from services.common.delay import bucket_of, expiration_ms
 from services.common.files import FEATURES_STATE
-from services.common.http import StrictBody, service_app
+from services.common.http.app import service_app
+from services.common.http.bodies import StrictBody
 from services.common.messages import FeaturesMessage, LabelMessage, ReportedPrediction, SampleIdClock
 from services.common.settings import Settings, get_settings
 from services.features_api import intake

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.topology import Y_PRED, Y_TRUE, shard_queue
-from services.common.http import service_app
+from services.common.http.app import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind

@@ -26,7 +26,8 @@ from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, PREDICTIONS, Y_PRED, half_queue, half_queues
-from services.common.http import StrictBody, schema_rows, service_app
+from services.common.http.app import service_app
+from services.common.http.bodies import StrictBody, schema_rows
 from services.common.messages import (
     ID_RULE,
     SCHEMA_CONTEXT,

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter, Histogram
 
 from services.common.files import METRIC_LOG, atomic_write
-from services.common.http import service_app
+from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
 from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
 from services.plot_api.drift_feed import DriftFeed
