@@ -23,9 +23,9 @@ from typing import Any
 from bench.progress import say
 from bench.report import md_table
 from bench.throughput import throughput
+from harness import local_cluster as cluster
 from harness.cluster import rows_per_shard, running_on_cluster
 from harness.pipeline import running_pipeline
-from harness import local_cluster as cluster
 from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train

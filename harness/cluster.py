@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 
+from harness import local_cluster as cluster
 from harness.checker import Verdict, check_all, row_ids
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import ServiceProcess, free_port
-from harness import local_cluster as cluster
 from services.common.files import METRIC_LOG
 
 

@@ -70,6 +70,7 @@ SEED = NODES[0]  # the node the others join
 _launched: dict[Node, int] = {}  # pid of each server script this process started, to notice one that dies at boot
 URLS = ",".join(node.url for node in NODES)  # AMQP_URL for services on the cluster
 
+
 class ClusterError(RuntimeError):
     """The cluster could not be brought to the asked state; the message says why and where to look."""
 
@@ -84,7 +85,11 @@ def guard(node: Node) -> Node:
     distribution port RabbitMQ derives from it); else NotAClusterNode."""
     if node not in NODES:
         raise NotAClusterNode(f"{node} is not a node of the local cluster ({', '.join(n.name for n in NODES)})")
-    if node.name == DEFAULT_NODE_NAME or DEFAULT_NODE_PORT in (node.port, node.dist_port) or node.dist_port == DEFAULT_NODE_PORT + 20000:
+    if (
+        node.name == DEFAULT_NODE_NAME
+        or DEFAULT_NODE_PORT in (node.port, node.dist_port)
+        or node.dist_port == DEFAULT_NODE_PORT + 20000
+    ):
         raise NotAClusterNode(f"{node} would touch the machine's own broker ({DEFAULT_NODE_NAME} on {DEFAULT_NODE_PORT})")
     return node
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from bench.replicas import predictions_by_replica
+from harness import local_cluster as cluster
 from harness.checker import Verdict
 from harness.cluster import all_row_ids, brokers_in_use, merged_count, rows_per_shard, running_on_cluster, verdict
 from harness.pipeline import Pipeline
 from harness.processes import REPO_ROOT, wait_until
 from harness.queues import connect, delete_queues, unique_prefix
-from harness import local_cluster as cluster
 from services.common.amqp.link import BrokerLink
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES
