@@ -106,10 +106,10 @@ bench: $(VENV)/.installed-test broker
 
 # A local three-node RabbitMQ cluster (docs/cluster.md); never the machine's own broker on 5672.
 cluster: $(VENV)/.installed
-	@$(BIN)/python -m services.common.cluster start
+	@$(BIN)/python -m harness.local_cluster start
 
 cluster-stop: $(VENV)/.installed
-	@$(BIN)/python -m services.common.cluster stop
+	@$(BIN)/python -m harness.local_cluster stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,7 @@ The same burst through the same services (features_api, ``--cluster-replicas`` m
 processes, one metric_api per shard, plot_api), measured as the throughput section measures it:
 
 - the baseline: classic queues on the single broker (AMQP_URL);
-- quorum queues on the local three-node cluster (services/common/cluster.py, what ``make cluster``
+- quorum queues on the local three-node cluster (harness/local_cluster.py, what ``make cluster``
   starts; started here when it is not running, and stopped again afterwards), for each shard
   count of ``--cluster-shards`` (METRIC_SHARDS: one metric_api per shard).
 
@@ -23,9 +23,9 @@ from typing import Any
 from bench.progress import say
 from bench.report import md_table
 from bench.throughput import throughput
+from harness import local_cluster as cluster
 from harness.cluster import rows_per_shard, running_on_cluster
 from harness.pipeline import running_pipeline
-from services.common import cluster
 from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train

@@ -1,6 +1,6 @@
 """The drift micro-benchmark: ``python -m bench.drift`` (no broker, no services; a minute or two).
 
-In process, with services/model_api/drift.py alone, on two schemas:
+In process, with services/model_api/drift/ alone, on two schemas:
 
 - the demo: train's model and reference (every diabetes row), rows drawn as the demo draws them;
 - wide: 200 features made here — 150 numeric (normal, log-normal, Poisson counts; some 10 %

@@ -11,7 +11,7 @@ import httpx
 from bench.figures import percentile, rounded
 from bench.progress import say, wait_for_progress
 from harness.pipeline import Pipeline
-from services.features_api.app import MAX_BURST
+from services.features_api.publisher import MAX_BURST
 
 TAIL_POLL_S = 0.002
 

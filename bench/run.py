@@ -50,8 +50,8 @@ from services.model_api.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("throughput", "ingest", "latency", "http", "wide", "scale")
-# ingest and wide are read beside the diabetes throughput burst: either runs it too
-NEEDS_THROUGHPUT = ("ingest", "wide")
+# Sections that compare with the throughput burst or need its rows (the HTTP section asks for the histogram it draws).
+NEEDS_THROUGHPUT = ("ingest", "wide", "http")
 PIPELINE_ENV = {"FEATURES_INTERVAL_S": "3600", "PLOT_INTERVAL_S": "10"}
 
 

@@ -15,7 +15,7 @@ from bench.progress import COUNT_POLL_S, say, wait_for_progress
 from harness.checker import check_all
 from harness.cluster import shard_csvs
 from harness.pipeline import Pipeline
-from services.features_api.app import MAX_BURST
+from services.features_api.publisher import MAX_BURST
 
 MAX_PUBLISH_COUNT = MAX_BURST  # samples per POST /features/publish in the throughput burst: the most one may ask
 

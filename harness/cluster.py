@@ -1,4 +1,4 @@
-"""The pipeline on the local three-node RabbitMQ cluster (services/common/cluster.py): quorum
+"""The pipeline on the local three-node RabbitMQ cluster (harness/local_cluster.py): quorum
 queues, several model_api processes, and the join split into ``shards`` metric_api processes
 (METRIC_SHARDS/METRIC_SHARD, each with its own LOGS_DIR and port; plot_api reads them all)."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 
+from harness import local_cluster as cluster
 from harness.checker import Verdict, check_all, row_ids
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import ServiceProcess, free_port
-from services.common import cluster
 from services.common.files import METRIC_LOG
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port, service_env, stop_all, wait_until
 from harness.queues import delete_queues, queue_state, unique_prefix
 from services.common.files import METRIC_LOG
-from services.features_api.app import MAX_BURST
+from services.features_api.publisher import MAX_BURST
 from services.plot_api.charts import CHARTS
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR

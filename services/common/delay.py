@@ -32,9 +32,12 @@ class DelaySpecError(ValueError):
     """A LABEL_DELAY_S that is not a delay; the message says what is wrong and what is expected."""
 
 
+DelayKind = Literal["fixed", "exp", "uniform"]
+
+
 @dataclass(frozen=True)
 class LabelDelay:
-    kind: Literal["fixed", "exp", "uniform"]
+    kind: DelayKind
     low: float  # fixed: the delay; exp: the mean; uniform: the lower bound
     high: float  # fixed: the delay; exp: the cap; uniform: the upper bound
 

@@ -1,4 +1,4 @@
-from services.common.http import serve
+from services.common.http.serve import serve
 from services.common.settings import get_settings
 from services.features_api.app import create_app
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 from services.common.amqp.link import Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, Y_TRUE, half_queue
-from services.common.http import StrictBody, schema_rows
+from services.common.http.bodies import StrictBody, schema_rows
 from services.common.messages import ID_RULE, CallerId, FeaturesBody, FeaturesMessage, LabelMessage, Target
 from services.common.schema import FeatureSchema
 from services.common.settings import Settings

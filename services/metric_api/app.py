@@ -17,7 +17,7 @@ from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.topology import Y_PRED, Y_TRUE, shard_queue
 from services.common.contracts.rows_feed import REPLACED_STATUS, ROWS_MAX_BYTES, ROWS_ROUTE, RowsChunk
 from services.common.contracts.summary import SUMMARY_ROUTE, Summary
-from services.common.http import service_app
+from services.common.http.app import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind

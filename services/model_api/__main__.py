@@ -1,6 +1,6 @@
 import sys
 
-from services.common.http import serve
+from services.common.http.serve import serve
 from services.common.settings import get_settings
 from services.model_api.app import create_app
 from services.model_api.modelstore import ModelFileError

@@ -3,7 +3,7 @@
 by reason, the data quality (missing values and unseen categories) counted per feature, the
 Prometheus gauges and the drift alert kept current once a second, and ``GET /drift``'s answer.
 
-The statistics are in ``drift.py`` (no I/O); the reference file in ``services/common/reference.py``.
+The statistics are in the ``drift`` package (no I/O); the reference file in ``services/common/reference.py``.
 """
 
 import asyncio

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 from services.common.contracts.drift import DriftReport
 from services.common.contracts.summary import MergedSummary, Summary
 from services.common.files import METRIC_LOG, atomic_write
-from services.common.http import service_app
+from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
 from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
 from services.plot_api.drift_feed import DriftFeed, DriftUnreadable

@@ -48,7 +48,7 @@ NAMES_SHOWN = 4  # drifted columns the headline names before "and N more"
 TITLE_CHARS = 24  # a panel's title: the column's name, shortened to this
 LABEL_CHARS = 6  # a category's label under its bar, shortened to this
 CATEGORY_BARS = 6  # the categories a panel draws, the rest pooled into one bar
-# The bins a categorical column's report ends with (services/model_api/drift.py), as a panel labels them.
+# The bins a categorical column's report ends with (services/model_api/drift/reference.py), as a panel labels them.
 SPECIAL_LABELS = {"(other)": "other", "(unseen)": "unseen", "(missing)": "n/a"}
 NO_P = 2.0  # how close to drifting a column without a p-value is: after every column with one
 ColumnReport = NumericColumn | CategoricalColumn | UnjudgedColumn

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.common import cluster
+from harness import local_cluster as cluster
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from bench.replicas import predictions_by_replica
+from harness import local_cluster as cluster
 from harness.checker import Verdict
 from harness.cluster import all_row_ids, brokers_in_use, merged_count, rows_per_shard, running_on_cluster, verdict
 from harness.pipeline import Pipeline
 from harness.processes import REPO_ROOT, wait_until
 from harness.queues import connect, delete_queues, unique_prefix
-from services.common import cluster
 from services.common.amqp.link import BrokerLink
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES
@@ -265,8 +265,12 @@ def test_full_cluster_restart_mid_burst(pipeline: Pipeline, published: list[str]
     assert_sound(pipeline, result)
 
 
+TAKE_TIMEOUT_S = 60.0  # to take a queue's messages, once it says how many it holds
+
+
 async def _ids_in(queue: str) -> set[str]:
-    """The message ids of everything in ``queue`` (consumed with a large prefetch: a Basic.Get each is slow)."""
+    """The message ids of everything in ``queue`` (consumed with a large prefetch: a Basic.Get each is slow).
+    An empty queue answers at once; a queue that stops delivering before its count fails, saying so."""
     connection = await connect(cluster.URLS)
     found: set[str] = set()
     async with connection:
@@ -274,13 +278,18 @@ async def _ids_in(queue: str) -> set[str]:
         await channel.set_qos(prefetch_count=5000)
         amqp_queue = await channel.declare_queue(queue, passive=True)
         total = amqp_queue.declaration_result.message_count or 0
+        if total == 0:
+            return found
         taken = 0
-        async with amqp_queue.iterator(no_ack=True) as messages:
-            async for message in messages:
-                found.add(message.message_id or "")
-                taken += 1
-                if taken == total:
-                    break
+        try:
+            async with asyncio.timeout(TAKE_TIMEOUT_S), amqp_queue.iterator(no_ack=True) as messages:
+                async for message in messages:
+                    found.add(message.message_id or "")
+                    taken += 1
+                    if taken == total:
+                        break
+        except TimeoutError:
+            raise AssertionError(f"{queue} said it held {total} messages, {taken} came within {TAKE_TIMEOUT_S:g} s") from None
     return found
 
 

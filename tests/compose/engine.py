@@ -19,9 +19,9 @@ from pathlib import Path
 from tests.deploy_files import COMPOSE_FILE, REPO_ROOT, dockerfile_stages, load_compose
 
 SCRIPT_NAME = "docker-standin-images.sh"
-# DOCKER_STANDIN_SCRIPT, else shared/ beside the repository (where CI lays it beside its clone,
-# and the main checkout has it), else the workplace's own copy (a worktree elsewhere).
-SCRIPT_PLACES = (REPO_ROOT.parent / "shared" / "tools" / SCRIPT_NAME, Path("/work/shared/tools") / SCRIPT_NAME)
+# DOCKER_STANDIN_SCRIPT, else ../shared/tools/ beside the repository (where CI lays it beside its clone);
+# a checkout elsewhere sets DOCKER_STANDIN_SCRIPT.
+SCRIPT_PLACES = (REPO_ROOT.parent / "shared" / "tools" / SCRIPT_NAME,)
 # !override and !reset in compose.scale.yml need Compose 2.24.4 or newer.
 MIN_COMPOSE = (2, 24, 4)
 

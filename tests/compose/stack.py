@@ -25,7 +25,7 @@ import httpx
 from harness.checker import Verdict, check_all, row_ids
 from harness.processes import wait_until
 from services.common.files import METRIC_LOG
-from services.features_api.app import MAX_BURST
+from services.features_api.publisher import MAX_BURST
 from tests.compose.engine import Engine
 from tests.deploy_files import COMPOSE_FILE, REPO_ROOT, env_example
 

@@ -2,7 +2,10 @@
 table of hostile requests than tests/unit/test_every_route.py — over real sockets, chunked bodies
 and malformed requests included: no 5xx, every service still healthy, no traceback in any log."""
 
+import json
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,47 @@ def test_no_hostile_request_gets_a_5xx_from_a_real_process(pipeline: Pipeline, s
                     failures.append(f"{method} {path} with a chunked body over the limit: {streamed.status_code}")
     assert sent > 10 and not failures, "\n".join(failures)
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def urllib_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """What Python's urllib gets: it sends the whole body (and Connection: close) before it reads."""
+    request = urllib.request.Request(url, data=body, headers={"content-type": JSON, **headers})  # noqa: S310 (http://127.0.0.1)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 (http://127.0.0.1)
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def socket_post_chunked(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A raw socket: the whole body chunked, then Connection: close, and only then reads."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        connection.sendall(head.encode())
+        for chunk in chunked(body):
+            connection.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        connection.sendall(b"0\r\n\r\n")
+        answer = b""
+        while piece := connection.recv(65536):
+            answer += piece
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("client", ["urllib", "raw socket, chunked"])
+def test_a_client_that_sends_its_whole_body_before_reading_gets_the_413_and_why(pipeline: Pipeline, client: str) -> None:
+    """The 413 is sent before the body is read; a server that then closes with the rest of the body unread makes
+    the kernel reset the connection, and a client still sending never reads the 413 (urllib said "Connection
+    reset by peer"). The rest is read and dropped first, as nginx does."""
+    body = b'{"pad": "' + b"x" * OVER_THE_LIMIT + b'"}'
+    if client == "urllib":
+        status, detail = urllib_post(f"{pipeline.url('features_api')}/features/publish", body, pipeline.auth)
+    else:
+        status, detail = socket_post_chunked(pipeline.services["features_api"].port, "/features/publish", body, pipeline.auth)
+    assert status == 413, (status, detail[:200])
+    assert "HTTP_BODY_MAX_BYTES" in json.loads(detail)["detail"]
+    assert httpx.get(f"{pipeline.url('features_api')}/health").status_code == 200
 
 
 def raw_request(port: int, request: bytes) -> bytes:

@@ -1,5 +1,5 @@
 """model_api's drift report, ``GET /drift``: the window of inputs and predictions against the
-model's reference, column by column. Made by services/model_api/drift.py (``DriftMonitor.assess``)
+model's reference, column by column. Made by services/model_api/drift/ (``DriftMonitor.assess``)
 and drift_watch.py (``DriftWatch.report``, which adds the model version, the reference file, the
 refusals and the data quality); relayed and drawn by plot_api. docs/monitoring.md, "Drift and data
 quality", says what each field means.

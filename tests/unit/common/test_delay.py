@@ -10,6 +10,7 @@ from services.common.delay import (
     BUCKET_RATIO,
     EXP_CAP,
     SMALLEST_BUCKET_S,
+    DelayKind,
     DelaySpecError,
     LabelDelay,
     bucket_of,
@@ -31,8 +32,8 @@ from services.common.settings import Settings
         ("uniform:3:3", "uniform", 3.0, 3.0),
     ],
 )
-def test_specs_that_are_delays(spec: str, kind: str, low: float, high: float) -> None:
-    assert LabelDelay.parse(spec) == LabelDelay(kind, low, high)  # type: ignore[arg-type]
+def test_specs_that_are_delays(spec: str, kind: DelayKind, low: float, high: float) -> None:
+    assert LabelDelay.parse(spec) == LabelDelay(kind, low, high)
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ from services.common.files import FEATURES_STATE
 from services.common.messages import ID_RULE, FeaturesMessage, LabelMessage
 from services.common.schema import DIABETES, DIABETES_NAMES
 from services.common.settings import Settings
-from services.features_api.app import MAX_BURST, create_app
+from services.features_api.app import create_app
 from services.features_api.intake import MAX_ITEMS
+from services.features_api.publisher import MAX_BURST
 from tests.unit.in_process import in_process
 from tests.unit.stand_in_link import StandInLink
 

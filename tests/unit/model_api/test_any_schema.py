@@ -16,8 +16,9 @@ from harness.datasets import HOUSE_FEATURES, UserModel, feature_bodies, house_pr
 from services.common.amqp.consumer import Delivery
 from services.common.messages import PredictionMessage, ReportedPrediction
 from services.common.settings import Settings
-from services.model_api.app import REPORTED_MAX, ModelService, create_app
+from services.model_api.app import create_app
 from services.model_api.register import register, register_elsewhere
+from services.model_api.service import REPORTED_MAX, ModelService
 from tests.unit.in_process import in_process
 from tests.unit.stand_in_link import StandInLink
 

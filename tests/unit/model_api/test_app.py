@@ -19,7 +19,8 @@ from sklearn.datasets import load_diabetes
 from services.common.amqp.consumer import Delivery
 from services.common.messages import ID_RULE, FeaturesMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
-from services.model_api.app import ModelService, create_app
+from services.model_api.app import create_app
+from services.model_api.service import ModelService
 from tests.unit.in_process import in_process
 from tests.unit.stand_in_link import StandInLink
 

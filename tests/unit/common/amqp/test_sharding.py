@@ -31,7 +31,8 @@ CRC32 = {
 
 
 def settings(shards: int = 1, shard: int = 0, **more: str) -> Settings:
-    return Settings(METRIC_SHARDS=shards, METRIC_SHARD=shard, QUEUE_PREFIX="p.", **more)  # type: ignore[arg-type]
+    """Settings as the environment gives them: ``more`` as text, which pydantic-settings converts."""
+    return Settings.model_validate({"METRIC_SHARDS": shards, "METRIC_SHARD": shard, "QUEUE_PREFIX": "p.", **more})
 
 
 @pytest.mark.parametrize(("sample_id", "crc"), CRC32.items())

@@ -1,4 +1,4 @@
-"""A local three-node RabbitMQ cluster on 127.0.0.1:5681-5683: ``python -m services.common.cluster start|stop|status``.
+"""A local three-node RabbitMQ cluster on 127.0.0.1:5681-5683: ``python -m harness.local_cluster start|stop|status``.
 
 ``make cluster`` runs ``start``: it starts every node that is not running (or whose app was
 stopped), joins to the first node any node that is not in the cluster yet, and returns once
@@ -70,13 +70,32 @@ SEED = NODES[0]  # the node the others join
 _launched: dict[Node, int] = {}  # pid of each server script this process started, to notice one that dies at boot
 URLS = ",".join(node.url for node in NODES)  # AMQP_URL for services on the cluster
 
-for _node in NODES:  # the guard this module's promise rests on: none of ours is the default node
-    assert _node.name != DEFAULT_NODE_NAME and DEFAULT_NODE_PORT not in (_node.port, _node.dist_port), _node
-    assert _node.dist_port != DEFAULT_NODE_PORT + 20000, _node
-
 
 class ClusterError(RuntimeError):
     """The cluster could not be brought to the asked state; the message says why and where to look."""
+
+
+class NotAClusterNode(ClusterError):
+    """A command would address a node that is not one of this cluster's: the machine's own broker, say.
+    Raised, not asserted: ``python -O`` drops asserts, and this guard is the module's promise."""
+
+
+def guard(node: Node) -> Node:
+    """``node`` if it is one of ours and touches nothing of the default node's (name, AMQP port, the
+    distribution port RabbitMQ derives from it); else NotAClusterNode."""
+    if node not in NODES:
+        raise NotAClusterNode(f"{node} is not a node of the local cluster ({', '.join(n.name for n in NODES)})")
+    if (
+        node.name == DEFAULT_NODE_NAME
+        or DEFAULT_NODE_PORT in (node.port, node.dist_port)
+        or node.dist_port == DEFAULT_NODE_PORT + 20000
+    ):
+        raise NotAClusterNode(f"{node} would touch the machine's own broker ({DEFAULT_NODE_NAME} on {DEFAULT_NODE_PORT})")
+    return node
+
+
+for _node in NODES:  # checked when the module is imported: none of ours is the default node
+    guard(_node)
 
 
 def node(name: str) -> Node:
@@ -198,8 +217,7 @@ def _write_files(target: Node) -> None:
 
 def ctl(target: Node, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``rabbitmqctl -n <target> ...`` (as the nodes' user). Only ever addresses a cluster node."""
-    assert target in NODES, target
-    command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", target.nodename, *args]
+    command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", guard(target).nodename, *args]
     user, group, extra_groups = _ids()
     result = subprocess.run(
         command,
@@ -450,7 +468,7 @@ def _say(enabled: bool, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.common.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.local_cluster", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     args = parser.parse_args(argv)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common import cluster
+from harness import local_cluster as cluster
 
 
 @pytest.fixture
@@ -33,8 +33,37 @@ def test_only_the_clusters_nodes_can_be_named(name: str) -> None:
 
 
 def test_rabbitmqctl_refuses_any_other_node_before_running_anything() -> None:
-    with pytest.raises(AssertionError):
+    with pytest.raises(cluster.NotAClusterNode, match="not a node of the local cluster"):
         cluster.ctl(cluster.Node("rabbit", 5672, 25672), "stop_app")
+
+
+def test_the_guard_holds_under_python_dash_o() -> None:
+    """Asserts vanish under -O; the guard does not: a node like the default one is refused there too."""
+    probe = (
+        "from harness import local_cluster as c\n"
+        "try:\n"
+        "    c.ctl(c.Node('rabbit', 5672, 25672), 'stop_app')\n"
+        "except c.NotAClusterNode as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-O", "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.startswith("refused: ") and "not a node of the local cluster" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("node", "says"),
+    [
+        (cluster.Node("rabbit", 5699, 25699), "would touch the machine's own broker"),
+        (cluster.Node("cluster9", 5672, 25699), "would touch the machine's own broker"),
+        (cluster.Node("cluster9", 5699, 25672), "would touch the machine's own broker"),
+    ],
+)
+def test_a_node_touching_the_default_ones_name_or_ports_is_refused(
+    monkeypatch: pytest.MonkeyPatch, node: "cluster.Node", says: str
+) -> None:
+    monkeypatch.setattr(cluster, "NODES", (*cluster.NODES, node))  # even were it listed as one of ours
+    with pytest.raises(cluster.NotAClusterNode, match=says):
+        cluster.guard(node)
 
 
 def test_a_node_has_its_own_files_none_of_etc_rabbitmq(cluster_dir: Path) -> None:

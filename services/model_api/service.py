@@ -1,0 +1,229 @@
+"""model_api's work: predicting for every features message and publishing the prediction to y_pred;
+taking the predictions of a model served elsewhere (``POST /predictions``, the ``predictions``
+queue), their features checked and fed to drift; the model in service, and reloading it."""
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import signal
+import time
+from collections import Counter as Tally
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter
+from pydantic import TypeAdapter, ValidationError
+
+from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
+from services.common.amqp.link import BrokerLink, Link
+from services.common.amqp.publisher import Outgoing
+from services.common.amqp.topology import FEATURES, PREDICTIONS, Y_PRED, half_queue, half_queues
+from services.common.messages import (
+    SCHEMA_CONTEXT,
+    FeaturesMessage,
+    PredictionMessage,
+    ReportedPrediction,
+    SampleIdClock,
+    Target,
+)
+from services.common.registration import EXTERNAL_VERSION
+from services.common.settings import Settings
+from services.model_api.drift_watch import DriftWatch
+from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
+
+log = logging.getLogger(__name__)
+
+
+SERVED = Counter(
+    "predictions",
+    "Predictions served (queue, http) or reported from elsewhere (reported_http, reported_queue)",
+    ["path", "model_version"],
+)
+MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
+# The most rows one POST /predict may carry in "instances".
+PREDICT_BATCH_MAX = 1000
+# Predictions made elsewhere in one POST /predictions, and how many are published at a time (confirms pipelined within).
+REPORTED_MAX = 10_000
+PUBLISH_CHUNK = 1000
+# Digits after the microseconds of the ids /predict makes: drawn once per process, so that they
+# never equal the features service's ids (which have none) and two replicas' ids differ too.
+ID_SUFFIX_DIGITS = 6
+_TARGET = TypeAdapter(Target)
+
+
+def prediction_problem(value: float) -> str | None:
+    """Why a model's output cannot be a prediction (not finite, beyond TARGET_ABS_MAX), or None."""
+    if not math.isfinite(value):
+        return "not a finite number"
+    try:
+        _TARGET.validate_python(value)
+    except ValidationError as exc:
+        return exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+    return None
+
+
+class ModelService:
+    """Consumes ``features`` in batches, predicts, publishes ``y_pred`` (confirmed); the consumer then acks."""
+
+    def __init__(self, settings: Settings, link: Link | None = None) -> None:
+        self.settings = settings
+        # The model in service. Swapped whole by reload(); each batch reads it once.
+        self.model = self._log_loaded(load_model(settings.MODEL_PATH, allow_unverified=settings.MODEL_ALLOW_UNVERIFIED))
+        self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
+        self.ids = SampleIdClock(suffix=f"{secrets.randbelow(10**ID_SUFFIX_DIGITS):0{ID_SUFFIX_DIGITS}d}")
+        self._reload_lock = asyncio.Lock()
+        self._sighup_reloads: set[asyncio.Task[None]] = set()
+        self.drift = DriftWatch(settings, self.model)
+        # Each delivery is checked against the schema of the model in service when it arrives.
+        context = self.validation_context
+        self.consumer = BatchConsumer(self._predict_batch, invalid=self.drift.refused_from_queue)
+        self.consumer.subscribe(settings.queue(FEATURES), FeaturesMessage, context)
+        self.reports = BatchConsumer(self._reported_batch, invalid=self.drift.refused_from_queue)
+        self.reports.subscribe(settings.queue(PREDICTIONS), ReportedPrediction, context)
+        self.link = link or BrokerLink(
+            settings, "model_api", publishes=half_queues(settings, Y_PRED), consumers=[self.consumer, self.reports]
+        )
+
+    def validation_context(self) -> dict[str, Any]:
+        return {SCHEMA_CONTEXT: self.model.schema}
+
+    @property
+    def reported_version(self) -> str:
+        """The model_version of a prediction from elsewhere that names none: a profile's own, else ``external``."""
+        return self.model.version if self.model.predictor is None else EXTERNAL_VERSION
+
+    def prediction(self, sample_id: str, value: float, ts: float | None, version: str) -> Outgoing:
+        # Every part was validated where it came in (the id and ts with their message or request, the value
+        # by prediction_problem or as a Target): built without validating it all again.
+        message = PredictionMessage.model_construct(id=sample_id, body=value, ts=ts, model_version=version)
+        return Outgoing(half_queue(self.settings, Y_PRED, sample_id), message.to_bytes(), sample_id)
+
+    async def _predict_batch(self, batch: list[Delivery[FeaturesMessage]]) -> list[Rejection]:
+        """One predict call for the batch, every prediction published (confirms pipelined).
+
+        A row the model refuses (it raised on it) or predicts no sane number for (not finite,
+        beyond TARGET_ABS_MAX) is refused alone, not with its batch. With no model here (a
+        profile of a model served elsewhere) every features message is refused, saying so.
+        """
+        model = self.model  # one model for the whole batch, whatever a reload does meanwhile
+        if model.predictor is None:
+            return [(delivery, f"model_api cannot predict: {model.unservable}") for delivery in batch]
+        rows = [delivery.message.body for delivery in batch]
+        outcomes = await self.predict(model, rows)
+        predictions, refused, predicted_rows, values = [], [], [], []
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            features = delivery.message
+            if isinstance(outcome, str):
+                refused.append((delivery, f"model {model.version} refused these features: {outcome}"))
+            elif (problem := prediction_problem(outcome)) is not None:
+                refused.append((delivery, f"model {model.version} predicted {outcome:g} for these features: {problem}"))
+            else:
+                predictions.append(self.prediction(features.id, outcome, features.ts, model.version))
+                predicted_rows.append(features.body)
+                values.append(outcome)
+        await self.link.publisher.publish_many(predictions)
+        self.count_served(model.version, "queue", len(predictions))
+        # After the publish: a batch that fails is seen when it comes again. Only what was predicted.
+        self.drift.observe(predicted_rows, values)
+        if refused:
+            self.drift.refuse("queue", "unpredictable", len(refused))
+        return refused
+
+    async def predict(self, model: LoadedModel, rows: list[Any]) -> list[float | str]:
+        """Each row's prediction or the model's reason for refusing it. A model fed a DataFrame takes
+        a millisecond or more a batch: it runs in a thread, so the event loop (acks, confirms, HTTP) goes on."""
+        assert model.predictor is not None
+        if model.schema.numeric_only and not model.predictor.by_name:
+            return model.predictor.predict_each(rows)
+        return await asyncio.to_thread(model.predictor.predict_each, rows)
+
+    async def _reported_batch(self, batch: list[Delivery[ReportedPrediction]]) -> list[Rejection]:
+        """Predictions made elsewhere, from the queue: published to y_pred, their features fed to drift."""
+        await self.report([delivery.message for delivery in batch], "reported_queue")
+        return []
+
+    async def report(self, reported: Sequence[ReportedPrediction], path: str) -> None:
+        """Publish predictions made elsewhere (features already checked) to y_pred; return once confirmed."""
+        default = self.reported_version
+        now = time.time()
+        messages = [self.prediction(item.id, item.body, item.ts or now, item.model_version or default) for item in reported]
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            await self.link.publisher.publish_many(messages[start : start + PUBLISH_CHUNK])
+        by_version = Tally(item.model_version or default for item in reported)
+        for version, count in by_version.items():
+            self.count_served(version, path, count)
+        described = [(item.features, item.body) for item in reported if item.features is not None]
+        self.drift.observe([features for features, _ in described], [value for _, value in described])
+
+    async def monitor(self, ids: list[str], values: list[float], version: str, served_at: float) -> None:
+        """Publish predictions served over HTTP to y_pred, as the queue path does; return once confirmed."""
+        await self.link.publisher.publish_many(
+            [self.prediction(sample_id, value, served_at, version) for sample_id, value in zip(ids, values, strict=True)]
+        )
+
+    def count_served(self, version: str, path: str, count: int) -> None:
+        self.served.setdefault(version, Tally())[path] += count
+        SERVED.labels(path=path, model_version=version).inc(count)
+
+    @staticmethod
+    def _log_loaded(model: LoadedModel) -> LoadedModel:
+        log.info(
+            "model %s (%s) loaded from %s in %.2f s%s",
+            model.version,
+            model.metadata.get("model_type")
+            or ("served elsewhere" if model.predictor is None else type(model.predictor.model).__name__),
+            model.path,
+            model.load_seconds,
+            "" if model.verified else " UNVERIFIED",
+        )
+        for warning in model.warnings:
+            log.warning("%s", warning)
+        return model
+
+    async def reload(self) -> tuple[LoadedModel, LoadedModel]:
+        """Load MODEL_PATH again, off the event loop, and put it in service: (old, new).
+
+        On ModelFileError the old model stays in service. The swap is one assignment
+        between batches, so a batch is predicted by exactly one model.
+        """
+        async with self._reload_lock:
+            path = self.settings.MODEL_PATH
+            try:
+                new = await asyncio.to_thread(load_model, path, allow_unverified=self.settings.MODEL_ALLOW_UNVERIFIED)
+            except ModelFileError as exc:
+                MODEL_RELOADS.labels(outcome="refused").inc()
+                log.error("model reload refused, model %s stays in service: %s", self.model.version, exc)
+                raise
+            monitor = await asyncio.to_thread(self.drift.monitor_for, new)
+            old, self.model = self.model, self._log_loaded(new)
+            self.drift.use(new, monitor)
+            MODEL_RELOADS.labels(outcome="loaded").inc()
+            log.info("model reloaded: %s -> %s", old.version, new.version)
+            return old, new
+
+    def _on_sighup(self) -> None:
+        async def reload_logged() -> None:
+            with contextlib.suppress(ModelFileError):  # reload() logged why; the old model serves on
+                await self.reload()
+
+        task = asyncio.create_task(reload_logged(), name="model-reload-sighup")
+        self._sighup_reloads.add(task)
+        task.add_done_callback(self._sighup_reloads.discard)
+
+    def listen_for_sighup(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (RuntimeError, ValueError) as exc:  # not the main thread (an in-process test client)
+            log.info("SIGHUP will not reload the model here (%s); POST /model/reload does", exc)
+
+    def start(self) -> None:
+        self.link.start()
+        self.drift.start()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.link.close()
+        await self.drift.stop()
