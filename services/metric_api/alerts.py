@@ -7,7 +7,8 @@ each change of it to ``ALERT_WEBHOOK_URL``.
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from services.metric_api.stats import LAST_N_WINDOWS, finite_or_none
+from services.common.error_window import finite_or_none
+from services.common.row_windows import LAST_N_WINDOWS
 
 ALERT_WINDOW = "last_100"
 ALERT_ROWS = LAST_N_WINDOWS[ALERT_WINDOW]

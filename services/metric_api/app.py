@@ -4,7 +4,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
@@ -15,13 +15,15 @@ from prometheus_client import Counter, Gauge
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.topology import Y_PRED, Y_TRUE, shard_queue
+from services.common.contracts.rows_feed import REPLACED_STATUS, ROWS_MAX_BYTES, ROWS_ROUTE, RowsChunk
+from services.common.contracts.summary import SUMMARY_ROUTE, Summary
 from services.common.http.app import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind
 from services.metric_api.ledger import LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor, Waiting
-from services.metric_api.rows_feed import ROWS_MAX_BYTES, LogChunk, read_chunk
+from services.metric_api.rows_feed import read_chunk
 from services.metric_api.stats import RECENT_ROWS_SERVED
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,9 @@ class MetricService:
     """Labels and predictions come in batches from one consumer; each batch is recorded in the
     ledger (joined, appended with fsync, committed) and only then acked."""
 
-    def __init__(self, settings: Settings, link: Link | None = None) -> None:
+    def __init__(self, settings: Settings, link: Link | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock  # the wall-clock time: when a half came, a row was joined, a half became an orphan
         self.ledger = MetricLedger(settings.LOGS_DIR, settings.ORPHAN_TTL_S)
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
@@ -128,14 +131,14 @@ class MetricService:
             core = self.quality.new_core()
             try:
                 async with self._ledger_lock:
-                    await asyncio.to_thread(self.ledger.open, core)
+                    await asyncio.to_thread(self.ledger.open, core, self.clock())
             except StorageErrors as exc:
                 problem = f"cannot use {self.settings.LOGS_DIR}: {exc}"
                 if problem != self.storage_problem:
                     log.error("%s; retrying every %ss", problem, RETRY_S)
                 self.storage_problem = problem
             else:
-                self.quality.replace(core, time.time())
+                self.quality.replace(core, self.clock())
                 self.storage_problem = None
                 return
             await asyncio.sleep(RETRY_S)
@@ -147,11 +150,11 @@ class MetricService:
             # The statistics take the rows under the same lock: a repair rebuilding them meanwhile would count them twice.
             async with self._ledger_lock:
                 try:
-                    recorded = await asyncio.to_thread(self.ledger.record, halves, time.time())
+                    recorded = await asyncio.to_thread(self.ledger.record, halves, self.clock())
                 except LedgerFilesChanged as exc:
                     await self._repair_files(str(exc))
-                    recorded = await asyncio.to_thread(self.ledger.record, halves, time.time())
-                self.quality.add_rows(recorded.rows, time.time())
+                    recorded = await asyncio.to_thread(self.ledger.record, halves, self.clock())
+                self.quality.add_rows(recorded.rows, self.clock())
         except StorageErrors as exc:
             self.storage_problem = f"cannot write to {self.settings.LOGS_DIR}: {exc}"
             raise HandBack(self.storage_problem) from exc
@@ -165,8 +168,8 @@ class MetricService:
         the database in use); rebuild the statistics from them. Called under the ledger lock."""
         log.warning("%s while metric_api was writing it; making it whole again from the state", what)
         core = self.quality.new_core()
-        await asyncio.to_thread(self.ledger.open, core)
-        self.quality.replace(core, time.time())
+        await asyncio.to_thread(self.ledger.open, core, self.clock())
+        self.quality.replace(core, self.clock())
         FILES_REPAIRED.inc()
         self.last_repair = f"{what}; made whole again at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ({core.count} rows)"
 
@@ -216,7 +219,7 @@ class MetricService:
             write_list = started - listed_at >= list_period
             try:
                 async with self._ledger_lock:
-                    survey = await asyncio.to_thread(self.ledger.survey, time.time(), write_list=write_list)
+                    survey = await asyncio.to_thread(self.ledger.survey, self.clock(), write_list=write_list)
             except StorageErrors as exc:
                 log.error("cannot count the waiting halves or write %s: %s; will try again", self.ledger.orphan_log, exc)
                 continue
@@ -278,11 +281,11 @@ Service = Annotated[MetricService, Depends(get_service)]
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 
 
-@router.get("/summary", response_class=Response, responses={200: {"content": {"application/json": {}}}})
+@router.get(SUMMARY_ROUTE.removeprefix(router.prefix), response_model=Summary)
 async def summary(service: Service) -> Response:
     """count, mae, rmse; per window and per model version the twelve numbers docs/monitoring.md
     lists; the join, the labels (share, lag, waiting by age), latency, alert and baseline. Numbers
-    are never NaN (null instead)."""
+    are never NaN (null instead). The JSON is the ``Summary`` model's, kept while nothing in it changes."""
     ledger = service.ledger
     join = {
         "pending_y_true": ledger.pending("y_true"),
@@ -292,7 +295,7 @@ async def summary(service: Service) -> Response:
         "dead_lettered": service.dead_lettered,
     }
     waiting = Waiting(predictions=ledger.waiting_halves("y_pred"), by_age=ledger.waiting)
-    body = service.quality.summary(join, str(ledger.csv.path), time.time(), waiting)
+    body = service.quality.summary(join, str(ledger.csv.path), service.clock(), waiting)
     return Response(body, media_type="application/json")
 
 
@@ -305,11 +308,11 @@ async def recent(service: Service, limit: Annotated[int, Query(ge=1, le=RECENT_R
 
 
 @router.get(
-    "/rows",
+    ROWS_ROUTE.removeprefix(router.prefix),
     response_class=Response,
     responses={
         200: {"content": {"text/csv": {}}, "description": "metric_log.csv from `offset`: whole lines only"},
-        416: {"description": "`offset` is past the end of the file (it was replaced): read again from 0"},
+        REPLACED_STATUS: {"description": "`offset` is past the end of the file (it was replaced): read again from 0"},
     },
 )
 async def rows(
@@ -321,11 +324,10 @@ async def rows(
     plot_api reads the rows of every shard over HTTP, a little more at each look.
     ``X-Next-Offset`` is where to go on; ``X-Log-Id`` changes when the file is replaced
     (read again from 0 then)."""
-    chunk: LogChunk | None = await asyncio.to_thread(read_chunk, service.ledger.csv.path, offset, max_bytes)
+    chunk: RowsChunk | None = await asyncio.to_thread(read_chunk, service.ledger.csv.path, offset, max_bytes)
     if chunk is None:
         return JSONResponse(
             {"detail": f"offset {offset} is past the end of {service.ledger.csv.path}: it was replaced; read again from 0"},
-            status_code=416,
+            status_code=REPLACED_STATUS,
         )
-    headers = {"X-Next-Offset": str(chunk.next_offset), "X-Log-Id": chunk.log_id, "Cache-Control": "no-store"}
-    return Response(chunk.data, media_type="text/csv", headers=headers)
+    return Response(chunk.data, media_type="text/csv", headers=chunk.headers())

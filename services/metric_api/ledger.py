@@ -28,12 +28,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.error_window import usable
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
+from services.common.row_windows import LAST_5M_S
 from services.metric_api.csvlog import MetricLog, MetricLogError
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
-from services.metric_api.stats import LAST_5M_S, QualityStats, usable
+from services.metric_api.stats import QualityStats
 from services.metric_api.store import SqliteHalfStore
 
 log = logging.getLogger(__name__)
@@ -113,14 +115,15 @@ class MetricLedger:
         """Open the CSV and the state, make the state agree with the CSV, and rebuild ``quality``:
         ``all`` and the windows from the CSV (the one full read), model versions and join
         times from the state; count the waiting halves. On failure nothing stays open and the
-        ledger is as before."""
+        ledger is as before. ``now`` is the time it is (time.time() when not given)."""
+        now = time.time() if now is None else now
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._rescue_state()
         store = SqliteHalfStore(self.logs_dir / METRIC_STATE)
         try:
             try:
                 self.csv.open_for_append()
-                self._reconcile(store, quality)
+                self._reconcile(store, quality, now)
             except LedgerFilesChanged:
                 raise
             except MetricLogError as exc:
@@ -132,7 +135,7 @@ class MetricLedger:
                 log.warning("%s; kept as %s, and %s is made again from the state", exc, aside, self.csv.path)
                 quality.reset()
                 self.csv.open_for_append()
-                self._reconcile(store, quality)
+                self._reconcile(store, quality, now)
         except BaseException:
             store.close()
             self.csv.close()
@@ -144,7 +147,7 @@ class MetricLedger:
         self.dead_lettered = store.counter("dead_lettered")
         self._set_aside_released_orphans(store)
         self._orphan_cutoff = -math.inf
-        self.survey(time.time() if now is None else now)
+        self.survey(now)
         log.info(
             "%s holds %d rows; %s halves wait for their partner, %d of them orphans (over ORPHAN_TTL_S=%gs)",
             self.csv.path, quality.count, store.held_count, self.orphans, self.orphan_ttl_s,
@@ -190,7 +193,7 @@ class MetricLedger:
         copy.replace(path)
         log.warning("%s; wrote the database in use back to it", moved)
 
-    def _reconcile(self, store: SqliteHalfStore, quality: QualityStats) -> None:
+    def _reconcile(self, store: SqliteHalfStore, quality: QualityStats, now: float) -> None:
         """Record the CSV rows the state does not know (appended just before a crash, or a CSV
         replaced by hand), append those it lost (deleted, truncated, replaced), and feed every
         row to ``quality``."""
@@ -232,7 +235,7 @@ class MetricLedger:
             store.set_counter("csv_rows", count)
         for version, y_true, y_pred in store.written_by_version():
             quality.add_version_rows(version, y_true, y_pred)
-        quality.set_times_of_last(store.written_times(list(newest_ids), since=time.time() - LAST_5M_S))
+        quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
 
     def record(self, halves: Sequence[tuple[Kind, LabelMessage | PredictionMessage]], now: float) -> Recorded:
         """One transaction: join every half, append the rows made (fsync), commit."""

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.contracts.summary import Summary
 from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
 from services.common.settings import Settings
@@ -157,7 +158,8 @@ class QualityMonitor:
         return self._core_cached[1]
 
     def summary(self, join: dict[str, int], csv: str, now: float, waiting: Waiting | None = None) -> bytes:
-        """The summary as JSON (never NaN), made again only when something in it changed."""
+        """The summary (``Summary``) as its JSON, made again only when something in it changed:
+        the route serves these bytes as they are, without validating them again."""
         waiting = waiting or Waiting(0, {})
         core = self.core_summary(now)
         alert = self.alert.state() if self.alert else None
@@ -167,14 +169,14 @@ class QualityMonitor:
             return self._cached[1]
         all_rows = core["windows"]["all"]
         predictions = all_rows["count"] + waiting.predictions
-        summary = {
-            "count": all_rows["count"],
-            "mae": all_rows["mae"],
-            "rmse": all_rows["rmse"],
-            "windows": core["windows"],
-            "by_model_version": core["by_model_version"],
-            "join": {**join, "lag_p50_s": core["lag"]["p50_s"], "lag_p99_s": core["lag"]["p99_s"]},
-            "labels": {
+        summary = Summary(
+            count=all_rows["count"],
+            mae=all_rows["mae"],
+            rmse=all_rows["rmse"],
+            windows=core["windows"],
+            by_model_version=core["by_model_version"],
+            join={**join, "lag_p50_s": core["lag"]["p50_s"], "lag_p99_s": core["lag"]["p99_s"]},
+            labels={
                 "predictions": predictions,
                 "labelled": all_rows["count"],
                 "labelled_share": all_rows["count"] / predictions if predictions else None,
@@ -182,16 +184,16 @@ class QualityMonitor:
                 "lag_p99_s": core["label_lag"]["p99_s"],
                 "waiting": waiting.by_age,
             },
-            "latency": core["latency"],
-            "last_id": core["last_id"],
-            "last_row_at": core["last_row_at"],
-            "rows_per_s": core["rows_per_s"],
-            "excluded_rows": core["excluded_rows"],
-            "alert": alert,
-            "baseline": self.baseline.describe(),
-            "csv": csv,
-        }
-        body = json.dumps(summary, allow_nan=False, separators=(",", ":")).encode()
+            latency=core["latency"],
+            last_id=core["last_id"],
+            last_row_at=core["last_row_at"],
+            rows_per_s=core["rows_per_s"],
+            excluded_rows=core["excluded_rows"],
+            alert=alert,
+            baseline=self.baseline.describe(),
+            csv=csv,
+        )
+        body = summary.model_dump_json().encode()
         self._cached = (key, body)
         return body
 

@@ -1,21 +1,13 @@
 """Reading metric_log.csv from a byte offset, whole lines only: what ``GET /metrics/rows`` serves
-(plot_api follows every shard's rows with it, wherever the shards run)."""
+(services/common/contracts/rows_feed.py; plot_api follows every shard's rows with it, wherever the shards run)."""
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-ROWS_MAX_BYTES = 4 << 20  # at most this much of the file in one answer
+from services.common.contracts.rows_feed import ROWS_MAX_BYTES, RowsChunk
 
 
-@dataclass(frozen=True)
-class LogChunk:
-    data: bytes  # whole lines (each ends in a newline); empty when nothing new
-    next_offset: int  # where the next read starts
-    log_id: str  # which file this is: another after the file was replaced
-
-
-def read_chunk(path: Path, offset: int, max_bytes: int = ROWS_MAX_BYTES) -> LogChunk | None:
+def read_chunk(path: Path, offset: int, max_bytes: int = ROWS_MAX_BYTES) -> RowsChunk | None:
     """The whole lines of ``path`` from ``offset``, at most ``max_bytes`` of them (at least one line,
     however long); None when ``offset`` is past the end (the file was replaced or cut)."""
     try:
@@ -31,5 +23,5 @@ def read_chunk(path: Path, offset: int, max_bytes: int = ROWS_MAX_BYTES) -> LogC
                 data += f.read(min(max_bytes, stat.st_size - offset - len(data)))
                 end = data.rfind(b"\n") + 1
     except FileNotFoundError:
-        return None if offset > 0 else LogChunk(b"", 0, "none")
-    return LogChunk(data[:end], offset + end, log_id)
+        return None if offset > 0 else RowsChunk(data=b"", next_offset=0, log_id="none")
+    return RowsChunk(data=data[:end], next_offset=offset + end, log_id=log_id)

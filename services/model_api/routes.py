@@ -8,6 +8,7 @@ import sklearn
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from services.common.contracts.drift import DriftReport
 from services.common.http.bodies import schema_rows
 from services.common.messages import ReportedPrediction
 from services.model_api.bodies import (
@@ -162,7 +163,7 @@ async def model_info(service: Service) -> dict[str, Any]:
     }
 
 
-@router.get("/drift")
+@router.get("/drift", response_model=DriftReport)
 async def drift(service: Service) -> dict[str, Any]:
     """The last ``DRIFT_WINDOW_SIZE`` samples predicted for (of the last ``DRIFT_WINDOW_S`` seconds),
     per feature and for the prediction, against the model's reference: whether each drifted, its

@@ -19,13 +19,15 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter, Histogram
 
+from services.common.contracts.drift import DriftReport
+from services.common.contracts.summary import MergedSummary, Summary
 from services.common.files import METRIC_LOG, atomic_write
 from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
 from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
-from services.plot_api.drift_feed import DriftFeed
-from services.plot_api.merged_summary import ShardSummary, merge_summaries
+from services.plot_api.drift_feed import DriftFeed, DriftUnreadable
 from services.plot_api.shards import ShardRowsTail
+from services.plot_api.summary_feed import SummaryUnreadable, fetch_summary, sharded_summary
 from services.plot_api.tail import MetricLogTail
 
 log = logging.getLogger(__name__)
@@ -232,43 +234,31 @@ def chart_router(charts: Charts) -> APIRouter:
     return router
 
 
-@router.get("/api/summary", responses={502: {"description": "metric_api did not answer"}})
-async def metric_summary(client: MetricClient, service: Service) -> Any:
+@router.get(
+    "/api/summary",
+    response_model=Summary | MergedSummary,
+    responses={502: {"description": "metric_api did not answer, or not with a summary"}},
+)
+async def metric_summary(client: MetricClient, service: Service) -> Summary | MergedSummary | JSONResponse:
     """metric_api's /metrics/summary, relayed so the dashboard needs one origin only; with several
     metric_api's (the join's shards), one summary over all of them, naming any that did not answer."""
     if isinstance(service.tail, ShardRowsTail):
         return await sharded_summary(client, service.tail)
     try:
-        answer = await client.get("/metrics/summary")
-        answer.raise_for_status()
-    except httpx.HTTPError as exc:
-        return JSONResponse({"detail": f"metric_api at {client.base_url} did not answer: {exc}"}, status_code=502)
-    return answer.json()
+        return await fetch_summary(client, str(client.base_url))
+    except SummaryUnreadable as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=502)
 
 
-async def sharded_summary(client: httpx.AsyncClient, tail: ShardRowsTail) -> dict[str, Any]:
-    """Every shard's summary, merged with the statistics over the union of their rows (as of the last look)."""
-
-    async def one(url: str, rows_read: int) -> ShardSummary:
-        try:
-            answer = await client.get(f"{url}/metrics/summary")
-            answer.raise_for_status()
-            return ShardSummary(url, answer.json(), rows_read=rows_read)
-        except (httpx.HTTPError, ValueError) as exc:
-            return ShardSummary(url, None, f"did not answer: {type(exc).__name__}: {exc}", rows_read)
-
-    shards = await asyncio.gather(*(one(shard.url, shard.rows) for shard in tail.shards))
-    union = await asyncio.to_thread(tail.union_summary, time.time())
-    return merge_summaries(shards, union)
-
-
-@router.get("/api/drift", responses={502: {"description": "model_api did not answer"}})
-async def model_drift(service: Service) -> Any:
+@router.get(
+    "/api/drift", response_model=DriftReport, responses={502: {"description": "model_api did not answer, or not with a report"}}
+)
+async def model_drift(service: Service) -> DriftReport | JSONResponse:
     """model_api's GET /drift (at MODEL_API_URL), relayed so the dashboard needs one origin only."""
     try:
         return await service.drift.fetch()
-    except httpx.HTTPError:
-        return JSONResponse({"detail": service.drift.problem}, status_code=502)
+    except DriftUnreadable as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=502)
 
 
 def chart_figures(charts: Charts) -> str:

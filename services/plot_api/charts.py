@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.contracts.drift import DriftReport
 from services.plot_api.distribution import ErrorDistribution
 from services.plot_api.drift_chart import DriftChart
 from services.plot_api.render import ErrorOverTimeChart, HistogramChart, PredVsTrueChart, stamp
@@ -59,29 +60,22 @@ class RecentRows:
 class DriftRows:
     """What a drift chart draws from: model_api's drift report."""
 
-    report: dict[str, Any]
+    report: DriftReport
     stamp: str
 
     @classmethod
-    def of(cls, report: dict[str, Any]) -> "DriftRows":
-        window = report.get("window") or {}
-        until = window.get("until")
-        when = "none yet" if until is None else f"{datetime.fromtimestamp(until, UTC):%Y-%m-%d %H:%M:%S} UTC"
-        age = window.get("max_age_s")
-        within = f" of {age:g} s" if isinstance(age, int | float) else ""
-        size = window.get("size")
-        last = f"the last {size:,} samples{within}" if isinstance(size, int) else "none"
-        stamp = (
-            f"n = {window.get('count', 0):,} samples · window: {last} · newest {when} · model {report.get('model_version', '?')}"
-        )
+    def of(cls, report: DriftReport) -> "DriftRows":
+        window = report.window
+        when = "none yet" if window.until is None else f"{datetime.fromtimestamp(window.until, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        last = f"the last {window.size:,} samples of {window.max_age_s:g} s"
+        stamp = f"n = {window.count:,} samples · window: {last} · newest {when} · model {report.model_version}"
         return cls(report, stamp)
 
     @property
     def version(self) -> int:
         """Changes when the report does: a drift chart is drawn again only then."""
-        window = self.report.get("window") or {}
-        key = (self.report.get("model_version"), self.report.get("status"), *(window.get(k) for k in ("seen", "count", "since")))
-        return hash(key)
+        window = self.report.window
+        return hash((self.report.model_version, self.report.status, window.seen, window.count, window.since))
 
 
 def rows_for(window: Window, tail: MetricLogTail) -> AllRows | RecentRows:

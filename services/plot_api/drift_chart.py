@@ -1,4 +1,5 @@
-"""Drawing model_api's drift report (``GET /drift``) to PNG bytes. No I/O: a report in, bytes out.
+"""Drawing model_api's drift report (``GET /drift``, parsed as services/common/contracts/drift.py's
+``DriftReport``) to PNG bytes. No I/O: a report in, bytes out.
 
 Small multiples, one panel per column, for any schema: eleven panels and a key. A numeric column
 (and the prediction) shows the share of the reference and of the window in each of the
@@ -19,10 +20,8 @@ the same rule (services/plot_api/dashboard.html, ``driftOrder``).
 """
 
 import io
-import math
 import textwrap
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -31,6 +30,14 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from services.common.contracts.drift import (
+    AssessedReport,
+    CategoricalBins,
+    CategoricalColumn,
+    DriftReport,
+    NumericColumn,
+    UnjudgedColumn,
+)
 from services.plot_api.render import BLUE, DPI, FIGSIZE, GREY, PNG_OPTIONS, RED
 
 LIGHT = "#C9CED6"
@@ -44,6 +51,7 @@ CATEGORY_BARS = 6  # the categories a panel draws, the rest pooled into one bar
 # The bins a categorical column's report ends with (services/model_api/drift/reference.py), as a panel labels them.
 SPECIAL_LABELS = {"(other)": "other", "(unseen)": "unseen", "(missing)": "n/a"}
 NO_P = 2.0  # how close to drifting a column without a p-value is: after every column with one
+ColumnReport = NumericColumn | CategoricalColumn | UnjudgedColumn
 
 
 def shares(counts: np.ndarray) -> np.ndarray:
@@ -51,48 +59,34 @@ def shares(counts: np.ndarray) -> np.ndarray:
     return counts / total if total else np.zeros(counts.shape)
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _counts(value: Any) -> np.ndarray | None:
-    if not isinstance(value, list) or not value or not all(_number(v) is not None and v >= 0 for v in value):
-        return None
-    return np.asarray(value, dtype=float)
-
-
 def _short(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
-def columns_of(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def columns_of(report: DriftReport) -> list[tuple[str, ColumnReport]]:
     """The report's columns in schema order: the features, then the prediction."""
-    columns = [(str(name), _mapping(column)) for name, column in _mapping(report.get("features")).items()]
-    if isinstance(report.get(PREDICTION), dict):
-        columns.append((PREDICTION, report[PREDICTION]))
-    return columns
+    return [*report.features.items(), (PREDICTION, report.prediction)]
 
 
-def closeness(column: dict[str, Any]) -> float:
+def closeness(column: ColumnReport) -> float:
     """How close a column is to drifting: the smallest p-value of the tests that decide it (its
     kind's test, KS or chi-square, and those of its missing share and, categorical, of its share of
     unseen values); NO_P when it has none yet."""
-    tests = ("chi2_p", "missing_p", "unseen_p") if column.get("kind") == "categorical" else ("ks_p", "missing_p")
-    return min((p for p in map(_number, map(column.get, tests)) if p is not None), default=NO_P)
+    if isinstance(column, CategoricalColumn):
+        tests = [column.chi2_p, column.missing_p, column.unseen_p]
+    elif isinstance(column, NumericColumn):
+        tests = [column.ks_p, column.missing_p]
+    else:
+        tests = []
+    return min((p for p in tests if p is not None), default=NO_P)
 
 
-def chosen_columns(report: dict[str, Any], panels: int = PANELS) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+def chosen_columns(report: DriftReport, panels: int = PANELS) -> tuple[list[tuple[str, ColumnReport]], int]:
     """The columns drawn, in order, and how many are left out (see the module's docstring)."""
     columns = columns_of(report)
     if len(columns) <= panels:
-        return [c for c in columns if c[1].get("drifted") is True] + [c for c in columns if c[1].get("drifted") is not True], 0
-    order = sorted(range(len(columns)), key=lambda i: (columns[i][1].get("drifted") is not True, closeness(columns[i][1]), i))
+        return [c for c in columns if c[1].drifted] + [c for c in columns if not c[1].drifted], 0
+    order = sorted(range(len(columns)), key=lambda i: (not columns[i][1].drifted, closeness(columns[i][1]), i))
     return [columns[i] for i in order[:panels]], len(columns) - panels
 
 
@@ -104,44 +98,39 @@ def percent(share: float) -> str:
     return f"{100 * share:.0f} %" if share >= 0.01 or share == 0 else "< 1 %"
 
 
-def describe(column: dict[str, Any]) -> str:
+def describe(column: NumericColumn | CategoricalColumn) -> str:
     """The panel's subtitle: the p-value of the kind's test and the PSI; the missing (or unseen)
     share when that decided, or the missing share when it is all there is; or that there is nothing yet."""
-    categorical = column.get("kind") == "categorical"
-    name, p = ("χ² p", _number(column.get("chi2_p"))) if categorical else ("KS p", _number(column.get("ks_p")))
-    missing = _number(column.get("missing_share"))
-    if column.get("decided_by") == "missing" or (p is None and missing):
-        before = _number(column.get("reference_missing_share"))
-        return f"missing {percent(missing or 0.0)}" + (f" (ref. {percent(before)})" if before is not None else "")
-    if column.get("decided_by") == "unseen":
-        return f"unseen {percent(_number(column.get('unseen_share')) or 0.0)}" + (f" · χ² p {p_text(p)}" if p is not None else "")
+    name, p = ("χ² p", column.chi2_p) if isinstance(column, CategoricalColumn) else ("KS p", column.ks_p)
+    if column.decided_by == "missing" or (p is None and column.missing_share):
+        return f"missing {percent(column.missing_share or 0.0)} (ref. {percent(column.reference_missing_share)})"
+    if isinstance(column, CategoricalColumn) and column.decided_by == "unseen":
+        return f"unseen {percent(column.unseen_share or 0.0)}" + (f" · χ² p {p_text(p)}" if p is not None else "")
     if p is None:
         return "no samples"
-    psi = _number(column.get("psi"))
-    return f"{name} {p_text(p)}" + (f" · PSI {psi:.2f}" if psi is not None else "")
+    return f"{name} {p_text(p)}" + (f" · PSI {column.psi:.2f}" if column.psi is not None else "")
 
 
-def numeric_bars(bins: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(reference shares, window shares) per bin, or None when the report has no usable bins."""
-    reference, current = _counts(bins.get("reference")), _counts(bins.get("current"))
-    if reference is None:
+def numeric_bars(reference_counts: Sequence[int], current_counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(reference shares, window shares) per bin, or None when the report has no bins."""
+    if not reference_counts:
         return None
-    if current is None or current.size != reference.size:
+    reference, current = np.asarray(reference_counts, dtype=float), np.asarray(current_counts, dtype=float)
+    if current.size != reference.size:
         current = np.zeros(reference.size)
     return shares(reference), shares(current)
 
 
-def category_bars(bins: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+def category_bars(bins: CategoricalBins) -> tuple[list[str], np.ndarray, np.ndarray] | None:
     """(labels, reference shares, window shares) of a categorical column's bars: at most
     CATEGORY_BARS categories — those with the largest share in either, kept in the schema's order,
     the rest pooled into one bar — then the bins past the categories and the missing one, each
     only when it holds something."""
-    drawn = numeric_bars(bins)
-    labels = bins.get("labels")
-    if drawn is None or not isinstance(labels, list) or len(labels) != drawn[0].size:
+    drawn = numeric_bars(bins.reference, bins.current)
+    if drawn is None or len(bins.labels) != drawn[0].size:
         return None
     reference, current = drawn
-    names = [str(label) for label in labels]
+    names = bins.labels
     first_special = len(names)
     while first_special > 0 and names[first_special - 1] in SPECIAL_LABELS:
         first_special -= 1
@@ -211,14 +200,13 @@ class DriftChart:
         )
         self.key_text = key.text(0.0, 0.0, "", fontsize=6.5, color=GREY, transform=key.transAxes, va="bottom", linespacing=1.3)
 
-    def render(self, report: dict[str, Any], stamp: str = "") -> bytes:
-        report = _mapping(report)
+    def render(self, report: DriftReport, stamp: str = "") -> bytes:
         chosen, more = chosen_columns(report)
-        available = report.get("status") != "unavailable" and bool(chosen)
+        available = isinstance(report, AssessedReport)
         for i, panel in enumerate(self.panels):
             panel.set_visible(available and (i < len(chosen) or i == len(self.panels) - 1))
-        drifted = [str(name) for name in report.get("drifted") or [] if isinstance(name, str)]
-        if available:
+        drifted = report.drifted
+        if isinstance(report, AssessedReport):
             for i, (name, column) in enumerate(chosen):
                 self._panel(i, name, column)
             self.key_text.set_text(key_text(report, [name for name, _ in chosen], more))
@@ -226,8 +214,8 @@ class DriftChart:
             self.message.set_text("")
         else:
             headline = "Drift: unavailable for this model"
-            reason = report.get("reason") or ("the model has no drift reference" if chosen else "the report has no columns")
-            self.message.set_text("\n".join(textwrap.wrap(str(reason), 70)))
+            reason = report.reason or "the model has no drift reference"
+            self.message.set_text("\n".join(textwrap.wrap(reason, 70)))
         self.headline.set_text(headline)
         self.headline.set_color(RED if drifted else "black")
         self.stamp.set_text(stamp)
@@ -235,16 +223,16 @@ class DriftChart:
         self.figure.savefig(buffer, format="png", pil_kwargs=PNG_OPTIONS)
         return buffer.getvalue()
 
-    def _panel(self, i: int, name: str, column: dict[str, Any]) -> None:
+    def _panel(self, i: int, name: str, column: ColumnReport) -> None:
         panel = self.panels[i]
-        bins = _mapping(column.get("bins"))
         labels: list[str] = []
-        if column.get("kind") == "categorical":
-            categorical = category_bars(bins)
+        drawn: tuple[np.ndarray, np.ndarray] | None = None
+        if isinstance(column, CategoricalColumn):
+            categorical = category_bars(column.bins)
             drawn = None if categorical is None else (categorical[1], categorical[2])
             labels = [] if categorical is None else categorical[0]
-        else:
-            drawn = numeric_bars(bins)
+        elif isinstance(column, NumericColumn):
+            drawn = numeric_bars(column.bins.reference, column.bins.current)
         reference, current = drawn if drawn is not None else (np.zeros(0), np.zeros(0))
         bars = self.bars[i]
         if bars is None or len(bars[0]) != reference.size:
@@ -256,7 +244,7 @@ class DriftChart:
             self.bars[i] = bars
             panel.set_xlim(-0.6, max(reference.size, 1) - 0.4)
         panel.set_xticks(np.arange(len(labels)), labels)
-        drifted = column.get("drifted") is True
+        drifted = column.drifted
         colour = RED if drifted else BLUE
         for rectangle, height in zip(bars[0], reference, strict=True):
             rectangle.set_height(height)
@@ -265,7 +253,7 @@ class DriftChart:
             rectangle.set_color(colour)
         panel.set_ylim(0, max(0.05, float(reference.max(initial=0.0)), float(current.max(initial=0.0))) * 1.1)
         title = f"{_short(name, TITLE_CHARS)}{' — drifted' if drifted else ''}"
-        subtitle = describe(column) if drawn is not None else "no bins in the report"
+        subtitle = describe(column) if drawn is not None and not isinstance(column, UnjudgedColumn) else "no bins in the report"
         panel.set_title(f"{title}\n{subtitle}", fontsize=8, color=RED if drifted else "black", pad=2)
 
 
@@ -275,17 +263,15 @@ def names_text(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
     return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def key_text(report: dict[str, Any], drawn: Sequence[str], more: int) -> str:
+def key_text(report: AssessedReport, drawn: Sequence[str], more: int) -> str:
     """The lines under the legend: the rule, what the bins are, and what is left out."""
-    window, rule = _mapping(report.get("window")), _mapping(report.get("rule"))
-    threshold = _number(rule.get("threshold"))
-    lines = [f"drifted when a test's p ≤ {threshold:.3g}" if threshold is not None else "drifted as model_api's rule says"]
-    if report.get("status") == "collecting":
-        lines[0] = f"judged from {window.get('min_count', '?')} samples on"
+    lines = [f"drifted when a test's p ≤ {report.rule.threshold:.3g}"]
+    if report.status == "collecting":
+        lines[0] = f"judged from {report.window.min_count} samples on"
     lines.append("bins: reference deciles / categories")
     if more:
-        hidden = {str(name) for name in report.get("drifted") or [] if isinstance(name, str)} - set(drawn)
-        judged = report.get("status") in ("calm", "drifted")
+        hidden = set(report.drifted) - set(drawn)
+        judged = report.status in ("calm", "drifted")
         lines.append("shown: drifted, then smallest p")
         if hidden:
             lines.append(f"and {more} more columns, {len(hidden)} drifted")

@@ -1,11 +1,18 @@
-"""model_api's ``GET /drift`` as plot_api reads it: relayed to the dashboard (``/api/drift``) and
-drawn as the drift chart. One HTTP client to ``MODEL_API_URL`` for both."""
-
-from typing import Any
+"""model_api's ``GET /drift`` as plot_api reads it, parsed as ``DriftReport``
+(services/common/contracts/drift.py): relayed to the dashboard (``/api/drift``) and drawn as the
+drift chart. One HTTP client to ``MODEL_API_URL`` for both."""
 
 import httpx
+from pydantic import ValidationError
+
+from services.common.contracts import refusal
+from services.common.contracts.drift import DRIFT_REPORT, DRIFT_ROUTE, DriftReport
 
 TIMEOUT_S = 2.0
+
+
+class DriftUnreadable(Exception):
+    """model_api did not answer GET /drift, or answered something that is not a drift report."""
 
 
 class DriftFeed:
@@ -17,25 +24,28 @@ class DriftFeed:
         self._client: httpx.AsyncClient | None = None
         self.problem: str | None = "not asked yet"
 
-    async def fetch(self) -> dict[str, Any]:
-        """The report; httpx.HTTPError when model_api does not answer it (``problem`` says how)."""
+    async def fetch(self) -> DriftReport:
+        """The report; DriftUnreadable when model_api does not answer it (``problem`` says how)."""
         if self._client is None:
             self._client = httpx.AsyncClient(base_url=self.url, timeout=self._timeout_s)
         try:
-            answer = await self._client.get("/drift")
+            answer = await self._client.get(DRIFT_ROUTE)
             answer.raise_for_status()
-            report: dict[str, Any] = answer.json()
+            report = DRIFT_REPORT.validate_json(answer.content)
         except httpx.HTTPError as exc:
             self.problem = f"model_api at {self.url} did not answer GET /drift: {type(exc).__name__}: {exc}"
-            raise
+            raise DriftUnreadable(self.problem) from exc
+        except ValidationError as exc:
+            self.problem = f"model_api at {self.url} answered GET /drift with no drift report plot_api can read: {refusal(exc)}"
+            raise DriftUnreadable(self.problem) from exc
         self.problem = None
         return report
 
-    async def latest(self) -> dict[str, Any] | None:
-        """The report, or None when model_api does not answer (``problem`` says why)."""
+    async def latest(self) -> DriftReport | None:
+        """The report, or None when model_api does not answer it (``problem`` says why)."""
         try:
             return await self.fetch()
-        except httpx.HTTPError:
+        except DriftUnreadable:
             return None
 
     async def close(self) -> None:

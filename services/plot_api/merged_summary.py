@@ -4,14 +4,16 @@ and the union of their rows for what only the rows can tell. No I/O.
 - Exact over the union: ``count``, ``mae``, ``rmse`` and the whole ``windows.all`` window
   (r2 and the percentiles too), computed from every row plot_api read from the shards
   (``ShardRowsTail.union``); ``baseline_mae`` and ``skill`` from the shards' (weighted by count).
-- Exact from the shards' figures: sums (join counters, labels, rows_per_s, excluded_rows) and,
-  per model version and for ``last_5m``, count, mae (weighted by count), rmse (from the sums
-  of squares, n·rmse²), me, max_ae, baseline_mae and skill; mape weighted by count (exact
-  unless some labels are 0, which mape leaves out).
+- Exact from the shards' figures: sums (join counters, labels, rows_per_s) and, per model
+  version and for ``last_5m``, count, mae (weighted by count), rmse (from the sums of squares,
+  n·rmse²), me, max_ae, baseline_mae and skill; mape weighted by count (exact unless some labels
+  are 0, which mape leaves out). ``excluded_rows`` is the union's.
 - Not mergeable from summaries, so null there: r2 and the percentiles per model version and
   for ``last_5m``. Approximate, said in ``approximate``: ``last_100``/``last_1000`` are the newest
-  rows as plot_api received them (shards interleaved by look), and the timing percentiles
-  (latency, join lag, label lag) are the largest of the shards' (an upper bound).
+  rows as plot_api received them (shards interleaved by look), the timing percentiles (latency,
+  join lag, label lag) are the largest of the shards' (an upper bound), and a shard that does not
+  answer counts its rows read as its predictions (its predictions still without label are not
+  known): the labelled share is over what is known, never above 1.
 """
 
 import math
@@ -19,12 +21,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.metric_api.stats import WINDOW_FIELDS, empty_window, finite_or_none
+from services.common.contracts.summary import (
+    JOIN_COUNTS,
+    WINDOW_FIELDS,
+    Labels,
+    MergedSummary,
+    ShardState,
+    Summary,
+    Timing,
+    WindowStats,
+)
+from services.common.error_window import empty_window, finite_or_none
 
 APPROXIMATE = (
     "windows.last_100 and windows.last_1000: the newest rows as plot_api received them from the shards",
     "windows.last_5m and by_model_version: r2 and the percentiles are null (they do not merge from summaries)",
     "latency, join.lag_*, labels.lag_*: the largest of the shards' percentiles (an upper bound)",
+    "labels.predictions: a shard that does not answer counts the rows read of it (a lower bound)",
 )
 
 
@@ -33,29 +46,30 @@ class ShardSummary:
     """One shard's answer: its summary, or why there is none; and the rows read of it."""
 
     url: str
-    summary: Mapping[str, Any] | None
+    summary: Summary | None
     problem: str | None = None
     rows_read: int = 0
 
 
-def merge_windows(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def merge_windows(windows: Sequence[WindowStats]) -> WindowStats:
     """The twelve numbers of the union of disjoint windows, from each window's numbers: what
     merges exactly (see the module's docstring), null for what does not (r2, percentiles)."""
-    counted = [w for w in windows if w.get("count")]
-    n = sum(int(w["count"]) for w in counted)
+    counted = [w for w in windows if w.count]
+    n = sum(w.count for w in counted)
     if n == 0:
-        return empty_window()
+        return WindowStats.model_validate(empty_window())
 
     def weighted(name: str, square: bool = False) -> float | None:
-        if any(w.get(name) is None for w in counted):
+        values: list[float | None] = [getattr(w, name) for w in counted]
+        known = [(w.count, v) for w, v in zip(counted, values, strict=True) if v is not None]
+        if len(known) < len(values):
             return None
-        values = [(int(w["count"]), float(w[name])) for w in counted]
         if square:
-            return math.sqrt(sum(k * v * v for k, v in values) / n)
-        return sum(k * v for k, v in values) / n
+            return math.sqrt(sum(k * v * v for k, v in known) / n)
+        return sum(k * v for k, v in known) / n
 
-    mape = [(int(w["count"]), w["mape"]) for w in counted if w.get("mape") is not None]
-    maxima = [w["max_ae"] for w in counted if w.get("max_ae") is not None]
+    mape = [(w.count, w.mape) for w in counted if w.mape is not None]
+    maxima = [w.max_ae for w in counted if w.max_ae is not None]
     mae, baseline_mae = weighted("mae"), weighted("baseline_mae")
     merged: dict[str, Any] = {
         "count": n,
@@ -72,88 +86,93 @@ def merge_windows(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "skill": 1.0 - mae / baseline_mae if mae is not None and baseline_mae else None,
     }
     assert tuple(merged) == WINDOW_FIELDS
-    return {name: value if name == "count" else finite_or_none(value) for name, value in merged.items()}
+    finite = {name: value if name == "count" else finite_or_none(value) for name, value in merged.items()}
+    return WindowStats.model_validate(finite)
 
 
-def _sum_nested(values: Sequence[Any]) -> Any:
-    """Numbers summed, dicts summed key by key (the waiting halves by kind and age)."""
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, dict) for v in present):
-        keys = dict.fromkeys(k for v in present for k in v)
-        return {k: _sum_nested([v.get(k) for v in present]) for k in keys}
-    numbers = [v for v in present if isinstance(v, int | float) and not isinstance(v, bool)]
-    return sum(numbers) if numbers else None
-
-
-def _largest(values: Sequence[Any]) -> float | None:
-    numbers = [v for v in values if isinstance(v, int | float)]
+def _largest(values: Sequence[float | None]) -> float | None:
+    numbers = [v for v in values if v is not None]
     return max(numbers) if numbers else None
 
 
-def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary over every shard. ``union`` is ``QualityStats.summary()`` over the rows read
+def _waiting(labels: Sequence[Labels]) -> dict[str, dict[str, int]]:
+    """The halves waiting, by kind and age, summed over the shards."""
+    total: dict[str, dict[str, int]] = {}
+    for entry in labels:
+        for kind, ages in entry.waiting.items():
+            by_age = total.setdefault(kind, {})
+            for age, count in ages.items():
+                by_age[age] = by_age.get(age, 0) + count
+    return total
+
+
+def _labels(shards: Sequence[ShardSummary], labelled: int) -> dict[str, Any]:
+    """The labels over the shards. Each shard counts at least the rows read of it as predictions:
+    one that does not answer counts only those (``labelled`` counts them too), so the share stays
+    a share."""
+    labels = [shard.summary.labels for shard in shards if shard.summary is not None]
+    predictions = sum(max(shard.summary.labels.predictions if shard.summary else 0, shard.rows_read) for shard in shards)
+    return {
+        "predictions": predictions,
+        "labelled": labelled,
+        "labelled_share": labelled / predictions if predictions else None,
+        "lag_p50_s": _largest([entry.lag_p50_s for entry in labels]),
+        "lag_p99_s": _largest([entry.lag_p99_s for entry in labels]),
+        "waiting": _waiting(labels),
+    }
+
+
+def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) -> MergedSummary:
+    """The summary over every shard. ``union`` is ``RowWindows.summary()`` over the rows read
     from all the shards; a shard without a summary is named in ``missing`` (its rows read so far
     still count in ``windows.all``)."""
     answered = [shard.summary for shard in shards if shard.summary is not None]
-    windows = {name: window for name, window in union["windows"].items() if name != "last_5m"}
+    windows: dict[str, Any] = {name: window for name, window in union["windows"].items() if name != "last_5m"}
     all_rows = dict(windows["all"])
-    shard_all = merge_windows([s["windows"]["all"] for s in answered])
-    all_rows["baseline_mae"] = shard_all["baseline_mae"]
+    shard_all = merge_windows([s.windows.all for s in answered])
+    all_rows["baseline_mae"] = shard_all.baseline_mae
     all_rows["skill"] = finite_or_none(
-        1.0 - all_rows["mae"] / shard_all["baseline_mae"] if all_rows["mae"] is not None and shard_all["baseline_mae"] else None
+        1.0 - all_rows["mae"] / shard_all.baseline_mae if all_rows["mae"] is not None and shard_all.baseline_mae else None
     )
     windows["all"] = all_rows
-    windows["last_5m"] = merge_windows([s["windows"]["last_5m"] for s in answered])
-    versions = dict.fromkeys(v for s in answered for v in s.get("by_model_version", {}))
-    joins = [s.get("join", {}) for s in answered]
-    labels = [s.get("labels", {}) for s in answered]
-    predictions = _sum_nested([entry.get("predictions") for entry in labels]) or 0
-    labelled = all_rows["count"]
-    newest = max(answered, key=lambda s: s.get("last_row_at") or -math.inf, default=None)
-    raised = [s["alert"] for s in answered if s.get("alert") and s["alert"].get("state") == "raised"]
-    return {
-        "count": all_rows["count"],
-        "mae": all_rows["mae"],
-        "rmse": all_rows["rmse"],
-        "windows": windows,
-        "by_model_version": {
-            version: merge_windows([s["by_model_version"][version] for s in answered if version in s["by_model_version"]])
+    windows["last_5m"] = merge_windows([s.windows.last_5m for s in answered])
+    versions = dict.fromkeys(v for s in answered for v in s.by_model_version)
+    joins = [s.join for s in answered]
+    newest = max(answered, key=lambda s: s.last_row_at or -math.inf, default=None)
+    raised = [s.alert for s in answered if s.alert is not None]  # an alert is there while raised
+    return MergedSummary(
+        count=all_rows["count"],
+        mae=all_rows["mae"],
+        rmse=all_rows["rmse"],
+        windows=windows,
+        by_model_version={
+            version: merge_windows([s.by_model_version[version] for s in answered if version in s.by_model_version])
             for version in versions
         },
-        "join": {
-            **{key: _sum_nested([j.get(key) for j in joins]) or 0 for key in dict.fromkeys(k for j in joins for k in j)},
-            "lag_p50_s": _largest([j.get("lag_p50_s") for j in joins]),
-            "lag_p99_s": _largest([j.get("lag_p99_s") for j in joins]),
+        join={
+            **{name: sum(getattr(j, name) for j in joins) for name in JOIN_COUNTS},
+            "lag_p50_s": _largest([j.lag_p50_s for j in joins]),
+            "lag_p99_s": _largest([j.lag_p99_s for j in joins]),
         },
-        "labels": {
-            "predictions": predictions,
-            "labelled": labelled,
-            "labelled_share": labelled / predictions if predictions else None,
-            "lag_p50_s": _largest([entry.get("lag_p50_s") for entry in labels]),
-            "lag_p99_s": _largest([entry.get("lag_p99_s") for entry in labels]),
-            "waiting": _sum_nested([entry.get("waiting") for entry in labels]) or {},
-        },
-        "latency": {
-            "p50_s": _largest([s.get("latency", {}).get("p50_s") for s in answered]),
-            "p99_s": _largest([s.get("latency", {}).get("p99_s") for s in answered]),
-        },
-        "last_id": newest.get("last_id") if newest else union.get("last_id"),
-        "last_row_at": newest.get("last_row_at") if newest else None,
-        "rows_per_s": _sum_nested([s.get("rows_per_s") for s in answered]) or 0,
-        "excluded_rows": union.get("excluded_rows", 0),
-        "alert": raised[0] if raised else (answered[0].get("alert") if answered else None),
-        "baseline": answered[0].get("baseline") if answered else None,
-        "csv": [s.get("csv") for s in answered],
-        "shards": [
-            {
-                "url": shard.url,
-                "answered": shard.summary is not None,
-                "count": shard.summary.get("count") if shard.summary is not None else None,
-                "rows_read": shard.rows_read,
-                **({"problem": shard.problem} if shard.problem else {}),
-            }
+        labels=_labels(shards, all_rows["count"]),
+        latency=Timing(p50_s=_largest([s.latency.p50_s for s in answered]), p99_s=_largest([s.latency.p99_s for s in answered])),
+        last_id=newest.last_id if newest else union["last_id"],
+        last_row_at=newest.last_row_at if newest else None,
+        rows_per_s=sum(s.rows_per_s for s in answered),
+        excluded_rows=union["excluded_rows"],
+        alert=raised[0] if raised else None,
+        baseline=answered[0].baseline if answered else None,
+        csv=[s.csv for s in answered],
+        shards=[
+            ShardState(
+                url=shard.url,
+                answered=shard.summary is not None,
+                count=shard.summary.count if shard.summary is not None else None,
+                rows_read=shard.rows_read,
+                problem=shard.problem,
+            )
             for shard in shards
         ],
-        "missing": [shard.url for shard in shards if shard.summary is None],
-        "approximate": list(APPROXIMATE),
-    }
+        missing=[shard.url for shard in shards if shard.summary is None],
+        approximate=list(APPROXIMATE),
+    )

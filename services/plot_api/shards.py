@@ -10,13 +10,13 @@ from typing import Any
 
 import httpx
 
+from services.common.contracts.rows_feed import REPLACED_STATUS, ROWS_ROUTE, RowsChunk
 from services.common.metric_rows import METRIC_LOG_HEADER, MetricRow, RowFormatError, parse_row
-from services.metric_api.stats import QualityStats
+from services.common.row_windows import RowWindows
 from services.plot_api.tail import RECENT_ROWS_DRAWN, MetricLogTail
 
 log = logging.getLogger(__name__)
 
-ROWS_ROUTE = "/metrics/rows"
 LOOKS_PER_READ = 16  # answers of at most 4 MiB each, per shard and per read: a first read catches up over a few
 
 
@@ -48,7 +48,7 @@ class ShardRowsTail(MetricLogTail):
         transport: httpx.BaseTransport | None = None,  # tests answer for the shards
     ) -> None:
         self.shards = [ShardCursor(url.rstrip("/")) for url in urls]
-        self.union = QualityStats()
+        self.union = RowWindows()
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=timeout, transport=transport)
         # Last: MetricLogTail's __init__ calls _start_over, which resets the above.
@@ -88,7 +88,7 @@ class ShardRowsTail(MetricLogTail):
             return added
 
     def union_summary(self, now: float) -> dict[str, Any]:
-        """The statistics over every row read so far (``QualityStats.summary``), taken between looks."""
+        """The windows over every row read so far (``RowWindows.summary``), taken between looks."""
         with self._lock:
             return self.union.summary(now)
 
@@ -96,20 +96,20 @@ class ShardRowsTail(MetricLogTail):
         added = 0
         for _ in range(LOOKS_PER_READ):
             answer = self._client.get(f"{shard.url}{ROWS_ROUTE}", params={"offset": shard.offset})
-            if answer.status_code == 416:
+            if answer.status_code == REPLACED_STATUS:
                 raise _Replaced
             answer.raise_for_status()
-            log_id, next_offset = answer.headers["X-Log-Id"], int(answer.headers["X-Next-Offset"])
-            if shard.log_id is not None and log_id != shard.log_id:
+            chunk = RowsChunk.of_answer(answer.headers, answer.content)
+            if shard.log_id is not None and chunk.log_id != shard.log_id:
                 raise _Replaced
-            shard.log_id = log_id
-            if next_offset == shard.offset:
+            shard.log_id = chunk.log_id
+            if chunk.next_offset == shard.offset:
                 break
-            lines = answer.content.decode("utf-8", errors="replace").splitlines()
+            lines = chunk.data.decode("utf-8", errors="replace").splitlines()
             at_start = shard.offset == 0
             taken = self._take(lines, at_start)
             self.union.add_history(_rows(lines[1:] if at_start and lines and lines[0] == METRIC_LOG_HEADER else lines))
-            shard.offset, shard.rows, added = next_offset, shard.rows + taken, added + taken
+            shard.offset, shard.rows, added = chunk.next_offset, shard.rows + taken, added + taken
         return added
 
 

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.pipeline import CHART_ROUTES, Pipeline, running_pipeline
 from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
+from services.common.contracts.summary import Summary
 from services.plot_api.charts import CHARTS
 from tests.browser import HEIGHT, WIDTH, Chromium, Page
 from tests.json_stub import JsonStub
@@ -178,7 +179,15 @@ NEW_SUMMARY = {
         "last_5m": window(0, None),
     },
     "by_model_version": {"a1b2c3d4e5f6": window(1000, 40.0, rmse=50.0, me=-1.0, r2=0.45), "0f9e8d7c6b5a": window(234, 47.9)},
-    "join": {"pending_y_true": 3, "pending_y_pred": 1, "orphans": 2, "dead_lettered": 5, "lag_p50_s": 0.01, "lag_p99_s": 0.2},
+    "join": {
+        "pending_y_true": 3,
+        "pending_y_pred": 1,
+        "orphans": 2,
+        "late_joins": 0,
+        "dead_lettered": 5,
+        "lag_p50_s": 0.01,
+        "lag_p99_s": 0.2,
+    },
     "labels": {
         "predictions": 1240,
         "labelled": 1234,
@@ -194,9 +203,12 @@ NEW_SUMMARY = {
     "last_id": "1700000000.000001",
     "last_row_at": 1700000000.000001,
     "rows_per_s": 12.5,
+    "excluded_rows": 0,
     "alert": {"window": "last_100", "mae": 48.75, "threshold": 45.0, "since": 1699999990.0},
+    "baseline": {"mean": 153.74, "source": "BASELINE_MEAN", "problem": None},
     "csv": "logs/metric_log.csv",
 }
+Summary.model_validate(NEW_SUMMARY)  # what metric_api serves, or plot_api would refuse it
 
 
 def test_the_dashboard_shows_every_number_of_the_summary(browser: Chromium, tmp_path: Path) -> None:
@@ -279,7 +291,7 @@ def test_the_drift_panel_shows_any_schema_drifted_first_and_folds_the_rest(brows
     # by model_api's own drift core: 4 features and the prediction drifted, a few values missing (as
     # often as in the reference: not drift).
     from services.plot_api.drift_chart import chosen_columns
-    from tests.unit.plot_api.test_drift_chart import drift_report, mixed_schema
+    from tests.unit.plot_api.test_drift_chart import drift_report, mixed_schema, parsed, unavailable_report
 
     schema = mixed_schema(200)
     missing = {"size_090": 0.3, "city_004": 0.1, "size_000": 0.02, "size_003": 0.01, "city_007": 0.01, "size_006": 0.01}
@@ -301,7 +313,7 @@ def test_the_drift_panel_shows_any_schema_drifted_first_and_folds_the_rest(brows
             wait_until(lambda: drift_shown(page, "drifted: "), 15, "the page to show the drift report")
             shown_tiles, folded = tiles(page, "drift_tiles"), tiles(page, "drift_more_tiles")
             # One row of tiles: the drifted first, then those closest to drifting, as the drift chart picks them.
-            picked, _ = chosen_columns(report, panels=12)
+            picked, _ = chosen_columns(parsed(report), panels=12)
             assert [name for name, _ in shown_tiles] == [name for name, _ in picked]
             assert {name for name, state in shown_tiles[:5]} == set(WIDE_DRIFTED)
             assert [state for _, state in shown_tiles] == ["drifted"] * 5 + ["calm"] * 7
@@ -364,14 +376,15 @@ def test_the_drift_panel_shows_any_schema_drifted_first_and_folds_the_rest(brows
             page.screenshot(tmp_path / "dashboard-drift-wide-open.png")
             print(f"dashboard screenshots: {tmp_path / 'dashboard-drift-wide.png'}, dashboard-drift-wide-open.png beside it")
 
-            # Drift unavailable, then a report missing most fields: shown, never broken.
-            model_api.body = {"status": "unavailable", "reason": "no reference file", "features": {"a": {}}, "prediction": {}}
-            wait_until(lambda: drift_shown(page, "unavailable: no reference file"), 15, "the page to show drift unavailable")
-            assert tiles(page, "drift_tiles") == [["a", "none"], ["prediction", "none"]]
+            # Drift unavailable (no reference), then a report missing most fields: plot_api refuses it
+            # (its contract, services/common/contracts/drift.py) and the page says why, never broken.
+            model_api.body = unavailable_report(mixed_schema(1)).model_dump(mode="json")
+            wait_until(lambda: drift_shown(page, "unavailable: the model has no reference file"), 15, "drift unavailable")
+            assert tiles(page, "drift_tiles") == [["size_000", "none"], ["prediction", "none"]]
             assert page.evaluate("document.getElementById('drift_more').hidden") is True
             model_api.body = {"status": "drifted", "drifted": ["x"], "features": {"x": {"drifted": True, "kind": "categorical"}}}
-            wait_until(lambda: drift_shown(page, "drifted: x"), 15, "the page to show a report missing most fields")
-            assert tiles(page, "drift_tiles") == [["x", "drifted"]]
+            wait_until(lambda: drift_shown(page, "model service not answering"), 15, "the page to show the refusal")
+            assert "no drift report plot_api can read: drifted.reason: Field required" in shown(page, "drift_status")
             assert page.exceptions() == []
         finally:
             stop_all([plot])

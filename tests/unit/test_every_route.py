@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.common.schema import DIABETES
 from services.common.settings import Settings
 from services.features_api.app import create_app as features_app
 from services.metric_api.app import create_app as metric_app
@@ -23,6 +24,8 @@ from services.model_api.app import create_app as model_app
 from services.plot_api.app import create_app as plot_app
 from tests.json_stub import JsonStub
 from tests.unit.in_process import in_process
+from tests.unit.plot_api.test_drift_chart import unavailable_report
+from tests.unit.plot_api.test_merged_summary import shard_summary
 from tests.unit.stand_in_link import StandInLink
 
 TOKEN = "hostile-table-token-0123456789"
@@ -71,15 +74,15 @@ OUTSIDE_THE_SCHEMA = [("GET", "/docs"), ("GET", "/redoc"), ("GET", "/openapi.jso
 
 @pytest.fixture(scope="module")
 def metric_stub() -> Iterator[JsonStub]:
-    """plot_api's metric_api, as it relays /metrics/summary."""
-    with JsonStub("/metrics/summary", {"count": 0}) as stub:
+    """plot_api's metric_api, as it relays /metrics/summary (a summary of no rows yet)."""
+    with JsonStub("/metrics/summary", shard_summary([], 150.0).model_dump(mode="json")) as stub:
         yield stub
 
 
 @pytest.fixture(scope="module")
 def model_stub() -> Iterator[JsonStub]:
-    """plot_api's model_api, as it relays /drift."""
-    with JsonStub("/drift", {"status": "unavailable"}) as stub:
+    """plot_api's model_api, as it relays /drift (drift unavailable: no reference)."""
+    with JsonStub("/drift", unavailable_report(DIABETES).model_dump(mode="json")) as stub:
         yield stub
 
 

@@ -54,6 +54,7 @@ def test_without_a_usable_sidecar_the_baseline_is_null_and_says_what_to_do(tmp_p
 def test_rows_too_absurd_for_the_statistics_never_disable_them_or_the_alert(tmp_path: Path) -> None:
     """Rows of an older CSV whose errors overflow (|e| of 1.7e308 - -1.7e308 is inf) are left out
     and counted: the other rows keep every number, model_mae stays, the alert still fires."""
+    from services.common.contracts.summary import JOIN_COUNTS
     from services.common.metric_rows import MetricRow
     from services.metric_api.monitor import QualityMonitor
     from tests.quality import strict_json
@@ -62,7 +63,7 @@ def test_rows_too_absurd_for_the_statistics_never_disable_them_or_the_alert(tmp_
     monitor.add_rows([MetricRow.of("1.000001", 1e300, -1e300), MetricRow.of("1.000002", 5.0, 7.0)], 1000.0)
     monitor.add_rows([MetricRow.of("1.000003", 1.7e308, -1.7e308), MetricRow.of("1.000004", math.nan, 1.0)], 1000.2)
     monitor.add_rows([MetricRow.of("1.000005", 5.0, 9.0)], 1000.4)
-    summary = strict_json(monitor.summary({"pending_y_true": 0}, "metric_log.csv", 1000.5))
+    summary = strict_json(monitor.summary(dict.fromkeys(JOIN_COUNTS, 0), "metric_log.csv", 1000.5))
     assert (summary["count"], summary["excluded_rows"]) == (2, 3)
     assert (summary["mae"], summary["rmse"]) == (3.0, math.sqrt((2.0**2 + 4.0**2) / 2))
     assert summary["alert"] == {"window": "last_100", "mae": 3.0, "threshold": 1.0, "since": 1000.0}

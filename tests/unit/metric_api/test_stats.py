@@ -9,12 +9,7 @@ import pandas as pd
 import pytest
 
 from services.common.metric_rows import MetricRow
-from services.metric_api.stats import (
-    RECENT_ROWS_SERVED,
-    LazilySortedArray,
-    QualityStats,
-    percentile_of_sorted,
-)
+from services.metric_api.stats import RECENT_ROWS_SERVED, QualityStats
 from tests.quality import FIELDS, differences, expected_window, strict_json
 
 BASELINE = 153.7
@@ -222,25 +217,6 @@ def test_recent_mae_is_that_of_the_newest_rows() -> None:
     errors = np.array([r.absolute_error for r in rows])
     assert stats.recent_mae(100) == pytest.approx(errors[-100:].mean(), rel=1e-12)
     assert QualityStats().recent_mae(100) is None
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000])
-def test_percentile_of_sorted_values_is_numpys(n: int) -> None:
-    values = np.sort(np.random.default_rng(n).exponential(40, n))
-    for q in (0, 1, 25, 50, 90, 95, 99, 100):
-        assert percentile_of_sorted(values, q) == np.percentile(values, q)
-
-
-def test_the_lazily_sorted_array_holds_every_value_in_order() -> None:
-    rng = np.random.default_rng(14)
-    array, every = LazilySortedArray(), []
-    for size in (1, 0, 7, 3000, 2, 500):
-        batch = rng.normal(0, 1, size)
-        array.extend(batch)
-        every += batch.tolist()
-        if size % 2:
-            assert np.array_equal(array.sorted(), np.sort(every))
-    assert np.array_equal(array.sorted(), np.sort(every))
 
 
 # --- /metrics/recent's rows, as before ------------------------------------------------

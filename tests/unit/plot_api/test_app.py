@@ -216,3 +216,26 @@ def test_the_drift_chart_and_api_drift_follow_model_apis_report(tmp_path: Path) 
         app_settings = settings(tmp_path).model_copy(update={"MODEL_API_URL": f"http://127.0.0.1:{model_api.port}"})
         in_process(create_app(app_settings), scenario)
     assert not (tmp_path / METRIC_LOG).exists()
+
+
+def test_api_summary_relays_metric_apis_summary_and_refuses_what_is_not_one(tmp_path: Path) -> None:
+    """With a stand-in metric_api answering a summary made by metric_api's own monitor: relayed as it
+    is; then a summary with a field renamed (``mae`` as ``MAE``): a 502 naming the field, not a
+    dashboard reading a key that is no longer there."""
+    from tests.json_stub import JsonStub
+    from tests.unit.plot_api.test_merged_summary import shard_summary
+
+    summary = shard_summary(metric_rows(0, 20, seed=6), 150.0).model_dump(mode="json")
+    renamed = {("MAE" if key == "mae" else key): value for key, value in summary.items()}
+    with JsonStub("/metrics/summary", summary) as metric_api:
+
+        async def scenario(client: AsyncClient) -> list[Response]:
+            relayed = await client.get("/api/summary")
+            metric_api.body = renamed
+            return [relayed, await client.get("/api/summary")]
+
+        app_settings = settings(tmp_path).model_copy(update={"METRIC_API_URL": f"http://127.0.0.1:{metric_api.port}"})
+        relayed, refused = in_process(create_app(app_settings), scenario)
+    assert relayed.status_code == 200 and relayed.json() == summary
+    assert refused.status_code == 502 and "no summary plot_api can read" in refused.json()["detail"]
+    assert "mae: Field required" in refused.json()["detail"]

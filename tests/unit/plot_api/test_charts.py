@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from services.common.files import METRIC_LOG
+from services.common.schema import DIABETES
 from services.plot_api.charts import CHARTS, LOG_WINDOWS, AllRows, ChartSpec, DriftRows, RecentRows, Window, registry, rows_for
 from services.plot_api.tail import MetricLogTail
 from tests.unit.metric_log import append, metric_rows
+from tests.unit.plot_api.test_drift_chart import parsed, unavailable_report, watched
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,12 +92,11 @@ def test_the_registry_refuses_charts_that_would_clash(charts: list[ChartSpec], r
 
 
 def drift_report(shift: float, count: int = 300, seed: int = 0) -> dict:
-    """A report as model_api's GET /drift gives it, made by its own drift core on the diabetes data
-    (the default schema); bmi shifted by ``shift`` of its std. test_app.py serves it as model_api."""
+    """A report as model_api's GET /drift gives it (JSON-ready), made by its own drift core on the
+    diabetes data (the default schema); bmi shifted by ``shift`` of its std. test_app.py serves it as model_api."""
     from sklearn.datasets import load_diabetes
 
     from services.common.reference import ReferenceTable
-    from services.common.schema import DIABETES
     from services.model_api.drift import DriftMonitor, Reference
 
     diabetes = load_diabetes()
@@ -110,15 +111,15 @@ def drift_report(shift: float, count: int = 300, seed: int = 0) -> dict:
     rows = data[rng.integers(len(data), size=count)].copy()
     rows[:, 2] += shift * data[:, 2].std()
     monitor.observe(rows, predict(rows), 1700000000.0)
-    return {**monitor.assess(1700000000.0), "model_version": "abc123def456"}
+    return watched(monitor.assess(1700000000.0), DIABETES, rows)
 
 
 def test_the_drift_chart_draws_model_apis_report_and_is_redrawn_only_when_it_changed() -> None:
     chart = CHARTS["drift"]
     assert chart.window is Window.DRIFT
     figure = chart.figure()
-    calm, drifted = DriftRows.of(drift_report(0.0)), DriftRows.of(drift_report(1.5))
-    assert drifted.report["drifted"] and "bmi" in drifted.report["drifted"] and not calm.report["drifted"]
+    calm, drifted = DriftRows.of(parsed(drift_report(0.0))), DriftRows.of(parsed(drift_report(1.5)))
+    assert "bmi" in drifted.report.drifted and not calm.report.drifted
     pictures = [chart.draw(figure, rows) for rows in (calm, drifted, calm)]
     assert all(p.startswith(PNG_SIGNATURE) for p in pictures)
     assert pictures[0] != pictures[1] and pictures[0] == pictures[2]  # the figure is reused, not left dirty
@@ -126,8 +127,9 @@ def test_the_drift_chart_draws_model_apis_report_and_is_redrawn_only_when_it_cha
     shown = [panel.get_title().split("\n")[0] for panel in figure.panels[:-1] if panel.get_visible()]
     assert shown == ["bmi — drifted", "age", "sex", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "prediction"]
     assert "n = 300 samples" in calm.stamp and "2023-11-14 22:13:20 UTC" in calm.stamp and "abc123def456" in calm.stamp
-    assert calm.version == DriftRows.of(drift_report(0.0)).version != DriftRows.of(drift_report(0.0, count=200)).version
-    few = DriftRows.of(drift_report(0.0, count=5))
-    unavailable = DriftRows.of({"status": "unavailable", "reason": "no reference file", "features": {}, "prediction": {}})
+    same, fewer = (DriftRows.of(parsed(drift_report(0.0, count=count))) for count in (300, 200))
+    assert calm.version == same.version != fewer.version
+    few = DriftRows.of(parsed(drift_report(0.0, count=5)))
+    unavailable = DriftRows.of(unavailable_report(DIABETES))
     for rows in (few, unavailable):
         assert chart.draw(figure, rows).startswith(PNG_SIGNATURE)

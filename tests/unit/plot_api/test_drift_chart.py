@@ -1,5 +1,6 @@
 """The drift chart over any schema, drawn from reports made by model_api's own drift core
-(services.model_api.drift.DriftMonitor), so that a key renamed there breaks a test here."""
+(services.model_api.drift.DriftMonitor) and parsed as plot_api parses them (``DriftReport``), so that
+a key renamed there breaks a test here."""
 
 import io
 import re
@@ -10,6 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from services.common.contracts.drift import DRIFT_REPORT, CategoricalBins, CategoricalColumn, DriftReport, NumericColumn
 from services.common.reference import ReferenceTable
 from services.common.schema import FeatureSchema, FeatureSpec
 from services.model_api.drift import DriftMonitor, Reference
@@ -93,20 +95,37 @@ def drift_report(
     predictions = rng.normal(1.5 if "prediction" in shifted else 0.0, 1.0, count)
     encoded = schema.encode_columns([values.tolist() for values in window])
     monitor.observe(encoded, predictions, NOW)
+    return watched(monitor.assess(NOW), schema, encoded, refused)
+
+
+def watched(
+    assessment: dict[str, Any],
+    schema: FeatureSchema,
+    encoded: np.ndarray | None = None,
+    refused: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, Any]:
+    """What model_api's DriftWatch adds to DriftMonitor's assessment: the model version, the data
+    quality as its DataQuality counts it (of the ``encoded`` rows), the refusals by path and kind."""
     quality = DataQuality(schema)
-    quality.count(encoded)
+    if encoded is not None:
+        quality.count(encoded)
     tally = {path: {kind: (refused or {}).get(path, {}).get(kind, 0) for kind in REFUSAL_KINDS} for path in ("queue", "http")}
     return {
-        **monitor.assess(NOW),
+        **assessment,
         "model_version": "abc123def456",
         "refused": {**tally, "since": NOW - 3600.0},
         "quality": quality.to_json(),
     }
 
 
-def unavailable_report(schema: FeatureSchema) -> dict[str, Any]:
+def unavailable_report(schema: FeatureSchema) -> DriftReport:
     monitor = DriftMonitor(None, schema, 300, 3600.0, unavailable="the model has no reference file: run register")
-    return {**monitor.assess(NOW), "model_version": "abc123def456"}
+    return DRIFT_REPORT.validate_python(watched(monitor.assess(NOW), schema))
+
+
+def parsed(report: dict[str, Any]) -> DriftReport:
+    """The report as plot_api reads it."""
+    return DRIFT_REPORT.validate_python(report)
 
 
 def titles(chart: DriftChart) -> list[str]:
@@ -124,19 +143,19 @@ def is_png(picture: bytes) -> bool:
 
 
 @pytest.fixture(scope="module")
-def mixed() -> dict[str, Any]:
+def mixed() -> DriftReport:
     """size_000 calm, city_001 shifted, size_002 all missing in the window."""
-    return drift_report(mixed_schema(3), shifted=["city_001"], missing={"size_002": 1.0})
+    return parsed(drift_report(mixed_schema(3), shifted=["city_001"], missing={"size_002": 1.0}))
 
 
 @pytest.fixture(scope="module")
-def wide() -> dict[str, Any]:
+def wide() -> DriftReport:
     """200 features, four of them shifted (one categorical), and the prediction."""
-    return drift_report(mixed_schema(200), shifted=["size_030", "city_121", "size_150", "size_198", "prediction"], seed=1)
+    return parsed(drift_report(mixed_schema(200), shifted=["size_030", "city_121", "size_150", "size_198", "prediction"], seed=1))
 
 
-def test_a_mixed_schema_is_drawn_column_by_column_by_kind_with_the_drifted_first(mixed: dict[str, Any]) -> None:
-    assert set(mixed["drifted"]) == {"city_001", "size_002"}, mixed["drifted"]
+def test_a_mixed_schema_is_drawn_column_by_column_by_kind_with_the_drifted_first(mixed: DriftReport) -> None:
+    assert set(mixed.drifted) == {"city_001", "size_002"}, mixed.drifted
     chart = DriftChart()
     assert is_png(chart.render(mixed, "n = 300 samples"))
     shown = titles(chart)
@@ -155,14 +174,15 @@ def test_a_mixed_schema_is_drawn_column_by_column_by_kind_with_the_drifted_first
     assert tick_labels(chart, 0) == ["Lyon", "Paris", "Nice", "Metz", "Nancy", "+5", "unseen"]
     assert tick_labels(chart, 2) == []  # a numeric panel: the reference's deciles, unlabelled
     numeric = chart.bars[2]
-    assert numeric is not None and len(numeric[0]) == len(mixed["features"]["size_000"]["bins"]["reference"]) == 10
+    size = mixed.features["size_000"]
+    assert numeric is not None and isinstance(size, NumericColumn) and len(numeric[0]) == len(size.bins.reference) == 10
     assert chart.headline.get_text() == "Drift: city_001, size_002"
     assert "and" not in chart.key_text.get_text()  # every column is drawn
 
 
-def test_two_hundred_columns_are_capped_drifted_first_then_closest_and_the_rest_counted(wide: dict[str, Any]) -> None:
+def test_two_hundred_columns_are_capped_drifted_first_then_closest_and_the_rest_counted(wide: DriftReport) -> None:
     drifted = {"size_030", "city_121", "size_150", "size_198", "prediction"}
-    assert set(wide["drifted"]) == drifted, wide["drifted"]
+    assert set(wide.drifted) == drifted, wide.drifted
     chosen, more = chosen_columns(wide)
     assert len(chosen) == PANELS and more == 201 - PANELS
     assert {name for name, _ in chosen[:5]} == drifted
@@ -176,7 +196,7 @@ def test_two_hundred_columns_are_capped_drifted_first_then_closest_and_the_rest_
     shown = [title.split("\n")[0] for title in titles(chart)]
     assert len(shown) == PANELS and all(title.endswith(" — drifted") for title in shown[:5])
     rule = re.match(r"drifted when a test's p ≤ ([0-9.e+-]+)\n", chart.key_text.get_text())
-    assert rule and float(rule[1]) == pytest.approx(wide["rule"]["threshold"], rel=0.01)
+    assert rule and wide.rule is not None and float(rule[1]) == pytest.approx(wide.rule.threshold, rel=0.01)
     assert "and 190 more calm columns (see /drift)" in chart.key_text.get_text().replace("\n", " ")
     assert "smallest p" in chart.key_text.get_text()  # says how the others were chosen
     assert chart.headline.get_text().startswith("Drift: ") and "and 1 more" in chart.headline.get_text()
@@ -184,13 +204,13 @@ def test_two_hundred_columns_are_capped_drifted_first_then_closest_and_the_rest_
 
 def test_more_drifted_columns_than_panels_are_counted_in_the_key() -> None:
     schema = mixed_schema(40)
-    report = drift_report(schema, shifted=[s.name for s in schema.features if s.numeric], seed=2)
-    assert len(report["drifted"]) > PANELS
+    report = parsed(drift_report(schema, shifted=[s.name for s in schema.features if s.numeric], seed=2))
+    assert len(report.drifted) > PANELS
     chart = DriftChart()
     chart.render(report)
     assert all(title.split("\n")[0].endswith(" — drifted") for title in titles(chart))
     key = chart.key_text.get_text().replace("\n", " ")
-    assert f"and {41 - PANELS} more columns, {len(report['drifted']) - PANELS} drifted (see /drift)" in key
+    assert f"and {41 - PANELS} more columns, {len(report.drifted) - PANELS} drifted (see /drift)" in key
 
 
 def test_an_unavailable_report_draws_the_reason_and_no_panel() -> None:
@@ -202,8 +222,8 @@ def test_an_unavailable_report_draws_the_reason_and_no_panel() -> None:
 
 
 def test_a_collecting_window_is_drawn_but_not_judged() -> None:
-    report = drift_report(mixed_schema(3), shifted=["city_001"], count=10)
-    assert report["status"] == "collecting" and report["drifted"] == []
+    report = parsed(drift_report(mixed_schema(3), shifted=["city_001"], count=10))
+    assert report.status == "collecting" and report.drifted == []
     chart = DriftChart()
     assert is_png(chart.render(report))
     assert not any("drifted" in title for title in titles(chart))
@@ -211,12 +231,14 @@ def test_a_collecting_window_is_drawn_but_not_judged() -> None:
 
 
 def test_the_figure_is_reused_and_a_panels_bars_rebuilt_only_when_their_number_changes(
-    mixed: dict[str, Any], wide: dict[str, Any]
+    mixed: DriftReport, wide: DriftReport
 ) -> None:
     chart = DriftChart()
     first = chart.render(wide)
     bars = list(chart.bars)
-    again = drift_report(mixed_schema(200), shifted=["size_030", "city_121", "size_150", "size_198", "prediction"], seed=5)
+    again = parsed(
+        drift_report(mixed_schema(200), shifted=["size_030", "city_121", "size_150", "size_198", "prediction"], seed=5)
+    )
     assert chart.render(again) != first
     kept = [i for i, (a, b) in enumerate(zip(bars, chart.bars, strict=True)) if a is b]
     assert kept, "no panel kept its bars though most columns have the same ten bins in both"
@@ -229,7 +251,7 @@ def test_a_categorical_panel_pools_the_least_frequent_categories() -> None:
     labels = [f"category-{i}" for i in range(30)] + ["(other)", "(missing)"]
     reference = [100 - 3 * i for i in range(30)] + [5, 0]
     current = [0] * 29 + [400, 7, 3]
-    drawn = category_bars({"labels": labels, "reference": reference, "current": current})
+    drawn = category_bars(CategoricalBins(labels=labels, reference=reference, current=current))
     assert drawn is not None
     names, ref, cur = drawn
     assert names == ["categ…", "categ…", "categ…", "categ…", "categ…", "+25", "other", "n/a"]
@@ -238,29 +260,11 @@ def test_a_categorical_panel_pools_the_least_frequent_categories() -> None:
     assert cur[4] == pytest.approx(400 / 410)  # the window's one category kept, though the reference's rarest
 
 
-@pytest.mark.parametrize(
-    "report",
-    [
-        {},
-        {"status": "calm"},
-        {"status": "calm", "features": None, "prediction": None, "drifted": None, "window": None, "rule": None},
-        {
-            "status": "drifted",
-            "drifted": ["a", 3],
-            "features": {"a": None, "b": {"kind": "categorical", "bins": {"labels": "x"}}},
-        },
-        {"status": "calm", "features": {"a": {"kind": "numeric", "ks_p": "low", "bins": {"reference": [1, "x"], "current": []}}}},
-        {"status": "calm", "features": {"a": {"kind": "numeric", "bins": {"reference": [5, 5], "current": [1]}}}},
-        {"status": "calm", "features": {"c": {"kind": "categorical", "chi2_p": 0.5, "bins": {"labels": [], "reference": []}}}},
-    ],
-)
-def test_a_report_missing_any_field_is_drawn_all_the_same(report: dict[str, Any]) -> None:
-    assert is_png(DriftChart().render(report))
-
-
-def test_closeness_is_the_smallest_deciding_p_value() -> None:
-    assert closeness({"kind": "numeric", "ks_p": 0.2, "chi2_p": 0.001, "missing_p": 0.5, "unseen_p": 0.001}) == 0.2
-    assert closeness({"kind": "categorical", "ks_p": 0.001, "chi2_p": 0.2, "missing_p": 0.01}) == 0.01
-    assert closeness({"kind": "categorical", "chi2_p": 0.2, "missing_p": 0.01, "unseen_p": 0.003}) == 0.003
-    assert closeness({"kind": "numeric", "ks_p": None}) == NO_P
-    assert describe({"kind": "numeric", "ks_p": None, "missing_share": None}) == "no samples"
+def test_closeness_is_the_smallest_deciding_p_value(mixed: DriftReport) -> None:
+    size, city = mixed.features["size_000"], mixed.features["city_001"]
+    assert isinstance(size, NumericColumn) and isinstance(city, CategoricalColumn)
+    assert closeness(size.model_copy(update={"ks_p": 0.2, "missing_p": 0.5})) == 0.2
+    assert closeness(city.model_copy(update={"chi2_p": 0.2, "missing_p": 0.01, "unseen_p": 0.5})) == 0.01
+    assert closeness(city.model_copy(update={"chi2_p": 0.2, "missing_p": 0.01, "unseen_p": 0.003})) == 0.003
+    assert closeness(size.model_copy(update={"ks_p": None, "missing_p": None})) == NO_P
+    assert describe(size.model_copy(update={"ks_p": None, "missing_share": None, "decided_by": None})) == "no samples"

@@ -1,5 +1,6 @@
-"""plot_api over several shards: their rows read over HTTP a little at a time, and one summary
-over their union, checked against figures computed here from the raw rows."""
+"""plot_api over several shards: their rows read over HTTP a little at a time, and the windows over
+their union, checked against figures computed here from the raw rows (the summary merged over the
+shards: test_merged_summary.py)."""
 
 import math
 import random
@@ -11,8 +12,6 @@ import pytest
 
 from services.common.metric_rows import METRIC_LOG_HEADER, MetricRow, format_row
 from services.metric_api.rows_feed import read_chunk
-from services.metric_api.stats import QualityStats
-from services.plot_api.merged_summary import ShardSummary, merge_summaries, merge_windows
 from services.plot_api.shards import ShardRowsTail
 
 NOW = 1_700_000_000.0
@@ -23,32 +22,6 @@ def make_rows(n: int, seed: int, prefix: str) -> list[MetricRow]:
     return [
         MetricRow.of(f"{prefix}{i}", float(rng.randint(25, 346)), rng.uniform(50, 300), f"v{i % 2}", NOW - 10) for i in range(n)
     ]
-
-
-def shard_summary(rows: list[MetricRow], baseline: float, **join: int) -> dict:
-    """What a shard's metric_api answers (its own statistics core, as the service builds it)."""
-    stats = QualityStats(baseline)
-    stats.add_rows(rows, NOW)
-    core = stats.summary(NOW)
-    return {
-        "count": core["windows"]["all"]["count"],
-        "windows": core["windows"],
-        "by_model_version": core["by_model_version"],
-        "join": {"pending_y_true": 0, "pending_y_pred": 0, "orphans": 0, "late_joins": 0, "dead_lettered": 0, **join},
-        "labels": {"predictions": len(rows) + 3, "waiting": {"y_pred": {"<1m": 3}}},
-        "latency": core["latency"],
-        "last_row_at": core["last_row_at"],
-        "rows_per_s": core["rows_per_s"],
-        "baseline": {"mean": baseline},
-        "alert": None,
-        "csv": "x",
-    }
-
-
-def union_of(rows: list[MetricRow]) -> dict:
-    stats = QualityStats()
-    stats.add_history(rows)
-    return stats.summary(NOW)
 
 
 def expected(rows: list[MetricRow], baseline: float) -> dict[str, float]:
@@ -71,53 +44,6 @@ def expected(rows: list[MetricRow], baseline: float) -> dict[str, float]:
     }
 
 
-def test_the_summary_over_two_shards_is_that_of_all_their_rows() -> None:
-    a, b = make_rows(700, 1, "a"), make_rows(300, 2, "b")
-    baseline = 150.0
-    merged = merge_summaries(
-        [ShardSummary("http://s0", shard_summary(a, baseline, orphans=2)), ShardSummary("http://s1", shard_summary(b, baseline))],
-        union_of(a + b),
-    )
-    want = expected(a + b, baseline)
-    assert merged["count"] == 1000 and merged["missing"] == []
-    for name, value in want.items():
-        assert merged["windows"]["all"][name] == pytest.approx(value, rel=1e-9), name
-    assert (merged["mae"], merged["rmse"]) == (merged["windows"]["all"]["mae"], merged["windows"]["all"]["rmse"])
-    # Per model version and over the last 5 minutes: merged from the shards' figures.
-    for version in ("v0", "v1"):
-        rows = [row for row in a + b if row.model_version == version]
-        window, want = merged["by_model_version"][version], expected(rows, baseline)
-        for name in ("count", "mae", "rmse", "me", "max_ae", "baseline_mae", "skill"):
-            assert window[name] == pytest.approx(want[name], rel=1e-9), (version, name)
-        assert window["p50_ae"] is None and window["r2"] is None  # not mergeable from summaries: said, not guessed
-    assert merged["windows"]["last_5m"]["rmse"] == pytest.approx(expected(a + b, baseline)["rmse"], rel=1e-9)
-    assert merged["join"]["orphans"] == 2
-    assert merged["labels"]["predictions"] == 1006 and merged["labels"]["waiting"] == {"y_pred": {"<1m": 6}}
-    assert merged["labels"]["labelled_share"] == pytest.approx(1000 / 1006)
-
-
-def test_a_shard_that_does_not_answer_is_named_not_an_error() -> None:
-    a, b = make_rows(50, 3, "a"), make_rows(40, 4, "b")
-    merged = merge_summaries(
-        [ShardSummary("http://s0", shard_summary(a, 150.0)), ShardSummary("http://s1", None, "did not answer", rows_read=40)],
-        union_of(a + b),
-    )
-    assert merged["missing"] == ["http://s1"]
-    assert merged["shards"][1] == {
-        "url": "http://s1",
-        "answered": False,
-        "count": None,
-        "rows_read": 40,
-        "problem": "did not answer",
-    }
-    assert merged["count"] == 90  # the rows read from it before it went still count
-
-
-def test_merging_no_rows_is_an_empty_window() -> None:
-    assert merge_windows([{"count": 0}])["count"] == 0
-    assert merge_windows([])["mae"] is None
-
-
 def write_csv(path: Path, rows: list[MetricRow]) -> None:
     path.write_text(METRIC_LOG_HEADER + "\n" + "".join(map(format_row, rows)))
 
@@ -130,9 +56,7 @@ def serve_files(files: dict[str, Path], max_bytes: int = 1024) -> httpx.MockTran
         chunk = read_chunk(path, int(request.url.params["offset"]), max_bytes)
         if chunk is None:
             return httpx.Response(416)
-        return httpx.Response(
-            200, content=chunk.data, headers={"X-Next-Offset": str(chunk.next_offset), "X-Log-Id": chunk.log_id}
-        )
+        return httpx.Response(200, content=chunk.data, headers=chunk.headers())
 
     return httpx.MockTransport(handle)
 
@@ -180,3 +104,20 @@ def test_a_shard_down_keeps_what_was_read_and_a_replaced_file_is_read_again(tmp_
     tail.read_new()
     tail.read_new()
     assert tail.count == 25 and tail.shards[1].problem is None
+
+
+def test_a_shard_answering_something_else_than_the_rows_feed_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A 200 without the feed's headers (another service at that URL, a proxy's page): named as the
+    shard's problem; the other shards are still read (a KeyError once escaped and stopped the refresh loop)."""
+    files = {"s0": tmp_path / "a.csv"}
+    write_csv(files["s0"], make_rows(10, 9, "a"))
+    feed = serve_files(files)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "s1":
+            return httpx.Response(200, text="<html>a login page</html>")
+        return feed.handle_request(request)
+
+    tail = ShardRowsTail(["http://s0", "http://s1"], transport=httpx.MockTransport(handle))
+    assert tail.read_new() == 10
+    assert "X-Next-Offset" not in (tail.shards[0].problem or "") and "next_offset" in (tail.shards[1].problem or "")
