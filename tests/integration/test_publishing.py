@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common.amqp import transport
-from services.common.amqp.fastpath import gate
+from services.common.amqp.fastpath import frames, gate
 from services.common.amqp.publisher import ConfirmedPublisher, Outgoing
 from services.common.amqp.topology import PERSISTENT, declare_queue
 from services.common.amqp.transport import CoalescingRobustConnection
@@ -137,3 +137,32 @@ def test_a_message_the_broker_returns_fails_its_own_publish_not_its_neighbours(
     assert waited_for_features, "the returned features message was taken as published"
     assert got_features == [b'{"half": "features"}']
     assert got_labels == [b'{"half": "label"}'], "the label was published again"
+
+
+def test_only_a_connection_through_the_services_transport_reads_its_frames_fast(
+    amqp_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast frame reader is the services' connections' own (their transport's reader asks for
+    it); a plain aio-pika connection made after one of them still reads as aiormq reads."""
+    reading_fast: set[int] = set()  # the frame receivers that read with FastFrameReceiver
+    real_get_frame = frames.FastFrameReceiver.get_frame
+
+    async def noting(self: frames.FastFrameReceiver) -> Any:
+        reading_fast.add(id(self))
+        return await real_get_frame(self)
+
+    monkeypatch.setattr(frames.FastFrameReceiver, "get_frame", noting)
+    queue = f"{queue_prefix}features"
+
+    async def scenario() -> tuple[int, int]:
+        ours = await aio_pika.connect_robust(amqp_url, connection_class=CoalescingRobustConnection)
+        async with ours:
+            await declare_queue(await ours.channel(), queue)
+            after_ours = len(reading_fast)
+            plain = await aio_pika.connect(amqp_url)
+            async with plain:
+                declared = await (await plain.channel()).declare_queue(queue, passive=True)
+                assert declared.declaration_result.message_count == 0
+            return after_ours, len(reading_fast)
+
+    assert asyncio.run(scenario()) == (1, 1)
