@@ -12,6 +12,7 @@
 - ``acks``         which acks and nacks settle deliveries (``AckPlanner``, no I/O), and sending them
 - ``failure``      the one failure rule (no I/O)
 - ``subscription`` one queue consumed, and consumed again after a reopen or a broker's cancel
+- ``batches``      batches from the inbox: what is waiting, without waiting for a batch to fill
 - ``clock``        the time the consumer waits by (a test's never waits)
 - ``consumer``     ``BatchConsumer``: wiring the above into batches for one handler
 - ``link``         ``BrokerLink``: the service's one connection, its channels, and /health's view

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import AbstractChannel, DeliveredMessage
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from services.common.amqp import acks
 from services.common.amqp.acks import AckPlanner
+from services.common.amqp.batches import BATCH_MAX, BATCH_WINDOW_S, next_batch
 from services.common.amqp.clock import LOOP_CLOCK, Clock
 from services.common.amqp.delivery import Context, Delivery, Refusal, Rejection, dead_letter_copy, delivery_tag, validate
 from services.common.amqp.errors import BROKER_GONE
@@ -32,40 +33,14 @@ from services.common.amqp.topology import declare_queue
 from services.common.messages import SampleMessage
 from services.common.settings import QueueType
 
-__all__ = ["BatchConsumer", "Delivery", "HandBack", "Rejection", "next_batch"]
+__all__ = ["BatchConsumer", "Delivery", "HandBack", "Rejection"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-BATCH_MAX = 500
-# A quiet pipeline must not wait for a batch to fill: after the first delivery, wait at most this.
-BATCH_WINDOW_S = 0.002
 RESUME_RETRY_S = 1.0
 RECOVER_PAUSE_S = 2.0  # the recovery of a consumer given none: a pause
 
 BatchHandler = Callable[[list[Delivery[Any]]], Awaitable[Sequence[Rejection]]]
-
-
-async def next_batch(inbox: asyncio.Queue[T], max_size: int = BATCH_MAX, window_s: float = BATCH_WINDOW_S) -> list[T]:
-    """Wait for one item, then take whatever else arrives within ``window_s``, up to ``max_size``."""
-    loop = asyncio.get_running_loop()
-    batch = [await inbox.get()]
-    deadline = loop.time() + window_s
-    while len(batch) < max_size:
-        try:
-            batch.append(inbox.get_nowait())
-            continue
-        except asyncio.QueueEmpty:
-            pass
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        try:
-            batch.append(await asyncio.wait_for(inbox.get(), remaining))
-        except TimeoutError:
-            break
-    return batch
 
 
 class _Taker:

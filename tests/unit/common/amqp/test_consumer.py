@@ -9,11 +9,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import pytest
 from aiormq.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
-from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection, next_batch
+from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection
 from services.common.amqp.delivery import delivery_tag
 from services.common.messages import MAX_MESSAGE_BYTES, SCHEMA_CONTEXT, FeaturesMessage
 from services.common.schema import DIABETES
@@ -320,14 +319,3 @@ def test_stop_lets_the_batch_in_hand_finish_and_settle() -> None:
         return raw.settled
 
     assert asyncio.run(scenario()) == ["ack"]
-
-
-@pytest.mark.parametrize("size", [1, 3])
-def test_next_batch_takes_what_is_waiting_up_to_the_size(size: int) -> None:
-    async def scenario() -> list[int]:
-        inbox: asyncio.Queue[int] = asyncio.Queue()
-        for n in range(5):
-            inbox.put_nowait(n)
-        return await next_batch(inbox, max_size=size, window_s=0.001)
-
-    assert asyncio.run(scenario()) == list(range(size))
