@@ -7,10 +7,11 @@ import contextlib
 from typing import Any
 
 import aio_pika
+import aiormq.channel
 import pytest
 
-from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
+from services.common.amqp.fastpath import gate
 from services.common.amqp.publisher import ConfirmedPublisher, Outgoing
 from services.common.amqp.topology import declare_queue, dlq_name
 from services.common.amqp.transport import CoalescingRobustConnection
@@ -98,29 +99,33 @@ def test_consuming_goes_on_after_its_channel_is_closed_and_after_the_broker_canc
     assert consumer.dead_lettered == 0
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["inline", "a task per delivery"])
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per delivery"])
 def test_deliveries_taken_inline_or_in_tasks_reach_the_handler_and_the_dlq_alike(
-    amqp_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+    amqp_url: str, queue_prefix: str, monkeypatch: pytest.MonkeyPatch, inline: bool
 ) -> None:
-    """With the fast path, aiormq's reader hands each delivery to the consumer without a task
-    (fastpath.deliver_inline); without it, aiormq's own way. Both take every good message and
-    dead-letter every bad one."""
-    monkeypatch.setattr(fastpath, "FAST_PATH", fast_path)
-    in_tasks = 0
-    real_on_delivery = BatchConsumer._on_delivery
+    """With fastpath's inline deliveries, aiormq's reader hands each delivery to the consumer
+    without a task; without them (an aiormq they were not written for), aiormq's own way, a task
+    each. Both take every good message and dead-letter every bad one."""
+    if not inline:
+        monkeypatch.setattr(gate, "usable", lambda part: part is not gate.INLINE_DELIVERIES)
+    tasks = 0  # the tasks aiormq's channels ran while the messages were consumed
+    counting = False
+    real_create_task = aiormq.channel.Channel.create_task
 
-    async def counting(self: BatchConsumer, *args: Any, **kwargs: Any) -> None:
-        nonlocal in_tasks
-        in_tasks += 1
-        await real_on_delivery(self, *args, **kwargs)
+    def counting_tasks(self: aiormq.channel.Channel, coro: Any) -> Any:
+        nonlocal tasks
+        tasks += counting
+        return real_create_task(self, coro)
 
-    monkeypatch.setattr(BatchConsumer, "_on_delivery", counting)
+    monkeypatch.setattr(aiormq.channel.Channel, "create_task", counting_tasks)
+
     queue = f"{queue_prefix}y_true"
     handled: list[str] = []
     good = labels(queue, 0, 300)
     bad = [Outgoing(queue, b"not json", f"bad{n}") for n in range(3)]
 
     async def scenario() -> tuple[int, int]:
+        nonlocal counting
         connection = await aio_pika.connect_robust(amqp_url, connection_class=CoalescingRobustConnection)
         async with connection:
             publishing = await connection.channel(publisher_confirms=True)
@@ -141,9 +146,11 @@ def test_deliveries_taken_inline_or_in_tasks_reach_the_handler_and_the_dlq_alike
             consumer = BatchConsumer(handler, on_dead_lettered=lambda _count: look())
             consumer.subscribe(queue, LabelMessage)
             await consumer.start(connection.channel, publisher)
+            counting = True
             await publisher.publish_many(good[:150] + bad + good[150:])
             with contextlib.suppress(TimeoutError):  # the assertions say what is missing
                 await asyncio.wait_for(everything.wait(), WAIT_S)
+            counting = False
             await consumer.stop()
             async with connection.channel() as channel:
                 dlq = await channel.declare_queue(dlq_name(queue), passive=True)
@@ -151,6 +158,6 @@ def test_deliveries_taken_inline_or_in_tasks_reach_the_handler_and_the_dlq_alike
             return consumer.dead_lettered, in_dlq
 
     dead_lettered, in_dlq = asyncio.run(scenario())
-    assert sorted(handled) == sorted(message.message_id for message in good)
+    assert sorted(handled) == sorted(message.sample_id for message in good)
     assert (dead_lettered, in_dlq) == (3, 3)
-    assert in_tasks == (0 if fast_path else len(good) + len(bad))
+    assert tasks == (0 if inline else len(good) + len(bad))

@@ -95,7 +95,6 @@ class BrokerLink:
 
     def start(self) -> None:
         fastpath.enlarge_frame_buffer()
-        fastpath.read_frames_fast()
         self._task = asyncio.create_task(self._connect_until_up(), name=f"{self._service}-broker-connect")
 
     async def ready(self) -> None:

@@ -12,8 +12,8 @@ from aio_pika.exceptions import DeliveryError, PublishError
 from pamqp.commands import Basic
 
 from services.common.amqp import fastpath
-from services.common.amqp.fastpath import Outgoing
 from services.common.amqp.instruments import MESSAGES_PUBLISHED, PUBLISH_RETRIES, PUBLISHER_CHANNELS_RENEWED
+from services.common.amqp.outgoing import Outgoing
 
 __all__ = ["ConfirmedPublisher", "Outgoing", "Publisher"]
 
@@ -60,9 +60,6 @@ class ConfirmedPublisher:
     @property
     def channel(self) -> AbstractRobustChannel:
         return self._channel
-
-    async def publish(self, queue: str, body: bytes, *, message_id: str, headers: dict[str, str] | None = None) -> None:
-        await self.publish_many([Outgoing(queue, body, message_id, headers)])
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """Publish every message; return once the broker has confirmed them all."""

@@ -15,7 +15,9 @@ So a "drained" frame is not yet on the wire, and nothing here treats it as if it
 publish counts as done only when the broker's confirm arrives.
 
 It plugs in through aiormq's public ``TransportFactory`` hook; aio-pika hands its
-connection's ``kwargs`` to aiormq, so a small ``RobustConnection`` subclass sets it there.
+connection's ``kwargs`` to aiormq, so a small ``RobustConnection`` subclass sets it there. The
+socket's StreamReader comes from ``fastpath.stream_reader``: where aiormq allows, the
+connection's frames are read fast (fastpath/frames.py).
 
 The same factory fails over across the nodes of a cluster (AMQP_URL listing several): aio-pika
 connects to one URL, and every (re)connection of it goes through ``create()``, which tries the
@@ -32,6 +34,8 @@ import aio_pika
 import aiormq
 from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
+
+from services.common.amqp import fastpath
 
 STREAM_LIMIT = 2**16  # asyncio.open_connection's default reader limit
 
@@ -133,7 +137,7 @@ class CoalescingTransportFactory(aiormq.TransportFactory):
     @staticmethod
     async def _open(host: str, port: int, ssl: Any, kwargs: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        reader = fastpath.stream_reader(STREAM_LIMIT, loop)  # its frames read fast, where aiormq allows
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl, **kwargs)
         writer = asyncio.StreamWriter(CoalescingTransport(transport, loop), protocol, reader, loop)

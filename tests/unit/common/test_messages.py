@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from services.common.amqp.consumer import describe_validation_error
+from services.common.amqp.delivery import describe_validation_error
 from services.common.messages import (
     ID_RULE,
     SCHEMA_CONTEXT,

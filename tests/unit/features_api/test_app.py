@@ -53,7 +53,9 @@ def test_a_burst_publishes_features_and_label_of_each_sample_under_one_id(settin
     features = [FeaturesMessage.model_validate_json(m.body) for m in link.to("t.features")]
     labels = [LabelMessage.model_validate_json(m.body) for m in link.to("t.y_true")]
     assert [f.id for f in features] == [label.id for label in labels] == ids
-    assert [m.message_id for m in link.to("t.features")] == ids
+    assert [m.sample_id for m in link.to("t.features")] == ids
+    # each message its own AMQP message_id: the broker names a message it returns by that id alone
+    assert len({m.message_id for m in link.published}) == len(link.published) == 6
     assert all(len(f.body) == 10 for f in features) and all(25 <= label.body <= 346 for label in labels)
     assert all(m.expiration_ms is None for m in link.published)
     assert features[0].schema_id == DIABETES.fingerprint  # a list: in the order of this schema
@@ -171,7 +173,7 @@ def test_labels_are_published_to_y_true_each_under_its_id_and_counted_once_confi
     assert answer.json() == {"accepted": 3}
     published = [LabelMessage.model_validate_json(m.body) for m in link.to("t.y_true")]
     assert [(m.id, m.body) for m in published] == [(label["id"], float(label["y_true"])) for label in labels]
-    assert [m.message_id for m in link.to("t.y_true")] == [label["id"] for label in labels]
+    assert [m.sample_id for m in link.to("t.y_true")] == [label["id"] for label in labels]
     assert all(m.ts is not None for m in published) and link.to("t.features") == []
     assert all(m.expiration_ms is None for m in link.published)  # the caller's labels are never delayed
 
@@ -303,9 +305,9 @@ def test_with_a_fixed_label_delay_the_demo_labels_wait_in_one_delay_queue_that_l
 
     burst, _ = in_process(create_app(settings, link), scenario)
     delayed = link.to("t.y_true.delay.8000ms")
-    assert [m.message_id for m in delayed] == burst.json()["ids"]
+    assert [m.sample_id for m in delayed] == burst.json()["ids"]
     assert {m.expiration_ms for m in delayed} == {8000}
-    assert [m.message_id for m in link.to("t.y_true")] == ["own"]  # only the caller's label goes straight in
+    assert [m.sample_id for m in link.to("t.y_true")] == ["own"]  # only the caller's label goes straight in
     assert len(link.to("t.features")) == 5
 
 

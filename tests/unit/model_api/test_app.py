@@ -130,7 +130,7 @@ def test_a_row_the_model_predicts_no_finite_number_for_is_refused_alone(settings
     assert [(delivery.message.id, "not a finite number" in reason) for delivery, reason in refused] == [
         ("1700000000.000002", True)
     ]
-    assert [m.message_id for m in link.to("t.y_pred")] == ["1700000000.000001", "1700000000.000003"]
+    assert [m.sample_id for m in link.to("t.y_pred")] == ["1700000000.000001", "1700000000.000003"]
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_a_prediction_served_over_http_is_published_to_y_pred_under_the_callers_
     ]
     assert {p.model_version for p in published} == {one.json()["model_version"]}
     assert all(p.ts is not None for p in published)
-    assert [m.message_id for m in link.to("t.y_pred")] == ["order-17", "b-1", "b-2", "b-3"]
+    assert [m.sample_id for m in link.to("t.y_pred")] == ["order-17", "b-1", "b-2", "b-3"]
 
 
 def test_without_ids_each_prediction_gets_a_unique_timestamp_id_that_no_features_id_can_equal(settings: Settings) -> None:
@@ -208,7 +208,7 @@ def test_without_ids_each_prediction_gets_a_unique_timestamp_id_that_no_features
         assert re.fullmatch(r"\d{10}\.\d{6}\d{6}", made), made
         assert abs(float(made) - time.time()) < 60
     assert len({made[-6:] for made in ids}) == 1
-    assert [m.message_id for m in link.to("t.y_pred")] == ids
+    assert [m.sample_id for m in link.to("t.y_pred")] == ids
 
 
 def test_with_monitoring_off_nothing_is_published_and_the_answer_says_so(model_path: Path) -> None:

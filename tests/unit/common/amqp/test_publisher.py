@@ -23,7 +23,7 @@ class StandInChannel:
         if self.nacking:
             self.nacking -= 1 if self.nacking > 0 else 0
             raise DeliveryError(None, Basic.Nack(delivery_tag=1))
-        self.acked.append(properties.message_id)
+        self.acked.append(properties.message_id.partition("/")[0])  # the sample id it carries (outgoing.py)
         return Basic.Ack(delivery_tag=1)
 
 

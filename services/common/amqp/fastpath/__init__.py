@@ -1,0 +1,17 @@
+"""The one place that uses aiormq internals, each part with the public path beside it.
+
+- ``gate``        what each part relies on in aiormq (fingerprints of those functions), and
+                  whether the aiormq installed still has it; a part that does not hold is off
+- ``publishing``  a batch of publishes in one write (aiormq's ``basic_publish`` otherwise);
+                  room in aiormq's writer queue for a batch of single frames
+- ``deliveries``  ``consume`` with an ``InlineConsumer``: deliveries handed over without a task each
+- ``frames``      frames read in two reads and decoded directly, per connection (our transport's)
+
+Each part was measured (docs/performance.md); without it the services are correct, just slower.
+"""
+
+from services.common.amqp.fastpath.deliveries import InlineConsumer, cancel, consume
+from services.common.amqp.fastpath.frames import stream_reader
+from services.common.amqp.fastpath.publishing import enlarge_frame_buffer, publish
+
+__all__ = ["InlineConsumer", "cancel", "consume", "enlarge_frame_buffer", "publish", "stream_reader"]
