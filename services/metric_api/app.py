@@ -1,6 +1,7 @@
 """metric_api: joins y_true and y_pred by id and appends one CSV row per id."""
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -63,7 +64,7 @@ class MetricService:
         # This process owns one shard of the join (the only one when METRIC_SHARDS is 1): its two queues.
         labels, predictions = (shard_queue(settings, kind, settings.METRIC_SHARD) for kind in (Y_TRUE, Y_PRED))
         self._kinds: dict[str, Kind] = {labels: "y_true", predictions: "y_pred"}
-        self.consumer = BatchConsumer(self._record_batch, recover=self._open_until_ok, on_dead_lettered=self._count_dead_lettered)
+        self.consumer = BatchConsumer(self._record_batch, recover=self._open_until_ok, on_dead_lettered=self.count_dead_lettered)
         self._dead_lettered_unsaved = 0
         self._saving_dead_lettered: asyncio.Task[None] | None = None
         self.last_delivery_at: float | None = None  # monotonic
@@ -186,12 +187,15 @@ class MetricService:
             except StorageErrors as exc:
                 log.error("cannot repair the files in %s: %s; will try again", self.settings.LOGS_DIR, exc)
 
-    def _count_dead_lettered(self, count: int) -> None:
-        """Dead-lettered messages are counted in the state, so join.dead_lettered survives a restart.
-        Saved in the background, several at once when they come fast."""
+    async def count_dead_lettered(self, count: int) -> None:
+        """Dead-lettered messages are counted in the state before they are acked, so join.dead_lettered
+        survives a restart, even a kill -9. A state that cannot be written now (a full disk) must not hold
+        up the dead-letter queue: the count is then kept and saved in the background, retried."""
         self._dead_lettered_unsaved += count
         if self._saving_dead_lettered is None or self._saving_dead_lettered.done():
             self._saving_dead_lettered = asyncio.create_task(self._save_dead_lettered(), name="metric-dead-lettered")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._saving_dead_lettered), timeout=RETRY_S)
 
     async def _save_dead_lettered(self) -> None:
         while self._dead_lettered_unsaved:

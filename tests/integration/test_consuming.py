@@ -143,7 +143,10 @@ def test_deliveries_taken_inline_or_in_tasks_reach_the_handler_and_the_dlq_alike
                 look()
                 return []
 
-            consumer = BatchConsumer(handler, on_dead_lettered=lambda _count: look())
+            async def dead_lettered(_count: int) -> None:
+                look()
+
+            consumer = BatchConsumer(handler, on_dead_lettered=dead_lettered)
             consumer.subscribe(queue, LabelMessage)
             await consumer.start(connection.channel, publisher)
             counting = True

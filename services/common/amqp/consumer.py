@@ -71,13 +71,15 @@ class BatchConsumer:
         batch_max: int = BATCH_MAX,
         window_s: float = BATCH_WINDOW_S,
         invalid: Callable[[ValidationError | None], None] | None = None,
-        on_dead_lettered: Callable[[int], None] | None = None,
+        on_dead_lettered: Callable[[int], Awaitable[None]] | None = None,
         clock: Clock = LOOP_CLOCK,
     ) -> None:
         """``recover``: awaited after a ``HandBack``, consuming resumes when it returns (default: a
         pause). ``invalid`` is told of each message dead-lettered before it reached the handler:
         its validation error, or None for one too large (model_api counts them by reason).
-        ``on_dead_lettered`` is told how many were dead-lettered, each time (a service may keep count)."""
+        ``on_dead_lettered`` is told how many were dead-lettered, each time, and awaited before they are
+        acked: a service that keeps count durably then never loses one to a crash (it may count one twice:
+        a message dead-lettered again after a crash before its ack has two copies in the DLQ too)."""
         self._handler = handler
         self._recover = recover or functools.partial(clock.sleep, RECOVER_PAUSE_S)
         self._batch_max, self._window_s = batch_max, window_s
@@ -262,7 +264,7 @@ class BatchConsumer:
             MESSAGES_DEAD_LETTERED.labels(queue=delivery.queue).inc()
         self.dead_lettered += len(rejected)
         if self._on_dead_lettered is not None:
-            self._on_dead_lettered(len(rejected))
+            await self._on_dead_lettered(len(rejected))
         await self.settle([delivery for delivery, _ in rejected])
 
     async def settle(self, deliveries: Sequence[Delivery[Any]], *, requeue: bool | None = None) -> None:

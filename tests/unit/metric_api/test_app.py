@@ -169,8 +169,9 @@ def test_the_dead_lettered_count_survives_a_restart(tmp_path: Path) -> None:
         service = MetricService(settings(tmp_path), StandInLink())
         await service.start()
         try:
-            service.consumer._on_dead_lettered(3)  # type: ignore[misc]  # what the consumer tells after each dead-lettering
-            service.consumer._on_dead_lettered(1)  # type: ignore[misc]
+            # What the consumer tells, and awaits, after each dead-lettering: the count is saved by then.
+            await service.count_dead_lettered(3)
+            await service.count_dead_lettered(1)
         finally:
             await service.stop()
 

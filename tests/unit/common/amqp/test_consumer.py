@@ -290,8 +290,11 @@ def test_every_dead_lettered_message_is_told_to_the_service() -> None:
     async def handler(batch: list[Delivery[Any]]) -> list[Rejection]:
         return [(batch[0], "refused by the handler")]
 
+    async def tell(count: int) -> None:
+        told.append(count)
+
     async def scenario() -> None:
-        async with Running(handler, on_dead_lettered=told.append) as running:
+        async with Running(handler, on_dead_lettered=tell) as running:
             raws = [await running.channel.deliver(body) for body in (b"not json", features(2), features(3))]
             await settled(*raws)
 
