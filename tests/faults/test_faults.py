@@ -27,6 +27,7 @@ from harness.checker import Verdict, check
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
 from harness.proxy import TcpProxy
+from services.features_api.publisher import MAX_BURST
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.faults]
 BURST = 3000
@@ -106,6 +107,24 @@ def background() -> Iterator[ThreadPoolExecutor]:
 
 def burst_in_background(pool: ThreadPoolExecutor, pipeline: Pipeline, count: int = BURST) -> Future[list[str]]:
     return pool.submit(pipeline.burst, count, 180)
+
+
+def publish_until_cut(pipeline: Pipeline, limit_s: float = 120) -> httpx.HTTPError | None:
+    """Publish bursts back to back until a request fails (the service was killed under it, or is
+    not listening yet); the error, or None if ``limit_s`` passed without one.
+
+    A fixed-size burst can finish before the kill lands (the publisher outruns the join), so the
+    test would cut nothing; publishing until cut always has a request in flight or refused."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            answer = httpx.post(
+                f"{pipeline.url('features_api')}/features/publish", json={"count": MAX_BURST}, headers=pipeline.auth, timeout=60
+            )
+        except httpx.HTTPError as cut:
+            return cut
+        assert answer.status_code == 200, answer.text
+    return None
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -350,11 +369,10 @@ def test_kill_9_of_features_mid_burst(tmp_path: Path, model_path: Path, amqp_url
     """A burst cut by kill -9 cannot tell which ids it sent; what must hold: no id twice, and
     every sample cut between its two publishes surfaces as an orphan, not silently."""
     with running_pipeline(tmp_path, model_path, amqp_url, ORPHAN_TTL_S="3") as pipeline:
-        doomed = burst_in_background(background, pipeline)
+        doomed = background.submit(publish_until_cut, pipeline)
         wait_until(lambda: len(pipeline.rows()) >= 500, 60, "the stream to be flowing")
         pipeline.restart("features_api", signal.SIGKILL)
-        with pytest.raises(httpx.HTTPError):
-            doomed.result()
+        assert isinstance(doomed.result(), httpx.HTTPError), "the publisher's kill did not cut a request"
         after = pipeline.burst(200)
         wait_until(lambda: drained(pipeline), 60, "every queue to drain")
 
