@@ -103,6 +103,7 @@ class Raw:
 
 def deliveries(rows: list[list[float]]) -> list[Delivery[FeaturesMessage]]:
     return [
+        # The arg-type ignore below: Raw stands in for aiormq's DeliveredMessage; the handler reads only .redelivered
         Delivery(FeaturesMessage(id=f"1700000000.{n:06d}", body=row, ts=1700000000.5), Raw(), "t.features", 0.0)  # type: ignore[arg-type]
         for n, row in enumerate(rows, start=1)
     ]

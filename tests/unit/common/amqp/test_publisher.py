@@ -50,6 +50,7 @@ def test_a_channel_that_keeps_nacking_is_replaced_and_the_publishes_go_through_o
         return StandInRobustChannel(fresh)
 
     async def scenario() -> ConfirmedPublisher:
+        # The arg-type ignore below: a stand-in for aio-pika's RobustChannel, with only what the publisher calls
         publisher = ConfirmedPublisher(StandInRobustChannel(stuck), 1.0, renew=renew)  # type: ignore[arg-type]
         await asyncio.wait_for(publisher.publish_many(messages(5)), 10)
         return publisher
@@ -67,6 +68,7 @@ def test_a_few_nacks_between_acks_do_not_renew_the_channel() -> None:
         raise AssertionError("renewed a channel that recovers by itself")
 
     async def scenario() -> ConfirmedPublisher:
+        # The arg-type ignore below: a stand-in for aio-pika's RobustChannel, with only what the publisher calls
         publisher = ConfirmedPublisher(StandInRobustChannel(flaky), 1.0, renew=renew)  # type: ignore[arg-type]
         for _ in range(3):
             await asyncio.wait_for(publisher.publish_many(messages(1)), 10)
@@ -87,6 +89,7 @@ def test_concurrent_publishes_on_a_stuck_channel_renew_it_once() -> None:
         return StandInRobustChannel(fresh)
 
     async def scenario() -> None:
+        # The arg-type ignore below: a stand-in for aio-pika's RobustChannel, with only what the publisher calls
         publisher = ConfirmedPublisher(StandInRobustChannel(stuck), 1.0, renew=renew)  # type: ignore[arg-type]
         await asyncio.wait_for(asyncio.gather(*(publisher.publish_many(messages(2)) for _ in range(5))), 10)
 
