@@ -86,6 +86,7 @@ class RegistrationWatch:
         self._stamp = _stamp(self._sidecar)
         self.current = read_registered(model_path, seed)
         self._checked = time.monotonic()
+        self._kept_for: str | None = None  # why a changed sidecar was not taken (logged once per reason)
         self._describe()
 
     def _describe(self) -> None:
@@ -106,12 +107,29 @@ class RegistrationWatch:
         return _stamp(self._sidecar) != self._stamp
 
     def reload(self) -> Registered:
-        """Read the registration again (file I/O); the caller puts it in use with ``use``."""
+        """Read the registration again (file I/O); the caller puts it in use with ``use``.
+
+        A sidecar of the same schema whose reference cannot be read (a copy of the model's three
+        files under way, the sidecar first) leaves the demo drawing the rows it has: the one in use
+        is returned, and the sidecar is read again at the next check until its reference is there.
+        """
         stamp = _stamp(self._sidecar)
         registered = read_registered(self.model_path, self.seed)
+        current = self.current
+        if registered.sampler is None and current.sampler is not None and registered.schema == current.schema:
+            if registered.unavailable != self._kept_for:
+                log.warning(
+                    "the sidecar changed but %s; the demo goes on drawing from %s and reads it again in %gs",
+                    registered.unavailable, current.source, CHECK_INTERVAL_S,
+                )  # fmt: skip
+                self._kept_for = registered.unavailable
+            return current
         self._stamp = stamp
+        self._kept_for = None
         return registered
 
     def use(self, registered: Registered) -> None:
+        if registered is self.current:
+            return
         self.current = registered
         self._describe()

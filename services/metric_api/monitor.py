@@ -14,11 +14,11 @@ from prometheus_client import REGISTRY, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.alerts import AlertBoard
 from services.common.contracts.summary import Summary
 from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
 from services.common.settings import Settings
-from services.common.webhook import WebhookNotifier
 from services.metric_api.alerts import ALERT_ROWS, MaeAlert
 from services.metric_api.stats import QualityStats
 
@@ -40,6 +40,7 @@ LABEL_LAG = Histogram(
     "How long after its prediction a row's label came (0 when it came first), as the join saw them",
     buckets=(*TIME_BUCKETS_S, 4 * 3600, 86400, 7 * 86400),
 )
+MAE_ALERT_NAME = "mae"
 MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the last_100 MAE is above MAE_ALERT, else 0")
 
 
@@ -98,7 +99,9 @@ class QualityMonitor:
         self.core = self.new_core()
         self.alert = MaeAlert(settings.MAE_ALERT) if settings.MAE_ALERT is not None else None
         url = settings.ALERT_WEBHOOK_URL
-        self.notifier = WebhookNotifier(str(url), service) if url is not None and self.alert else None
+        self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of metric_api
+        if self.alert is not None:
+            self.alerts.declare(MAE_ALERT_NAME)
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._cached: tuple[tuple[Any, ...], bytes] | None = None
         _COLLECTOR.monitor = self
@@ -138,16 +141,17 @@ class QualityMonitor:
             return
         MAE_ALERT_RAISED.set(1 if change.state == "raised" else 0)
         mae = "not finite" if change.mae is None else f"{change.mae:.4g}"
-        if change.state == "raised":
-            log.warning("ALERT: the %s MAE is %s, above MAE_ALERT=%g", change.window, mae, change.threshold)
-        else:
-            log.info("alert cleared: the %s MAE is %s, back within MAE_ALERT=%g", change.window, mae, change.threshold)
-        if self.notifier is not None:
-            self.notifier.send(change)
+        where = "above" if change.state == "raised" else "back within"
+        self.alerts.set(
+            MAE_ALERT_NAME,
+            change.state == "raised",
+            now,
+            f"the {change.window} MAE is {mae}, {where} MAE_ALERT={change.threshold:g}",
+            {"window": change.window, "mae": change.mae, "threshold": change.threshold},
+        )
 
     async def close(self) -> None:
-        if self.notifier is not None:
-            await self.notifier.close()
+        await self.alerts.close()
 
     # -- read by /metrics/summary and /metrics
     def core_summary(self, now: float) -> dict[str, Any]:
@@ -164,7 +168,7 @@ class QualityMonitor:
         core = self.core_summary(now)
         alert = self.alert.state() if self.alert else None
         assert self._core_cached is not None
-        key = (self._core_cached[0], tuple(join.values()), waiting.key(), alert and alert["since"], csv)
+        key = (self._core_cached[0], tuple(join.values()), waiting.key(), self.alerts.key(), csv)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         all_rows = core["windows"]["all"]
@@ -190,6 +194,7 @@ class QualityMonitor:
             rows_per_s=core["rows_per_s"],
             excluded_rows=core["excluded_rows"],
             alert=alert,
+            alerts=self.alerts.to_json(),
             baseline=self.baseline.describe(),
             csv=csv,
         )

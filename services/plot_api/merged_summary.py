@@ -24,6 +24,7 @@ from typing import Any
 from services.common.contracts.summary import (
     JOIN_COUNTS,
     WINDOW_FIELDS,
+    AlertInfo,
     Labels,
     MergedSummary,
     ShardState,
@@ -161,6 +162,7 @@ def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) ->
         rows_per_s=sum(s.rows_per_s for s in answered),
         excluded_rows=union["excluded_rows"],
         alert=raised[0] if raised else None,
+        alerts=_alerts(answered),
         baseline=answered[0].baseline if answered else None,
         csv=[s.csv for s in answered],
         shards=[
@@ -176,3 +178,15 @@ def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) ->
         missing=[shard.url for shard in shards if shard.summary is None],
         approximate=list(APPROXIMATE),
     )
+
+
+def _alerts(answered: list[Summary]) -> dict[str, AlertInfo]:
+    """Each shard's alerts by name; where shards share a name, a raised one (the earliest raised) before
+    a cleared one: a shard's alert is about its own rows, so any shard raising it raises it."""
+    out: dict[str, AlertInfo] = {}
+    for summary in answered:
+        for name, alert in summary.alerts.items():
+            held = out.get(name)
+            if held is None or (alert.state == "raised", -(alert.since or 0.0)) > (held.state == "raised", -(held.since or 0.0)):
+                out[name] = alert
+    return out

@@ -170,16 +170,20 @@ def test_the_alert_is_raised_and_cleared_once_each_and_versions_are_kept_apart(
             health = metric.health()
             assert health is not None and health.status_code == 200  # the service is fine; the model is not
             assert [s.value for s in scrape(metric.url)["model_mae_alert"]] == [1.0]
-            assert "ALERT: the last_100 MAE is 10" in metric.output()
+            assert summary["alerts"]["mae"]["state"] == "raised" and summary["alerts"]["mae"]["details"]["mae"] == 10.0
+            assert "ALERT mae raised: the last_100 MAE is 10" in metric.output()
 
             publish_rows(amqp_url, prefix, better)
             wait_until(lambda: read_summary(metric.url)["count"] == 300, 30, "300 rows")
             wait_until(lambda: len(receiver.posted) >= 2, 10, "the webhook to be called again")
-            assert [(b["alert"], b["window"], b["threshold"]) for b in receiver.posted] == [
-                ("raised", "last_100", 5.0),
-                ("cleared", "last_100", 5.0),
+            # One payload shape for every alert (services/common/alerts.py), once per change of state.
+            assert [(b["alert"], b["state"], b["service"]) for b in receiver.posted] == [
+                ("mae", "raised", "metric_api"),
+                ("mae", "cleared", "metric_api"),
             ]
-            assert receiver.posted[0]["mae"] == 10.0 and receiver.posted[1]["mae"] <= 5.0
+            assert [b["details"]["window"] for b in receiver.posted] == ["last_100", "last_100"]
+            assert receiver.posted[0]["details"]["mae"] == 10.0 and receiver.posted[1]["details"]["mae"] <= 5.0
+            assert receiver.posted[0]["since"] == receiver.posted[0]["at"] <= receiver.posted[1]["at"]
             assert read_summary(metric.url)["alert"] is None
             assert [s.value for s in scrape(metric.url)["model_mae_alert"]] == [0.0]
 

@@ -2,6 +2,8 @@
 plot_api's ``GET /api/summary`` over the join's shards (``MergedSummary``). docs/monitoring.md,
 "The summary", says what each field means."""
 
+from typing import Any, Literal
+
 from pydantic import Field
 
 from services.common.contracts import Contract
@@ -79,6 +81,15 @@ class MaeAlertState(Contract):
     since: float
 
 
+class AlertInfo(Contract):
+    """One alert of the board (services/common/alerts.py): its state, since when, and the rule's last word."""
+
+    state: Literal["raised", "cleared"]
+    since: float | None
+    summary: str
+    details: dict[str, Any]
+
+
 class BaselineInfo(Contract):
     """The constant predictor ``baseline_mae`` and ``skill`` are measured against."""
 
@@ -103,6 +114,7 @@ class SummaryNumbers(Contract):
     rows_per_s: float
     excluded_rows: int
     alert: MaeAlertState | None
+    alerts: dict[str, AlertInfo] = Field(default_factory=dict)  # every alert of metric_api's board, by name
 
 
 class Summary(SummaryNumbers):
