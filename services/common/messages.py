@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from services.common.schema import FeatureSchema, SchemaViolation
 from services.common.settings import get_settings
+from services.common.tags import Tags, YPredTags
 
 # Ids go into a CSV column unquoted, so they must not contain separators or newlines.
 ID_MAX_LENGTH = 64
@@ -219,6 +220,7 @@ class FeaturesMessage(SampleMessage):
     # model_api serving another schema refuses it instead of reading its values as other features.
     schema_id: str | None = Field(None, max_length=64)
     body: FeaturesBody
+    tags: Tags | None = None  # the caller's (services/common/tags.py): carried to y_pred
 
     @field_validator("body", mode="after")
     @classmethod
@@ -241,6 +243,8 @@ ModelVersion = Annotated[str, Field(max_length=64)]
 class PredictionMessage(SampleMessage):
     body: Target
     model_version: ModelVersion = UNKNOWN_VERSION
+    # Optional (an older consumer ignores it): the caller's tags and the segment features' values.
+    tags: YPredTags | None = None
 
 
 class ReportedPrediction(SampleMessage):
@@ -251,6 +255,7 @@ class ReportedPrediction(SampleMessage):
     model_version: ModelVersion | None = None
     schema_id: str | None = Field(None, max_length=64)  # as a features message's: the schema a list of features follows
     features: FeaturesBody | None = None
+    tags: Tags | None = None
 
     @field_validator("features", mode="after")
     @classmethod

@@ -36,6 +36,9 @@ class MetricRow:
     lag_s: float | None = field(default=None, compare=False)
     # How long the label came after the prediction (0 when it came first), both as the join saw them.
     label_lag_s: float | None = field(default=None, compare=False)
+    # When the prediction was made (its y_pred message's ts, else when it came) and its segment tags.
+    predicted_at: float | None = field(default=None, compare=False)
+    tags: dict[str, str] | None = field(default=None, compare=False)
 
     @classmethod
     def of(
@@ -47,8 +50,10 @@ class MetricRow:
         ts: float | None = None,
         lag_s: float | None = None,
         label_lag_s: float | None = None,
+        predicted_at: float | None = None,
+        tags: dict[str, str] | None = None,
     ) -> "MetricRow":
-        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s, label_lag_s)
+        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s, label_lag_s, predicted_at, tags)
 
 
 def format_row(row: MetricRow) -> str:

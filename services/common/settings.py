@@ -10,6 +10,7 @@ from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.delay import LabelDelay
+from services.common.tags import parse_segment_keys
 
 AmqpUrl = Annotated[Url, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -147,6 +148,22 @@ class Settings(BaseSettings):
     # features are within ±0.3 and its target within 25..346; register says when a reference holds more.
     FEATURE_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
     TARGET_ABS_MAX: float = Field(1e12, gt=0, le=1e100, allow_inf_nan=False)
+    # Segments (docs/monitoring.md, "Segments"): the tag keys and categorical features whose values are
+    # segments; per key at most SEGMENT_VALUES_MAX values tracked (the most frequent), the rest in "other".
+    SEGMENT_KEYS: str = Field("", max_length=2000)
+    SEGMENT_VALUES_MAX: int = Field(50, ge=1, le=1000)
+    # The segment alert: a segment's last_100 MAE above the global reference MAE by this factor, once it
+    # has SEGMENT_ALERT_MIN_ROWS rows (docs/monitoring.md, "The segment alert").
+    SEGMENT_ALERT_FACTOR: float = Field(1.5, gt=1, allow_inf_nan=False)
+    SEGMENT_ALERT_MIN_ROWS: int = Field(50, ge=1)
+    # The error by prediction time: buckets of TIME_BUCKET_S seconds; TIME_BUCKETS_KEPT newest kept.
+    TIME_BUCKET_S: float = Field(3600.0, ge=1, le=31 * 86400, allow_inf_nan=False)
+    TIME_BUCKETS_KEPT: int = Field(168, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _segment_keys_valid(self) -> "Settings":
+        parse_segment_keys(self.SEGMENT_KEYS)  # a ValueError naming SEGMENT_KEYS and the key
+        return self
 
     @model_validator(mode="after")
     def _shard_within_shards(self) -> "Settings":
@@ -156,6 +173,10 @@ class Settings(BaseSettings):
                 f"the shards are numbered 0 to {self.METRIC_SHARDS - 1}"
             )
         return self
+
+    @property
+    def segment_keys(self) -> tuple[str, ...]:
+        return parse_segment_keys(self.SEGMENT_KEYS)
 
     @property
     def metric_apis(self) -> tuple[AnyHttpUrl, ...]:

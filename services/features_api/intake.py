@@ -24,6 +24,7 @@ from services.common.http.bodies import StrictBody, schema_rows
 from services.common.messages import ID_RULE, CallerId, FeaturesBody, FeaturesMessage, LabelMessage, Target
 from services.common.schema import FeatureSchema
 from services.common.settings import Settings
+from services.common.tags import TAGS_RULE, Tags
 
 MAX_ITEMS = 10_000  # labels in one request: its answer is a count, and a label sent again is a duplicate, harmless
 # Samples in one request: its answer is their ids (made here where none was given), so it must come back
@@ -63,6 +64,7 @@ class SampleIn(StrictBody):
     id: CallerId | None = Field(None, description=f"your id for the sample; one is made when absent. {ID_RULE}")
     features: FeaturesBody = Field(description="{name: value} for every feature of the schema, or [values in schema order]")
     y_true: Target | None = Field(None, description="its label, if known now; else send it later to POST /labels")
+    tags: Tags | None = Field(None, description=f"the sample's tags, carried with its prediction to the join. {TAGS_RULE}")
 
 
 class SamplesRequest(StrictBody):
@@ -124,7 +126,7 @@ class CallerIntake:
             else:
                 sample_id, ts = sample.id, time.time()
             ids.append(sample_id)
-            features = FeaturesMessage(id=sample_id, body=row, ts=ts, schema_id=schema.fingerprint).to_bytes()
+            features = FeaturesMessage(id=sample_id, body=row, ts=ts, schema_id=schema.fingerprint, tags=sample.tags).to_bytes()
             messages.append(Outgoing(self._features_queue, features, sample_id))
             if sample.y_true is not None:
                 messages.append(self._label(sample_id, sample.y_true, ts))

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge
 from services.common.amqp.consumer import BatchConsumer, Delivery, HandBack, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.topology import Y_PRED, Y_TRUE, shard_queue
+from services.common.contracts.by_time import BY_TIME_ROUTE, ByTime
 from services.common.contracts.rows_feed import REPLACED_STATUS, ROWS_MAX_BYTES, ROWS_ROUTE, RowsChunk
 from services.common.contracts.summary import SUMMARY_ROUTE, Summary
 from services.common.http.app import service_app
@@ -57,7 +58,7 @@ class MetricService:
     def __init__(self, settings: Settings, link: Link | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock  # the wall-clock time: when a half came, a row was joined, a half became an orphan
-        self.ledger = MetricLedger(settings.LOGS_DIR, settings.ORPHAN_TTL_S)
+        self.ledger = MetricLedger(settings.LOGS_DIR, settings.ORPHAN_TTL_S, settings.segment_keys)
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
         self.last_repair: str | None = None  # what happened to the files the last time they were repaired
@@ -156,6 +157,7 @@ class MetricService:
                     await self._repair_files(str(exc))
                     recorded = await asyncio.to_thread(self.ledger.record, halves, self.clock())
                 self.quality.add_rows(recorded.rows, self.clock())
+                self.quality.core.add_predictions(recorded.predicted_at, self.clock())
         except StorageErrors as exc:
             self.storage_problem = f"cannot write to {self.settings.LOGS_DIR}: {exc}"
             raise HandBack(self.storage_problem) from exc
@@ -301,6 +303,14 @@ async def summary(service: Service) -> Response:
     waiting = Waiting(predictions=ledger.waiting_halves("y_pred"), by_age=ledger.waiting)
     body = service.quality.summary(join, str(ledger.csv.path), service.clock(), waiting)
     return Response(body, media_type="application/json")
+
+
+@router.get(BY_TIME_ROUTE.removeprefix(router.prefix), response_model=ByTime)
+async def by_time(service: Service) -> dict[str, Any]:
+    """The predictions made in each TIME_BUCKET_S bucket (by the y_pred message's ts): how many reached the
+    join, how many are labelled yet (their share), and the twelve numbers over the labelled ones, revised
+    as late labels join. The TIME_BUCKETS_KEPT newest buckets, oldest first (docs/monitoring.md)."""
+    return service.quality.core.by_time.report(service.clock())  # the statistics change on this loop only
 
 
 @router.get("/recent")

@@ -25,6 +25,7 @@ class HeldHalf:
     arrived_at: float
     ts: float | None = None
     model_version: str | None = None
+    tags: dict[str, str] | None = None  # a prediction's segment tags (services/common/tags.py)
 
 
 class HalfStore(Protocol):
@@ -96,8 +97,10 @@ class LabelPredictionJoin:
         *,
         ts: float | None = None,
         model_version: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Outcome:
-        """One half; ``ts`` and ``model_version`` (of a prediction) go along into the row."""
+        """One half; ``ts``, ``model_version`` and ``tags`` (of a prediction) go along into the row,
+        with when the prediction was made (its ts, else when it came)."""
         row = self.store.written(sample_id)
         if row is not None:
             seen = row.y_true if kind == LABEL else row.y_pred
@@ -112,13 +115,15 @@ class LabelPredictionJoin:
             return Conflict(f"id {sample_id} already has {kind}={held.value!r} waiting; this message says {value!r}")
         partner = waiting.get(other(kind))
         if partner is None:
-            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
+            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version, tags))
             return Held()
         waited_s = max(0.0, arrived_at - partner.arrived_at)
         if kind == LABEL:
-            y_true, y_pred, model_version = value, partner.value, partner.model_version
+            y_true, y_pred, model_version, tags = value, partner.value, partner.model_version, partner.tags
+            predicted_at = partner.ts if partner.ts is not None else partner.arrived_at
         else:
             y_true, y_pred = partner.value, value
+            predicted_at = ts if ts is not None else arrived_at
         if not math.isfinite(y_true - y_pred):
             # Held from before the values were bounded: no row whose error is not a number, ever.
             return Conflict(f"id {sample_id}: |{y_true!r} - {y_pred!r}| is not a finite number; no row is written for it")
@@ -131,6 +136,8 @@ class LabelPredictionJoin:
             ts=ts if ts is not None else partner.ts,
             lag_s=waited_s,
             label_lag_s=waited_s if kind == LABEL else 0.0,
+            predicted_at=predicted_at,
+            tags=tags,
         )
         self.store.record_written(joined, arrived_at)
         return Joined(joined, (other(kind), partner.arrived_at))

@@ -34,9 +34,10 @@ from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
 from services.metric_api.csvlog import MetricLog, MetricLogError
-from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
+from services.metric_api.join import Conflict, Duplicate, Held, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import QualityStats
 from services.metric_api.store import SqliteHalfStore
+from services.metric_api.where_when import SegmentedStats
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Recorded:
     conflicts: list[tuple[int, str]] = field(default_factory=list)  # (index in the batch, reason)
     duplicates: int = 0
     late_joins: int = 0  # rows whose first half had been counted an orphan
+    predicted_at: list[float] = field(default_factory=list)  # when each new prediction (held or joined) was made
 
 
 @dataclass
@@ -78,8 +80,9 @@ def no_waiting() -> dict[str, dict[str, int]]:
 
 
 class MetricLedger:
-    def __init__(self, logs_dir: Path, orphan_ttl_s: float = 3600.0) -> None:
+    def __init__(self, logs_dir: Path, orphan_ttl_s: float = 3600.0, segment_keys: tuple[str, ...] = ()) -> None:
         self.logs_dir = logs_dir
+        self.segment_keys = segment_keys  # the tags a prediction keeps with it in the state (SEGMENT_KEYS)
         self.orphan_ttl_s = orphan_ttl_s
         self.csv = MetricLog(logs_dir / METRIC_LOG)
         self.orphan_log = logs_dir / ORPHAN_LOG
@@ -235,6 +238,11 @@ class MetricLedger:
             store.set_counter("csv_rows", count)
         for version, y_true, y_pred in store.written_by_version():
             quality.add_version_rows(version, y_true, y_pred)
+        if isinstance(quality, SegmentedStats):  # the segments and the buckets by prediction time: from the state
+            for rows in store.written_for_segments():
+                quality.add_state_rows(rows, now)
+            by_time = quality.config
+            quality.add_predictions(store.held_prediction_times(now - by_time.bucket_s * (by_time.buckets_kept + 1)), now)
         quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
 
     def record(self, halves: Sequence[tuple[Kind, LabelMessage | PredictionMessage]], now: float) -> Recorded:
@@ -247,9 +255,18 @@ class MetricLedger:
         found_late: dict[Kind, int] = dict.fromkeys(KINDS, 0)
         with store.transaction():
             for index, (kind, message) in enumerate(halves):
+                tags = self._segment_tags(message) if kind == "y_pred" else None
                 outcome = join.add(
-                    kind, message.id, message.body, now, ts=message.ts, model_version=getattr(message, "model_version", None)
+                    kind,
+                    message.id,
+                    message.body,
+                    now,
+                    ts=message.ts,
+                    model_version=getattr(message, "model_version", None),
+                    tags=tags,
                 )
+                if kind == "y_pred" and isinstance(outcome, Held | Joined):
+                    recorded.predicted_at.append(message.ts if message.ts is not None else now)
                 if isinstance(outcome, Conflict):
                     recorded.conflicts.append((index, outcome.reason))
                 elif isinstance(outcome, Joined):
@@ -270,6 +287,13 @@ class MetricLedger:
             self.late_joins += recorded.late_joins
             self._orphan_list_stale = True
         return recorded
+
+    def _segment_tags(self, message: LabelMessage | PredictionMessage) -> dict[str, str] | None:
+        """The prediction's tags of SEGMENT_KEYS: all the state keeps of them."""
+        tags = getattr(message, "tags", None)
+        if not tags or not self.segment_keys:
+            return None
+        return {key: tags[key] for key in self.segment_keys if key in tags} or None
 
     def survey(self, now: float, *, write_list: bool = False) -> Survey:
         """Count the waiting halves: orphans (older than ORPHAN_TTL_S) and every one by age; with

@@ -20,7 +20,7 @@ from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
 from services.common.settings import Settings
 from services.metric_api.alerts import ALERT_ROWS, MaeAlert
-from services.metric_api.stats import QualityStats
+from services.metric_api.where_when import SegmentAlerts, SegmentedStats, WhereWhenConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +96,25 @@ class QualityMonitor:
 
     def __init__(self, settings: Settings, service: str = "metric_api") -> None:
         self.baseline = read_baseline(settings)
+        self.where_when = WhereWhenConfig(
+            settings.segment_keys, settings.SEGMENT_VALUES_MAX, settings.TIME_BUCKET_S, settings.TIME_BUCKETS_KEPT
+        )
         self.core = self.new_core()
         self.alert = MaeAlert(settings.MAE_ALERT) if settings.MAE_ALERT is not None else None
         url = settings.ALERT_WEBHOOK_URL
         self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of metric_api
         if self.alert is not None:
             self.alerts.declare(MAE_ALERT_NAME)
+        self.segment_alerts = SegmentAlerts(self.alerts, settings.SEGMENT_ALERT_FACTOR, settings.SEGMENT_ALERT_MIN_ROWS)
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._cached: tuple[tuple[Any, ...], bytes] | None = None
         _COLLECTOR.monitor = self
 
-    def new_core(self) -> QualityStats:
-        return QualityStats(self.baseline.mean)
+    def new_core(self) -> SegmentedStats:
+        return SegmentedStats(self.baseline.mean, self.where_when)
 
     # -- fed by the service
-    def replace(self, core: QualityStats, now: float) -> None:
+    def replace(self, core: SegmentedStats, now: float) -> None:
         """Take the core rebuilt at start-up."""
         self.core = core
         self._core_cached = self._cached = None
@@ -130,6 +134,7 @@ class QualityMonitor:
                 if row.label_lag_s is not None:
                     LABEL_LAG.observe(row.label_lag_s)
             self._check_alert(now)
+            self.segment_alerts.check(self.core, now)
         except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
@@ -195,6 +200,7 @@ class QualityMonitor:
             excluded_rows=core["excluded_rows"],
             alert=alert,
             alerts=self.alerts.to_json(),
+            segments=core["segments"],
             baseline=self.baseline.describe(),
             csv=csv,
         )

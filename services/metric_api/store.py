@@ -13,8 +13,13 @@ Beside each written id it keeps what the CSV has no column for: the model versio
 made the prediction (as a small code into ``versions``), when the row was joined, so
 the per-version and time-window statistics can be rebuilt at start-up, and its ``line``:
 the order rows were written in, so a CSV that lost rows is made whole in its own order.
+For segments and the error by prediction time (services/metric_api/segments.py, by_time.py) a
+held prediction and a written row keep their segment tags (as a small code into ``tagsets``,
+the JSON of the tags once per distinct set) and a written row when its prediction was made
+(``predicted_at``): both are rebuilt from here at start-up.
 """
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,11 +44,12 @@ CREATE TABLE IF NOT EXISTS written (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tagsets (code INTEGER PRIMARY KEY, tags TEXT NOT NULL UNIQUE);
 """
 # Columns added after the first release: a state file from then gets them at start-up.
 ADDED_COLUMNS = {
-    "held": {"ts": "REAL", "model_version": "TEXT"},
-    "written": {"version": "INTEGER", "written_at": "REAL", "line": "INTEGER"},
+    "held": {"ts": "REAL", "model_version": "TEXT", "tagset": "INTEGER"},
+    "written": {"version": "INTEGER", "written_at": "REAL", "line": "INTEGER", "tagset": "INTEGER", "predicted_at": "REAL"},
 }
 
 
@@ -89,6 +95,7 @@ class SqliteHalfStore:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         self._version_codes: dict[str, int] = {}
         self._load_versions()
+        self._load_tagsets()
         self._count_held()
         self._load_last_line()
         self._identity = identity(path.stat())
@@ -119,6 +126,7 @@ class SqliteHalfStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
             self._load_versions()
+            self._load_tagsets()
             self._count_held()
             self._load_last_line()
 
@@ -147,20 +155,20 @@ class SqliteHalfStore:
 
     def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
         found = self._db.execute(
-            "SELECT value, arrived_at, ts, model_version FROM held WHERE id = ? AND kind = ?", (sample_id, kind)
+            "SELECT value, arrived_at, ts, model_version, tagset FROM held WHERE id = ? AND kind = ?", (sample_id, kind)
         ).fetchone()
-        return HeldHalf(*found) if found else None
+        return HeldHalf(found[0], found[1], found[2], found[3], self._tags_of(found[4])) if found else None
 
     def held_halves(self, sample_id: str) -> dict[Kind, HeldHalf]:
         found = self._db.execute(
-            "SELECT kind, value, arrived_at, ts, model_version FROM held WHERE id = ?", (sample_id,)
+            "SELECT kind, value, arrived_at, ts, model_version, tagset FROM held WHERE id = ?", (sample_id,)
         ).fetchall()
-        return {kind: HeldHalf(*half) for kind, *half in found}
+        return {kind: HeldHalf(value, at, ts, version, self._tags_of(code)) for kind, value, at, ts, version, code in found}
 
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
         self._db.execute(
-            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version) VALUES (?, ?, ?, ?, ?, ?)",
-            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version),
+            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version, tagset) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version, self._tagset_code(half.tags)),
         )
         self.held_count[kind] += 1
 
@@ -172,9 +180,61 @@ class SqliteHalfStore:
         """Record a row; rows are numbered in the order they are recorded, which is the CSV's."""
         self._last_line += 1
         self._db.execute(
-            "INSERT OR IGNORE INTO written (id, y_true, y_pred, version, written_at, line) VALUES (?, ?, ?, ?, ?, ?)",
-            (row.id, row.y_true, row.y_pred, self._version_code(row.model_version), written_at, self._last_line),
+            "INSERT OR IGNORE INTO written (id, y_true, y_pred, version, written_at, line, tagset, predicted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.y_true,
+                row.y_pred,
+                self._version_code(row.model_version),
+                written_at,
+                self._last_line,
+                self._tagset_code(row.tags),
+                row.predicted_at,
+            ),
         )
+
+    # -- segment tags, as small codes
+    def _load_tagsets(self) -> None:
+        self._tagset_codes: dict[str, int] = {text: code for code, text in self._db.execute("SELECT code, tags FROM tagsets")}
+        self._tagsets: dict[int, dict[str, str]] = {code: json.loads(text) for text, code in self._tagset_codes.items()}
+
+    def _tagset_code(self, tags: dict[str, str] | None) -> int | None:
+        if not tags:
+            return None
+        text = json.dumps(tags, sort_keys=True, separators=(",", ":"))
+        code = self._tagset_codes.get(text)
+        if code is None:
+            code = self._db.execute("INSERT INTO tagsets (tags) VALUES (?)", (text,)).lastrowid
+            assert code is not None
+            self._tagset_codes[text] = code
+            self._tagsets[code] = json.loads(text)
+        return code
+
+    def _tags_of(self, code: int | None) -> dict[str, str] | None:
+        return None if code is None else self._tagsets.get(code)
+
+    def written_for_segments(self, chunk: int = 50_000) -> Iterator[list[MetricRow]]:
+        """Every written row with tags or a prediction time, in the order written, in chunks: the
+        segments and the buckets by prediction time are rebuilt from them at start-up."""
+        cursor = self._db.execute(
+            "SELECT id, y_true, y_pred, tagset, predicted_at FROM written "
+            "WHERE tagset IS NOT NULL OR predicted_at IS NOT NULL ORDER BY line, written_at, id"
+        )
+        while found := cursor.fetchmany(chunk):
+            yield [
+                MetricRow.of(sample_id, t, p, predicted_at=at, tags=self._tags_of(code)) for sample_id, t, p, code, at in found
+            ]
+
+    def held_prediction_times(self, since: float) -> Iterator[float]:
+        """When each waiting prediction made at or after ``since`` was made (its ts, else when it came)."""
+        cursor = self._db.execute(
+            "SELECT coalesce(ts, arrived_at) AS at FROM held WHERE kind = 'y_pred' AND coalesce(ts, arrived_at) >= ?",
+            (since,),
+        )
+        while found := cursor.fetchmany(10_000):
+            for (at,) in found:
+                yield at
 
     # -- model versions, as small codes
     def _load_versions(self) -> None:
@@ -259,7 +319,9 @@ class SqliteHalfStore:
             prediction = self.held_half(found.id, "y_pred")
             row = found
             if prediction is not None:  # its label came in the batch the crash cut short
-                row = MetricRow.of(found.id, found.y_true, found.y_pred, model_version=prediction.model_version)
+                at = prediction.ts if prediction.ts is not None else prediction.arrived_at
+                version, tags = prediction.model_version, prediction.tags
+                row = MetricRow.of(found.id, found.y_true, found.y_pred, model_version=version, predicted_at=at, tags=tags)
             self.record_written(row)
             self.release(row.id, "y_true")
             self.release(row.id, "y_pred")

@@ -17,6 +17,7 @@ from services.common.messages import (
     Target,
     Timestamp,
 )
+from services.common.tags import TAGS_RULE, Tags
 from services.model_api.service import PREDICT_BATCH_MAX, REPORTED_MAX
 
 
@@ -51,6 +52,7 @@ class PredictRequest(StrictBody):
     ids: list[CallerId] | None = Field(
         None, description="with instances: one id per row, in order, as many as rows (made here when absent)"
     )
+    tags: Tags | None = Field(None, description=f"the prediction's tags (every row's, with instances). {TAGS_RULE}")
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +115,7 @@ class ReportedItem(StrictBody):
         None, description="by default the profile's (register --model-version), else 'external'"
     )
     ts: Timestamp | None = Field(None, description="when it was made (epoch seconds); by default when it is taken here")
+    tags: Tags | None = Field(None, description=TAGS_RULE)
 
 
 class ReportedRequest(StrictBody):

@@ -80,7 +80,7 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
         given = [*request.ids]
     ids = [sample_id if sample_id is not None else service.ids.next()[0] for sample_id in given]
     if monitored:
-        await service.monitor(ids, values, model.version, served_at)
+        await service.monitor(ids, values, model.version, served_at, request.tags, rows)
     service.count_served(model.version, "http", len(rows))
     service.drift.observe(rows, values)
     if one_row:
@@ -112,7 +112,13 @@ async def report_predictions(request: ReportedRequest, service: Service) -> Repo
         checked[i] = row
     reported = [  # validated above, item by item: not again
         ReportedPrediction.model_construct(
-            id=item.id, body=item.prediction, ts=item.ts, model_version=item.model_version, features=row, schema_id=None
+            id=item.id,
+            body=item.prediction,
+            ts=item.ts,
+            model_version=item.model_version,
+            features=row,
+            schema_id=None,
+            tags=item.tags,
         )
         for item, row in zip(request.predictions, checked, strict=True)
     ]

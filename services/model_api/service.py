@@ -30,6 +30,7 @@ from services.common.messages import (
 )
 from services.common.registration import EXTERNAL_VERSION
 from services.common.settings import Settings
+from services.common.tags import segment_feature_positions, segment_tags
 from services.model_api.drift_watch import DriftWatch
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
@@ -94,10 +95,17 @@ class ModelService:
         """The model_version of a prediction from elsewhere that names none: a profile's own, else ``external``."""
         return self.model.version if self.model.predictor is None else EXTERNAL_VERSION
 
-    def prediction(self, sample_id: str, value: float, ts: float | None, version: str) -> Outgoing:
+    def segment_positions(self, model: LoadedModel) -> dict[str, int]:
+        """The categorical features of ``model``'s schema named in SEGMENT_KEYS, by position in a row."""
+        schema = model.schema
+        return segment_feature_positions(self.settings.segment_keys, schema.names, schema.categorical)
+
+    def prediction(
+        self, sample_id: str, value: float, ts: float | None, version: str, tags: dict[str, str] | None = None
+    ) -> Outgoing:
         # Every part was validated where it came in (the id and ts with their message or request, the value
-        # by prediction_problem or as a Target): built without validating it all again.
-        message = PredictionMessage.model_construct(id=sample_id, body=value, ts=ts, model_version=version)
+        # by prediction_problem or as a Target, the tags with their message): built without validating it all again.
+        message = PredictionMessage.model_construct(id=sample_id, body=value, ts=ts, model_version=version, tags=tags)
         return Outgoing(half_queue(self.settings, Y_PRED, sample_id), message.to_bytes(), sample_id)
 
     async def _predict_batch(self, batch: list[Delivery[FeaturesMessage]]) -> list[Rejection]:
@@ -111,6 +119,7 @@ class ModelService:
         if model.predictor is None:
             return [(delivery, f"model_api cannot predict: {model.unservable}") for delivery in batch]
         rows = [delivery.message.body for delivery in batch]
+        positions = self.segment_positions(model)
         outcomes = await self.predict(model, rows)
         predictions, refused, predicted_rows, values = [], [], [], []
         for delivery, outcome in zip(batch, outcomes, strict=True):
@@ -120,7 +129,8 @@ class ModelService:
             elif (problem := prediction_problem(outcome)) is not None:
                 refused.append((delivery, f"model {model.version} predicted {outcome:g} for these features: {problem}"))
             else:
-                predictions.append(self.prediction(features.id, outcome, features.ts, model.version))
+                tags = segment_tags(features.tags, features.body, positions)
+                predictions.append(self.prediction(features.id, outcome, features.ts, model.version, tags))
                 predicted_rows.append(features.body)
                 values.append(outcome)
         await self.link.publisher.publish_many(predictions)
@@ -148,7 +158,17 @@ class ModelService:
         """Publish predictions made elsewhere (features already checked) to y_pred; return once confirmed."""
         default = self.reported_version
         now = time.time()
-        messages = [self.prediction(item.id, item.body, item.ts or now, item.model_version or default) for item in reported]
+        positions = self.segment_positions(self.model)
+        messages = [
+            self.prediction(
+                item.id,
+                item.body,
+                item.ts or now,
+                item.model_version or default,
+                segment_tags(item.tags, item.features, positions),
+            )
+            for item in reported
+        ]
         for start in range(0, len(messages), PUBLISH_CHUNK):
             await self.link.publisher.publish_many(messages[start : start + PUBLISH_CHUNK])
         by_version = Tally(item.model_version or default for item in reported)
@@ -157,10 +177,24 @@ class ModelService:
         described = [(item.features, item.body) for item in reported if item.features is not None]
         self.drift.observe([features for features, _ in described], [value for _, value in described])
 
-    async def monitor(self, ids: list[str], values: list[float], version: str, served_at: float) -> None:
-        """Publish predictions served over HTTP to y_pred, as the queue path does; return once confirmed."""
+    async def monitor(
+        self,
+        ids: list[str],
+        values: list[float],
+        version: str,
+        served_at: float,
+        tags: dict[str, str] | None = None,
+        rows: Sequence[list[Any]] | None = None,
+    ) -> None:
+        """Publish predictions served over HTTP to y_pred, as the queue path does; return once confirmed.
+        ``tags`` (the request's) go on every one, with the segment features' values of its row."""
+        positions = self.segment_positions(self.model)
+        each = rows if rows is not None else [None] * len(ids)
         await self.link.publisher.publish_many(
-            [self.prediction(sample_id, value, served_at, version) for sample_id, value in zip(ids, values, strict=True)]
+            [
+                self.prediction(sample_id, value, served_at, version, segment_tags(tags, row, positions))
+                for sample_id, value, row in zip(ids, values, each, strict=True)
+            ]
         )
 
     def count_served(self, version: str, path: str, count: int) -> None:

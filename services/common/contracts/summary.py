@@ -98,6 +98,32 @@ class BaselineInfo(Contract):
     problem: str | None
 
 
+class SegmentWindows(Contract):
+    """One segment's windows: every row of it (since it was tracked), and its newest 100 and 1,000."""
+
+    all: WindowStats
+    last_100: WindowStats
+    last_1000: WindowStats
+
+
+class Segment(Contract):
+    """The statistics of one value of a segment key (or of ``(other)``: the values not tracked)."""
+
+    windows: SegmentWindows
+    # The lower bound of the 95% confidence interval of the last_1000 MAE (mae - 1.96 sd(|e|)/sqrt(n)):
+    # what the dashboard ranks segments by, worst first, so a segment of 3 rows does not top it by chance.
+    mae_low: float | None
+
+
+class SegmentKey(Contract):
+    """One key of SEGMENT_KEYS: its tracked values (at most ``values_max``) and ``(other)``."""
+
+    values: dict[str, Segment]
+    tracked: int
+    values_max: int
+    promoted: int  # values that became tracked after the budget was full (their earlier rows stay in (other))
+
+
 class SummaryNumbers(Contract):
     """What a summary has, whether of one metric_api or merged over several."""
 
@@ -115,6 +141,7 @@ class SummaryNumbers(Contract):
     excluded_rows: int
     alert: MaeAlertState | None
     alerts: dict[str, AlertInfo] = Field(default_factory=dict)  # every alert of metric_api's board, by name
+    segments: dict[str, SegmentKey] = Field(default_factory=dict)  # by SEGMENT_KEYS key (docs/monitoring.md, "Segments")
 
 
 class Summary(SummaryNumbers):

@@ -1,0 +1,123 @@
+"""The error by the time the prediction was made. No I/O.
+
+Predictions fall in buckets of ``bucket_s`` seconds by when they were made (the y_pred message's
+``ts``: when features_api published the sample, when /predict served it, or the ``ts`` a caller
+gave /predictions; when it has none, when it reached the join). A bucket counts its predictions as
+each reaches the join, and its labelled ones, with the statistics over them (as ``all``'s: sums and
+one float64 |e| a row), as each label joins: a late label revises the bucket of its prediction,
+however old, while that bucket is kept.
+
+Bounded: the ``kept`` newest buckets up to now are kept; an older one is dropped whole (its
+predictions and labelled rows counted in ``dropped``), and a prediction or label for a bucket older
+than those, or more than one bucket in the future (a wrong clock), is counted there too. At start-up
+the buckets are rebuilt from the state: its written rows (each with when its prediction was made)
+and its waiting predictions.
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from services.common.error_window import usable
+from services.common.metric_rows import MetricRow
+from services.common.row_windows import ErrorHistory
+
+
+class Bucket:
+    __slots__ = ("predictions", "rows")
+
+    def __init__(self, baseline: float | None) -> None:
+        self.predictions = 0
+        self.rows = ErrorHistory(baseline)
+
+
+class ErrorByTime:
+    def __init__(self, bucket_s: float, kept: int, baseline: float | None = None) -> None:
+        self.bucket_s = bucket_s
+        self.kept = kept
+        self.baseline = baseline
+        self.buckets: dict[int, Bucket] = {}  # bucket number (start // bucket_s) -> bucket
+        self.dropped_predictions = 0
+        self.dropped_labelled = 0
+
+    def _number(self, at: float) -> int:
+        return math.floor(at / self.bucket_s)
+
+    def _range(self, now: float) -> tuple[int, int]:
+        newest = self._number(now) + 1  # one bucket of clock skew ahead is taken
+        return newest - self.kept + 1, newest
+
+    def _bucket(self, number: int, now: float) -> Bucket | None:
+        low, high = self._range(now)
+        if not low <= number <= high:
+            return None
+        bucket = self.buckets.get(number)
+        if bucket is None:
+            bucket = self.buckets[number] = Bucket(self.baseline)
+        return bucket
+
+    def add_predictions(self, made_at: Iterable[float], now: float) -> None:
+        """Predictions that reached the join (each once: held, or joined at once), by when each was made."""
+        for at in made_at:
+            bucket = self._bucket(self._number(at), now)
+            if bucket is None:
+                self.dropped_predictions += 1
+            else:
+                bucket.predictions += 1
+        self.expire(now)
+
+    def add_rows(self, rows: Sequence[MetricRow], now: float) -> None:
+        """Rows just joined: each revises the bucket of its prediction."""
+        by_bucket: dict[int, list[MetricRow]] = {}
+        for row in rows:
+            if row.predicted_at is not None and usable(row.y_true, row.y_pred):
+                by_bucket.setdefault(self._number(row.predicted_at), []).append(row)
+        for number, mine in by_bucket.items():
+            bucket = self._bucket(number, now)
+            if bucket is None:
+                self.dropped_labelled += len(mine)
+                continue
+            y_true = np.fromiter((row.y_true for row in mine), float, len(mine))
+            y_pred = np.fromiter((row.y_pred for row in mine), float, len(mine))
+            bucket.rows.add(y_true, y_pred)
+        self.expire(now)
+
+    def add_history(self, rows: Sequence[MetricRow], now: float) -> None:
+        """Rows read back at start-up: each a prediction of its bucket, and labelled."""
+        made = [row.predicted_at for row in rows if row.predicted_at is not None]
+        self.add_predictions(made, now)
+        self.add_rows(rows, now)
+
+    def expire(self, now: float) -> None:
+        low, _ = self._range(now)
+        for number in [n for n in self.buckets if n < low]:
+            bucket = self.buckets.pop(number)
+            self.dropped_predictions += bucket.predictions
+            self.dropped_labelled += bucket.rows.count
+
+    def report(self, now: float) -> dict[str, Any]:
+        """As ``ByTime``: the buckets oldest first."""
+        self.expire(now)
+        buckets = []
+        for number in sorted(self.buckets):
+            bucket = self.buckets[number]
+            labelled = bucket.rows.count
+            predictions = max(bucket.predictions, labelled)
+            buckets.append(
+                {
+                    "start": number * self.bucket_s,
+                    "end": (number + 1) * self.bucket_s,
+                    "predictions": predictions,
+                    "labelled": labelled,
+                    "labelled_share": labelled / predictions if predictions else None,
+                    "stats": bucket.rows.window(),
+                }
+            )
+        return {
+            "bucket_s": self.bucket_s,
+            "buckets_kept": self.kept,
+            "buckets": buckets,
+            "dropped": {"predictions": self.dropped_predictions, "labelled": self.dropped_labelled},
+        }

@@ -1,0 +1,200 @@
+"""The error per segment: per key of SEGMENT_KEYS and per value of it, the windows metric_api
+keeps globally, within a budget. No I/O.
+
+Per key at most ``values_max`` values are tracked; rows of any other value go to ``(other)``.
+So a key holds at most ``values_max + 1`` segments and Prometheus at most that many series a
+window, whatever the traffic (100,000 distinct values included).
+
+Which values are tracked: the first ``values_max`` values seen, then the most frequent. Rows of
+untracked values are counted in a Misra–Gries summary of ``SKETCH_FACTOR × values_max`` counters
+(its count of a value is a lower bound of the rows the value had since the summary began, off by at
+most n/(counters+1)); a value whose count there reaches ``PROMOTE_FACTOR`` times the rows of the
+least frequent tracked value takes its place. The value it replaces is folded into ``(other)``
+(its ``all`` sums and errors; its newest rows are not moved), and the promoted value counts its rows
+from then on: its earlier rows stay in ``(other)``. With at most ``values_max`` values per key,
+nothing is ever folded: each value's statistics are exactly those of its rows.
+
+Per segment: ``all`` (running sums and one float64 |e| a row, as the global ``all``) and a ring of
+the newest ``RING_ROWS`` rows for ``last_100`` and ``last_1000``: 3 × 8 × 1,000 bytes, plus 8 bytes
+a row.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from services.common.error_window import BatchSums, ErrorSums, Window, finite_or_none, window_of
+from services.common.metric_rows import MetricRow
+from services.common.row_windows import ErrorHistory, RowRing
+
+OTHER = "(other)"
+RING_ROWS = 1000
+SEGMENT_WINDOWS = {"last_100": 100, "last_1000": 1000}
+SKETCH_FACTOR = 4
+PROMOTE_FACTOR = 2.0
+Z_95 = 1.959963984540054
+
+
+def mae_low(window: Window | dict[str, Any]) -> float | None:
+    """The lower bound of the 95% confidence interval of a window's MAE, from its count, mae and rmse
+    (rmse² is the mean of |e|²): mae − 1.96 · s/√n, s the sample standard deviation of |e|. None below
+    2 rows: one row says nothing of the spread."""
+    n, mae, rmse = window.get("count"), window.get("mae"), window.get("rmse")
+    if not isinstance(n, int) or n < 2 or mae is None or rmse is None:
+        return None
+    variance = max(0.0, float(rmse) ** 2 - float(mae) ** 2) * n / (n - 1)
+    return finite_or_none(float(mae) - Z_95 * math.sqrt(variance / n))
+
+
+class SegmentStats:
+    """One segment's rows: ``all`` and a ring of the newest."""
+
+    __slots__ = ("all", "ring", "baseline")
+
+    def __init__(self, baseline: float | None) -> None:
+        self.baseline = baseline
+        self.all = ErrorHistory(baseline)
+        self.ring = RowRing(RING_ROWS)
+
+    @property
+    def count(self) -> int:
+        return self.all.count
+
+    def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+        self.all.add(y_true, y_pred)
+        self.ring.extend(y_true, y_pred, np.zeros(len(y_true)))
+
+    def fold_into(self, other: "SegmentStats") -> None:
+        """Add this segment's ``all`` to ``other``'s (its sums and errors, not its ring)."""
+        other.all.merge(_as_batch(self.all.sums, self.all.absolute_errors.values))
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def recent_mae(self, rows: int) -> tuple[float | None, int]:
+        y_true, y_pred, _ = self.ring.last(rows)
+        return (float(np.mean(np.abs(y_pred - y_true))) if len(y_true) else None), len(y_true)
+
+    def windows(self) -> dict[str, Window]:
+        out = {"all": self.all.window()}
+        for name, size in SEGMENT_WINDOWS.items():
+            y_true, y_pred, _ = self.ring.last(size)
+            out[name] = window_of(y_true, y_pred, self.baseline)
+        return out
+
+    def nbytes(self) -> int:
+        """The bytes of its arrays (the ring and the |e| values held)."""
+        return 3 * self.ring.y_true.nbytes + self.all.absolute_errors._data.nbytes
+
+
+def _as_batch(sums: ErrorSums, absolute_errors: np.ndarray) -> BatchSums:
+    """A window's sums as one batch, to merge into another window (ErrorSums.merge takes batches)."""
+    batch = BatchSums.__new__(BatchSums)
+    batch.count = sums.count
+    batch.sum_e, batch.sum_e2, batch.sum_ae = sums.sum_e.value, sums.sum_e2.value, sums.sum_ae.value
+    batch.sum_ape, batch.count_ape = sums.sum_ape.value, sums.count_ape
+    batch.sum_baseline_ae = sums.sum_baseline_ae.value
+    batch.mean_y, batch.m2_y = sums.mean_y, sums.m2_y
+    batch.absolute_errors = absolute_errors.copy()
+    return batch
+
+
+class KeySegments:
+    """The segments of one key: the tracked values, ``(other)``, and the frequencies of the untracked."""
+
+    def __init__(self, key: str, values_max: int, baseline: float | None) -> None:
+        self.key = key
+        self.values_max = values_max
+        self.baseline = baseline
+        self.tracked: dict[str, SegmentStats] = {}
+        self.other = SegmentStats(baseline)
+        self.sketch: dict[str, int] = {}  # Misra–Gries counters of untracked values
+        self.promoted = 0
+        self._weakest_floor = 0  # a lower bound of the least count tracked: a cheap first test
+
+    def segment_of(self, value: str) -> str:
+        """Where a row of ``value`` goes: its own segment (tracked now, if there is room or it earned
+        it), or ``(other)``."""
+        if value in self.tracked:
+            return value
+        if len(self.tracked) < self.values_max and value != OTHER:
+            self.tracked[value] = SegmentStats(self.baseline)
+            return value
+        count = self._count_untracked(value)
+        if value != OTHER and count >= PROMOTE_FACTOR * max(1, self._weakest_floor):
+            weakest = min(self.tracked, key=lambda name: self.tracked[name].count)
+            least = self.tracked[weakest].count
+            self._weakest_floor = least
+            if count >= PROMOTE_FACTOR * max(1, least):
+                self.tracked.pop(weakest).fold_into(self.other)
+                self.tracked[value] = SegmentStats(self.baseline)
+                del self.sketch[value]
+                self.promoted += 1
+                self._weakest_floor = 0
+                return value
+        return OTHER
+
+    def _count_untracked(self, value: str) -> int:
+        sketch = self.sketch
+        count = sketch.get(value)
+        if count is not None:
+            sketch[value] = count + 1
+            return count + 1
+        if len(sketch) < SKETCH_FACTOR * self.values_max:
+            sketch[value] = 1
+            return 1
+        # Misra–Gries: every counter down by one, the empty ones freed; the new value is not counted.
+        self.sketch = {name: n - 1 for name, n in sketch.items() if n > 1}
+        return 0
+
+    def segments(self) -> dict[str, SegmentStats]:
+        return {**self.tracked, OTHER: self.other}
+
+
+class SegmentBook:
+    """Every key's segments, fed the rows of each committed batch (those carrying tags)."""
+
+    def __init__(self, keys: Sequence[str], values_max: int, baseline: float | None) -> None:
+        self.keys = tuple(keys)
+        self.by_key = {key: KeySegments(key, values_max, baseline) for key in self.keys}
+
+    def add(self, rows: Sequence[MetricRow], y_true: np.ndarray, y_pred: np.ndarray) -> list[tuple[str, str]]:
+        """Rows (and their columns) of one batch; returns the segments (key, value) that took rows."""
+        touched: list[tuple[str, str]] = []
+        if not self.keys:
+            return touched
+        for key, book in self.by_key.items():
+            names = [book.segment_of(tags[key]) if (tags := row.tags) and key in tags else None for row in rows]
+            distinct = {name for name in names if name is not None}
+            if not distinct:
+                continue
+            labels = np.array([name or "" for name in names], dtype=object)
+            segments = book.segments()
+            for name in distinct:
+                mine = labels == name
+                segments[name].add(y_true[mine], y_pred[mine])
+                touched.append((key, name))
+        return touched
+
+    def get(self, key: str, value: str) -> SegmentStats | None:
+        book = self.by_key.get(key)
+        return None if book is None else book.segments().get(value)
+
+    def summary(self) -> dict[str, Any]:
+        """As the summary's ``segments`` (``SegmentKey`` by key)."""
+        out: dict[str, Any] = {}
+        for key, book in self.by_key.items():
+            values = {}
+            for name, stats in book.segments().items():
+                if stats.count == 0 and name == OTHER:
+                    continue
+                windows = stats.windows()
+                values[name] = {"windows": windows, "mae_low": mae_low(windows["last_1000"])}
+            out[key] = {"values": values, "tracked": len(book.tracked), "values_max": book.values_max, "promoted": book.promoted}
+        return out
+
+    def segment_count(self) -> int:
+        return sum(len(book.tracked) + 1 for book in self.by_key.values())
+
+    def nbytes(self) -> int:
+        return sum(stats.nbytes() for book in self.by_key.values() for stats in book.segments().values())

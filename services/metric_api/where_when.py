@@ -1,0 +1,126 @@
+"""Where and when the error lives: metric_api's statistics with the segments
+(services/metric_api/segments.py) and the buckets by prediction time (by_time.py) beside the
+global windows, and the segment alert. No I/O.
+
+``SegmentedStats`` is the ``QualityStats`` core with both added: fed the same committed rows, the
+predictions as they reach the join, and at start-up the state's rows (tags and prediction times are
+in the state, not in the CSV).
+
+The segment alert (``segment/<key>=<value>``, through metric_api's AlertBoard): raised while the
+segment's ``last_100`` MAE, over at least ``min_rows`` rows, is above ``factor`` times the MAE of the
+newest 1,000 rows of all segments together (the traffic as a whole now); cleared when it is back at
+or below the midpoint ``(1 + factor) / 2`` times it, or when the segment stops being tracked.
+Against the whole traffic's recent MAE, a model that degrades everywhere raises the global alert,
+not every segment's; a segment that is most of the traffic cannot be far above it.
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.common.alerts import AlertBoard
+from services.common.metric_rows import MetricRow
+from services.metric_api.by_time import ErrorByTime
+from services.metric_api.segments import SegmentBook
+from services.metric_api.stats import QualityStats
+
+SEGMENT_ALERT = "segment"
+ALERT_WINDOW_ROWS = 100
+REFERENCE_ROWS = 1000
+
+
+def segment_alert_name(key: str, value: str) -> str:
+    return f"{SEGMENT_ALERT}/{key}={value}"
+
+
+@dataclass(frozen=True)
+class WhereWhenConfig:
+    segment_keys: tuple[str, ...] = ()
+    values_max: int = 50
+    bucket_s: float = 3600.0
+    buckets_kept: int = 168
+
+
+class SegmentedStats(QualityStats):
+    """QualityStats, with the segments and the buckets by prediction time."""
+
+    def __init__(self, baseline: float | None, config: WhereWhenConfig, **kwargs: Any) -> None:
+        self.config = config
+        super().__init__(baseline, **kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        config = self.config
+        self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline)
+        self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline)
+        self.touched: list[tuple[str, str]] = []  # the segments the last batch fed
+
+    def add_rows(self, rows: Sequence[MetricRow], now: float) -> tuple[list[float], list[float]]:
+        timings = super().add_rows(rows, now)
+        self.touched = self._add_to_segments(rows)
+        self.by_time.add_rows(rows, now)
+        return timings
+
+    def _add_to_segments(self, rows: Sequence[MetricRow]) -> list[tuple[str, str]]:
+        tagged = [row for row in rows if row.tags and math.isfinite(row.y_true - row.y_pred)]
+        if not tagged or not self.segments.keys:
+            return []
+        y_true = np.fromiter((row.y_true for row in tagged), float, len(tagged))
+        y_pred = np.fromiter((row.y_pred for row in tagged), float, len(tagged))
+        return self.segments.add(tagged, y_true, y_pred)
+
+    def add_predictions(self, made_at: Iterable[float], now: float) -> None:
+        """Predictions that reached the join (held, or joined at once), by when each was made."""
+        self.by_time.add_predictions(made_at, now)
+
+    def summary(self, now: float) -> dict[str, Any]:
+        return {**super().summary(now), "segments": self.segments.summary()}
+
+    def add_state_rows(self, rows: Sequence[MetricRow], now: float) -> None:
+        """Rows read back from the state at start-up (already in ``all``): their segments and buckets."""
+        self._add_to_segments(rows)
+        self.by_time.add_history(rows, now)
+
+
+class SegmentAlerts:
+    """The segment alert of every tracked segment (see the module's docstring), on the board."""
+
+    def __init__(self, board: AlertBoard, factor: float, min_rows: int) -> None:
+        self.board = board
+        self.factor = factor
+        self.min_rows = min_rows
+        self.raised: set[str] = set()
+
+    def check(self, core: SegmentedStats, now: float) -> None:
+        """Look at the segments the last batch fed, and at those raised (a segment may have been folded away)."""
+        reference = core.recent_mae(REFERENCE_ROWS)
+        names = {segment_alert_name(key, value): (key, value) for key, value in core.touched}
+        for name in self.raised:
+            key, _, value = name.removeprefix(f"{SEGMENT_ALERT}/").partition("=")
+            names.setdefault(name, (key, value))
+        for name, (key, value) in names.items():
+            stats = core.segments.get(key, value)
+            mae, rows = stats.recent_mae(ALERT_WINDOW_ROWS) if stats is not None else (None, 0)
+            is_raised = name in self.raised
+            if mae is None or reference is None or rows < self.min_rows:
+                above = False if stats is None else is_raised
+            elif is_raised:
+                above = mae > (1 + self.factor) / 2 * reference
+            else:
+                above = mae > self.factor * reference
+            if above == is_raised:
+                continue
+            (self.raised.add if above else self.raised.discard)(name)
+            where = "above" if above else "back within"
+            said = "no longer tracked" if stats is None else f"{mae:.4g} over its last {rows} rows"
+            self.board.set(
+                name,
+                above,
+                now,
+                f"segment {key}={value}: MAE {said}, {where} {self.factor:g} x the MAE of all segments' last "
+                f"{REFERENCE_ROWS} rows ({reference if reference is None else round(reference, 4)})",
+                {"key": key, "value": value, "mae": mae, "rows": rows, "reference_mae": reference, "factor": self.factor},
+            )
