@@ -46,8 +46,8 @@ class ErrorByTime:
         return math.floor(at / self.bucket_s)
 
     def _range(self, now: float) -> tuple[int, int]:
-        newest = self._number(now) + 1  # one bucket of clock skew ahead is taken
-        return newest - self.kept + 1, newest
+        current = self._number(now)
+        return current - self.kept + 1, current + 1  # the kept buckets up to now, and one ahead for clock skew
 
     def _bucket(self, number: int, now: float) -> Bucket | None:
         low, high = self._range(now)
@@ -107,8 +107,8 @@ class ErrorByTime:
             predictions = max(bucket.predictions, labelled)
             buckets.append(
                 {
-                    "start": number * self.bucket_s,
-                    "end": (number + 1) * self.bucket_s,
+                    "start": float(number * self.bucket_s),
+                    "end": float((number + 1) * self.bucket_s),
                     "predictions": predictions,
                     "labelled": labelled,
                     "labelled_share": labelled / predictions if predictions else None,
