@@ -1,0 +1,261 @@
+"""Segments and the error by prediction time, on the real broker with the real services: tags on
+every way in, a categorical feature as a segment, per-segment and per-bucket statistics equal to
+pandas over metric_log.csv joined with the tags and times the test sent, revised by late labels,
+and the same after metric_api is killed and started again."""
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.datasets import UserModel, feature_bodies, house_prices
+from harness.pipeline import Pipeline, running_pipeline
+from harness.processes import wait_until
+from tests.quality import differences, expected_window
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+BUCKET_S = 3600.0
+REGIONS = ("EU", "US", "APAC")
+
+
+def post(pipeline: Pipeline, service: str, path: str, body: Any) -> httpx.Response:
+    return httpx.post(f"{pipeline.url(service)}{path}", json=body, timeout=60)
+
+
+def get(pipeline: Pipeline, path: str) -> dict[str, Any]:
+    answer = httpx.get(f"{pipeline.url('metric_api')}{path}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def publish(amqp_url: str, queue: str, messages: list[dict[str, Any]]) -> None:
+    async def send() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            for message in messages:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(json.dumps(message).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=queue,
+                )
+
+    asyncio.run(send())
+
+
+def dead_letter_reasons(amqp_url: str, queue: str, count: int, timeout: float = 30) -> dict[str, str]:
+    async def take() -> dict[str, str]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            dlq = await channel.declare_queue(f"{queue}.dlq", passive=True)
+            reasons: dict[str, str] = {}
+            async with asyncio.timeout(timeout):
+                async with dlq.iterator() as messages:
+                    async for message in messages:
+                        await message.ack()
+                        reasons[json.loads(message.body)["id"]] = str(message.headers["x-dlq-reason"])
+                        if len(reasons) == count:
+                            break
+            return reasons
+
+    return asyncio.run(take())
+
+
+def post_labels(pipeline: Pipeline, labels: dict[str, float]) -> None:
+    answer = post(pipeline, "features_api", "/labels", {"labels": [{"id": i, "y_true": y} for i, y in labels.items()]})
+    assert answer.status_code == 200, answer.text
+
+
+def bucket_of(at: float) -> float:
+    return math.floor(at / BUCKET_S) * BUCKET_S
+
+
+def away_from_a_bucket_edge(margin: float = 90.0) -> None:
+    """Predictions made 'now' must all fall in one bucket the test knows: not within ``margin`` of its end."""
+    left = BUCKET_S - time.time() % BUCKET_S
+    if left < margin:
+        time.sleep(left + 1)
+
+
+def check_against_pandas(pipeline: Pipeline, sent: pd.DataFrame, baseline: float | None) -> None:
+    """The summary's segments and /metrics/by-time against pandas over the CSV joined with what was sent."""
+    rows = pipeline.rows()
+    table = rows.merge(sent, on="id", how="left", validate="one_to_one")
+    assert table["predicted_at"].notna().all()
+    segments = get(pipeline, "/metrics/summary")["segments"]
+    for key in ("region", "city"):
+        groups = dict(tuple(table.dropna(subset=[key]).groupby(key, sort=False)))
+        assert set(segments[key]["values"]) == set(groups), key
+        for value, group in groups.items():
+            windows = segments[key]["values"][value]["windows"]
+            assert differences(windows["all"], expected_window(group, baseline)) == [], (key, value)
+            assert differences(windows["last_100"], expected_window(group.tail(100), baseline)) == [], (key, value)
+    by_time = get(pipeline, "/metrics/by-time")
+    assert by_time["bucket_s"] == BUCKET_S
+    made = sent.groupby("bucket").size()
+    buckets = {bucket["start"]: bucket for bucket in by_time["buckets"]}
+    assert set(buckets) == set(made.index)
+    for start, bucket in buckets.items():
+        mine = table[table["bucket"] == start]
+        assert bucket["predictions"] == made[start] and bucket["labelled"] == len(mine)
+        assert bucket["labelled_share"] == pytest.approx(len(mine) / made[start], rel=1e-12)
+        assert differences(bucket["stats"], expected_window(mine, baseline)) == [], start
+
+
+def test_segments_and_buckets_equal_pandas_over_what_was_sent_revised_by_late_labels_and_after_a_restart(
+    tmp_path: Path, house: UserModel, amqp_url: str
+) -> None:
+    frame = house_prices(600, seed=11).reset_index(drop=True)
+    bodies = feature_bodies(frame)
+    prices = frame["price"].astype(float).tolist()
+    rng = np.random.default_rng(5)
+    region = [str(r) for r in rng.choice(REGIONS, len(frame))]
+    sent: list[dict[str, Any]] = []  # id, region, city, predicted_at
+    later: dict[str, float] = {}  # labels sent only at the end
+    with running_pipeline(
+        tmp_path, house.model_path, amqp_url, FEATURES_LOOP="false", SEGMENT_KEYS="region,city", MAE_ALERT="1e9"
+    ) as pipeline:
+        # Bad tags are refused on each way in, naming the tag.
+        bad = {"region": "EU", "channel": 7}
+        for service, path, body in (
+            ("model_api", "/predict", {"features": bodies[0], "tags": bad}),
+            ("model_api", "/predictions", {"predictions": [{"id": "bad-1", "prediction": 1.0, "tags": bad}]}),
+            ("features_api", "/samples", {"samples": [{"features": bodies[0], "tags": bad}]}),
+        ):
+            answer = post(pipeline, service, path, body)
+            assert answer.status_code == 422 and "the tag 'channel' is int" in answer.text, (path, answer.text)
+        too_many = {f"k{i}": "v" for i in range(9)}
+        assert (
+            "9 tags given, at most 8" in post(pipeline, "model_api", "/predict", {"features": bodies[0], "tags": too_many}).text
+        )
+        publish(amqp_url, f"{pipeline.prefix}features", [{"id": "9.000001", "body": bodies[0], "tags": {"region": "x" * 129}}])
+        reasons = dead_letter_reasons(amqp_url, f"{pipeline.prefix}features", 1)
+        assert "the tag 'region' is 129 characters long" in reasons["9.000001"]
+
+        # /predictions: 300 made elsewhere over the last five hours, with features (city) and tags (region).
+        now = time.time()
+        reported = []
+        for n in range(300):
+            made_at = now - 3600 * (1 + n % 5) - 17.0 * n % 600
+            reported.append(
+                {"id": f"rep-{n}", "prediction": prices[n] * 1.05 + 3000 * (n % 7), "features": bodies[n], "ts": made_at}
+                | {"tags": {"region": region[n]}}
+            )
+            sent.append({"id": f"rep-{n}", "region": region[n], "city": bodies[n]["city"], "predicted_at": made_at})
+        assert post(pipeline, "model_api", "/predictions", {"predictions": reported}).status_code == 200
+        labels = {f"rep-{n}": prices[n] for n in range(300)}
+        first = {sample_id: y for n, (sample_id, y) in enumerate(labels.items()) if n % 3}
+        later.update({sample_id: y for sample_id, y in labels.items() if sample_id not in first})
+
+        away_from_a_bucket_edge()
+        before = time.time()
+        # /samples: 150 whole rows with their label and tags (not every one has a region).
+        samples = [
+            {"id": f"smp-{n}", "features": bodies[n], "y_true": prices[n]} | ({"tags": {"region": region[n]}} if n % 4 else {})
+            for n in range(300, 450)
+        ]
+        assert post(pipeline, "features_api", "/samples", {"samples": samples}).status_code == 200
+        # /predict: 100 rows, one call each, with tags; labels later.
+        for n in range(450, 550):
+            answer = post(
+                pipeline, "model_api", "/predict", {"id": f"prd-{n}", "features": bodies[n], "tags": {"region": region[n]}}
+            )
+            assert answer.status_code == 200, answer.text
+            later[f"prd-{n}"] = prices[n]
+        # The features queue, with tags.
+        publish(
+            amqp_url,
+            f"{pipeline.prefix}features",
+            [{"id": f"{before:.6f}", "body": bodies[n], "ts": before, "tags": {"region": region[n]}} for n in [550]],
+        )
+        later[f"{before:.6f}"] = prices[550]
+        after = time.time()
+        assert bucket_of(before) == bucket_of(after)
+        sent.extend(
+            {"id": f"smp-{n}", "region": region[n] if n % 4 else None, "city": bodies[n]["city"], "predicted_at": before}
+            for n in range(300, 450)
+        )
+        sent.extend(
+            {"id": f"prd-{n}", "region": region[n], "city": bodies[n]["city"], "predicted_at": before} for n in range(450, 550)
+        )
+        sent.append({"id": f"{before:.6f}", "region": region[550], "city": bodies[550]["city"], "predicted_at": before})
+        table = pd.DataFrame(sent).assign(bucket=lambda t: t["predicted_at"].map(bucket_of))
+
+        assert (
+            post(pipeline, "features_api", "/labels", {"labels": [{"id": i, "y_true": y} for i, y in first.items()]}).status_code
+            == 200
+        )
+        wait_until(lambda: len(pipeline.rows()) == len(first) + 150, 60, "the first labels' rows")
+        wait_until(lambda: get(pipeline, "/metrics/summary")["labels"]["predictions"] == len(table), 30, "every prediction")
+        baseline = get(pipeline, "/metrics/summary")["baseline"]["mean"]
+        check_against_pandas(pipeline, table, baseline)
+        assert any(bucket["labelled_share"] < 1 for bucket in get(pipeline, "/metrics/by-time")["buckets"])
+
+        # The late labels revise the buckets of their predictions, however old.
+        assert (
+            post(pipeline, "features_api", "/labels", {"labels": [{"id": i, "y_true": y} for i, y in later.items()]}).status_code
+            == 200
+        )
+        wait_until(lambda: len(pipeline.rows()) == len(table), 60, "every row")
+        check_against_pandas(pipeline, table, baseline)
+        assert all(bucket["labelled_share"] == 1 for bucket in get(pipeline, "/metrics/by-time")["buckets"])
+
+        # kill -9 and start again: the same segments and buckets, rebuilt from the state.
+        pipeline.restart("metric_api")
+        check_against_pandas(pipeline, table, baseline)
+
+
+def test_the_demo_with_labels_exp_late_fills_each_bucket_to_a_labelled_share_of_1_and_the_pandas_mae(
+    tmp_path: Path, model_path: Path, amqp_url: str
+) -> None:
+    bucket_s = 4.0
+    with running_pipeline(
+        tmp_path, model_path, amqp_url, FEATURES_INTERVAL_S="0.05", LABEL_DELAY_S="exp:3", TIME_BUCKET_S=str(bucket_s)
+    ) as pipeline:
+        # Per bucket, at each look: its labelled rows, and its labelled share once the bucket is over (no
+        # prediction of it still on its way: the demo's predictions reach the join within a second).
+        labelled: dict[float, list[int]] = {}
+        shares: dict[float, list[float]] = {}
+
+        def look() -> dict[str, Any]:
+            at = time.time()
+            by_time = get(pipeline, "/metrics/by-time")
+            for bucket in by_time["buckets"]:
+                labelled.setdefault(bucket["start"], []).append(bucket["labelled"])
+                if at > bucket["end"] + 1:
+                    shares.setdefault(bucket["start"], []).append(bucket["labelled_share"])
+            return by_time
+
+        started = time.time()
+        while time.time() < started + 12:
+            look()
+            time.sleep(0.5)
+        httpx.post(f"{pipeline.url('features_api')}/features/pause", timeout=10, headers=pipeline.auth)
+        sent = wait_until(lambda: httpx.get(f"{pipeline.url('features_api')}/features/status").json()["sent"], 10, "sent")
+
+        def settled() -> dict[str, Any] | None:
+            by_time = look()
+            done = sum(bucket["labelled"] for bucket in by_time["buckets"]) >= len(pipeline.rows()) >= sent
+            return by_time if done else None
+
+        by_time = wait_until(settled, 90, "every label of the demo")
+        baseline = get(pipeline, "/metrics/summary")["baseline"]["mean"]
+    rows = pipeline.rows()
+    rows["bucket"] = (rows["id"].astype(float) // bucket_s) * bucket_s  # the demo's id is its publish time, its ts
+    assert len(rows) == sent
+    for bucket in by_time["buckets"]:
+        mine = rows[rows["bucket"] == bucket["start"]]
+        assert bucket["labelled_share"] == 1 and bucket["predictions"] == len(mine)
+        assert differences(bucket["stats"], expected_window(mine, baseline)) == []
+    assert all(history == sorted(history) for history in labelled.values())  # revised by each late label, never down
+    seen = [history for history in shares.values() if len(history) > 3]
+    assert seen and all(history == sorted(history) and history[-1] == 1 for history in seen)  # rising to 1
+    assert any(history[0] < 1 for history in seen)  # and seen unsettled after its hour (its 4 s) was over
