@@ -19,6 +19,8 @@ import pytest
 from harness.datasets import UserModel, feature_bodies, house_prices
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
+from services.common.messages import format_sample_id
+from tests.json_stub import JsonStub
 from tests.quality import differences, expected_window
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -259,3 +261,74 @@ def test_the_demo_with_labels_exp_late_fills_each_bucket_to_a_labelled_share_of_
     seen = [history for history in shares.values() if len(history) > 3]
     assert seen and all(history == sorted(history) and history[-1] == 1 for history in seen)  # rising to 1
     assert any(history[0] < 1 for history in seen)  # and seen unsettled after its hour (its 4 s) was over
+
+
+SETTINGS = {"FEATURES_LOOP": "false", "SEGMENT_KEYS": "city", "MAE_ALERT": "15"}
+
+
+def publish_halves(amqp_url: str, prefix: str, halves: list[tuple[str, float, float, dict[str, str]]]) -> None:
+    """Each (id, y_true, y_pred, tags) as its prediction (with the tags) and its label, on the queues."""
+
+    async def send() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            for sample_id, y_true, y_pred, tags in halves:
+                ts = time.time()
+                for queue, body in (
+                    ("y_pred", {"id": sample_id, "body": y_pred, "ts": ts, "model_version": "v1", "tags": tags}),
+                    ("y_true", {"id": sample_id, "body": y_true, "ts": ts}),
+                ):
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(json.dumps(body).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=f"{prefix}{queue}",
+                    )
+
+    asyncio.run(send())
+
+
+def test_one_degraded_segment_raises_its_alert_within_150_of_its_rows_and_the_global_alert_stays_calm(
+    tmp_path: Path, model_path: Path, amqp_url: str
+) -> None:
+    rng = np.random.default_rng(8)
+    cities = np.array(["Paris", "Lyon", "Nice", "Lille"])
+    with (
+        JsonStub("/alerts") as receiver,
+        running_pipeline(
+            tmp_path,
+            model_path,
+            amqp_url,
+            FEATURES_LOOP="false",
+            SEGMENT_KEYS="city",
+            MAE_ALERT="15",
+            ALERT_WEBHOOK_URL=receiver.url,
+        ) as pipeline,
+    ):
+        first_us = int(time.time() * 1_000_000)
+        sent = lyon_degraded = 0
+        for batch in range(60):
+            degraded = batch >= 30  # 600 healthy rows, then Lyon's predictions 25 too high
+            city = rng.choice(cities, 20)
+            y_true = rng.integers(25, 347, 20).astype(float)
+            y_pred = y_true + rng.normal(0, 10, 20) + np.where(degraded & (city == "Lyon"), 25.0, 0.0)
+            halves = [
+                (format_sample_id(first_us + sent + k), float(t), float(p), {"city": str(c)})
+                for k, (t, p, c) in enumerate(zip(y_true, y_pred, city, strict=True))
+            ]
+            publish_halves(amqp_url, pipeline.prefix, halves)
+            sent += len(halves)
+            wait_until(lambda n=sent: get(pipeline, "/metrics/summary")["count"] == n, 30, f"{sent} rows")  # type: ignore[misc]  # n binds the count now
+            lyon_degraded += int(np.count_nonzero(city == "Lyon")) if degraded else 0
+            if receiver.posted:
+                break
+        posted = [(body["alert"], body["state"]) for body in receiver.posted]
+        assert posted == [("segment/city=Lyon", "raised")], posted
+        assert 0 < lyon_degraded <= 150
+        summary = get(pipeline, "/metrics/summary")
+        assert summary["alert"] is None and summary["alerts"]["mae"]["state"] == "cleared"
+        assert summary["alerts"]["segment/city=Lyon"]["state"] == "raised"
+        details = summary["alerts"]["segment/city=Lyon"]["details"]
+        assert details["mae"] > 1.5 * details["reference_mae"] and details["rows"] >= 50
+        print(
+            f"segment alert raised after {lyon_degraded} degraded Lyon rows; global last_100 MAE {summary['windows']['last_100']['mae']:.2f}"
+        )
