@@ -9,17 +9,23 @@ from typing import Any
 class JsonStub:
     """A tiny HTTP server on 127.0.0.1, a stand-in peer for a test: ``GET path`` answers
     ``status`` with ``body`` as JSON (both may be changed while it runs), ``POST path``
-    records the JSON it was sent in ``posted`` and answers 204; anything else is a 404."""
+    records the JSON it was sent in ``posted`` and answers 204; ``GET`` of a path in ``more``
+    answers 200 with its body; anything else is a 404."""
 
-    def __init__(self, path: str, body: Any = None, status: int = 200) -> None:
+    def __init__(self, path: str, body: Any = None, status: int = 200, more: dict[str, Any] | None = None) -> None:
         self.path, self.body, self.status = path, body, status
+        self.more = more or {}
         self.posted: list[Any] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                payload = json.dumps(stub.body).encode()
-                self.send_response(stub.status if self.path == stub.path else 404)
+                if self.path in stub.more:
+                    payload = json.dumps(stub.more[self.path]).encode()
+                    self.send_response(200)
+                else:
+                    payload = json.dumps(stub.body).encode()
+                    self.send_response(stub.status if self.path == stub.path else 404)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()

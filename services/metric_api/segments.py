@@ -19,33 +19,21 @@ the newest ``RING_ROWS`` rows for ``last_100`` and ``last_1000``: 3 × 8 × 1,00
 a row.
 """
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from services.common.error_window import BatchSums, ErrorSums, Window, finite_or_none, window_of
+from services.common.error_window import BatchSums, ErrorSums, Window, window_of
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import ErrorHistory, RowRing
+from services.common.segment_rank import mae_low
 
 OTHER = "(other)"
 RING_ROWS = 1000
 SEGMENT_WINDOWS = {"last_100": 100, "last_1000": 1000}
 SKETCH_FACTOR = 4
 PROMOTE_FACTOR = 2.0
-Z_95 = 1.959963984540054
-
-
-def mae_low(window: Window | dict[str, Any]) -> float | None:
-    """The lower bound of the 95% confidence interval of a window's MAE, from its count, mae and rmse
-    (rmse² is the mean of |e|²): mae − 1.96 · s/√n, s the sample standard deviation of |e|. None below
-    2 rows: one row says nothing of the spread."""
-    n, mae, rmse = window.get("count"), window.get("mae"), window.get("rmse")
-    if not isinstance(n, int) or n < 2 or mae is None or rmse is None:
-        return None
-    variance = max(0.0, float(rmse) ** 2 - float(mae) ** 2) * n / (n - 1)
-    return finite_or_none(float(mae) - Z_95 * math.sqrt(variance / n))
 
 
 class SegmentStats:

@@ -19,11 +19,13 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import Counter, Histogram
 
+from services.common.contracts.by_time import ByTime
 from services.common.contracts.drift import DriftReport
 from services.common.contracts.summary import MergedSummary, Summary
 from services.common.files import METRIC_LOG, atomic_write
 from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
+from services.plot_api.by_time_feed import ByTimeUnreadable, fetch_by_time, sharded_by_time
 from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
 from services.plot_api.drift_feed import DriftFeed, DriftUnreadable
 from services.plot_api.shards import ShardRowsTail
@@ -247,6 +249,25 @@ async def metric_summary(client: MetricClient, service: Service) -> Summary | Me
     try:
         return await fetch_summary(client, str(client.base_url))
     except SummaryUnreadable as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=502)
+
+
+@router.get(
+    "/api/by-time",
+    response_model=ByTime,
+    responses={502: {"description": "no metric_api answered, or not with a by-time view"}},
+)
+async def error_by_time(client: MetricClient, service: Service) -> ByTime | JSONResponse:
+    """metric_api's /metrics/by-time (each shard's, merged when several), relayed for the dashboard's chart."""
+    if isinstance(service.tail, ShardRowsTail):
+        urls = [shard.url for shard in service.tail.shards]
+        try:
+            return await sharded_by_time(client, urls)
+        except ByTimeUnreadable as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=502)
+    try:
+        return await fetch_by_time(client, str(client.base_url))
+    except ByTimeUnreadable as exc:
         return JSONResponse({"detail": str(exc)}, status_code=502)
 
 

@@ -33,12 +33,14 @@ from services.common.contracts.summary import (
     WindowStats,
 )
 from services.common.error_window import empty_window, finite_or_none
+from services.common.segment_rank import mae_low
 
 APPROXIMATE = (
     "windows.last_100 and windows.last_1000: the newest rows as plot_api received them from the shards",
     "windows.last_5m and by_model_version: r2 and the percentiles are null (they do not merge from summaries)",
     "latency, join.lag_*, labels.lag_*: the largest of the shards' percentiles (an upper bound)",
     "labels.predictions: a shard that does not answer counts the rows read of it (a lower bound)",
+    "segments: each value over the shards that track it (another shard may count it in (other)); r2 and percentiles null",
 )
 
 
@@ -163,6 +165,7 @@ def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) ->
         excluded_rows=union["excluded_rows"],
         alert=raised[0] if raised else None,
         alerts=_alerts(answered),
+        segments=_segments(answered),
         baseline=answered[0].baseline if answered else None,
         csv=[s.csv for s in answered],
         shards=[
@@ -178,6 +181,26 @@ def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) ->
         missing=[shard.url for shard in shards if shard.summary is None],
         approximate=list(APPROXIMATE),
     )
+
+
+def _segments(answered: list[Summary]) -> dict[str, Any]:
+    """Each key's values merged over the shards: the windows as ``merge_windows`` merges them, the
+    ranking bound again from the merged last_1000."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(key for summary in answered for key in summary.segments):
+        books = [summary.segments[key] for summary in answered if key in summary.segments]
+        values: dict[str, Any] = {}
+        for value in dict.fromkeys(value for book in books for value in book.values):
+            mine = [book.values[value].windows for book in books if value in book.values]
+            windows = {name: merge_windows([getattr(w, name) for w in mine]) for name in ("all", "last_100", "last_1000")}
+            values[value] = {"windows": windows, "mae_low": mae_low(windows["last_1000"].model_dump())}
+        out[key] = {
+            "values": values,
+            "tracked": max(book.tracked for book in books),
+            "values_max": max(book.values_max for book in books),
+            "promoted": sum(book.promoted for book in books),
+        }
+    return out
 
 
 def _alerts(answered: list[Summary]) -> dict[str, AlertInfo]:

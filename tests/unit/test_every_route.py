@@ -74,8 +74,10 @@ OUTSIDE_THE_SCHEMA = [("GET", "/docs"), ("GET", "/redoc"), ("GET", "/openapi.jso
 
 @pytest.fixture(scope="module")
 def metric_stub() -> Iterator[JsonStub]:
-    """plot_api's metric_api, as it relays /metrics/summary (a summary of no rows yet)."""
-    with JsonStub("/metrics/summary", shard_summary([], 150.0).model_dump(mode="json")) as stub:
+    """plot_api's metric_api, as it relays /metrics/summary (a summary of no rows yet) and /metrics/by-time."""
+    by_time = {"bucket_s": 3600.0, "buckets_kept": 168, "buckets": [], "dropped": {"predictions": 0, "labelled": 0}}
+    summary = shard_summary([], 150.0).model_dump(mode="json")
+    with JsonStub("/metrics/summary", summary, more={"/metrics/by-time": by_time}) as stub:
         yield stub
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from services.common.alerts import AlertBoard
 from services.common.metric_rows import MetricRow
+from services.common.segment_rank import mae_low
 from services.metric_api.by_time import ErrorByTime
-from services.metric_api.segments import OTHER, SegmentBook, mae_low
+from services.metric_api.segments import OTHER, SegmentBook
 from services.metric_api.where_when import SegmentAlerts, SegmentedStats, WhereWhenConfig
 from tests.quality import differences, expected_window
 
