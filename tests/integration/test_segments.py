@@ -6,6 +6,8 @@ and the same after metric_api is killed and started again."""
 import asyncio
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from harness.datasets import UserModel, feature_bodies, house_prices
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
 from services.common.messages import format_sample_id
+from tests.browser import Chromium
 from tests.json_stub import JsonStub
 from tests.quality import differences, expected_window
 
@@ -331,3 +334,67 @@ def test_one_degraded_segment_raises_its_alert_within_150_of_its_rows_and_the_gl
         assert details["mae"] > 1.5 * details["reference_mae"] and details["rows"] >= 50
         global_mae = summary["windows"]["last_100"]["mae"]
         print(f"segment alert raised after {lyon_degraded} degraded Lyon rows; global last_100 MAE {global_mae:.2f}")
+
+
+def test_the_dashboard_ranks_segments_by_their_bound_and_shows_the_unsettled_hours(
+    tmp_path: Path, model_path: Path, amqp_url: str, browser: Chromium
+) -> None:
+    rng = np.random.default_rng(9)
+    now = time.time()
+    with running_pipeline(
+        tmp_path, model_path, amqp_url, FEATURES_LOOP="false", SEGMENT_KEYS="region,channel", MAE_ALERT="1e9"
+    ) as pipeline:
+        # Eight hours of predictions made elsewhere; EU's are worse since the start, and "tiny" has 3 rows of
+        # which one is very wrong: its MAE is the highest, its bound is not.
+        predictions, labels = [], {}
+        for n in range(1600):
+            region = ["EU", "US", "APAC", "LATAM"][n % 4] if n >= 3 else "tiny"
+            y_true = float(rng.integers(25, 347))
+            error = rng.normal(0, 10) + (25.0 if region == "EU" else 0.0) + (120.0 if n == 0 else 0.0)
+            made_at = now - 8 * 3600 + n * 18.0
+            tags = {"region": region, "channel": "mobile" if n % 3 else "web"}
+            predictions.append({"id": f"p-{n}", "prediction": y_true + error, "ts": made_at, "tags": tags})
+            # Labels come late: the older the prediction, the more of its hour is labelled.
+            if rng.random() < min(1.0, (now - made_at) / (5 * 3600)):
+                labels[f"p-{n}"] = y_true
+        assert post(pipeline, "model_api", "/predictions", {"predictions": predictions}).status_code == 200
+        post_labels(pipeline, labels)
+        wait_until(lambda: len(pipeline.rows()) == len(labels), 60, "the labelled rows")
+        summary = get(pipeline, "/metrics/summary")
+        page = browser.open(f"{pipeline.url('plot_api')}/")
+        shown = wait_until(
+            lambda: (
+                (
+                    rows := page.evaluate(
+                        "[...document.querySelectorAll('#segments_body tr')].map(r => [...r.cells].map(c => c.textContent))"
+                    )
+                )
+                and len(rows) > 1
+                and rows
+            ),
+            15,
+            "the segments table",
+        )
+        values = summary["segments"]["region"]["values"]
+        assert shown[0][0] == "region = EU"  # worst by the bound
+        assert values["tiny"]["windows"]["last_1000"]["mae"] > values["EU"]["windows"]["last_1000"]["mae"]
+        tiny = next(i for i, row in enumerate(shown) if row[0] == "region = tiny")
+        assert tiny == len(shown) - 1 or shown[tiny][3] == "—" or float(shown[tiny][3]) < float(shown[0][3])
+        lows = [float(row[3]) for row in shown if row[3] != "—"]
+        assert lows == sorted(lows, reverse=True)
+
+        bars = wait_until(
+            lambda: page.evaluate("[...document.querySelectorAll('#by_time_chart rect')].map(r => r.getAttribute('class'))"),
+            15,
+            "the chart by prediction time",
+        )
+        by_time = get(pipeline, "/metrics/by-time")
+        labelled = [b for b in by_time["buckets"] if b["labelled"]]
+        assert bars == ["settled" if b["labelled_share"] == 1 else "unsettled" for b in labelled]
+        assert "unsettled" in bars and "settled" in bars  # the unsettled hours stand out
+        page.screenshot(tmp_path / "segments.png")
+        page.evaluate("document.getElementById('segments').scrollIntoView()")
+        shot = page.screenshot(tmp_path / "segments-view.png")
+        if copy_to := os.environ.get("SEGMENTS_SCREENSHOT"):  # e.g. docs/segments.png for docs/monitoring.md
+            shutil.copyfile(shot, copy_to)
+        assert page.exceptions() == []
