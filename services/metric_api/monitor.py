@@ -20,6 +20,7 @@ from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
 from services.common.settings import Settings
 from services.metric_api.alerts import ALERT_ROWS, MaeAlert
+from services.metric_api.segment_metrics import SEGMENTS
 from services.metric_api.where_when import SegmentAlerts, SegmentedStats, WhereWhenConfig
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class QualityMonitor:
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._cached: tuple[tuple[Any, ...], bytes] | None = None
         _COLLECTOR.monitor = self
+        SEGMENTS.summary = self.core_summary
 
     def new_core(self) -> SegmentedStats:
         return SegmentedStats(self.baseline.mean, self.where_when)

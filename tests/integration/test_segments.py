@@ -194,21 +194,22 @@ def test_segments_and_buckets_equal_pandas_over_what_was_sent_revised_by_late_la
         sent.append({"id": f"{before:.6f}", "region": region[550], "city": bodies[550]["city"], "predicted_at": before})
         table = pd.DataFrame(sent).assign(bucket=lambda t: t["predicted_at"].map(bucket_of))
 
-        assert (
-            post(pipeline, "features_api", "/labels", {"labels": [{"id": i, "y_true": y} for i, y in first.items()]}).status_code
-            == 200
-        )
+        post_labels(pipeline, first)
         wait_until(lambda: len(pipeline.rows()) == len(first) + 150, 60, "the first labels' rows")
         wait_until(lambda: get(pipeline, "/metrics/summary")["labels"]["predictions"] == len(table), 30, "every prediction")
         baseline = get(pipeline, "/metrics/summary")["baseline"]["mean"]
         check_against_pandas(pipeline, table, baseline)
         assert any(bucket["labelled_share"] < 1 for bucket in get(pipeline, "/metrics/by-time")["buckets"])
 
+        # kill -9 while predictions wait for their labels: their tags and times wait in the state.
+        pipeline.restart("metric_api")
+        check_against_pandas(pipeline, table, baseline)
+        scraped = httpx.get(f"{pipeline.url('metric_api')}/metrics").text
+        eu = get(pipeline, "/metrics/summary")["segments"]["region"]["values"]["EU"]["windows"]["all"]
+        assert f'model_segment_rows{{key="region",value="EU",window="all"}} {float(eu["count"])}' in scraped
+
         # The late labels revise the buckets of their predictions, however old.
-        assert (
-            post(pipeline, "features_api", "/labels", {"labels": [{"id": i, "y_true": y} for i, y in later.items()]}).status_code
-            == 200
-        )
+        post_labels(pipeline, later)
         wait_until(lambda: len(pipeline.rows()) == len(table), 60, "every row")
         check_against_pandas(pipeline, table, baseline)
         assert all(bucket["labelled_share"] == 1 for bucket in get(pipeline, "/metrics/by-time")["buckets"])
