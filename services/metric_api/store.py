@@ -198,17 +198,24 @@ class SqliteHalfStore:
     def _load_tagsets(self) -> None:
         self._tagset_codes: dict[str, int] = {text: code for code, text in self._db.execute("SELECT code, tags FROM tagsets")}
         self._tagsets: dict[int, dict[str, str]] = {code: json.loads(text) for text, code in self._tagset_codes.items()}
+        self._tagset_by_items: dict[tuple[tuple[str, str], ...], int] = {
+            tuple(sorted(tags.items())): code for code, tags in self._tagsets.items()
+        }
 
     def _tagset_code(self, tags: dict[str, str] | None) -> int | None:
         if not tags:
             return None
-        text = json.dumps(tags, sort_keys=True, separators=(",", ":"))
-        code = self._tagset_codes.get(text)
+        items = tuple(sorted(tags.items()))
+        code = self._tagset_by_items.get(items)
         if code is None:
-            code = self._db.execute("INSERT INTO tagsets (tags) VALUES (?)", (text,)).lastrowid
-            assert code is not None
-            self._tagset_codes[text] = code
-            self._tagsets[code] = json.loads(text)
+            text = json.dumps(dict(items), separators=(",", ":"))
+            code = self._tagset_codes.get(text)
+            if code is None:
+                code = self._db.execute("INSERT INTO tagsets (tags) VALUES (?)", (text,)).lastrowid
+                assert code is not None
+                self._tagset_codes[text] = code
+                self._tagsets[code] = dict(items)
+            self._tagset_by_items[items] = code
         return code
 
     def _tags_of(self, code: int | None) -> dict[str, str] | None:

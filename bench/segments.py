@@ -1,0 +1,111 @@
+"""What segments and the buckets by prediction time cost metric_api: python -m bench.segments.
+
+- the statistics' cost per row (QualityStats before, SegmentedStats after: with no segment key,
+  with two keys of 10 values, and with two keys of which one has a new value on every row), fed in
+  batches of 200 rows as the consumer takes them;
+- the durable path's cost per row (MetricLedger.record: the join in SQLite, the CSV append with
+  fsync) without tags and with two segment tags;
+- the memory of one segment (empty, then per row).
+Prints one JSON document; the numbers are this machine's.
+"""
+
+import json
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.common.messages import LabelMessage, PredictionMessage
+from services.common.metric_rows import MetricRow
+from services.metric_api.ledger import MetricLedger
+from services.metric_api.segments import SegmentStats
+from services.metric_api.stats import QualityStats
+from services.metric_api.where_when import SegmentedStats, WhereWhenConfig
+
+BATCH = 200
+T0 = 1_700_000_000.0
+
+
+def rows_of(n: int, tags: Callable[[int], dict[str, str] | None], seed: int = 1) -> list[MetricRow]:
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(25, 347, n).astype(float)
+    y_pred = y_true + rng.normal(0, 50, n)
+    return [
+        MetricRow.of(f"{T0 + i:.6f}", float(t), float(p), "v1", ts=T0 + i, lag_s=0.1, predicted_at=T0 + i, tags=tags(i))
+        for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True))
+    ]
+
+
+def per_row_us(make: Callable[[], QualityStats], rows: list[MetricRow]) -> float:
+    stats = make()
+    started = time.perf_counter()
+    for start in range(0, len(rows), BATCH):
+        stats.add_rows(rows[start : start + BATCH], T0 + start)
+    return 1e6 * (time.perf_counter() - started) / len(rows)
+
+
+def statistics(n: int) -> dict[str, float]:
+    few = rows_of(n, lambda i: {"region": f"r{i % 10}", "channel": f"c{i % 3}"})
+    distinct = rows_of(n, lambda i: {"region": f"r{i % 10}", "user": f"u{i}"})
+    return {
+        "before: QualityStats": per_row_us(lambda: QualityStats(150.0), few),
+        "after, no SEGMENT_KEYS": per_row_us(lambda: SegmentedStats(150.0, WhereWhenConfig()), few),
+        "after, 2 keys of 10 and 3 values": per_row_us(
+            lambda: SegmentedStats(150.0, WhereWhenConfig(("region", "channel"))), few
+        ),
+        "after, 2 keys, one value new on every row": per_row_us(
+            lambda: SegmentedStats(150.0, WhereWhenConfig(("region", "user"))), distinct
+        ),
+    }
+
+
+def ledger_us(n: int, tagged: bool) -> float:
+    keys = ("region", "channel") if tagged else ()
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = MetricLedger(Path(folder), segment_keys=keys)
+        ledger.open(QualityStats(150.0), T0)
+        halves: list[tuple[Any, Any]] = []
+        for i in range(n):
+            tags = {"region": f"r{i % 10}", "channel": f"c{i % 3}"} if tagged else None
+            sample_id = f"{T0 + i:.6f}"
+            halves.append(("y_pred", PredictionMessage(id=sample_id, body=100.0 + i % 7, ts=T0 + i, tags=tags)))
+            halves.append(("y_true", LabelMessage(id=sample_id, body=101.0, ts=T0 + i)))
+        started = time.perf_counter()
+        for start in range(0, len(halves), BATCH):
+            ledger.record(halves[start : start + BATCH], T0 + n)
+        took = time.perf_counter() - started
+        ledger.close()
+    return 1e6 * took / n
+
+
+def segment_memory(rows: int) -> dict[str, float]:
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    segments = [SegmentStats(None) for _ in range(200)]
+    empty = (tracemalloc.get_traced_memory()[0] - before) / len(segments)
+    for segment in segments[:20]:
+        segment.add(np.ones(rows), np.full(rows, 2.0))
+    filled = (tracemalloc.get_traced_memory()[0] - before - empty * (len(segments) - 20)) / 20
+    tracemalloc.stop()
+    return {"bytes_empty_segment": empty, f"bytes_segment_of_{rows}_rows": filled, "bytes_per_row": (filled - empty) / rows}
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    result = {
+        "rows": n,
+        "statistics_us_per_row": statistics(n),
+        "ledger_us_per_row": {"without tags": ledger_us(n // 10, False), "two segment tags": ledger_us(n // 10, True)},
+        "ledger_rows": n // 10,
+        "memory": segment_memory(100_000),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
