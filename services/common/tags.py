@@ -74,7 +74,12 @@ def _schema(max_keys: int) -> WithJsonSchema:
             "type": "object",
             "maxProperties": max_keys,
             "propertyNames": {"pattern": TAG_KEY_PATTERN},
-            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": TAG_VALUE_MAX},
+            "additionalProperties": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": TAG_VALUE_MAX,
+                "pattern": r"^[^\x00-\x1f\x7f]+$",
+            },
             "description": TAGS_RULE,
         }
     )
