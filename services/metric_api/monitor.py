@@ -121,6 +121,7 @@ class QualityMonitor:
         self.core = core
         self._core_cached = self._cached = None
         self._check_alert(now)
+        self.segment_alerts.check_all(core, now)
 
     def add_rows(self, rows: Sequence[MetricRow], now: float) -> None:
         """The rows of one committed batch, durable at ``now``."""

@@ -94,6 +94,11 @@ class SegmentAlerts:
         self.min_rows = min_rows
         self.raised: set[str] = set()
 
+    def check_all(self, core: SegmentedStats, now: float) -> None:
+        """Look at every segment (a core rebuilt at start-up: a segment already bad is raised at once)."""
+        core.touched = [(key, value) for key, book in core.segments.by_key.items() for value in book.segments()]
+        self.check(core, now)
+
     def check(self, core: SegmentedStats, now: float) -> None:
         """Look at the segments the last batch fed, and at those raised (a segment may have been folded away)."""
         reference = core.recent_mae(REFERENCE_ROWS)

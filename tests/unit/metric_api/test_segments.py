@@ -11,6 +11,7 @@ from services.common.alerts import AlertBoard
 from services.common.metric_rows import MetricRow
 from services.common.segment_rank import mae_low
 from services.metric_api.by_time import ErrorByTime
+from services.metric_api.segment_metrics import SegmentCollector
 from services.metric_api.segments import OTHER, SegmentBook
 from services.metric_api.where_when import SegmentAlerts, SegmentedStats, WhereWhenConfig
 from tests.quality import differences, expected_window
@@ -83,6 +84,18 @@ def test_100000_distinct_values_keep_at_most_values_max_segments_and_every_row_c
     assert sum(s.count for s in segments.values()) == total
     assert book.by_key["user"].promoted == 0  # no value was seen twice: none earned a place
     assert len(book.by_key["user"].sketch) <= 200
+
+
+def test_prometheus_series_stay_bounded_under_100000_distinct_values() -> None:
+    stats = SegmentedStats(None, WhereWhenConfig(("user",), 50))
+    for batch in range(100):
+        rows = [MetricRow.of(str(i), 1.0, 2.0, tags={"user": f"u{batch * 1000 + i}"}) for i in range(1000)]
+        stats.add_rows(rows, T0)
+    collector = SegmentCollector()
+    collector.summary = stats.summary
+    families = {family.name: family for family in collector.collect()}
+    assert len(families["model_segment_rows"].samples) == 51 * 3  # 50 values and (other), three windows
+    assert sum(s.value for s in families["model_segment_rows"].samples if s.labels["window"] == "all") == 100_000
 
 
 def test_a_frequent_value_that_comes_late_takes_the_place_of_the_least_frequent() -> None:
@@ -179,3 +192,16 @@ def test_one_degraded_segment_raises_its_alert_once_within_150_of_its_rows(seed:
             break
     assert board.changes == [("segment/region=Lyon", True)]
     assert lyon_rows <= 150
+
+
+def test_a_core_rebuilt_at_start_up_raises_the_alert_of_a_segment_already_bad() -> None:
+    stats = SegmentedStats(None, WhereWhenConfig(("city",), 50))
+    rows = [
+        MetricRow.of(str(i), 100.0, 100.0 + (40.0 if city == "Lyon" else 5.0), tags={"city": city})
+        for i, city in enumerate(["Paris", "Lyon", "Nice", "Lille"] * 100)
+    ]
+    stats.add_state_rows(rows, T0)  # as the ledger feeds it from the state
+    stats.add_history(rows)
+    board = Board()
+    SegmentAlerts(board, factor=1.5, min_rows=50).check_all(stats, T0)
+    assert board.changes == [("segment/city=Lyon", True)]
