@@ -64,7 +64,9 @@ def statistics(n: int) -> dict[str, float]:
     }
 
 
-def ledger_us(n: int, tagged: bool) -> float:
+def ledger_us(n: int, tagged: bool, reopen: dict[str, float] | None = None) -> float:
+    """µs a row of MetricLedger.record; with ``reopen``, also the seconds a start-up takes to rebuild the
+    statistics from those rows: without and with the segments and the buckets by time."""
     keys = ("region", "channel") if tagged else ()
     with tempfile.TemporaryDirectory() as folder:
         ledger = MetricLedger(Path(folder), segment_keys=keys)
@@ -80,6 +82,15 @@ def ledger_us(n: int, tagged: bool) -> float:
             ledger.record(halves[start : start + BATCH], T0 + n)
         took = time.perf_counter() - started
         ledger.close()
+        if reopen is not None:
+            for name, core in (
+                ("QualityStats", QualityStats(150.0)),
+                ("SegmentedStats", SegmentedStats(150.0, WhereWhenConfig(keys))),
+            ):
+                opened = time.perf_counter()
+                ledger.open(core, T0 + n)
+                reopen[name] = time.perf_counter() - opened
+                ledger.close()
     return 1e6 * took / n
 
 
@@ -97,11 +108,13 @@ def segment_memory(rows: int) -> dict[str, float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    reopen: dict[str, float] = {}
     result = {
         "rows": n,
         "statistics_us_per_row": statistics(n),
-        "ledger_us_per_row": {"without tags": ledger_us(n // 10, False), "two segment tags": ledger_us(n // 10, True)},
+        "ledger_us_per_row": {"without tags": ledger_us(n // 10, False), "two segment tags": ledger_us(n // 10, True, reopen)},
         "ledger_rows": n // 10,
+        "start_up_rebuild_s": reopen,
         "memory": segment_memory(100_000),
     }
     print(json.dumps(result, indent=2))
