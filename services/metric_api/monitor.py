@@ -141,6 +141,13 @@ class QualityMonitor:
         except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
+    def add_predictions(self, made_at: Sequence[float], now: float) -> None:
+        """The predictions of one committed batch (held, or joined at once), for the buckets by prediction time."""
+        try:
+            self.core.add_predictions(made_at, now)
+        except Exception:  # as add_rows: the predictions are durable; a statistics bug must not stop the batch worker
+            log.exception("could not count %d predictions by time; /metrics/by-time misses them until a restart", len(made_at))
+
     def _check_alert(self, now: float) -> None:
         if self.alert is None:
             return
