@@ -241,6 +241,9 @@ ModelVersion = Annotated[str, Field(max_length=64)]
 class PredictionMessage(SampleMessage):
     body: Target
     model_version: ModelVersion = UNKNOWN_VERSION
+    # The loss model's estimate of |y_true - body| (issue 24; docs/monitoring.md): absent when the
+    # model has no loss model or the prediction came without features. An older consumer ignores it.
+    estimated_error: Annotated[Number, Field(ge=0)] | None = None
 
 
 class ReportedPrediction(SampleMessage):
