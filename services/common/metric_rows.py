@@ -36,6 +36,8 @@ class MetricRow:
     lag_s: float | None = field(default=None, compare=False)
     # How long the label came after the prediction (0 when it came first), both as the join saw them.
     label_lag_s: float | None = field(default=None, compare=False)
+    # The loss model's estimate of absolute_error, made with the prediction (issue 24), when it had one.
+    estimated_error: float | None = field(default=None, compare=False)
 
     @classmethod
     def of(
@@ -47,8 +49,9 @@ class MetricRow:
         ts: float | None = None,
         lag_s: float | None = None,
         label_lag_s: float | None = None,
+        estimated_error: float | None = None,
     ) -> "MetricRow":
-        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s, label_lag_s)
+        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s, label_lag_s, estimated_error)
 
 
 def format_row(row: MetricRow) -> str:

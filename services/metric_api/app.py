@@ -156,6 +156,7 @@ class MetricService:
                     await self._repair_files(str(exc))
                     recorded = await asyncio.to_thread(self.ledger.record, halves, self.clock())
                 self.quality.add_rows(recorded.rows, self.clock())
+                self.quality.add_predictions(recorded.predictions)
         except StorageErrors as exc:
             self.storage_problem = f"cannot write to {self.settings.LOGS_DIR}: {exc}"
             raise HandBack(self.storage_problem) from exc

@@ -25,6 +25,7 @@ class HeldHalf:
     arrived_at: float
     ts: float | None = None
     model_version: str | None = None
+    estimate: float | None = None  # a prediction's estimated error (issue 24), kept while it waits for its label
 
 
 class HalfStore(Protocol):
@@ -96,8 +97,9 @@ class LabelPredictionJoin:
         *,
         ts: float | None = None,
         model_version: str | None = None,
+        estimate: float | None = None,
     ) -> Outcome:
-        """One half; ``ts`` and ``model_version`` (of a prediction) go along into the row."""
+        """One half; ``ts``, and ``model_version`` and ``estimate`` (of a prediction) go along into the row."""
         row = self.store.written(sample_id)
         if row is not None:
             seen = row.y_true if kind == LABEL else row.y_pred
@@ -112,11 +114,11 @@ class LabelPredictionJoin:
             return Conflict(f"id {sample_id} already has {kind}={held.value!r} waiting; this message says {value!r}")
         partner = waiting.get(other(kind))
         if partner is None:
-            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version))
+            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version, estimate))
             return Held()
         waited_s = max(0.0, arrived_at - partner.arrived_at)
         if kind == LABEL:
-            y_true, y_pred, model_version = value, partner.value, partner.model_version
+            y_true, y_pred, model_version, estimate = value, partner.value, partner.model_version, partner.estimate
         else:
             y_true, y_pred = partner.value, value
         if not math.isfinite(y_true - y_pred):
@@ -131,6 +133,7 @@ class LabelPredictionJoin:
             ts=ts if ts is not None else partner.ts,
             lag_s=waited_s,
             label_lag_s=waited_s if kind == LABEL else 0.0,
+            estimated_error=estimate,
         )
         self.store.record_written(joined, arrived_at)
         return Joined(joined, (other(kind), partner.arrived_at))

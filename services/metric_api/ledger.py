@@ -30,11 +30,11 @@ from pathlib import Path
 
 from services.common.error_window import usable
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
-from services.common.messages import LabelMessage, PredictionMessage
+from services.common.messages import UNKNOWN_VERSION, LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
 from services.metric_api.csvlog import MetricLog, MetricLogError
-from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
+from services.metric_api.join import Conflict, Duplicate, Held, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import QualityStats
 from services.metric_api.store import SqliteHalfStore
 
@@ -63,6 +63,8 @@ class Recorded:
     conflicts: list[tuple[int, str]] = field(default_factory=list)  # (index in the batch, reason)
     duplicates: int = 0
     late_joins: int = 0  # rows whose first half had been counted an orphan
+    # Each prediction seen for the first time (held or joined): its model version and estimated error.
+    predictions: list[tuple[str, float | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -247,9 +249,10 @@ class MetricLedger:
         found_late: dict[Kind, int] = dict.fromkeys(KINDS, 0)
         with store.transaction():
             for index, (kind, message) in enumerate(halves):
-                outcome = join.add(
-                    kind, message.id, message.body, now, ts=message.ts, model_version=getattr(message, "model_version", None)
-                )
+                version, estimate = getattr(message, "model_version", None), getattr(message, "estimated_error", None)
+                outcome = join.add(kind, message.id, message.body, now, ts=message.ts, model_version=version, estimate=estimate)
+                if kind == "y_pred" and isinstance(outcome, Joined | Held):
+                    recorded.predictions.append((version or UNKNOWN_VERSION, estimate))
                 if isinstance(outcome, Conflict):
                     recorded.conflicts.append((index, outcome.reason))
                 elif isinstance(outcome, Joined):

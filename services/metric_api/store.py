@@ -9,8 +9,9 @@ the CSV rows the database knows of, updated in the same transaction that records
 so after a crash between appending rows and committing, the service can tell which
 rows are new to the database and record them (see MetricService._open).
 
-Beside each written id it keeps what the CSV has no column for: the model version that
-made the prediction (as a small code into ``versions``), when the row was joined, so
+A held prediction keeps its estimated error (issue 24) until its label comes. Beside each
+written id it keeps what the CSV has no column for: the model version that made the
+prediction (as a small code into ``versions``), when the row was joined, so
 the per-version and time-window statistics can be rebuilt at start-up, and its ``line``:
 the order rows were written in, so a CSV that lost rows is made whole in its own order.
 """
@@ -30,7 +31,7 @@ from services.metric_api.join import HeldHalf, Kind
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS held (
     id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, arrived_at REAL NOT NULL,
-    ts REAL, model_version TEXT,
+    ts REAL, model_version TEXT, estimate REAL,
     PRIMARY KEY (id, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS held_by_age ON held (arrived_at);
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 # Columns added after the first release: a state file from then gets them at start-up.
 ADDED_COLUMNS = {
-    "held": {"ts": "REAL", "model_version": "TEXT"},
+    "held": {"ts": "REAL", "model_version": "TEXT", "estimate": "REAL"},
     "written": {"version": "INTEGER", "written_at": "REAL", "line": "INTEGER"},
 }
 
@@ -147,20 +148,20 @@ class SqliteHalfStore:
 
     def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
         found = self._db.execute(
-            "SELECT value, arrived_at, ts, model_version FROM held WHERE id = ? AND kind = ?", (sample_id, kind)
+            "SELECT value, arrived_at, ts, model_version, estimate FROM held WHERE id = ? AND kind = ?", (sample_id, kind)
         ).fetchone()
         return HeldHalf(*found) if found else None
 
     def held_halves(self, sample_id: str) -> dict[Kind, HeldHalf]:
         found = self._db.execute(
-            "SELECT kind, value, arrived_at, ts, model_version FROM held WHERE id = ?", (sample_id,)
+            "SELECT kind, value, arrived_at, ts, model_version, estimate FROM held WHERE id = ?", (sample_id,)
         ).fetchall()
         return {kind: HeldHalf(*half) for kind, *half in found}
 
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
         self._db.execute(
-            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version) VALUES (?, ?, ?, ?, ?, ?)",
-            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version),
+            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version, estimate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version, half.estimate),
         )
         self.held_count[kind] += 1
 
@@ -259,7 +260,13 @@ class SqliteHalfStore:
             prediction = self.held_half(found.id, "y_pred")
             row = found
             if prediction is not None:  # its label came in the batch the crash cut short
-                row = MetricRow.of(found.id, found.y_true, found.y_pred, model_version=prediction.model_version)
+                row = MetricRow.of(
+                    found.id,
+                    found.y_true,
+                    found.y_pred,
+                    model_version=prediction.model_version,
+                    estimated_error=prediction.estimate,
+                )
             self.record_written(row)
             self.release(row.id, "y_true")
             self.release(row.id, "y_pred")
