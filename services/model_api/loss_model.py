@@ -15,6 +15,7 @@ reference's is; model_api loads it only when the hash matches, and without it sa
 "estimate unavailable, because …" and serves on.
 """
 
+import functools
 import hashlib
 import pickle
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import KFold, cross_val_predict
+from threadpoolctl import ThreadpoolController
 
 from services.common.estimate import LOSS_MODEL, Calibration, loss_model_path
 from services.common.files import atomic_write, metadata_path
@@ -38,11 +40,11 @@ Row = Sequence[float | str | None]
 
 
 def regressor(categorical: np.ndarray, rows: int) -> HistGradientBoostingRegressor:
-    """Small on purpose: a few hundred reference rows must not be learnt by heart, and a batch is
-    estimated in well under a millisecond."""
+    """Small on purpose: a few hundred reference rows must not be learnt by heart, and each tree costs
+    scikit-learn's predict a few microseconds a call (50 trees of 8 leaves)."""
     return HistGradientBoostingRegressor(
-        max_iter=100,
-        learning_rate=0.05,
+        max_iter=50,
+        learning_rate=0.1,
         max_leaf_nodes=8,
         min_samples_leaf=max(5, min(40, rows // 20)),
         categorical_features=categorical if categorical.any() else None,
@@ -69,9 +71,18 @@ class LossModel:
         return self.estimate_encoded(self.schema.encode(rows), predictions)
 
     def estimate_encoded(self, encoded: np.ndarray, predictions: Sequence[float] | np.ndarray) -> list[float]:
-        values = np.asarray(self.model.predict(self.inputs(encoded, predictions)), dtype=float)
+        # One OpenMP thread: scikit-learn's tree predict opens a parallel region per tree, and on a busy
+        # machine two threads made a batch of 500 ten times slower (bench/estimate.py; docs/monitoring.md).
+        with _threads().limit(limits=1, user_api="openmp"):
+            values = np.asarray(self.model.predict(self.inputs(encoded, predictions)), dtype=float)
         estimated: list[float] = np.maximum(values, 0.0).tolist()  # an error is not negative, whatever the trees add up to
         return estimated
+
+
+@functools.cache
+def _threads() -> ThreadpoolController:
+    """threadpoolctl's view of the loaded libraries, found once (a limit then costs about 10 µs)."""
+    return ThreadpoolController()
 
 
 def categorical_mask(schema: FeatureSchema) -> np.ndarray:
