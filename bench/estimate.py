@@ -16,7 +16,7 @@ Figures:
   tilt of +1 toward the feature whose high values the model errs most on, labels true): in each
   300-prediction window the estimated MAE against the realized MAE of the same predictions —
   the share of windows within ±10 %, the median and worst relative difference; and the estimated
-  MAE the tracker shows after the first 100 shifted predictions with no label, against the calm
+  MAE the tracker shows after the first 300 shifted predictions with no label, against the calm
   estimate and its band;
 - **concept shift** (the labels' relation to an input changes, the inputs do not): joined rows one
   at a time after a calm 1,000: how many until the ``estimate/<version>`` alert is raised (median,
@@ -79,16 +79,21 @@ def spread(x0: np.ndarray) -> np.ndarray:
     return 0.5 + 2.0 / (1.0 + np.exp(-2.0 * x0))
 
 
-def synthetic_rows(rng: np.random.Generator, n: int, change: str = "calm", concept: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def concept_size(change: str) -> float:
+    """``concept:<size>`` → size; 0 for any other change."""
+    return float(change.split(":")[1]) if change.startswith("concept:") else 0.0
+
+
+def synthetic_rows(rng: np.random.Generator, n: int, change: str = "calm") -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(n, 4))
     if change == "covariate":
         x[:, 0] += 1.0
-    slope = 1.0 - concept if change == "concept" else 1.0
+    slope = 1.0 - concept_size(change)
     y = 2 * x[:, 0] + slope * x[:, 1] - x[:, 2] + rng.normal(size=n) * spread(x[:, 0])
     return x, y
 
 
-def synthetic_case(rng: np.random.Generator, concept: float) -> Case:
+def synthetic_case(rng: np.random.Generator) -> Case:
     x, y = synthetic_rows(rng, 5000)
     model = LinearRegression().fit(x, y)
     schema = FeatureSchema.numeric(["x0", "x1", "x2", "x3"])
@@ -98,17 +103,17 @@ def synthetic_case(rng: np.random.Generator, concept: float) -> Case:
         "synthetic",
         loss,
         lambda rows: np.asarray(model.predict(rows), dtype=float),
-        lambda r, n, change: synthetic_rows(r, n, change, concept),
+        synthetic_rows,
         Reference.from_table(table),
         "x0 + 1 std (toward the noisier side)",
-        f"y's slope on x1 from 1 to {1 - concept:g}",
+        "y's slope on x1 from 1 to 1 − size",
     )
 
 
 # -- the diabetes demo
 
 
-def diabetes_case(folder: Path, concept: float) -> Case:
+def diabetes_case(folder: Path) -> Case:
     path = folder / "myfile.pkl"
     metadata = train(path)
     loaded = load_model(path)
@@ -133,8 +138,8 @@ def diabetes_case(folder: Path, concept: float) -> Case:
             sampler = ReferenceSampler(table, seed=int(rng.integers(1 << 30)))
             if change == "covariate":
                 sampler.set_scenario(scenario_for(table.schema, {}, {}, {}, tilt={worst: 1.0}))
-            elif change == "concept":
-                sampler.set_scenario(scenario_for(table.schema, {}, {}, {}, concept={concept_feature: -concept}))
+            elif change.startswith("concept:"):
+                sampler.set_scenario(scenario_for(table.schema, {}, {}, {}, concept={concept_feature: -concept_size(change)}))
             samplers[change] = sampler
         drawn = [samplers[change].draw("1.000001", 0.0) for _ in range(n)]
         return np.array([s.features for s in drawn], dtype=float), np.array([s.label for s in drawn])
@@ -146,7 +151,7 @@ def diabetes_case(folder: Path, concept: float) -> Case:
         draw,
         Reference.from_table(table),
         f"tilt {{{worst!r}: 1.0}} (rows of high {worst} drawn more often, labels true)",
-        f"concept {{{concept_feature!r}: {-concept:g}}} (label −= {concept:g}·std(y)·z_{concept_feature})",
+        f"concept {{{concept_feature!r}: −size}} (label −= size·std(y)·z_{concept_feature})",
     )
 
 
@@ -181,14 +186,14 @@ def coverage(case: Case, rng: np.random.Generator, change: str, windows: int) ->
 
 
 def before_labels(case: Case, rng: np.random.Generator) -> dict[str, Any]:
-    """The tracker fed predictions only (no label): calm 1,000, then 100 shifted."""
+    """The tracker fed predictions only (no label): calm 1,000, then 300 shifted."""
     tracker = EstimateTracker({VERSION: case.loss.calibration})
     x, _ = case.draw(rng, 1000, "calm")
     tracker.add_predictions((VERSION, e) for e in estimates(case, x)[1])
-    calm = tracker.summary()[VERSION]["windows"]["last_100"]
-    x, _ = case.draw(rng, 100, "covariate")
+    calm = tracker.summary()[VERSION]["windows"]["last_300"]
+    x, _ = case.draw(rng, 300, "covariate")
     tracker.add_predictions((VERSION, e) for e in estimates(case, x)[1])
-    shifted = tracker.summary()[VERSION]["windows"]["last_100"]
+    shifted = tracker.summary()[VERSION]["windows"]["last_300"]
     return {
         "labels_joined": tracker.summary()[VERSION]["checked"]["all"]["rows"],
         "calm_estimated_mae": calm["estimated_mae"],
@@ -206,17 +211,21 @@ def joined_rows(case: Case, x: np.ndarray, y: np.ndarray, start: int) -> list[Me
     ]
 
 
-def concept_delay(case: Case, rng: np.random.Generator, runs: int, limit: int = 1000) -> dict[str, Any]:
+def concept_delay(case: Case, rng: np.random.Generator, runs: int, size: float, limit: int = 1000) -> dict[str, Any]:
     delays: list[int | None] = []
+    realized, estimated = [], []
     drift_flags = calm_raises = 0
     for _ in range(runs):
         tracker = EstimateTracker({VERSION: case.loss.calibration}, ALERT_Z_USED)
         x, y = case.draw(rng, 1000, "calm")
         calm_raised = any(result.raised for row in joined_rows(case, x, y, 0) for result in tracker.add_rows([row]))
         calm_raises += calm_raised  # a false alarm on the calm start (its first checks are on as few as 100 rows)
-        x, y = case.draw(rng, limit, "concept")
+        x, y = case.draw(rng, limit, f"concept:{size}")
         delay = None
-        for k, row in enumerate(joined_rows(case, x, y, 10_000), start=1):
+        changed = joined_rows(case, x, y, 10_000)
+        realized.append(np.mean([row.absolute_error for row in changed]))
+        estimated.append(np.mean([row.estimated_error or 0.0 for row in changed]))
+        for k, row in enumerate(changed, start=1):
             if not calm_raised and any(result.raised for result in tracker.add_rows([row])):
                 delay = k
                 break
@@ -228,6 +237,9 @@ def concept_delay(case: Case, rng: np.random.Generator, runs: int, limit: int = 
         drift_flags += bool(monitor.assess(0.0)["drifted"])
     found = [d for d in delays if d is not None]
     return {
+        "size": size,
+        "realized_mae_after": float(np.mean(realized)),
+        "estimated_mae_after": float(np.mean(estimated)),
         "runs": runs,
         "raised_in": len(found),
         "within_300": sum(d <= 300 for d in found) / runs,
@@ -279,7 +291,7 @@ def cost(case: Case, rng: np.random.Generator, repeats: int) -> dict[str, Any]:
     return out
 
 
-def measure(case: Case, rng: np.random.Generator, args: argparse.Namespace) -> dict[str, Any]:
+def measure(case: Case, rng: np.random.Generator, args: argparse.Namespace, sizes: list[float]) -> dict[str, Any]:
     return {
         "covariate": case.covariate,
         "concept": case.concept,
@@ -287,7 +299,7 @@ def measure(case: Case, rng: np.random.Generator, args: argparse.Namespace) -> d
         "calm_windows": coverage(case, rng, "calm", args.windows),
         "covariate_windows": coverage(case, rng, "covariate", args.windows),
         "before_labels": before_labels(case, rng),
-        "concept_delay": concept_delay(case, rng, args.runs),
+        "concept_delay": [concept_delay(case, rng, args.runs, size) for size in sizes],
         "calm_stream": calm_stream(case, rng, args.calm_rows),
         "cost": cost(case, rng, args.repeats),
     }
@@ -319,15 +331,17 @@ def report(figures: dict[str, Any]) -> str:
                 f"{w['worst_abs_rel_diff']:.1%} | {w['realized_mae']:.3g} | {w['estimated_mae']:.3g} |"
             )
         before = (
-            f"- before any label ({bl['labels_joined']} joined): estimated MAE of the last 100 predictions "
-            f"{bl['calm_estimated_mae']:.3g} ± {bl['calm_band']:.3g} calm → {bl['shifted_estimated_mae']:.3g} after 100 "
+            f"- before any label ({bl['labels_joined']} joined): estimated MAE of the last 300 predictions "
+            f"{bl['calm_estimated_mae']:.3g} ± {bl['calm_band']:.3g} calm → {bl['shifted_estimated_mae']:.3g} after 300 "
             f"shifted ({'outside' if bl['outside_calm_band'] else 'inside'} the calm band)"
         )
-        concept = (
-            f"- concept shift: alert raised in {cd['raised_in']}/{cd['runs']} runs, {cd['within_300']:.0%} within 300 "
-            f"joined rows; median {cd['median_rows']} rows, worst {cd['worst_rows']}; input drift flagged a column in "
-            f"{cd['input_drift_flagged_runs']}/{cd['runs']} runs; raised during the calm 1,000 rows before it in "
-            f"{cd['raised_on_the_calm_1000']}/{cd['runs']} runs"
+        concept = "\n".join(
+            f"- concept shift of size {d['size']:g} (realized MAE {d['realized_mae_after']:.3g}, estimated "
+            f"{d['estimated_mae_after']:.3g}): alert raised in {d['raised_in']}/{d['runs']} runs, {d['within_300']:.0%} "
+            f"within 300 joined rows; median {d['median_rows']} rows, worst {d['worst_rows']}; input drift flagged a column "
+            f"in {d['input_drift_flagged_runs']}/{d['runs']} runs; raised during the calm 1,000 rows before it in "
+            f"{d['raised_on_the_calm_1000']}/{d['runs']} runs"
+            for d in cd
         )
         calm = (
             f"- calm stream: {cs['raises']} raises in {cs['rows']:,} joined rows ({cs['raises_per_10k']:.2f} per 10,000), "
@@ -350,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=500, help="300-prediction windows per coverage figure (500)")
     parser.add_argument("--runs", type=int, default=50, help="concept-shift runs (50)")
     parser.add_argument("--calm-rows", type=int, default=100_000, help="joined rows of the calm stream (100,000)")
-    parser.add_argument("--concept", type=float, default=1.0, help="the concept shift's size (synthetic: slope change; 1.0)")
     parser.add_argument(
-        "--diabetes-concept", type=float, default=0.5, help="the diabetes concept shift (std(y) per std of bmi; 0.5)"
+        "--concept", type=float, nargs="+", default=[2.0, 1.0], help="synthetic concept shifts: x1's slope 1 → 1 − size (2 1)"
+    )
+    parser.add_argument(
+        "--diabetes-concept", type=float, nargs="+", default=[1.0, 0.5], help="diabetes: std(y) per std of bmi (1 0.5)"
     )
     parser.add_argument("--repeats", type=int, default=2000, help="samples estimated per batch size for the cost (2000)")
     parser.add_argument("--seed", type=int, default=1)
@@ -365,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     figures: dict[str, Any] = {}
     if args.only in (None, "synthetic"):
-        figures["synthetic"] = measure(synthetic_case(rng, args.concept), rng, args)
+        figures["synthetic"] = measure(synthetic_case(rng), rng, args, args.concept)
     if args.only in (None, "diabetes"):
         with tempfile.TemporaryDirectory() as folder:
-            figures["diabetes"] = measure(diabetes_case(Path(folder), args.diabetes_concept), rng, args)
+            figures["diabetes"] = measure(diabetes_case(Path(folder)), rng, args, args.diabetes_concept)
     figures["check_rows"] = CHECK_ROWS
     print(report({k: v for k, v in figures.items() if isinstance(v, dict)}))
     if args.json:

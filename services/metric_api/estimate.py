@@ -4,7 +4,7 @@ Every prediction model_api makes carries its loss model's estimate of its absolu
 (``estimated_error`` in y_pred; services/common/estimate.py). Per model version:
 
 - **estimated MAE** over the recent *predictions*, labelled or not (``all`` since metric_api
-  started, ``last_100``, ``last_1000``), with a band: the calibration the sidecar recorded for
+  started, ``last_100``, ``last_300``, ``last_1000``), with a band: the calibration the sidecar recorded for
   that version (``|bias| + 1.96·residual_sd/√n``, measured on reference rows the loss model did
   not see), else the same computed from the version's own joined rows (``band_basis`` says
   which), else null;
@@ -35,7 +35,7 @@ import numpy as np
 from services.common.estimate import BAND_Z, Calibration, band
 from services.common.metric_rows import MetricRow
 
-PREDICTION_WINDOWS = {"last_100": 100, "last_1000": 1000}
+PREDICTION_WINDOWS = {"last_100": 100, "last_300": 300, "last_1000": 1000}
 CHECK_ROWS = 300
 CHECK_WINDOWS = {f"last_{CHECK_ROWS}": CHECK_ROWS, "last_1000": 1000}
 WINDOW_MAX = 1000
