@@ -3,6 +3,8 @@ metric_api's summary before its label; a concept shift (labels changed, inputs n
 realized-vs-estimated alert through the webhook while input drift stays calm."""
 
 import functools
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
+from tests.browser import Chromium
 from tests.json_stub import JsonStub
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -63,7 +66,9 @@ def raised(webhook: JsonStub, name: str) -> dict | None:
     return next((post for post in webhook.posted if post["alert"] == name and post["state"] == "raised"), None)
 
 
-def test_a_concept_shift_raises_the_estimate_alert_while_input_drift_stays_calm(pipeline: Pipeline, webhook: JsonStub) -> None:
+def test_a_concept_shift_raises_the_estimate_alert_while_input_drift_stays_calm(
+    pipeline: Pipeline, webhook: JsonStub, browser: Chromium, tmp_path: Path
+) -> None:
     name = f"estimate/{version(pipeline)}"
     features = pipeline.url("features_api")
     pipeline.burst(WINDOW)
@@ -86,3 +91,22 @@ def test_a_concept_shift_raises_the_estimate_alert_while_input_drift_stays_calm(
     alerts = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()["alerts"]
     assert alerts[name]["state"] == "raised"
     httpx.delete(f"{features}/features/scenario")
+
+    # The dashboard's estimate chart, in a real browser: drawn, loaded, shown near its size.
+    page = browser.open(f"{pipeline.url('plot_api')}/")
+    chart = wait_until(
+        lambda: (state := page.evaluate(CHART_STATE)) and state["complete"] and state["naturalWidth"] > 0 and state,
+        30,
+        "the estimate chart to load in the page",
+    )
+    assert chart["shownWidth"] >= 0.75 * chart["naturalWidth"], chart
+    page.screenshot(tmp_path / "estimate-dashboard.png", full_page=True)
+    if folder := os.environ.get("ESTIMATE_SCREENSHOT_DIR"):  # to look at it by eye
+        shutil.copy(tmp_path / "estimate-dashboard.png", folder)
+        Path(folder, "estimate.png").write_bytes(httpx.get(f"{pipeline.url('plot_api')}/plot/estimate.png").content)
+
+
+CHART_STATE = (
+    "(i => i && {complete: i.complete, naturalWidth: i.naturalWidth, shownWidth: i.getBoundingClientRect().width})"
+    "(document.getElementById('estimate'))"
+)
