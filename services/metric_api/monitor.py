@@ -129,6 +129,7 @@ class QualityMonitor:
         self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of metric_api
         if self.alert is not None:
             self.alerts.declare(MAE_ALERT_NAME)
+        self.settings = settings
         self.estimate_profile = read_estimate_profile(settings)
         self.estimates = EstimateTracker(self.estimate_profile.calibrations)
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
@@ -165,8 +166,14 @@ class QualityMonitor:
 
     def add_predictions(self, predictions: Sequence[tuple[str, float | None]]) -> None:
         """The predictions one committed batch saw first (model version, estimated error), labelled or not."""
-        if predictions:
-            self.estimates.add_predictions(predictions)
+        if not predictions:
+            return
+        if any(version not in self.estimates.versions for version, _ in predictions):
+            # A version not seen yet (a model registered and reloaded since): its calibration, if the sidecar has it now.
+            self.estimate_profile = read_estimate_profile(self.settings)
+            for version, calibration in self.estimate_profile.calibrations.items():
+                self.estimates.calibrations.setdefault(version, calibration)
+        self.estimates.add_predictions(predictions)
 
     def _check_estimates(self, rows: Sequence[MetricRow], now: float) -> None:
         for result in self.estimates.add_rows(rows):

@@ -92,3 +92,18 @@ def test_the_monitor_raises_the_estimate_alert_on_its_board_and_shows_the_estima
     assert estimate["available"] is True
     assert estimate["by_model_version"]["v1"]["windows"]["all"]["estimated_mae"] == 10.0
     assert estimate["by_model_version"]["v1"]["checked"]["all"]["realized_mae"] == 30.0
+
+
+def test_a_model_registered_after_metric_api_started_gets_its_calibration_when_its_predictions_come(tmp_path: Path) -> None:
+    from services.metric_api.monitor import QualityMonitor
+    from services.model_api.train import train
+
+    model = tmp_path / "model.pkl"
+    monitor = QualityMonitor(Settings(MODEL_PATH=model))
+    assert not monitor.estimate_summary()["available"]
+    assert "cannot be read" in monitor.estimate_summary()["unavailable_because"]
+    metadata = train(model)  # registered while metric_api runs
+    version = metadata["sha256"][:12]
+    monitor.add_predictions([(version, 40.0)])
+    state = monitor.estimate_summary()["by_model_version"][version]
+    assert state["band_basis"] == "reference" and state["windows"]["all"]["band"] > 0
