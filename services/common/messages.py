@@ -245,6 +245,9 @@ class PredictionMessage(SampleMessage):
     model_version: ModelVersion = UNKNOWN_VERSION
     # Optional (an older consumer ignores it): the caller's tags and the segment features' values.
     tags: YPredTags | None = None
+    # The loss model's estimate of |y_true - body| (issue 24; docs/monitoring.md): absent when the
+    # model has no loss model or the prediction came without features. An older consumer ignores it.
+    estimated_error: Annotated[Number, Field(ge=0)] | None = None
 
 
 class ReportedPrediction(SampleMessage):

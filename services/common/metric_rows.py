@@ -39,6 +39,8 @@ class MetricRow:
     # When the prediction was made (its y_pred message's ts, else when it came) and its segment tags.
     predicted_at: float | None = field(default=None, compare=False)
     tags: dict[str, str] | None = field(default=None, compare=False)
+    # The loss model's estimate of absolute_error, made with the prediction (issue 24), when it had one.
+    estimated_error: float | None = field(default=None, compare=False)
 
     @classmethod
     def of(
@@ -52,8 +54,10 @@ class MetricRow:
         label_lag_s: float | None = None,
         predicted_at: float | None = None,
         tags: dict[str, str] | None = None,
+        estimated_error: float | None = None,
     ) -> "MetricRow":
-        return cls(sample_id, y_true, y_pred, abs(y_true - y_pred), model_version, ts, lag_s, label_lag_s, predicted_at, tags)
+        error = abs(y_true - y_pred)
+        return cls(sample_id, y_true, y_pred, error, model_version, ts, lag_s, label_lag_s, predicted_at, tags, estimated_error)
 
 
 def format_row(row: MetricRow) -> str:

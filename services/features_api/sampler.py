@@ -12,6 +12,13 @@ units of its std over the reference, a missing value staying missing); a categor
 moving a share of the rows to a named category (``{"city": {"Lyon": 0.3}}``: 30 % of the rows
 drawn get ``Lyon``; ``{"city": "Lyon"}`` moves them all; a category the reference never showed
 may be named, to watch "unseen" values come).
+
+Two changes aim at the estimated error (issue 24). A **tilt** is a covariate shift that keeps the
+labels true: rows are drawn with weights ``exp(tilt·z)``, ``z`` a numeric feature's value in std units
+(``{"bmi": 1.0}``: the rows of high bmi come more often, each with its own label), so the inputs move
+toward where the model may err more and the labels follow as the data says. A **concept** change
+keeps the inputs and changes the labels' relation to them: ``label += concept·std(target)·z``
+(``{"bmi": -1.0}``: the labels no longer rise with bmi as they did), which no input drift can see.
 """
 
 import math
@@ -32,6 +39,8 @@ __all__ = ["ReferenceSampler", "Sample", "SampleIdClock", "Scenario", "ScenarioE
 MAX_SHIFT = 10.0
 MAX_SCALE = 10.0
 MAX_NOISE = 10.0
+MAX_TILT = 3.0
+MAX_CONCEPT = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Scenario:
     noise: Mapping[str, float] = field(default_factory=dict)
     move: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # feature -> {category: share}
     since: float | None = None  # when it was set (epoch s); None: no scenario
+    tilt: Mapping[str, float] = field(default_factory=dict)  # feature -> rows drawn with weight exp(tilt·z)
+    concept: Mapping[str, float] = field(default_factory=dict)  # feature -> label += concept·std(target)·z
 
     @property
     def active(self) -> bool:
@@ -69,6 +80,8 @@ class Scenario:
             or any(v != 1 for v in self.scale.values())
             or any(v != 0 for v in self.noise.values())
             or any(any(share > 0 for share in moves.values()) for moves in self.move.values())
+            or any(v != 0 for v in self.tilt.values())
+            or any(v != 0 for v in self.concept.values())
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +90,8 @@ class Scenario:
             "shift": {**self.shift, **{name: dict(moves) for name, moves in self.move.items()}},
             "scale": dict(self.scale),
             "noise": dict(self.noise),
+            "tilt": dict(self.tilt),
+            "concept": dict(self.concept),
         }
 
 
@@ -86,6 +101,9 @@ def scenario_for(
     scale: Mapping[str, float],
     noise: Mapping[str, float] | float,
     since: float | None = None,
+    *,
+    tilt: Mapping[str, float] | None = None,
+    concept: Mapping[str, float] | None = None,
 ) -> Scenario:
     """A scenario as a request states it, checked against ``schema``; ScenarioError naming the feature.
 
@@ -105,14 +123,20 @@ def scenario_for(
         noise_by_name = {
             spec.name: _bounded("noise", spec.name, noise, 0.0, MAX_NOISE) for spec in schema.features if spec.numeric
         }
-    for what, values, low, high in (("scale", scale, 0.0, MAX_SCALE), ("noise", noise_by_name, 0.0, MAX_NOISE)):
+    tilt, concept = dict(tilt or {}), dict(concept or {})
+    for what, values, low, high in (
+        ("scale", scale, 0.0, MAX_SCALE),
+        ("noise", noise_by_name, 0.0, MAX_NOISE),
+        ("tilt", tilt, -MAX_TILT, MAX_TILT),
+        ("concept", concept, -MAX_CONCEPT, MAX_CONCEPT),
+    ):
         for name, value in values.items():
             if not _known(schema, what, name).numeric:
                 raise ScenarioError(
                     (what, name), f"{what} applies to numeric features; {name} is categorical (shift it to a category)"
                 )
             _bounded(what, name, value, low, high)
-    return Scenario(numeric_shift, dict(scale), dict(noise_by_name), moves, since)
+    return Scenario(numeric_shift, dict(scale), dict(noise_by_name), moves, since, tilt, concept)
 
 
 def _known(schema: FeatureSchema, what: str, name: str) -> Any:
@@ -180,6 +204,8 @@ class ReferenceSampler:
         self._shift = self._noise = np.zeros(len(self.schema))
         self._scale = np.ones(len(self.schema))
         self._moves: list[tuple[int, list[str], np.ndarray]] = []
+        self._tilted: np.ndarray | None = None
+        self._concept = np.zeros(len(self.schema))
         # A model served elsewhere: only the rows the reference file recorded a prediction for.
         self._drawable = np.flatnonzero(np.isfinite(table.prediction)) if with_predictions else None
         if self._drawable is not None and not len(self._drawable):
@@ -205,13 +231,36 @@ class ReferenceSampler:
         self._moves = [
             (self.schema.position(name), list(moves), np.cumsum(list(moves.values()))) for name, moves in scenario.move.items()
         ]
+        self._tilted = self._tilt_weights(vector(scenario.tilt, 0.0)) if any(scenario.tilt.values()) else None
+        self._concept = vector(scenario.concept, 0.0) * float(np.std(self.table.target))
         self.scenario = scenario
+
+    def _tilt_weights(self, tilt: np.ndarray) -> np.ndarray:
+        """The cumulative weights ``exp(tilt·z)`` of the drawable rows (a missing value counts as the mean)."""
+        z = np.zeros(self.table.rows)
+        for j in np.flatnonzero(tilt):
+            if self.std[j] > 0:
+                z += tilt[j] * np.nan_to_num((self._numbers[:, j] - self.mean[j]) / self.std[j])
+        weights = np.exp(z - z.max())
+        if self._drawable is not None:
+            mask = np.zeros(self.table.rows, bool)
+            mask[self._drawable] = True
+            weights[~mask] = 0.0
+        cumulative: np.ndarray = np.cumsum(weights)
+        return cumulative
 
     def std_by_name(self) -> dict[str, float]:
         return {spec.name: float(self.std[j]) for j, spec in enumerate(self.schema.features) if spec.numeric}
 
     def draw(self, sample_id: str, ts: float) -> Sample:
-        row = int(self._rng.integers(self.table.rows)) if self._drawable is None else int(self._rng.choice(self._drawable))
+        if self._tilted is not None:
+            row = min(
+                int(np.searchsorted(self._tilted, self._rng.random() * self._tilted[-1], side="right")), self.table.rows - 1
+            )
+        elif self._drawable is None:
+            row = int(self._rng.integers(self.table.rows))
+        else:
+            row = int(self._rng.choice(self._drawable))
         numbers = self._numbers[row]
         if self.scenario.active:
             noise = self._noise * self._scenario_rng.standard_normal(numbers.size) if self._noise.any() else 0.0
@@ -226,4 +275,8 @@ class ReferenceSampler:
             if u < cumulative[-1]:
                 values[j] = categories[int(np.searchsorted(cumulative, u, side="right"))]
         prediction = float(self.table.prediction[row]) if self.with_predictions else None
-        return Sample(sample_id, ts, values, float(self.table.target[row]), prediction)
+        label = float(self.table.target[row])
+        if self._concept.any():
+            z = np.nan_to_num((numbers - self.mean) / np.where(self.std > 0, self.std, 1.0))
+            label += float(np.dot(self._concept[self._numeric], z[self._numeric]))
+        return Sample(sample_id, ts, values, label, prediction)

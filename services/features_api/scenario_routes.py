@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.features_api.deps import Publisher
 from services.features_api.publisher import FeaturesPublisher
 from services.features_api.sampler import (
+    MAX_CONCEPT,
     MAX_NOISE,
     MAX_SCALE,
     MAX_SHIFT,
+    MAX_TILT,
     Scenario,
     ScenarioError,
     scenario_for,
@@ -50,6 +52,16 @@ class ScenarioRequest(BaseModel):
         description=f"numeric: the std of gaussian noise added (0 to {MAX_NOISE:g} std units): "
         "one number for every numeric feature, or per feature",
     )
+    tilt: dict[str, float] = Field(
+        default_factory=dict,
+        description=f"numeric: rows drawn with weight exp(tilt·z), z the feature in std units (±{MAX_TILT:g}): "
+        "a covariate shift whose labels stay true",
+    )
+    concept: dict[str, float] = Field(
+        default_factory=dict,
+        description=f"numeric: the label gets concept·std(target)·z added (±{MAX_CONCEPT:g}): the labels' relation "
+        "to the inputs changes, the inputs stay",
+    )
 
 
 class ScenarioState(BaseModel):
@@ -58,6 +70,8 @@ class ScenarioState(BaseModel):
     shift: dict[str, float | dict[str, float]]
     scale: dict[str, float]
     noise: dict[str, float]
+    tilt: dict[str, float] = Field(default_factory=dict)
+    concept: dict[str, float] = Field(default_factory=dict)
     std: dict[str, float] = Field(description="each numeric feature's std over the reference: the unit of shift and noise")
 
 
@@ -80,20 +94,31 @@ SCENARIO_422: dict[int | str, dict[str, Any]] = {
 @router.post("/scenario", responses={**SCENARIO_422, 503: {"description": "the demo has no rows to draw"}})
 async def set_scenario(request: ScenarioRequest, publisher: Publisher) -> ScenarioState:
     """Change what the demo sends from now on (the timer and /features/publish), replacing any
-    scenario set before; the labels stay the data's. ``DELETE`` ends it."""
+    scenario set before; the labels stay the data's unless ``concept`` changes them. ``DELETE`` ends it."""
     await publisher.follow_registration()
     sampler = publisher.sampler
     if sampler is None:
         raise HTTPException(503, detail=f"the demo has no rows to draw: {publisher.registration.current.unavailable}")
     try:
-        scenario = scenario_for(sampler.schema, request.shift, request.scale, request.noise, since=time.time())
+        scenario = scenario_for(
+            sampler.schema,
+            request.shift,
+            request.scale,
+            request.noise,
+            since=time.time(),
+            tilt=request.tilt,
+            concept=request.concept,
+        )
     except ScenarioError as exc:
         raise RequestValidationError(
             [{"type": "scenario", "loc": ("body", *exc.where), "msg": str(exc), "input": None}]
         ) from None
     sampler.set_scenario(scenario)
     state = scenario_state(publisher)
-    log.info("scenario set: shift %s, scale %s, noise %s (std units)", state.shift, state.scale, state.noise)
+    log.info(
+        "scenario set: shift %s, scale %s, noise %s, tilt %s, concept %s (std units)",
+        state.shift, state.scale, state.noise, state.tilt, state.concept,
+    )  # fmt: skip
     return state
 
 

@@ -158,6 +158,7 @@ class MetricService:
                     recorded = await asyncio.to_thread(self.ledger.record, halves, self.clock())
                 self.quality.add_rows(recorded.rows, self.clock())
                 self.quality.add_predictions(recorded.predicted_at, self.clock())
+                self.quality.add_estimates(recorded.predictions)
         except StorageErrors as exc:
             self.storage_problem = f"cannot write to {self.settings.LOGS_DIR}: {exc}"
             raise HandBack(self.storage_problem) from exc

@@ -26,6 +26,7 @@ class HeldHalf:
     ts: float | None = None
     model_version: str | None = None
     tags: dict[str, str] | None = None  # a prediction's segment tags (services/common/tags.py)
+    estimate: float | None = None  # a prediction's estimated error (issue 24), kept while it waits for its label
 
 
 class HalfStore(Protocol):
@@ -98,9 +99,10 @@ class LabelPredictionJoin:
         ts: float | None = None,
         model_version: str | None = None,
         tags: dict[str, str] | None = None,
+        estimate: float | None = None,
     ) -> Outcome:
-        """One half; ``ts``, ``model_version`` and ``tags`` (of a prediction) go along into the row,
-        with when the prediction was made (its ts, else when it came)."""
+        """One half; ``ts``, ``model_version``, ``tags`` and ``estimate`` (of a prediction) go along
+        into the row, with when the prediction was made (its ts, else when it came)."""
         row = self.store.written(sample_id)
         if row is not None:
             seen = row.y_true if kind == LABEL else row.y_pred
@@ -115,11 +117,12 @@ class LabelPredictionJoin:
             return Conflict(f"id {sample_id} already has {kind}={held.value!r} waiting; this message says {value!r}")
         partner = waiting.get(other(kind))
         if partner is None:
-            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version, tags))
+            self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version, tags, estimate))
             return Held()
         waited_s = max(0.0, arrived_at - partner.arrived_at)
         if kind == LABEL:
             y_true, y_pred, model_version, tags = value, partner.value, partner.model_version, partner.tags
+            estimate = partner.estimate
             predicted_at = partner.ts if partner.ts is not None else partner.arrived_at
         else:
             y_true, y_pred = partner.value, value
@@ -138,6 +141,7 @@ class LabelPredictionJoin:
             label_lag_s=waited_s if kind == LABEL else 0.0,
             predicted_at=predicted_at,
             tags=tags,
+            estimated_error=estimate,
         )
         self.store.record_written(joined, arrived_at)
         return Joined(joined, (other(kind), partner.arrived_at))

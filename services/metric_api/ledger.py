@@ -30,7 +30,7 @@ from pathlib import Path
 
 from services.common.error_window import usable
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
-from services.common.messages import LabelMessage, PredictionMessage
+from services.common.messages import UNKNOWN_VERSION, LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
 from services.metric_api.csvlog import MetricLog, MetricLogError
@@ -65,6 +65,8 @@ class Recorded:
     duplicates: int = 0
     late_joins: int = 0  # rows whose first half had been counted an orphan
     predicted_at: list[float] = field(default_factory=list)  # when each new prediction (held or joined) was made
+    # Each prediction seen for the first time (held or joined): its model version and estimated error.
+    predictions: list[tuple[str, float | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -255,18 +257,15 @@ class MetricLedger:
         found_late: dict[Kind, int] = dict.fromkeys(KINDS, 0)
         with store.transaction():
             for index, (kind, message) in enumerate(halves):
+                version, estimate = getattr(message, "model_version", None), getattr(message, "estimated_error", None)
                 tags = self._segment_tags(message) if kind == "y_pred" else None
                 outcome = join.add(
-                    kind,
-                    message.id,
-                    message.body,
-                    now,
-                    ts=message.ts,
-                    model_version=getattr(message, "model_version", None),
-                    tags=tags,
-                )
+                    kind, message.id, message.body, now,
+                    ts=message.ts, model_version=version, tags=tags, estimate=estimate,
+                )  # fmt: skip
                 if kind == "y_pred" and isinstance(outcome, Held | Joined):
                     recorded.predicted_at.append(message.ts if message.ts is not None else now)
+                    recorded.predictions.append((version or UNKNOWN_VERSION, estimate))
                 if isinstance(outcome, Conflict):
                     recorded.conflicts.append((index, outcome.reason))
                 elif isinstance(outcome, Joined):

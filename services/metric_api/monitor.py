@@ -16,10 +16,14 @@ from prometheus_client.registry import Collector
 
 from services.common.alerts import AlertBoard
 from services.common.contracts.summary import Summary
+from services.common.estimate import Calibration, calibration_of
 from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
+from services.common.registration import RegistrationError, read_registration
 from services.common.settings import Settings
 from services.metric_api.alerts import ALERT_ROWS, MaeAlert
+from services.metric_api.estimate import ALERT_PREFIX as ESTIMATE_ALERT_PREFIX
+from services.metric_api.estimate import EstimateTracker
 from services.metric_api.segment_metrics import SEGMENTS
 from services.metric_api.where_when import SegmentAlerts, SegmentedStats, WhereWhenConfig
 
@@ -92,6 +96,29 @@ def target_mean(sidecar: Path) -> float:
     return float(mean)
 
 
+@dataclass(frozen=True)
+class EstimateProfile:
+    """What the sidecar says of the loss model: its calibration, for the version it vouches for, or why there is none."""
+
+    calibrations: dict[str, Calibration]
+    problem: str | None
+
+
+def read_estimate_profile(settings: Settings) -> EstimateProfile:
+    try:
+        registration = read_registration(settings.MODEL_PATH)
+    except RegistrationError as exc:
+        return EstimateProfile({}, f"estimate unavailable, because the model's metadata cannot be read: {exc}")
+    calibration = calibration_of(registration.metadata)
+    if calibration is None:
+        return EstimateProfile(
+            {},
+            f"estimate unavailable, because {registration.sidecar} records no loss model: register the model again "
+            "(or train the demo), which fits one",
+        )
+    return EstimateProfile({registration.model_version: calibration}, None)
+
+
 class QualityMonitor:
     """The statistics core of the running service, its alert and its summary, cached."""
 
@@ -107,6 +134,9 @@ class QualityMonitor:
         if self.alert is not None:
             self.alerts.declare(MAE_ALERT_NAME)
         self.segment_alerts = SegmentAlerts(self.alerts, settings.SEGMENT_ALERT_FACTOR, settings.SEGMENT_ALERT_MIN_ROWS)
+        self.settings = settings
+        self.estimate_profile = read_estimate_profile(settings)
+        self.estimates = EstimateTracker(self.estimate_profile.calibrations)
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._cached: tuple[tuple[Any, ...], bytes] | None = None
         _COLLECTOR.monitor = self
@@ -138,6 +168,7 @@ class QualityMonitor:
                     LABEL_LAG.observe(row.label_lag_s)
             self._check_alert(now)
             self.segment_alerts.check(self.core, now)
+            self._check_estimates(rows, now)
         except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
@@ -147,6 +178,22 @@ class QualityMonitor:
             self.core.add_predictions(made_at, now)
         except Exception:  # as add_rows: the predictions are durable; a statistics bug must not stop the batch worker
             log.exception("could not count %d predictions by time; /metrics/by-time misses them until a restart", len(made_at))
+
+    def add_estimates(self, predictions: Sequence[tuple[str, float | None]]) -> None:
+        """The predictions one committed batch saw first (model version, estimated error), labelled or not."""
+        if not predictions:
+            return
+        if any(version not in self.estimates.versions for version, _ in predictions):
+            # A version not seen yet (a model registered and reloaded since): its calibration, if the sidecar has it now.
+            self.estimate_profile = read_estimate_profile(self.settings)
+            for version, calibration in self.estimate_profile.calibrations.items():
+                self.estimates.calibrations.setdefault(version, calibration)
+        self.estimates.add_predictions(predictions)
+
+    def _check_estimates(self, rows: Sequence[MetricRow], now: float) -> None:
+        for result in self.estimates.add_rows(rows):
+            name = ESTIMATE_ALERT_PREFIX + result.version
+            self.alerts.set(name, result.raised, now, result.summary(), result.details())
 
     def _check_alert(self, now: float) -> None:
         if self.alert is None:
@@ -168,6 +215,16 @@ class QualityMonitor:
     async def close(self) -> None:
         await self.alerts.close()
 
+    def estimate_summary(self) -> dict[str, Any]:
+        versions = self.estimates.summary()
+        seen = any(state["windows"]["all"]["predictions"] for state in versions.values())
+        because = None
+        if not seen:
+            because = self.estimate_profile.problem or (
+                "no prediction has carried an estimated error yet (GET :8002/model/info says whether the model has a loss model)"
+            )
+        return {"available": seen, "unavailable_because": because, "by_model_version": versions}
+
     # -- read by /metrics/summary and /metrics
     def core_summary(self, now: float) -> dict[str, Any]:
         """The core's numbers, computed at most once a second while no row comes."""
@@ -183,7 +240,7 @@ class QualityMonitor:
         core = self.core_summary(now)
         alert = self.alert.state() if self.alert else None
         assert self._core_cached is not None
-        key = (self._core_cached[0], tuple(join.values()), waiting.key(), self.alerts.key(), csv)
+        key = (self._core_cached[0], tuple(join.values()), waiting.key(), self.alerts.key(), csv, self.estimates.changes)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         all_rows = core["windows"]["all"]
@@ -213,6 +270,7 @@ class QualityMonitor:
             segments=core["segments"],
             baseline=self.baseline.describe(),
             csv=csv,
+            estimate=self.estimate_summary(),
         )
         body = summary.model_dump_json().encode()
         self._cached = (key, body)
@@ -235,6 +293,34 @@ class _ModelQualityCollector(Collector):
                 rmse.add_metric([name], window["rmse"])
         yield mae
         yield rmse
+        yield from self.estimate_gauges()
+
+    def estimate_gauges(self) -> Iterator[GaugeMetricFamily]:
+        estimated = GaugeMetricFamily(
+            "model_estimated_mae", "Estimated MAE of the recent predictions, labelled or not", labels=["model_version", "window"]
+        )
+        band = GaugeMetricFamily(
+            "model_estimated_mae_band", "Half-width of the estimated MAE's band", labels=["model_version", "window"]
+        )
+        checked = GaugeMetricFamily(
+            "model_checked_mae",
+            "Joined rows with an estimate: their realized MAE and the estimated MAE of the same ids",
+            labels=["model_version", "window", "kind"],
+        )
+        versions = self.monitor.estimates.summary() if self.monitor else {}
+        for version, state in versions.items():
+            for name, window in state["windows"].items():
+                if window["estimated_mae"] is not None:
+                    estimated.add_metric([version, name], window["estimated_mae"])
+                if window["band"] is not None:
+                    band.add_metric([version, name], window["band"])
+            for name, window in state["checked"].items():
+                for kind in ("realized", "estimated"):
+                    if window[f"{kind}_mae"] is not None:
+                        checked.add_metric([version, name, kind], window[f"{kind}_mae"])
+        yield estimated
+        yield band
+        yield checked
 
 
 _COLLECTOR = _ModelQualityCollector()

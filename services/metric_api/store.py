@@ -9,8 +9,9 @@ the CSV rows the database knows of, updated in the same transaction that records
 so after a crash between appending rows and committing, the service can tell which
 rows are new to the database and record them (see MetricService._open).
 
-Beside each written id it keeps what the CSV has no column for: the model version that
-made the prediction (as a small code into ``versions``), when the row was joined, so
+A held prediction keeps its estimated error (issue 24) until its label comes. Beside each
+written id it keeps what the CSV has no column for: the model version that made the
+prediction (as a small code into ``versions``), when the row was joined, so
 the per-version and time-window statistics can be rebuilt at start-up, and its ``line``:
 the order rows were written in, so a CSV that lost rows is made whole in its own order.
 For segments and the error by prediction time (services/metric_api/segments.py, by_time.py) a
@@ -35,7 +36,7 @@ from services.metric_api.join import HeldHalf, Kind
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS held (
     id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, arrived_at REAL NOT NULL,
-    ts REAL, model_version TEXT,
+    ts REAL, model_version TEXT, estimate REAL,
     PRIMARY KEY (id, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS held_by_age ON held (arrived_at);
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS tagsets (code INTEGER PRIMARY KEY, tags TEXT NOT NULL
 """
 # Columns added after the first release: a state file from then gets them at start-up.
 ADDED_COLUMNS = {
-    "held": {"ts": "REAL", "model_version": "TEXT", "tagset": "INTEGER"},
+    "held": {"ts": "REAL", "model_version": "TEXT", "tagset": "INTEGER", "estimate": "REAL"},
     "written": {"version": "INTEGER", "written_at": "REAL", "line": "INTEGER", "tagset": "INTEGER", "predicted_at": "REAL"},
 }
 
@@ -155,20 +156,33 @@ class SqliteHalfStore:
 
     def held_half(self, sample_id: str, kind: Kind) -> HeldHalf | None:
         found = self._db.execute(
-            "SELECT value, arrived_at, ts, model_version, tagset FROM held WHERE id = ? AND kind = ?", (sample_id, kind)
+            "SELECT value, arrived_at, ts, model_version, tagset, estimate FROM held WHERE id = ? AND kind = ?",
+            (sample_id, kind),
         ).fetchone()
-        return HeldHalf(found[0], found[1], found[2], found[3], self._tags_of(found[4])) if found else None
+        return HeldHalf(found[0], found[1], found[2], found[3], self._tags_of(found[4]), found[5]) if found else None
 
     def held_halves(self, sample_id: str) -> dict[Kind, HeldHalf]:
         found = self._db.execute(
-            "SELECT kind, value, arrived_at, ts, model_version, tagset FROM held WHERE id = ?", (sample_id,)
+            "SELECT kind, value, arrived_at, ts, model_version, tagset, estimate FROM held WHERE id = ?", (sample_id,)
         ).fetchall()
-        return {kind: HeldHalf(value, at, ts, version, self._tags_of(code)) for kind, value, at, ts, version, code in found}
+        return {
+            kind: HeldHalf(value, at, ts, version, self._tags_of(code), estimate)
+            for kind, value, at, ts, version, code, estimate in found
+        }
 
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None:
         self._db.execute(
-            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version, tagset) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (sample_id, kind, half.value, half.arrived_at, half.ts, half.model_version, self._tagset_code(half.tags)),
+            "INSERT INTO held (id, kind, value, arrived_at, ts, model_version, tagset, estimate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                sample_id,
+                kind,
+                half.value,
+                half.arrived_at,
+                half.ts,
+                half.model_version,
+                self._tagset_code(half.tags),
+                half.estimate,
+            ),
         )
         self.held_count[kind] += 1
 
@@ -328,7 +342,10 @@ class SqliteHalfStore:
             if prediction is not None:  # its label came in the batch the crash cut short
                 at = prediction.ts if prediction.ts is not None else prediction.arrived_at
                 version, tags = prediction.model_version, prediction.tags
-                row = MetricRow.of(found.id, found.y_true, found.y_pred, model_version=version, predicted_at=at, tags=tags)
+                row = MetricRow.of(
+                    found.id, found.y_true, found.y_pred,
+                    model_version=version, predicted_at=at, tags=tags, estimated_error=prediction.estimate,
+                )  # fmt: skip
             self.record_written(row)
             self.release(row.id, "y_true")
             self.release(row.id, "y_pred")

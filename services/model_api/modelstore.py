@@ -27,6 +27,7 @@ from sklearn.exceptions import InconsistentVersionWarning
 from services.common.files import atomic_write, metadata_path
 from services.common.registration import Registration, RegistrationError, read_sidecar, schema_of, served_elsewhere
 from services.common.schema import FeatureSchema
+from services.model_api.loss_model import LossModel, read_loss_model
 from services.model_api.predictor import Predictor
 
 TRAIN_COMMAND = "python -m services.model_api.train"
@@ -53,6 +54,13 @@ class LoadedModel:
     load_seconds: float
     schema: FeatureSchema
     version: str
+    # The loss model that estimates each prediction's error, or why there is none (issue 24).
+    loss: LossModel | str = "no loss model was loaded"
+
+    @property
+    def estimate_problem(self) -> str | None:
+        """Why this model's predictions carry no estimated error ("estimate unavailable, because …"), or None."""
+        return self.loss if isinstance(self.loss, str) else None
 
     @property
     def registration(self) -> Registration:
@@ -220,6 +228,7 @@ def load_profile(path: Path, metadata: dict[str, Any], started: float) -> Loaded
         load_seconds=time.perf_counter() - started,
         schema=registration.schema,
         version=registration.model_version,
+        loss=read_loss_model(path, metadata, registration.schema),
     )
 
 
@@ -270,4 +279,7 @@ def load_model(path: Path, *, allow_unverified: bool = False) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         schema=schema,
         version=predictor.version,
+        loss=read_loss_model(path, metadata, schema)
+        if verified
+        else "the model file is unverified, so its loss model is not trusted",
     )

@@ -12,7 +12,9 @@ predicts every row, and writes beside MODEL:
   the model takes them, each numeric or categorical with the categories seen, the share
   missing), its MAE, RMSE and R² over the file's rows, and the target's mean (the baseline);
 - ``MODEL.reference.parquet``: the file's rows (at most 10,000, a seeded sample of a larger
-  file) with their targets and the model's predictions — drift's reference, the demo's rows.
+  file) with their targets and the model's predictions — drift's reference, the demo's rows;
+- ``MODEL.loss.pkl``: the loss model fitted on those rows (services/model_api/loss_model.py),
+  which estimates each prediction's absolute error before its label comes.
 
 Every row of FILE both scores the model and makes the reference, so FILE should be rows the
 model was **not** fitted on (a validation or recent held-out set): training rows flatter the
@@ -35,10 +37,12 @@ import numpy as np
 import pandas as pd
 import sklearn
 
+from services.common.estimate import LOSS_MODEL
 from services.common.files import atomic_write, metadata_path
 from services.common.reference import BadReference, reference_path, write_reference
 from services.common.registration import ELSEWHERE, EXTERNAL_VERSION, SERVED
 from services.common.settings import get_settings
+from services.model_api.loss_model import fit_loss_model, write_loss_model
 from services.model_api.modelstore import (
     NOT_A_REGRESSOR_ACCEPTED,
     ModelFileError,
@@ -183,8 +187,10 @@ def common_metadata(
     reference: Path,
     names: list[str],
     out: Path,
+    notes: list[str],
 ) -> dict[str, Any]:
-    """What both kinds of sidecar record: the schema, the metrics, the baseline, the reference (written now)."""
+    """What both kinds of sidecar record: the schema, the metrics, the baseline, the reference and the
+    loss model (both written now)."""
     schema = infer_schema(frame, names, target_column)
     scores = score(target, predictions)
     table = reference_table(frame, schema, target, predictions, f"{reference.name}")
@@ -192,7 +198,15 @@ def common_metadata(
         reference_record = write_reference(out, table)
     except BadReference as exc:
         raise RegisterError(f"cannot make the reference from {reference}: {exc}") from exc
+    loss: dict[str, Any] = {}
+    try:
+        # The file's rows are held out from the model's training (see above): their losses are honest as they are.
+        fitted = fit_loss_model(schema, table.encoded(), table.target, table.prediction)
+        loss[LOSS_MODEL] = write_loss_model(out, fitted, f"the {table.rows:,} reference rows of {reference.name}, as predicted")
+    except ValueError as exc:
+        notes.append(f"no loss model, so no estimated error: {exc}")
     return {
+        **loss,
         "feature_names": list(schema.names),
         "schema": schema.to_json(),
         "metrics": {**scores.to_json(), "on": f"every labelled row of {reference.name}"},
@@ -226,7 +240,7 @@ def register(
         "params": json_safe_params(model),
         "sklearn_version": pickled_sklearn_version(caught) or sklearn.__version__,
         "trained_at": datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds"),
-        **common_metadata(frame, target, values, predictions, reference, names, path),
+        **common_metadata(frame, target, values, predictions, reference, names, path, notes),
     }
     if not_a_regressor:
         metadata[NOT_A_REGRESSOR_ACCEPTED] = True
@@ -258,7 +272,7 @@ def register_elsewhere(
         "model_type": None,
         "model_version": version,
         "prediction_column": prediction_column,
-        **common_metadata(frame, target, values, predictions, reference, names, out),
+        **common_metadata(frame, target, values, predictions, reference, names, out, notes),
     }
     atomic_write(metadata_path(out), json.dumps(metadata, indent=2).encode())
     return metadata, notes

@@ -80,7 +80,8 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
         given = [*request.ids]
     ids = [sample_id if sample_id is not None else service.ids.next()[0] for sample_id in given]
     if monitored:
-        await service.monitor(ids, values, model.version, served_at, request.tags, rows)
+        estimates = service.estimates(model, rows, values)
+        await service.monitor(ids, values, model.version, served_at, estimates, request.tags, rows)
     service.count_served(model.version, "http", len(rows))
     service.drift.observe(rows, values)
     if one_row:
@@ -166,6 +167,10 @@ async def model_info(service: Service) -> dict[str, Any]:
         "predictions_served": sum(service.served.get(model.version, Tally()).values()),
         "predictions_by_version": {version: dict(paths) for version, paths in service.served.items()},
         "dead_lettered": service.consumer.dead_lettered,
+        "estimate": {
+            "available": model.estimate_problem is None,
+            "unavailable_because": model.estimate_problem,
+        },
     }
 
 

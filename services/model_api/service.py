@@ -42,6 +42,7 @@ SERVED = Counter(
     "Predictions served (queue, http) or reported from elsewhere (reported_http, reported_queue)",
     ["path", "model_version"],
 )
+ESTIMATE_FAILURES = Counter("estimate_failures", "Predictions left without an estimated error because the loss model failed")
 MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
 # The most rows one POST /predict may carry in "instances".
 PREDICT_BATCH_MAX = 1000
@@ -101,12 +102,34 @@ class ModelService:
         return segment_feature_positions(self.settings.segment_keys, schema.names, schema.categorical)
 
     def prediction(
-        self, sample_id: str, value: float, ts: float | None, version: str, tags: dict[str, str] | None = None
+        self,
+        sample_id: str,
+        value: float,
+        ts: float | None,
+        version: str,
+        tags: dict[str, str] | None = None,
+        estimate: float | None = None,
     ) -> Outgoing:
         # Every part was validated where it came in (the id and ts with their message or request, the value
-        # by prediction_problem or as a Target, the tags with their message): built without validating it all again.
-        message = PredictionMessage.model_construct(id=sample_id, body=value, ts=ts, model_version=version, tags=tags)
+        # by prediction_problem or as a Target, the tags with their message, the estimate made by the loss
+        # model): built without validating it all again.
+        message = PredictionMessage.model_construct(
+            id=sample_id, body=value, ts=ts, model_version=version, tags=tags, estimated_error=estimate
+        )
         return Outgoing(half_queue(self.settings, Y_PRED, sample_id), message.to_bytes(), sample_id)
+
+    def estimates(self, model: LoadedModel, rows: Sequence[Any], values: Sequence[float]) -> list[float | None]:
+        """Each prediction's estimated absolute error, in one call of the loss model; None for every one when
+        the model has none (or it fails: the predictions go on without, and the log says why)."""
+        if isinstance(model.loss, str) or not rows:
+            return [None] * len(rows)
+        try:
+            estimated: list[float | None] = list(model.loss.estimate(rows, values))
+        except Exception:  # a loss model that fails must not stop the predictions it would describe
+            ESTIMATE_FAILURES.inc(len(rows))
+            log.exception("the loss model of %s failed on %d rows: they go without an estimated error", model.version, len(rows))
+            return [None] * len(rows)
+        return estimated
 
     async def _predict_batch(self, batch: list[Delivery[FeaturesMessage]]) -> list[Rejection]:
         """One predict call for the batch, every prediction published (confirms pipelined).
@@ -121,7 +144,7 @@ class ModelService:
         rows = [delivery.message.body for delivery in batch]
         positions = self.segment_positions(model)
         outcomes = await self.predict(model, rows)
-        predictions, refused, predicted_rows, values = [], [], [], []
+        refused, predicted, predicted_rows, values = [], [], [], []
         for delivery, outcome in zip(batch, outcomes, strict=True):
             features = delivery.message
             if isinstance(outcome, str):
@@ -129,10 +152,16 @@ class ModelService:
             elif (problem := prediction_problem(outcome)) is not None:
                 refused.append((delivery, f"model {model.version} predicted {outcome:g} for these features: {problem}"))
             else:
-                tags = segment_tags(features.tags, features.body, positions)
-                predictions.append(self.prediction(features.id, outcome, features.ts, model.version, tags))
+                predicted.append(features)
                 predicted_rows.append(features.body)
                 values.append(outcome)
+        estimates = self.estimates(model, predicted_rows, values)
+        predictions = [
+            self.prediction(
+                features.id, value, features.ts, model.version, segment_tags(features.tags, features.body, positions), estimate
+            )
+            for features, value, estimate in zip(predicted, values, estimates, strict=True)
+        ]
         await self.link.publisher.publish_many(predictions)
         self.count_served(model.version, "queue", len(predictions))
         # After the publish: a batch that fails is seen when it comes again. Only what was predicted.
@@ -158,7 +187,20 @@ class ModelService:
         """Publish predictions made elsewhere (features already checked) to y_pred; return once confirmed."""
         default = self.reported_version
         now = time.time()
-        positions = self.segment_positions(self.model)
+        # The profile's loss model estimates the predictions of the model it profiles: those with features
+        # and no other version (a model served here has no loss model of another's predictions).
+        model = self.model
+        mine = [
+            i
+            for i, item in enumerate(reported)
+            if item.features is not None and model.predictor is None and (item.model_version or default) == model.version
+        ]
+        estimates: list[float | None] = [None] * len(reported)
+        for i, estimate in zip(
+            mine, self.estimates(model, [reported[i].features for i in mine], [reported[i].body for i in mine]), strict=True
+        ):
+            estimates[i] = estimate
+        positions = self.segment_positions(model)
         messages = [
             self.prediction(
                 item.id,
@@ -166,8 +208,9 @@ class ModelService:
                 item.ts or now,
                 item.model_version or default,
                 segment_tags(item.tags, item.features, positions),
+                estimate,
             )
-            for item in reported
+            for item, estimate in zip(reported, estimates, strict=True)
         ]
         for start in range(0, len(messages), PUBLISH_CHUNK):
             await self.link.publisher.publish_many(messages[start : start + PUBLISH_CHUNK])
@@ -183,6 +226,7 @@ class ModelService:
         values: list[float],
         version: str,
         served_at: float,
+        estimates: Sequence[float | None],
         tags: dict[str, str] | None = None,
         rows: Sequence[list[Any]] | None = None,
     ) -> None:
@@ -192,8 +236,8 @@ class ModelService:
         each = rows if rows is not None else [None] * len(ids)
         await self.link.publisher.publish_many(
             [
-                self.prediction(sample_id, value, served_at, version, segment_tags(tags, row, positions))
-                for sample_id, value, row in zip(ids, values, each, strict=True)
+                self.prediction(sample_id, value, served_at, version, segment_tags(tags, row, positions), estimate)
+                for sample_id, value, row, estimate in zip(ids, values, each, estimates, strict=True)
             ]
         )
 

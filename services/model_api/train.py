@@ -25,9 +25,11 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.model_selection import train_test_split
 
+from services.common.estimate import LOSS_MODEL
 from services.common.reference import write_reference
 from services.common.registration import SERVED, RegistrationError, read_sidecar, served_elsewhere
 from services.common.settings import get_settings
+from services.model_api.loss_model import FOLDS, fit_loss_model, out_of_fold, write_loss_model
 from services.model_api.modelstore import model_version, save_model
 from services.model_api.predictor import Predictor
 from services.model_api.profiling import infer_schema, json_safe_params, reference_table, score
@@ -52,6 +54,7 @@ class Split:
     y_test: np.ndarray
     feature_names: list[str]
     seed: int
+    train_index: np.ndarray  # the training rows' positions in the dataset (its reference's order)
 
 
 def diabetes_frame() -> pd.DataFrame:
@@ -62,8 +65,11 @@ def diabetes_frame() -> pd.DataFrame:
 
 def diabetes_split(seed: int = DEFAULT_SEED) -> Split:
     dataset = load_diabetes()
-    x_train, x_test, y_train, y_test = train_test_split(dataset.data, dataset.target, test_size=TEST_SIZE, random_state=seed)
-    return Split(x_train, x_test, y_train, y_test, list(dataset.feature_names), seed)
+    # The index rides along: the shuffle depends only on the row count and the seed, so the split is as before.
+    x_train, x_test, y_train, y_test, train_index, _ = train_test_split(
+        dataset.data, dataset.target, np.arange(len(dataset.target)), test_size=TEST_SIZE, random_state=seed
+    )
+    return Split(x_train, x_test, y_train, y_test, list(dataset.feature_names), seed, train_index)
 
 
 def describe(
@@ -91,22 +97,37 @@ def describe(
     }
 
 
-def write_reference_for(model: Any, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def write_reference_for(
+    model: Any, out: Path, split: Split | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Write the demo's reference beside ``out`` (every diabetes row, its target and ``model``'s
-    prediction); return the sidecar's records of the schema and of the reference."""
+    prediction) and its loss model; return the sidecar's records of the schema, the reference and
+    the loss model. The loss model learns the training rows' losses out of fold (``split`` says which
+    rows those are: clones of ``model`` fitted on the other folds predict them) and the held-out rows' as they are."""
     frame = diabetes_frame()
     names = [str(name) for name in frame.columns if name != "target"]
     schema = infer_schema(frame, names, "target")
+    target = frame["target"].to_numpy(dtype=float)
     predictions = np.asarray(Predictor(model, "train", schema).predict_input(frame[names].to_numpy(dtype=float)), dtype=float)
-    table = reference_table(frame, schema, frame["target"].to_numpy(dtype=float), predictions, "scikit-learn's diabetes data")
-    return schema.to_json(), write_reference(out, table)
+    table = reference_table(frame, schema, target, predictions, "scikit-learn's diabetes data")
+    honest = predictions.copy()
+    fitted_on = "every diabetes row, the model's prediction of each"
+    if split is not None:
+        honest[split.train_index] = out_of_fold(model, split.x_train, split.y_train)
+        fitted_on = (
+            f"every diabetes row: the {len(split.train_index)} training rows' losses out of fold "
+            f"({FOLDS} clones of the model, each fitted without one fold), the held-out rows' as the model predicts them"
+        )
+    loss = fit_loss_model(schema, frame[names].to_numpy(dtype=float), target, honest)
+    return schema.to_json(), write_reference(out, table), write_loss_model(out, loss, fitted_on)
 
 
 def train(out: Path, seed: int = DEFAULT_SEED, model: str = "linear") -> dict[str, Any]:
     split = diabetes_split(seed)
     fitted = MODELS[model](seed).fit(split.x_train, split.y_train)
     metadata = describe(fitted, split)
-    metadata["schema"], metadata["reference"] = write_reference_for(fitted, out)  # before the sidecar that vouches for it
+    # Before the sidecar that vouches for them:
+    metadata["schema"], metadata["reference"], metadata[LOSS_MODEL] = write_reference_for(fitted, out, split)
     return save_model(fitted, out, metadata)
 
 

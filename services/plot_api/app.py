@@ -26,8 +26,18 @@ from services.common.files import METRIC_LOG, atomic_write
 from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
 from services.plot_api.by_time_feed import ByTimeUnreadable, fetch_by_time, sharded_by_time
-from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
+from services.plot_api.charts import (
+    CHARTS,
+    PLOT_ROUTE,
+    Charts,
+    DriftRows,
+    EstimateRows,
+    Window,
+    charts_to_draw,
+    rows_for,
+)
 from services.plot_api.drift_feed import DriftFeed, DriftUnreadable
+from services.plot_api.estimate_history import EstimateHistory
 from services.plot_api.shards import ShardRowsTail
 from services.plot_api.summary_feed import SummaryUnreadable, fetch_summary, sharded_summary
 from services.plot_api.tail import MetricLogTail
@@ -66,6 +76,9 @@ class PlotService:
         metric_apis = [str(url).rstrip("/") for url in settings.metric_apis]
         self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG) if len(metric_apis) == 1 else ShardRowsTail(metric_apis)
         self.drift = DriftFeed(str(settings.MODEL_API_URL))
+        self.estimates = EstimateHistory()  # metric_api's estimate, sampled at each refresh (issue 24)
+        self.estimate_problem: str | None = None
+        self._summaries = httpx.AsyncClient(timeout=2.0)
         self.figures = {name: chart.figure() for name, chart in charts.items()}
         self.images: dict[str, RenderedPng] = {}
         self.drawn: dict[str, tuple[int, int]] = {}
@@ -86,6 +99,7 @@ class PlotService:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
         await self.drift.close()
+        await self._summaries.aclose()
         self.tail.close()
 
     async def _run(self) -> None:
@@ -105,15 +119,18 @@ class PlotService:
         changes = self.tail.changes
         versions = dict.fromkeys(charts_to_draw(self.charts.values(), self.drawn, changes) if self.tail.count else [], changes)
         drift = await self._drift_rows()
-        if drift is not None:
+        estimate = await self._estimate_rows()
+        for window, fed in ((Window.DRIFT, drift), (Window.ESTIMATE, estimate)):
+            if fed is None:
+                continue
             for chart in self.charts.values():
-                if chart.window is Window.DRIFT and self.drawn.get(chart.name, (None, 0))[0] != drift.version:
-                    versions[chart.name] = drift.version
+                if chart.window is window and self.drawn.get(chart.name, (None, 0))[0] != fed.version:
+                    versions[chart.name] = fed.version
         names = [name for name in self.charts if name in versions]  # in registry order
         if not names:
             return []
         self.refreshes += 1
-        images = await asyncio.to_thread(self._render_and_write, names, drift)
+        images = await asyncio.to_thread(self._render_and_write, names, drift, estimate)
         RENDERS.inc()
         RENDER_SECONDS.observe(time.perf_counter() - started)
         self.images = {**self.images, **images}  # published together, once written and counted
@@ -127,13 +144,31 @@ class PlotService:
         report = await self.drift.latest()
         return None if report is None else DriftRows.of(report)
 
-    def _render_and_write(self, names: list[str], drift: DriftRows | None) -> dict[str, RenderedPng]:
+    async def _estimate_rows(self) -> EstimateRows | None:
+        """metric_api's estimate sampled now into the history, if a chart draws it; the history's rows."""
+        if not any(chart.window is Window.ESTIMATE for chart in self.charts.values()):
+            return None
+        try:
+            if isinstance(self.tail, ShardRowsTail):
+                summary: Summary | MergedSummary = await sharded_summary(self._summaries, self.tail)
+            else:
+                summary = await fetch_summary(self._summaries, str(self.settings.metric_apis[0]))
+        except SummaryUnreadable as exc:
+            self.estimate_problem = str(exc)
+        else:
+            self.estimate_problem = None
+            self.estimates.add(time.time(), summary.estimate)
+        return EstimateRows.of(self.estimates)
+
+    def _render_and_write(
+        self, names: list[str], drift: DriftRows | None, estimate: EstimateRows | None = None
+    ) -> dict[str, RenderedPng]:
         """Draw the named charts and write each to LOGS_DIR (atomically). Runs in a thread."""
         charts = [self.charts[name] for name in names]
+        fed: dict[Window, Any] = {Window.DRIFT: drift, Window.ESTIMATE: estimate}
         # Each window's rows are taken once, and only if a chart drawn now needs them.
         rows: dict[Window, Any] = {
-            window: drift if window is Window.DRIFT else rows_for(window, self.tail)
-            for window in {chart.window for chart in charts}
+            window: fed[window] if window in fed else rows_for(window, self.tail) for window in {chart.window for chart in charts}
         }
         images = {}
         for chart in charts:
@@ -196,6 +231,9 @@ def png_response(service: PlotService, chart: str, if_none_match: str | None) ->
     if image is None:
         if service.charts[chart].window is Window.DRIFT:
             detail = f"no {chart} chart yet: {service.drift.problem or 'it is drawn within PLOT_INTERVAL_S'}"
+        elif service.charts[chart].window is Window.ESTIMATE:
+            why = service.estimate_problem or "no prediction has carried an estimated error yet"
+            detail = f"no {chart} chart yet: {why} (it is drawn within PLOT_INTERVAL_S of the first)"
         else:
             where = service.tail.describe()
             detail = f"no {chart} chart yet: {where} has no rows (it is drawn within PLOT_INTERVAL_S of the first)"
@@ -287,7 +325,10 @@ def chart_figures(charts: Charts) -> str:
     figures = []
     for name, chart in charts.items():
         src, caption = html.escape(chart.url.lstrip("/")), html.escape(chart.caption)
-        when = "once model_api answers GET /drift" if chart.window is Window.DRIFT else "once the first rows are joined"
+        when = {
+            Window.DRIFT: "once model_api answers GET /drift",
+            Window.ESTIMATE: "once predictions carry an estimated error",
+        }.get(chart.window, "once the first rows are joined")
         figures.append(
             f'<figure><img id="{html.escape(name)}" data-src="{src}" alt="{caption} (drawn {when})">'
             f"<figcaption>{chart.window.value} · <code>{src}</code></figcaption></figure>"

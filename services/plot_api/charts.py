@@ -6,6 +6,7 @@ schedule, the dashboard's figures, the ``plot_chart_render_seconds{chart=...}`` 
 tests all read the registry, so nothing else changes when a chart is added.
 """
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,8 @@ import numpy as np
 from services.common.contracts.drift import DriftReport
 from services.plot_api.distribution import ErrorDistribution
 from services.plot_api.drift_chart import DriftChart
-from services.plot_api.render import ErrorOverTimeChart, HistogramChart, PredVsTrueChart, stamp
+from services.plot_api.estimate_history import EstimateHistory
+from services.plot_api.render import ErrorOverTimeChart, EstimateChart, HistogramChart, PredVsTrueChart, stamp
 from services.plot_api.tail import MetricLogTail
 
 PLOT_ROUTE = "/plot/"  # every chart's URL is PLOT_ROUTE + one path segment
@@ -32,6 +34,8 @@ class Window(Enum):
     RECENT = "the last rows"
     # Not the metric log: model_api's drift report (GET /drift), drawn whenever it changed.
     DRIFT = "model_api's drift window"
+    # Not the metric log: metric_api's estimate (its summary) sampled at each refresh, drawn whenever it moved.
+    ESTIMATE = "metric_api's estimate over time"
 
 
 LOG_WINDOWS = frozenset({Window.ALL, Window.RECENT})  # the windows drawn from the metric log
@@ -76,6 +80,30 @@ class DriftRows:
         """Changes when the report does: a drift chart is drawn again only then."""
         window = self.report.window
         return hash((self.report.model_version, self.report.status, window.seen, window.count, window.since))
+
+
+@dataclass(frozen=True)
+class EstimateRows:
+    """What the estimate chart draws from: the history of the estimated and realized MAE (issue 24)."""
+
+    times: np.ndarray
+    columns: dict[str, np.ndarray]
+    stamp: str
+    version: int
+
+    @classmethod
+    def of(cls, history: EstimateHistory) -> "EstimateRows | None":
+        model, points = history.points()
+        if not points:
+            return None
+
+        def column(name: str) -> np.ndarray:
+            return np.array([math.nan if (v := getattr(p, name)) is None else v for p in points], dtype=float)
+
+        names = ("estimated", "band", "realized", "estimated_joined")
+        newest = f"{datetime.fromtimestamp(points[-1].at, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        stamp = f"n = {len(points):,} looks at metric_api · model {model} · newest {newest}"
+        return cls(np.array([p.at for p in points]), {name: column(name) for name in names}, stamp, history.version)
 
 
 def rows_for(window: Window, tail: MetricLogTail) -> AllRows | RecentRows:
@@ -159,6 +187,15 @@ CHARTS = registry(
         caption="prediction against label, with the line y = x",
         figure=PredVsTrueChart,
         draw=lambda chart, rows: chart.render(rows.y_true, rows.y_pred, rows.stamp),
+    ),
+    ChartSpec(
+        name="estimate",
+        url="/plot/estimate.png",
+        file="estimate.png",
+        window=Window.ESTIMATE,
+        caption="estimated MAE of the recent predictions with its band, and realized MAE beside the estimate of the same rows",
+        figure=EstimateChart,
+        draw=lambda chart, rows: chart.render(rows.times, rows.columns, rows.stamp),
     ),
     ChartSpec(
         name="drift",

@@ -25,6 +25,7 @@ from services.common.contracts.summary import (
     JOIN_COUNTS,
     WINDOW_FIELDS,
     AlertInfo,
+    EstimateSummary,
     Labels,
     MergedSummary,
     ShardState,
@@ -41,6 +42,7 @@ APPROXIMATE = (
     "latency, join.lag_*, labels.lag_*: the largest of the shards' percentiles (an upper bound)",
     "labels.predictions: a shard that does not answer counts the rows read of it (a lower bound)",
     "segments: each value over the shards that track it (another shard may count it in (other)); r2 and percentiles null",
+    "estimate: last_* windows are each shard's newest, merged; a band combines the shards' as independent errors",
 )
 
 
@@ -166,6 +168,7 @@ def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) ->
         alert=raised[0] if raised else None,
         alerts=_alerts(answered),
         segments=_segments(answered),
+        estimate=merge_estimates([s.estimate for s in answered]),
         baseline=answered[0].baseline if answered else None,
         csv=[s.csv for s in answered],
         shards=[
@@ -213,3 +216,59 @@ def _alerts(answered: list[Summary]) -> dict[str, AlertInfo]:
             if held is None or (alert.state == "raised", -(alert.since or 0.0)) > (held.state == "raised", -(held.since or 0.0)):
                 out[name] = alert
     return out
+
+
+def _weighted_mean(parts: Sequence[tuple[int, float | None]]) -> float | None:
+    known = [(n, v) for n, v in parts if n and v is not None]
+    total = sum(n for n, _ in known)
+    return sum(n * v for n, v in known) / total if total else None
+
+
+def _combined_band(parts: Sequence[tuple[int, float | None]]) -> float | None:
+    """The band of a count-weighted mean of the shards' means, their errors taken as independent."""
+    known = [(n, b) for n, b in parts if n and b is not None]
+    total = sum(n for n, _ in known)
+    return math.sqrt(sum((n / total) ** 2 * b * b for n, b in known)) if total else None
+
+
+def _merge_counted(entries: Sequence[Mapping[str, Any]], count: str, means: Sequence[str]) -> dict[str, Any]:
+    n = sum(entry[count] for entry in entries)
+    merged: dict[str, Any] = {count: n}
+    for name in means:
+        merged[name] = _weighted_mean([(entry[count], entry[name]) for entry in entries])
+    merged["band"] = _combined_band([(entry[count], entry["band"]) for entry in entries])
+    return merged
+
+
+def merge_estimates(estimates: Sequence[EstimateSummary | None]) -> EstimateSummary | None:
+    """The shards' estimates (issue 24) as one: per model version, predictions and rows summed, means
+    weighted by them, bands combined (see APPROXIMATE); available when any shard's is."""
+    known = [e.model_dump() for e in estimates if e is not None]
+    if not known:
+        return None
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for estimate in known:
+        for version, state in estimate["by_model_version"].items():
+            versions.setdefault(version, []).append(state)
+    merged: dict[str, Any] = {}
+    for version, states in versions.items():
+        merged[version] = {
+            "windows": {
+                name: _merge_counted(
+                    [s["windows"][name] for s in states if name in s["windows"]], "predictions", ["estimated_mae"]
+                )
+                for name in dict.fromkeys(n for s in states for n in s["windows"])
+            },
+            "checked": {
+                name: _merge_counted(
+                    [s["checked"][name] for s in states if name in s["checked"]], "rows", ["realized_mae", "estimated_mae"]
+                )
+                for name in dict.fromkeys(n for s in states for n in s["checked"])
+            },
+            "without_estimate": sum(s["without_estimate"] for s in states),
+            "band_basis": next((s["band_basis"] for s in states if s["band_basis"]), None),
+            "alert_raised": any(s["alert_raised"] for s in states),
+        }
+    available = any(e["available"] for e in known)
+    because = None if available else next((e["unavailable_because"] for e in known if e["unavailable_because"]), None)
+    return EstimateSummary.model_validate({"available": available, "unavailable_because": because, "by_model_version": merged})

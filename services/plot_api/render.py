@@ -140,6 +140,38 @@ class PredVsTrueChart(Chart):
         return self.png(limits, limits, "Prediction against label", stamp)
 
 
+class EstimateChart(Chart):
+    """The estimated MAE of the recent predictions (labelled or not) with its band, and the realized
+    MAE of the recent joined rows beside the estimated MAE of the same rows, over time (issue 24)."""
+
+    def __init__(self) -> None:
+        super().__init__("minutes before the newest look (its time is above)", "MAE")
+        self.band = self.axes.fill_between([], [], [], color=BLUE, alpha=0.15, linewidth=0)
+        (self.estimated,) = self.axes.plot([], [], color=BLUE, linewidth=2, label="estimated MAE, last 300 predictions (band)")
+        (self.realized,) = self.axes.plot([], [], color=RED, linewidth=2, label="realized MAE, last 300 joined rows")
+        (self.same_ids,) = self.axes.plot(
+            [], [], color=BLUE, linestyle="--", linewidth=1.5, label="estimated MAE of those same rows"
+        )
+        self.legend = self.axes.legend(loc="upper left", fontsize=8)
+
+    def render(self, times: np.ndarray, columns: dict[str, np.ndarray], stamp: str = "") -> bytes:
+        """``times`` in epoch seconds; ``columns`` estimated, band, realized, estimated_joined (NaN where unknown)."""
+        if times.size == 0:
+            raise ValueError("no points to draw")
+        x = (times - times[-1]) / 60.0
+        estimated, band = columns["estimated"], np.nan_to_num(columns["band"])
+        self.band.remove()
+        self.band = self.axes.fill_between(x, estimated - band, estimated + band, color=BLUE, alpha=0.15, linewidth=0)
+        self.estimated.set_data(x, estimated)
+        self.realized.set_data(x, columns["realized"])
+        self.same_ids.set_data(x, columns["estimated_joined"])
+        values = np.concatenate([estimated + band, columns["realized"], columns["estimated_joined"]])
+        values = values[np.isfinite(values)]
+        top = max(float(values.max()), 1e-9) * 1.15 if values.size else 1.0
+        low = min(float(x[0]), -1.0)  # at least the last minute, so that the first points are not a wall
+        return self.png((low, 0.0), (0, top), "Estimated MAE before the labels, realized MAE once they come", stamp)
+
+
 def render_histogram(errors: np.ndarray, *, stamp: str = "") -> bytes:
     """A one-off histogram PNG (a fresh figure); the service keeps one ``HistogramChart``."""
     distribution = ErrorDistribution()

@@ -90,6 +90,41 @@ class AlertInfo(Contract):
     details: dict[str, Any]
 
 
+class EstimateWindow(Contract):
+    """The estimated MAE of a window of predictions, labelled or not (issue 24), and the half-width of its band."""
+
+    predictions: int
+    estimated_mae: float | None
+    band: float | None
+
+
+class EstimateCheck(Contract):
+    """Joined rows that had an estimate: their realized MAE beside the estimated MAE of the same ids."""
+
+    rows: int
+    realized_mae: float | None
+    estimated_mae: float | None
+    band: float | None
+
+
+class VersionEstimate(Contract):
+    """One model version's estimate: by window of predictions, and checked by window of joined rows."""
+
+    windows: dict[str, EstimateWindow]
+    checked: dict[str, EstimateCheck]
+    without_estimate: int
+    band_basis: str | None  # "reference" (the sidecar's calibration), "joined rows", or null (no band yet)
+    alert_raised: bool
+
+
+class EstimateSummary(Contract):
+    """The error before the labels come (docs/monitoring.md, "Estimated MAE")."""
+
+    available: bool
+    unavailable_because: str | None
+    by_model_version: dict[str, VersionEstimate]
+
+
 class BaselineInfo(Contract):
     """The constant predictor ``baseline_mae`` and ``skill`` are measured against."""
 
@@ -142,6 +177,7 @@ class SummaryNumbers(Contract):
     alert: MaeAlertState | None
     alerts: dict[str, AlertInfo] = Field(default_factory=dict)  # every alert of metric_api's board, by name
     segments: dict[str, SegmentKey] = Field(default_factory=dict)  # by SEGMENT_KEYS key (docs/monitoring.md, "Segments")
+    estimate: EstimateSummary | None = None  # issue 24
 
 
 class Summary(SummaryNumbers):

@@ -241,3 +241,39 @@ def test_a_scenario_that_does_not_fit_the_schema_is_refused_naming_the_feature(
     with pytest.raises(ScenarioError, match=re.escape(refusal)) as refused:
         scenario_for(table.schema, shift, scale, noise)
     assert refused.value.where == where
+
+
+def test_a_tilt_draws_more_rows_of_high_values_each_with_its_own_label(diabetes: tuple[np.ndarray, np.ndarray]) -> None:
+    features, targets = diabetes
+    table = diabetes_table()
+    sampler = ReferenceSampler(table, seed=8)
+    sampler.set_scenario(scenario_for(table.schema, {}, {}, {}, since=1.0, tilt={"bmi": 1.0}))
+    draw = drawer(sampler)
+    drawn = [draw() for _ in range(3000)]
+    bmi = DIABETES_NAMES.index("bmi")
+    std = features[:, bmi].std()
+    # exp(z)-weighting of a roughly normal column moves its mean up by about one std.
+    assert np.mean([s.features[bmi] for s in drawn]) - features[:, bmi].mean() == pytest.approx(std, rel=0.35)
+    labels = {tuple(np.round(row, 12)): target for row, target in zip(features, targets, strict=True)}
+    assert all(labels[tuple(np.round(s.features, 12))] == s.label for s in drawn[:200])  # a covariate shift: labels true
+
+
+def test_a_concept_change_keeps_the_inputs_and_moves_the_labels_with_the_feature() -> None:
+    table = diabetes_table()
+    plain, changed = ReferenceSampler(table, seed=9), ReferenceSampler(table, seed=9)
+    changed.set_scenario(scenario_for(table.schema, {}, {}, {}, since=1.0, concept={"bmi": -1.0}))
+    data = load_diabetes()
+    bmi = DIABETES_NAMES.index("bmi")
+    mean, std, target_std = data.data[:, bmi].mean(), data.data[:, bmi].std(), data.target.std()
+    for _ in range(50):
+        a, b = plain.draw("1.000001", 1.0), changed.draw("1.000001", 1.0)
+        assert b.features == a.features
+        assert b.label == pytest.approx(a.label - target_std * (a.features[bmi] - mean) / std)
+
+
+def test_a_tilt_or_concept_out_of_bounds_is_refused_naming_the_feature() -> None:
+    table = diabetes_table()
+    with pytest.raises(ScenarioError, match="tilt of bmi"):
+        scenario_for(table.schema, {}, {}, {}, tilt={"bmi": 30.0})
+    with pytest.raises(ScenarioError, match="nope"):
+        scenario_for(table.schema, {}, {}, {}, concept={"nope": 1.0})
