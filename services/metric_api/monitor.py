@@ -18,8 +18,11 @@ from services.common.alerts import AlertBoard
 from services.common.contracts.summary import Summary
 from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
+from services.common.reference import read_reference
+from services.common.registration import RegistrationError, read_registration
 from services.common.settings import Settings
-from services.metric_api.alerts import ALERT_ROWS, MaeAlert
+from services.metric_api.alerts import ALERT_ROWS, CusumMaeAlert, Decision, MaeAlert, threshold_decision
+from services.metric_api.cusum import Calibration, CalibrationError, calibrate
 from services.metric_api.stats import QualityStats
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,11 @@ LABEL_LAG = Histogram(
     buckets=(*TIME_BUCKETS_S, 4 * 3600, 86400, 7 * 86400),
 )
 MAE_ALERT_NAME = "mae"
-MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the last_100 MAE is above MAE_ALERT, else 0")
+MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the MAE alert is raised, else 0")
+MAE_CHANGE = Gauge(
+    "model_mae_change_statistic", "The MAE detector's CUSUM as a share of its threshold (1: the alert changes state)"
+)
+WARM_ROWS = 1000  # the newest rows the CUSUM is fed again at start-up
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,37 @@ def read_baseline(settings: Settings) -> Baseline:
     return Baseline(mean, f"{sidecar} target_mean")
 
 
+def mae_alert(settings: Settings) -> tuple[MaeAlert | CusumMaeAlert | None, str]:
+    """The MAE alert MAE_DETECTOR asks for (None: none) and a line saying what it is, or why there is none."""
+    if settings.mae_detector == "threshold":
+        if settings.MAE_ALERT is None:
+            return None, "no MAE alert: MAE_DETECTOR=threshold needs MAE_ALERT"
+        return MaeAlert(settings.MAE_ALERT), f"threshold: the last_100 MAE above MAE_ALERT={settings.MAE_ALERT:g}"
+    calibrated = reference_calibration(settings.MODEL_PATH)
+    if isinstance(calibrated, str):
+        why = f"no MAE alert: the CUSUM has nothing to calibrate on ({calibrated}); or set MAE_DETECTOR=threshold"
+        log.warning(why)
+        return None, why
+    c, version = calibrated
+    return CusumMaeAlert(c, version), (
+        f"CUSUM for a {c.shift:.0%} rise of the MAE from the reference's {c.mean:.4g} "
+        f"(h={c.h:.3g}: a false alarm every {c.arl0:,.0f} calm rows; about {c.arl1:,.0f} rows to detect)"
+    )
+
+
+def reference_calibration(model_path: Path) -> tuple[Calibration, str] | str:
+    """The CUSUM calibrated on the absolute errors of the model's reference rows, and the model's
+    version; or why it cannot be."""
+    try:
+        registration = read_registration(model_path)
+        loaded = read_reference(model_path, registration.metadata, registration.schema)
+        if isinstance(loaded, str):
+            return loaded
+        return calibrate(abs(loaded.table.target - loaded.table.prediction)), registration.model_version
+    except (RegistrationError, CalibrationError) as exc:
+        return str(exc)
+
+
 def target_mean(sidecar: Path) -> float:
     """``target_mean`` of a model's sidecar file; ValueError if it is not a finite number."""
     mean = json.loads(sidecar.read_text())["target_mean"]
@@ -97,11 +135,11 @@ class QualityMonitor:
     def __init__(self, settings: Settings, service: str = "metric_api") -> None:
         self.baseline = read_baseline(settings)
         self.core = self.new_core()
-        self.alert = MaeAlert(settings.MAE_ALERT) if settings.MAE_ALERT is not None else None
+        self.alert, about = mae_alert(settings)
         url = settings.ALERT_WEBHOOK_URL
         self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of metric_api
         if self.alert is not None:
-            self.alerts.declare(MAE_ALERT_NAME)
+            self.alerts.declare(MAE_ALERT_NAME, about)
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._cached: tuple[tuple[Any, ...], bytes] | None = None
         _COLLECTOR.monitor = self
@@ -114,7 +152,9 @@ class QualityMonitor:
         """Take the core rebuilt at start-up."""
         self.core = core
         self._core_cached = self._cached = None
-        self._check_alert(now)
+        if isinstance(self.alert, CusumMaeAlert):
+            self.alert.reset()
+        self._check_alert(now, core.last(WARM_ROWS))
 
     def add_rows(self, rows: Sequence[MetricRow], now: float) -> None:
         """The rows of one committed batch, durable at ``now``."""
@@ -129,26 +169,24 @@ class QualityMonitor:
             for row in rows:
                 if row.label_lag_s is not None:
                     LABEL_LAG.observe(row.label_lag_s)
-            self._check_alert(now)
+            self._check_alert(now, rows)
         except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
-    def _check_alert(self, now: float) -> None:
-        if self.alert is None:
+    def _check_alert(self, now: float, rows: Sequence[MetricRow]) -> None:
+        decision: Decision | None
+        if isinstance(self.alert, CusumMaeAlert):
+            decision = self.alert.take(rows, now)
+            MAE_CHANGE.set(self.alert.statistic)
+        elif self.alert is not None:
+            change = self.alert.check(self.core.recent_mae(ALERT_ROWS), now)
+            decision = threshold_decision(change) if change is not None else None
+        else:
             return
-        change = self.alert.check(self.core.recent_mae(ALERT_ROWS), now)
-        if change is None:
-            return
-        MAE_ALERT_RAISED.set(1 if change.state == "raised" else 0)
-        mae = "not finite" if change.mae is None else f"{change.mae:.4g}"
-        where = "above" if change.state == "raised" else "back within"
-        self.alerts.set(
-            MAE_ALERT_NAME,
-            change.state == "raised",
-            now,
-            f"the {change.window} MAE is {mae}, {where} MAE_ALERT={change.threshold:g}",
-            {"window": change.window, "mae": change.mae, "threshold": change.threshold},
-        )
+        if decision is not None:
+            raised, summary, details = decision
+            MAE_ALERT_RAISED.set(1 if raised else 0)
+            self.alerts.set(MAE_ALERT_NAME, raised, now, summary, details)
 
     async def close(self) -> None:
         await self.alerts.close()
