@@ -50,7 +50,9 @@ def base_images() -> list[str]:
     """The images deploy/ builds on or runs as they are: the Dockerfile's FROMs, compose's image:."""
     stages = dockerfile_stages()
     images = {stage.parent for stage in stages.values() if stage.parent not in stages}
-    images |= {service["image"] for service in load_compose(COMPOSE_FILE)["services"].values() if "image" in service}
+    # A service of a profile (observability: Prometheus, Grafana) starts only when asked for: not needed here.
+    services = load_compose(COMPOSE_FILE)["services"].values()
+    images |= {service["image"] for service in services if "image" in service and not service.get("profiles")}
     return sorted(images)
 
 
