@@ -86,24 +86,24 @@ class CusumMaeAlert:
         self.detector = Cusum(self.calibration)
         self.mae = self.since = None
 
-    def take(self, rows: Sequence[MetricRow], now: float) -> Decision | None:
-        """The rows of one batch, in order; the last change they made (None: no change)."""
+    def take(self, rows: Sequence[MetricRow], now: float) -> list[Decision]:
+        """The rows of one batch, in order; every change they made, in order (a raise and its clear
+        within one batch are both told: each is a decision a person would want to know of)."""
         version = self.model_version
         errors = [row.absolute_error for row in rows if version is None or row.model_version in (None, version)]
-        verdicts = self.detector.add(errors)
-        if not verdicts or verdicts[-1].raised == (self.since is not None):
-            return None  # no change, or a raise and its clear within one batch
-        verdict = verdicts[-1]
-        self.mae = finite_or_none(verdict.mae)
-        self.since = now if verdict.raised else None
+        decisions = []
         c = self.calibration
-        level = "not known" if self.mae is None else f"{self.mae:.4g}"
-        if verdict.raised:
-            summary = f"the MAE rose: about {level} over the recent rows against {c.mean:.4g} on the reference (CUSUM)"
-        else:
-            summary = f"the MAE is back near the reference's {c.mean:.4g} (about {level} over the recent rows; CUSUM)"
-        details = {"detector": "cusum", "row": verdict.row, "mae": self.mae, "reference_mae": c.mean, "h": c.h, "k": c.k}
-        return verdict.raised, summary, details
+        for verdict in self.detector.add(errors):
+            self.mae = finite_or_none(verdict.mae)
+            self.since = now if verdict.raised else None
+            level = "not known" if self.mae is None else f"{self.mae:.4g}"
+            if verdict.raised:
+                summary = f"the MAE rose: about {level} over the recent rows against {c.mean:.4g} on the reference (CUSUM)"
+            else:
+                summary = f"the MAE is back near the reference's {c.mean:.4g} (about {level} over the recent rows; CUSUM)"
+            details = {"detector": "cusum", "row": verdict.row, "mae": self.mae, "reference_mae": c.mean, "h": c.h, "k": c.k}
+            decisions.append((verdict.raised, summary, details))
+        return decisions
 
     @property
     def statistic(self) -> float:

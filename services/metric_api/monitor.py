@@ -174,17 +174,16 @@ class QualityMonitor:
             log.exception("could not add %d rows to the statistics; /metrics/summary misses them until a restart", len(rows))
 
     def _check_alert(self, now: float, rows: Sequence[MetricRow]) -> None:
-        decision: Decision | None
+        decisions: list[Decision]
         if isinstance(self.alert, CusumMaeAlert):
-            decision = self.alert.take(rows, now)
+            decisions = self.alert.take(rows, now)
             MAE_CHANGE.set(self.alert.statistic)
         elif self.alert is not None:
             change = self.alert.check(self.core.recent_mae(ALERT_ROWS), now)
-            decision = threshold_decision(change) if change is not None else None
+            decisions = [threshold_decision(change)] if change is not None else []
         else:
             return
-        if decision is not None:
-            raised, summary, details = decision
+        for raised, summary, details in decisions:
             MAE_ALERT_RAISED.set(1 if raised else 0)
             self.alerts.set(MAE_ALERT_NAME, raised, now, summary, details)
 
