@@ -105,10 +105,11 @@ def run(calm: int, episodes: int, shift_rows: int, after_rows: int, seed: int) -
     raises = [p["details"]["row"] for p in posts if p["state"] == "raised"]
     clears = [p["details"]["row"] for p in posts if p["state"] == "cleared"]
     false_alarms = [row for row in raises if row <= calm_rows]
-    delays, missed, clear_delays = [], 0, []
-    for ids in shifted_ids:
-        first, last = min(position[i] for i in ids), max(position[i] for i in ids)
+    delays, missed, clear_delays, shifted_clears = [], 0, [], 0
+    segments = [(min(position[i] for i in ids), max(position[i] for i in ids)) for ids in shifted_ids]
+    for first, last in segments:
         raised = [row for row in raises if first <= row <= last]
+        shifted_clears += sum(first <= row <= last for row in clears)  # cleared while the errors were still up
         if not raised:
             missed += 1
             continue
@@ -116,6 +117,8 @@ def run(calm: int, episodes: int, shift_rows: int, after_rows: int, seed: int) -
         cleared = [row for row in clears if row > last]
         if cleared:
             clear_delays.append(cleared[0] - last)
+    # Raises in the calm rows of the episodes (after a shift ended and the alert cleared, before the next).
+    calm_after = [row for row in raises if row > calm_rows and not any(f <= row <= la for f, la in segments)]
     return {
         "rows": len(order),
         "seconds": round(seconds, 1),
@@ -126,10 +129,14 @@ def run(calm: int, episodes: int, shift_rows: int, after_rows: int, seed: int) -
         "episodes": episodes,
         "missed": missed,
         "delay_median": float(np.median(delays)) if delays else None,
-        "delay_p90": float(np.percentile(delays, 90)) if delays else None,
+        "delay_p90": round(float(np.percentile(delays, 90)), 1) if delays else None,
         "delay_mean": round(float(np.mean(delays)), 1) if delays else None,
         "delays": delays,
         "clear_median": float(np.median(clear_delays)) if clear_delays else None,
+        "clear_p90": round(float(np.percentile(clear_delays, 90)), 1) if clear_delays else None,
+        "clears_while_shifted": shifted_clears,
+        "raises_in_episode_calm_rows": len(calm_after),
+        "shifted_rows": episodes * shift_rows,
         "raises": len(raises),
         "clears": len(clears),
     }
@@ -156,7 +163,14 @@ def report(figures: dict[str, Any]) -> str:
                 f"| +20 % shift, delay (rows) | median {figures['delay_median']}, p90 {figures['delay_p90']}, "
                 f"mean {figures['delay_mean']} over {figures['episodes']} shifts ({figures['missed']} missed) |"
             ),
-            f"| back to calm, clear (rows) | median {figures['clear_median']} |",
+            (
+                f"| back to calm, clear (rows) | median {figures['clear_median']}, p90 {figures['clear_p90']}; "
+                f"{figures['raises_in_episode_calm_rows']} raises in the episodes' calm rows |"
+            ),
+            (
+                f"| cleared while still +20 % | {figures['clears_while_shifted']} in {figures['shifted_rows']:,} shifted rows "
+                "(each raised again) |"
+            ),
         ]
     )
 

@@ -95,7 +95,9 @@ def run_standin_script() -> str:
     assert script is not None
     print(f"\nCOMPOSE running {script} (installs and starts Docker, base images or their stand-ins)", flush=True)
     try:
-        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1500, check=False)
+        # The images the default stack needs, named: not the observability profile's (Grafana has no stand-in).
+        command = ["bash", str(script), *base_images()]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False)
     except subprocess.TimeoutExpired:
         raise NoEngine(f"{script} did not finish within 25 minutes") from None
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("docker-standin:")]
