@@ -326,6 +326,7 @@ def test_the_cluster_file_runs_three_clustered_nodes_quorum_queues_and_two_shard
     services = config["services"]
     nodes = ["rabbitmq", "rabbitmq2", "rabbitmq3"]
     assert [services[node]["hostname"] for node in nodes] == nodes
+    assert {services[node]["image"] for node in nodes} == {base["services"]["rabbitmq"]["image"]}  # the same 4.x
     # One Erlang cookie for all (from deploy/.env), and peer discovery naming the three nodes.
     assert {services[node]["environment"]["RABBITMQ_ERLANG_COOKIE"] for node in nodes} == {"cookie-of-the-test"}
     discovery = config["configs"]["rabbitmq-cluster"]["content"]
