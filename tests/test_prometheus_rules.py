@@ -4,6 +4,7 @@
 ``runbook_url`` is a section of docs/operations.md. The live check, a real Prometheus scraping the
 real services, is tests/integration/test_prometheus.py."""
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -51,3 +52,16 @@ def test_each_alert_has_a_severity_a_summary_and_a_runbook_section(rule: dict[st
     assert isinstance(annotations, dict) and annotations["summary"]
     page, _, anchor = str(annotations["runbook_url"]).partition("#")
     assert anchor in anchors((REPO / page).read_text()), f"{rule['alert']}: no section #{anchor} in {page}"
+
+
+def test_the_grafana_dashboard_reads_the_provisioned_prometheus_where_compose_mounts_it() -> None:
+    grafana = REPO / "deploy" / "grafana"
+    [datasource] = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["url"] == "http://prometheus:9090"  # the compose service of deploy/prometheus
+    [provider] = yaml.safe_load((grafana / "provisioning" / "dashboards" / "model-quality-monitor.yml").read_text())["providers"]
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yml").read_text())
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in compose["services"]["grafana"]["volumes"]
+    dashboard = json.loads((grafana / "dashboards" / "model-quality-monitor.json").read_text())
+    panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert panels and all(panel["datasource"]["uid"] == datasource["uid"] for panel in panels)
+    assert all(target["datasource"]["uid"] == datasource["uid"] for panel in panels for target in panel["targets"])
