@@ -9,7 +9,7 @@ MODEL_PATH ?= $(DEFAULT_MODEL)
 export MODEL_PATH
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-compose lint bench install install-test install-lint model broker browser clean cluster cluster-stop
+.PHONY: help run test test-compose lint bench install install-test install-lint model broker browser prometheus clean cluster cluster-stop
 
 help:
 	@echo "make run    set up (venv, model, RabbitMQ) and run all four services; Ctrl-C stops them"
@@ -84,7 +84,19 @@ browser:
 	    echo "make: the dashboard test needs a headless Chromium: sudo apt-get install -y chromium (or set CHROMIUM)"; exit 1; \
 	  fi
 
-test: $(VENV)/.installed-test broker browser
+# The rule tests (promtool) and the live-Prometheus test run Debian's prometheus; installed here when missing and we are root.
+prometheus:
+	@[ -n "$$PROMETHEUS_BIN" ] || command -v prometheus >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: prometheus is not installed; installing it with apt-get"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; } >/dev/null || \
+	      { echo "make: apt-get could not install prometheus (see above)"; exit 1; }; \
+	  else \
+	    echo "make: the Prometheus tests need Prometheus and promtool: sudo apt-get install -y prometheus (or set PROMETHEUS_BIN and PROMTOOL_BIN)"; exit 1; \
+	  fi
+
+test: $(VENV)/.installed-test broker browser prometheus
 	$(BIN)/python -m pytest
 
 # deploy/compose.yml built, run and faulted for real (tests/compose, docs/containers.md). It needs a

@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     PUBLISH_TIMEOUT_S: float = Field(10.0, gt=0)
     # A connection that stops answering is given up after about 3 heartbeats, then remade.
     AMQP_HEARTBEAT_S: int = Field(5, ge=1, le=600)
-    # metric_api: alert when the last_100 MAE is above this; POST each change to the URL.
+    # metric_api's MAE alert (docs/monitoring.md, "The MAE alert"): cusum, a change detector calibrated
+    # from the model's reference errors; or threshold, raised while the last_100 MAE is above MAE_ALERT
+    # (the default when only MAE_ALERT is set). Each change is POSTed to ALERT_WEBHOOK_URL.
+    MAE_DETECTOR: Literal["cusum", "threshold"] = "cusum"
     MAE_ALERT: float | None = Field(None, ge=0, allow_inf_nan=False)
     ALERT_WEBHOOK_URL: AnyHttpUrl | None = None
     # metric_api: the constant predictor's value for baseline_mae/skill; by default the
@@ -177,6 +180,13 @@ class Settings(BaseSettings):
     @property
     def segment_keys(self) -> tuple[str, ...]:
         return parse_segment_keys(self.SEGMENT_KEYS)
+
+    @property
+    def mae_detector(self) -> Literal["cusum", "threshold"]:
+        """MAE_DETECTOR; threshold when only MAE_ALERT is set (as before there was a choice)."""
+        if "MAE_DETECTOR" not in self.model_fields_set and self.MAE_ALERT is not None:
+            return "threshold"
+        return self.MAE_DETECTOR
 
     @property
     def metric_apis(self) -> tuple[AnyHttpUrl, ...]:

@@ -19,9 +19,12 @@ from services.common.contracts.summary import Summary
 from services.common.estimate import Calibration, calibration_of
 from services.common.files import metadata_path
 from services.common.metric_rows import MetricRow
+from services.common.reference import read_reference
 from services.common.registration import RegistrationError, read_registration
 from services.common.settings import Settings
-from services.metric_api.alerts import ALERT_ROWS, MaeAlert
+from services.metric_api.alerts import ALERT_ROWS, CusumMaeAlert, Decision, MaeAlert, threshold_decision
+from services.metric_api.cusum import Calibration as CusumCalibration
+from services.metric_api.cusum import CalibrationError, calibrate
 from services.metric_api.estimate import ALERT_PREFIX as ESTIMATE_ALERT_PREFIX
 from services.metric_api.estimate import EstimateTracker
 from services.metric_api.segment_metrics import SEGMENTS
@@ -46,7 +49,11 @@ LABEL_LAG = Histogram(
     buckets=(*TIME_BUCKETS_S, 4 * 3600, 86400, 7 * 86400),
 )
 MAE_ALERT_NAME = "mae"
-MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the last_100 MAE is above MAE_ALERT, else 0")
+MAE_ALERT_RAISED = Gauge("model_mae_alert", "1 while the MAE alert is raised, else 0")
+MAE_CHANGE = Gauge(
+    "model_mae_change_statistic", "The MAE detector's CUSUM as a share of its threshold (1: the alert changes state)"
+)
+WARM_ROWS = 1000  # the newest rows the CUSUM is fed again at start-up
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,37 @@ def read_baseline(settings: Settings) -> Baseline:
         )
         return Baseline(None, None, problem)
     return Baseline(mean, f"{sidecar} target_mean")
+
+
+def mae_alert(settings: Settings) -> tuple[MaeAlert | CusumMaeAlert | None, str]:
+    """The MAE alert MAE_DETECTOR asks for (None: none) and a line saying what it is, or why there is none."""
+    if settings.mae_detector == "threshold":
+        if settings.MAE_ALERT is None:
+            return None, "no MAE alert: MAE_DETECTOR=threshold needs MAE_ALERT"
+        return MaeAlert(settings.MAE_ALERT), f"threshold: the last_100 MAE above MAE_ALERT={settings.MAE_ALERT:g}"
+    calibrated = reference_calibration(settings.MODEL_PATH)
+    if isinstance(calibrated, str):
+        why = f"no MAE alert: the CUSUM has nothing to calibrate on ({calibrated}); or set MAE_DETECTOR=threshold"
+        log.warning(why)
+        return None, why
+    c, version = calibrated
+    return CusumMaeAlert(c, version), (
+        f"CUSUM for a {c.shift:.0%} rise of the MAE from the reference's {c.mean:.4g} "
+        f"(h={c.h:.3g}: a false alarm every {c.arl0:,.0f} calm rows; about {c.arl1:,.0f} rows to detect)"
+    )
+
+
+def reference_calibration(model_path: Path) -> tuple[CusumCalibration, str] | str:
+    """The CUSUM calibrated on the absolute errors of the model's reference rows, and the model's
+    version; or why it cannot be."""
+    try:
+        registration = read_registration(model_path)
+        loaded = read_reference(model_path, registration.metadata, registration.schema)
+        if isinstance(loaded, str):
+            return loaded
+        return calibrate(abs(loaded.table.target - loaded.table.prediction)), registration.model_version
+    except (RegistrationError, CalibrationError) as exc:
+        return str(exc)
 
 
 def target_mean(sidecar: Path) -> float:
@@ -128,11 +166,11 @@ class QualityMonitor:
             settings.segment_keys, settings.SEGMENT_VALUES_MAX, settings.TIME_BUCKET_S, settings.TIME_BUCKETS_KEPT
         )
         self.core = self.new_core()
-        self.alert = MaeAlert(settings.MAE_ALERT) if settings.MAE_ALERT is not None else None
+        self.alert, about = mae_alert(settings)
         url = settings.ALERT_WEBHOOK_URL
         self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of metric_api
         if self.alert is not None:
-            self.alerts.declare(MAE_ALERT_NAME)
+            self.alerts.declare(MAE_ALERT_NAME, about)
         self.segment_alerts = SegmentAlerts(self.alerts, settings.SEGMENT_ALERT_FACTOR, settings.SEGMENT_ALERT_MIN_ROWS)
         self.settings = settings
         self.estimate_profile = read_estimate_profile(settings)
@@ -150,7 +188,9 @@ class QualityMonitor:
         """Take the core rebuilt at start-up."""
         self.core = core
         self._core_cached = self._cached = None
-        self._check_alert(now)
+        if isinstance(self.alert, CusumMaeAlert):
+            self.alert.reset()
+        self._check_alert(now, core.last(WARM_ROWS))
         self.segment_alerts.check_all(core, now)
 
     def add_rows(self, rows: Sequence[MetricRow], now: float) -> None:
@@ -166,7 +206,7 @@ class QualityMonitor:
             for row in rows:
                 if row.label_lag_s is not None:
                     LABEL_LAG.observe(row.label_lag_s)
-            self._check_alert(now)
+            self._check_alert(now, rows)
             self.segment_alerts.check(self.core, now)
             self._check_estimates(rows, now)
         except Exception:  # the rows are durable; a statistics bug must not stop the batch worker
@@ -195,22 +235,19 @@ class QualityMonitor:
             name = ESTIMATE_ALERT_PREFIX + result.version
             self.alerts.set(name, result.raised, now, result.summary(), result.details())
 
-    def _check_alert(self, now: float) -> None:
-        if self.alert is None:
+    def _check_alert(self, now: float, rows: Sequence[MetricRow]) -> None:
+        decisions: list[Decision]
+        if isinstance(self.alert, CusumMaeAlert):
+            decisions = self.alert.take(rows, now)
+            MAE_CHANGE.set(self.alert.statistic)
+        elif self.alert is not None:
+            change = self.alert.check(self.core.recent_mae(ALERT_ROWS), now)
+            decisions = [threshold_decision(change)] if change is not None else []
+        else:
             return
-        change = self.alert.check(self.core.recent_mae(ALERT_ROWS), now)
-        if change is None:
-            return
-        MAE_ALERT_RAISED.set(1 if change.state == "raised" else 0)
-        mae = "not finite" if change.mae is None else f"{change.mae:.4g}"
-        where = "above" if change.state == "raised" else "back within"
-        self.alerts.set(
-            MAE_ALERT_NAME,
-            change.state == "raised",
-            now,
-            f"the {change.window} MAE is {mae}, {where} MAE_ALERT={change.threshold:g}",
-            {"window": change.window, "mae": change.mae, "threshold": change.threshold},
-        )
+        for raised, summary, details in decisions:
+            MAE_ALERT_RAISED.set(1 if raised else 0)
+            self.alerts.set(MAE_ALERT_NAME, raised, now, summary, details)
 
     async def close(self) -> None:
         await self.alerts.close()

@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, link: Link | None = None) -> Fa
         "model_api",
         lifespan,
         service.link.problem,
-        service.link.details,
+        lambda: {**service.link.details(), "alerts": service.drift.alerts.to_json()},  # every alert of model_api
         settings=settings,
         features_schema=lambda: service.model.schema,
     )

@@ -18,10 +18,10 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
+from services.common.alerts import AlertBoard
 from services.common.reference import read_reference
 from services.common.schema import UNSEEN, FeatureSchema
 from services.common.settings import Settings
-from services.common.webhook import WebhookNotifier
 from services.model_api.drift import PREDICTION, REASSESS_S, BadReference, DriftAlert, DriftMonitor, Reference
 from services.model_api.modelstore import LoadedModel
 
@@ -63,6 +63,7 @@ DRIFT_DETECTED = Gauge(
     "model_drift_detected", "1 while the column drifted (the prediction's column is 'prediction')", ["feature"]
 )
 DRIFT_ALERT = Gauge("model_drift_alert", "1 while any column of the window drifted")
+DRIFT_ALERT_NAME = "drift"  # on the board (services/common/alerts.py): monitor_alert_raised{alert="drift"}
 DRIFT_AVAILABLE = Gauge("model_drift_available", "1 when the model has a usable drift reference")
 DRIFT_WINDOW = Gauge("model_drift_window_samples", "Samples in the drift window")
 INPUTS_REFUSED = Counter("model_inputs_refused", "Inputs refused before or at prediction, by path and reason", ["path", "reason"])
@@ -130,7 +131,8 @@ class DriftWatch:
         self.settings = settings
         self.alert = DriftAlert()
         url = settings.ALERT_WEBHOOK_URL
-        self.notifier = WebhookNotifier(str(url), service) if url is not None else None
+        self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of model_api
+        self.alerts.declare(DRIFT_ALERT_NAME)
         self.refused: dict[str, Tally[str]] = {path: Tally() for path in PATHS}
         self.started_at = time.time()
         self._task: asyncio.Task[None] | None = None
@@ -222,14 +224,14 @@ class DriftWatch:
         if change is None:
             return
         DRIFT_ALERT.set(1 if change.state == "raised" else 0)
-        if change.state == "raised":
-            log.warning(
-                "DRIFT: %s drifted over the last %d samples (%s)", ", ".join(change.drifted), change.window_count, change.rule
-            )
-        else:
-            log.info("drift cleared: no column drifted over the last %d samples", change.window_count)
-        if self.notifier is not None:
-            self.notifier.send(change)
+        count = change.window_count
+        summary = (
+            f"{', '.join(change.drifted)} drifted over the last {count} samples ({change.rule})"
+            if change.state == "raised"
+            else f"no column drifted over the last {count} samples"
+        )
+        details = {"drifted": list(change.drifted), "window_count": count, "rule": change.rule}
+        self.alerts.set(DRIFT_ALERT_NAME, change.state == "raised", now, summary, details)
 
     async def _run(self) -> None:
         while True:
@@ -249,5 +251,4 @@ class DriftWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self.notifier is not None:
-            await self.notifier.close()
+        await self.alerts.close()

@@ -50,7 +50,9 @@ def base_images() -> list[str]:
     """The images deploy/ builds on or runs as they are: the Dockerfile's FROMs, compose's image:."""
     stages = dockerfile_stages()
     images = {stage.parent for stage in stages.values() if stage.parent not in stages}
-    images |= {service["image"] for service in load_compose(COMPOSE_FILE)["services"].values() if "image" in service}
+    # A service of a profile (observability: Prometheus, Grafana) starts only when asked for: not needed here.
+    services = load_compose(COMPOSE_FILE)["services"].values()
+    images |= {service["image"] for service in services if "image" in service and not service.get("profiles")}
     return sorted(images)
 
 
@@ -93,7 +95,9 @@ def run_standin_script() -> str:
     assert script is not None
     print(f"\nCOMPOSE running {script} (installs and starts Docker, base images or their stand-ins)", flush=True)
     try:
-        result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1500, check=False)
+        # The images the default stack needs, named: not the observability profile's (Grafana has no stand-in).
+        command = ["bash", str(script), *base_images()]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False)
     except subprocess.TimeoutExpired:
         raise NoEngine(f"{script} did not finish within 25 minutes") from None
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("docker-standin:")]

@@ -98,11 +98,14 @@ def test_a_bmi_shift_is_flagged_at_once_shown_on_the_dashboard_and_the_error_fol
     metrics = gauges(pipeline)
     assert metrics[("model_drift_detected", "bmi")] == 1.0 and metrics[("model_drift_detected", "age")] == 0.0
     wait_until(lambda: webhook.posted, 10, "the drift alert to be posted")
-    assert [(p["alert"], p["service"]) for p in webhook.posted] == [("raised", "model_api")]
+    assert [(p["alert"], p["state"], p["service"]) for p in webhook.posted] == [("drift", "raised", "model_api")]
     # Raised by the watch's first look that finds a drifted column, which may come in the middle of
     # the burst: bmi (shifted by 1 std) is flagged by then; the prediction (moved by 0.46 of its std)
     # may cross the line a moment later, after the alert is up (seen in about 1 run in 7).
-    assert "bmi" in webhook.posted[0]["drift"] and set(webhook.posted[0]["drift"]) <= {"bmi", "prediction"}
+    drifted = webhook.posted[0]["details"]["drifted"]
+    assert "bmi" in drifted and set(drifted) <= {"bmi", "prediction"}
+    health = httpx.get(f"{pipeline.url('model_api')}/health").json()
+    assert health["alerts"]["drift"]["state"] == "raised", health  # model_api's alerts, on its /health
 
     # The labels of the shifted samples are in: the error shows it. The prediction moved up by about
     # 25 (0.46 of its std) while the labels did not, so the bias (ME) jumps by about that; the MAE
@@ -122,4 +125,4 @@ def test_a_bmi_shift_is_flagged_at_once_shown_on_the_dashboard_and_the_error_fol
     wait_until(functools.partial(seen, pipeline, 3 * WINDOW), 30, "model_api to see the calm samples again")
     wait_until(lambda: drift(pipeline)["drifted"] == [], 5, "drift to clear once the window is calm again")
     wait_until(lambda: len(webhook.posted) == 2, 10, "the cleared alert to be posted")
-    assert webhook.posted[1]["alert"] == "cleared"
+    assert (webhook.posted[1]["alert"], webhook.posted[1]["state"]) == ("drift", "cleared")

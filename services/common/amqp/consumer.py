@@ -52,6 +52,7 @@ class _Taker:
     def __init__(self, consumer: "BatchConsumer", queue: str, schema: type[SampleMessage], context: Context | None) -> None:
         self.consumer, self.queue, self.schema, self.context = consumer, queue, schema, context
         self.consumed = MESSAGES_CONSUMED.labels(queue=queue)
+        MESSAGES_DEAD_LETTERED.labels(queue=queue)  # at 0 from the start: Prometheus' increase() sees the first one
 
     def inline(self, message: DeliveredMessage) -> None:
         self.consumer._take(message, self)

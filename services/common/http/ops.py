@@ -5,7 +5,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+# What /health would answer, for Prometheus (deploy/prometheus: the alert ServiceNotReady).
+SERVICE_READY = Gauge("service_ready", "1 while GET /health answers 200 (broker connection and consumers up), else 0")
 
 
 def ops_router(service: str, problem: Callable[[], str | None], details: Callable[[], dict[str, Any]] = dict) -> APIRouter:
@@ -23,6 +26,7 @@ def ops_router(service: str, problem: Callable[[], str | None], details: Callabl
 
     @router.get("/metrics", response_class=Response)
     async def metrics() -> Response:
+        SERVICE_READY.set(0 if problem() else 1)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

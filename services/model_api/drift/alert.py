@@ -1,4 +1,5 @@
-"""The drift alert: raised while any column drifted. No I/O."""
+"""The drift alert: raised while any column drifted. No I/O: model_api's drift watch puts each
+change on its alert board (services/common/alerts.py, the alert ``drift``)."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,16 +15,6 @@ class DriftChange:
     window_count: int
     rule: str
     at: float
-
-    def payload(self, service: str) -> dict[str, Any]:
-        return {
-            "alert": self.state,
-            "service": service,
-            "drift": list(self.drifted),
-            "window_count": self.window_count,
-            "rule": self.rule,
-            "at": self.at,
-        }
 
 
 class DriftAlert:

@@ -1,5 +1,5 @@
 """model_api's drift watch: refusals classified by reason, the gauges and the drift alert's webhook
-(to a local stand-in receiver) brought up to date by ``check``."""
+(to a local stand-in receiver, in the one payload shape of every alert) brought up to date by ``check``."""
 
 import asyncio
 import time
@@ -82,7 +82,10 @@ def test_check_sets_the_gauges_and_posts_each_alert_change_once(model_path: Path
 
     with JsonStub("/hook") as receiver:
         asyncio.run(scenario(receiver))
-    assert [(post["alert"], post["service"], "bmi" in post["drift"]) for post in receiver.posted] == [
-        ("raised", "model_api", True),
-        ("cleared", "model_api", False),
+    assert [(post["alert"], post["state"], post["service"], "bmi" in post["details"]["drifted"]) for post in receiver.posted] == [
+        ("drift", "raised", "model_api", True),
+        ("drift", "cleared", "model_api", False),
     ]
+    raised = receiver.posted[0]
+    assert set(raised) == {"alert", "state", "service", "at", "since", "summary", "details"}  # the one shape of every alert
+    assert "bmi" in raised["summary"] and raised["since"] == raised["at"]
