@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 def already_there(out: Path) -> str | None:
     """Why ``out`` needs no training (a model with a current sidecar, or a profile of a model served
     elsewhere), or None: nothing there, or a demo model whose sidecar predates schemas and the
-    Parquet reference (written again, so that its drift and demo work)."""
+    Parquet reference, or the loss model (written again, so that its drift, demo and estimate work)."""
     try:
         metadata = read_sidecar(out)
     except FileNotFoundError:
@@ -172,8 +172,11 @@ def already_there(out: Path) -> str | None:
         return "the profile of a model served elsewhere"
     if not out.exists():
         return None
-    if "schema" not in metadata and metadata.get("model_type") in {type(MODELS[kind](0)).__name__ for kind in MODELS}:
+    demo = metadata.get("model_type") in {type(MODELS[kind](0)).__name__ for kind in MODELS}
+    if demo and "schema" not in metadata:
         return None  # the demo's, from before schemas
+    if demo and LOSS_MODEL not in metadata and "registered_at" not in metadata:
+        return None  # train's demo from before the loss model (a registered model has registered_at): its estimate needs one
     return "a registered model"
 
 

@@ -100,6 +100,16 @@ def test_a_concept_shift_raises_the_estimate_alert_while_input_drift_stays_calm(
         "the estimate chart to load in the page",
     )
     assert chart["shownWidth"] >= 0.75 * chart["naturalWidth"], chart
+    banner = wait_until(
+        lambda: page.evaluate("(a => a.offsetHeight > 0 && a.textContent)(document.getElementById('estimate_alert'))"),
+        15,
+        "the estimate alert's banner",
+    )
+    assert name in banner
+    realized, estimated = page.evaluate("document.getElementById('checked_mae').textContent").split(" / ")
+    assert float(realized) > float(estimated)  # the last 300 joined rows: the model errs more than estimated
+    assert "±" in page.evaluate("document.getElementById('estimated_mae').textContent")
+    assert page.exceptions() == []
     page.screenshot(tmp_path / "estimate-dashboard.png", full_page=True)
     if folder := os.environ.get("ESTIMATE_SCREENSHOT_DIR"):  # to look at it by eye
         shutil.copy(tmp_path / "estimate-dashboard.png", folder)

@@ -176,3 +176,19 @@ def test_if_needed_trains_only_where_no_model_or_profile_is(tmp_path: Path, caps
     out.with_name("m.pkl.json").write_text(json.dumps(sidecar))
     assert main(["--out", str(out), "--if-needed"]) == 0
     assert "schema" in json.loads(out.with_name("m.pkl.json").read_text()) and out.read_bytes() == first
+
+
+def test_if_needed_trains_again_the_demo_of_a_release_before_the_loss_model(tmp_path: Path) -> None:
+    out = tmp_path / "m.pkl"
+    assert main(["--out", str(out), "--if-needed"]) == 0
+    sidecar = json.loads(out.with_name("m.pkl.json").read_text())
+    del sidecar["loss_model"]
+    out.with_name("m.pkl.json").write_text(json.dumps(sidecar))
+    assert main(["--out", str(out), "--if-needed"]) == 0
+    assert "loss_model" in json.loads(out.with_name("m.pkl.json").read_text())
+    # a registered model of the same type without one is the user's: left as it is
+    sidecar = {**json.loads(out.with_name("m.pkl.json").read_text()), "registered_at": "2026-01-01T00:00:00+00:00"}
+    del sidecar["loss_model"]
+    out.with_name("m.pkl.json").write_text(json.dumps(sidecar))
+    assert main(["--out", str(out), "--if-needed"]) == 0
+    assert "loss_model" not in json.loads(out.with_name("m.pkl.json").read_text())
