@@ -83,7 +83,9 @@ def test_a_dead_lettered_message_and_a_drift_each_fire_their_alert_in_prometheus
     assert (dead_lettered["queue"], dead_lettered["severity"]) == (f"{pipeline.prefix}features", "warning")
     [drift] = traffic["ModelDrift"]
     assert drift["instance"] == f"127.0.0.1:{pipeline.services['model_api'].port}"
-    assert not {"ServiceDown", "ServiceNotReady", "RowsStopped", "ModelErrorRose"} & set(traffic), traffic
+    # Nothing says a service is unwell. (ModelErrorRose may fire: bmi shifted by a std with its labels kept
+    # makes the model really worse, by about the CUSUM's +20 %, so whether it fires in time is not asserted.)
+    assert not {"ServiceDown", "ServiceNotReady", "RowsStopped"} & set(traffic), traffic
 
 
 @pytest.mark.usefixtures("traffic")
