@@ -56,6 +56,7 @@ ORPHAN_LOG = "orphans.csv"
 # orphans.csv as releases before late joins wrote it (halves dropped from the state), kept aside at the upgrade.
 RELEASED_ORPHAN_LOG = "orphans.released.csv"
 METRIC_STATE = "metric_state.sqlite3"
+EXPIRED_LOG = "expired_halves.log"  # metric_api: halves that waited past HALF_RETENTION_S, one line each
 FEATURES_STATE = "features_state.json"  # features_api: whether its demo loop is paused
 
 

@@ -22,7 +22,7 @@ from services.common.http.app import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.metric_api.join import Kind
-from services.metric_api.ledger import LedgerFilesChanged, MetricLedger, StorageErrors
+from services.metric_api.ledger import SWEEP_CHUNK, LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor, Waiting
 from services.metric_api.rows_feed import read_chunk
 from services.metric_api.stats import RECENT_ROWS_SERVED
@@ -35,6 +35,8 @@ ORPHANS = Counter("metric_orphan_halves", "Halves counted orphans: no partner wi
 LATE_JOINS = Counter("metric_late_joins", "Rows whose first half had already been counted an orphan")
 PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner, not yet past ORPHAN_TTL_S", ["kind"])
 ORPHANS_NOW = Gauge("metric_orphans_waiting", "Halves waiting for their partner past ORPHAN_TTL_S", ["kind"])
+EXPIRED = Counter("metric_expired_halves", "Halves that waited past HALF_RETENTION_S: moved to expired_halves.log", ["kind"])
+FORGOTTEN_IDS = Counter("metric_forgotten_ids", "Ids forgotten: written past WRITTEN_HORIZON_S, expired past HALF_RETENTION_S")
 RETRY_S = 2.0
 # The waiting halves are counted this often (and orphans.csv rewritten at most every LIST_PERIOD_S),
 # both at most every ORPHAN_TTL_S / 4; a count that takes long (millions waiting) is made less often.
@@ -57,7 +59,9 @@ class MetricService:
     def __init__(self, settings: Settings, link: Link | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock  # the wall-clock time: when a half came, a row was joined, a half became an orphan
-        self.ledger = MetricLedger(settings.LOGS_DIR, settings.ORPHAN_TTL_S)
+        self.ledger = MetricLedger(
+            settings.LOGS_DIR, settings.ORPHAN_TTL_S, settings.HALF_RETENTION_S, settings.WRITTEN_HORIZON_S
+        )
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
         self.last_repair: str | None = None  # what happened to the files the last time they were repaired
@@ -222,6 +226,7 @@ class MetricService:
             started = time.monotonic()
             write_list = started - listed_at >= list_period
             try:
+                await self._sweep()
                 async with self._ledger_lock:
                     survey = await asyncio.to_thread(self.ledger.survey, self.clock(), write_list=write_list)
             except StorageErrors as exc:
@@ -239,6 +244,25 @@ class MetricService:
                     "(they stay held: a partner that comes later still makes the row)",
                     newly, ttl, self.ledger.orphan_log,
                 )  # fmt: skip
+
+    async def _sweep(self) -> None:
+        """Expire the halves past HALF_RETENTION_S and forget the ids past WRITTEN_HORIZON_S, a chunk
+        per transaction (the lock is let go between chunks, so batches go on)."""
+        while True:
+            async with self._ledger_lock:
+                expired = await asyncio.to_thread(self.ledger.expire, self.clock())
+            for kind, count in expired.items():
+                EXPIRED.labels(kind=kind).inc(count)
+            if total := sum(expired.values()):
+                log.info("%d halves waited past HALF_RETENTION_S: moved to %s", total, self.ledger.expired_log)
+            if total < SWEEP_CHUNK:
+                break
+        while True:
+            async with self._ledger_lock:
+                forgotten = await asyncio.to_thread(self.ledger.forget, self.clock())
+            FORGOTTEN_IDS.inc(forgotten)
+            if forgotten < SWEEP_CHUNK:  # (up to twice SWEEP_CHUNK: written and expired ids)
+                break
 
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first
@@ -297,6 +321,7 @@ async def summary(service: Service) -> Response:
         "orphans": ledger.orphans,
         "late_joins": ledger.late_joins,
         "dead_lettered": service.dead_lettered,
+        "expired": ledger.expired,
     }
     waiting = Waiting(predictions=ledger.waiting_halves("y_pred"), by_age=ledger.waiting)
     body = service.quality.summary(join, str(ledger.csv.path), service.clock(), waiting)

@@ -12,7 +12,13 @@ halves older than that (and the waiting halves by age), and ``orphans.csv`` list
 those, rewritten when the list changed. A partner that comes later makes the row as any
 other would (exactly once: the id is then written) and takes its half off the list.
 
-The state knows every row ever written, so the CSV is never less than it: a CSV deleted,
+Expiry and the horizon (docs/guarantees.md, "How long the state remembers"): ``expire()`` moves
+the halves that waited longer than HALF_RETENTION_S to ``expired_halves.log`` (appended and
+fsynced before the state forgets them: a crash between repeats a line, never loses one) and
+counts them; ``forget()`` drops the written ids older than WRITTEN_HORIZON_S, and the ids of halves
+expired more than HALF_RETENTION_S ago (a partner so late is held as new, and expires in its turn).
+
+The state knows every row written within the horizon, so the CSV is never less than it: a CSV deleted,
 moved away (rotated) or truncated — while the service runs or while it is stopped — gets
 its header and its missing rows back, in the order they were first written. Each batch
 first checks that both files are still the ones being written (``changed()``); if not, it
@@ -28,12 +34,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import files
 from services.common.error_window import usable
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
-from services.metric_api.csvlog import MetricLog, MetricLogError
+from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import QualityStats
 from services.metric_api.store import SqliteHalfStore
@@ -49,6 +56,9 @@ AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("<10s", 10.0), ("10s-1m", 60.0), ("1m-10m", 600.0), ("10m-1h", 3600.0), ("1h-1d", 86400.0), (">1d", math.inf),
 )  # fmt: skip
 ORPHAN_LINES_PER_WRITE = 1000
+EXPIRED_LOG_HEADER = "id,kind,value,arrived_at,ts,expired_at"
+EXPIRED_LOG_MAX_BYTES = 64 << 20  # then expired_halves.log is renamed (with the time) and a new one begun
+SWEEP_CHUNK = 10_000  # halves expired / ids forgotten per transaction: the batches wait no longer than that
 
 
 class LedgerFilesChanged(MetricLogError):
@@ -78,9 +88,20 @@ def no_waiting() -> dict[str, dict[str, int]]:
 
 
 class MetricLedger:
-    def __init__(self, logs_dir: Path, orphan_ttl_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        logs_dir: Path,
+        orphan_ttl_s: float = 3600.0,
+        half_retention_s: float = math.inf,
+        written_horizon_s: float = math.inf,
+    ) -> None:
         self.logs_dir = logs_dir
         self.orphan_ttl_s = orphan_ttl_s
+        self.half_retention_s = half_retention_s
+        self.written_horizon_s = written_horizon_s
+        self.expired_log = logs_dir / files.EXPIRED_LOG
+        self.expired_log_max_bytes = EXPIRED_LOG_MAX_BYTES
+        self.expired = 0  # halves expired since the state began (saved in it)
         self.csv = MetricLog(logs_dir / METRIC_LOG)
         self.orphan_log = logs_dir / ORPHAN_LOG
         self._store: SqliteHalfStore | None = None
@@ -145,6 +166,7 @@ class MetricLedger:
         self._store = store
         self.late_joins = store.counter("late_joins")
         self.dead_lettered = store.counter("dead_lettered")
+        self.expired = store.counter("expired")
         self._set_aside_released_orphans(store)
         self._orphan_cutoff = -math.inf
         self.survey(now)
@@ -326,6 +348,43 @@ class MetricLedger:
         with self.store.transaction():
             self.store.set_counter("orphan_list", 1)
         return listed
+
+    def expire(self, now: float, limit: int = SWEEP_CHUNK) -> dict[Kind, int]:
+        """Move up to ``limit`` halves that waited longer than HALF_RETENTION_S to expired_halves.log
+        (appended, fsynced), then out of the state, in one transaction; how many of each kind."""
+        store = self.store
+        halves = store.held_oldest(now - self.half_retention_s, limit)
+        by_kind: dict[Kind, int] = dict.fromkeys(KINDS, 0)
+        if not halves:
+            return by_kind
+        lines = [f"{i},{kind},{value!r},{arrived!r},{ts!r},{now!r}\n" for i, kind, value, arrived, ts in halves]
+        self._append_expired(lines, now)
+        with store.transaction():
+            store.expire([(sample_id, kind) for sample_id, kind, *_ in halves], now)
+            store.add_to_counter("expired", len(halves))
+        self.expired += len(halves)
+        for _, kind, *_ in halves:
+            by_kind[kind] += 1
+        return by_kind
+
+    def _append_expired(self, lines: list[str], now: float) -> None:
+        path = self.expired_log
+        if path.exists() and path.stat().st_size >= self.expired_log_max_bytes:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            rotated = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+            n = 1
+            while rotated.exists():
+                rotated, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+            path.replace(rotated)
+            log.info("%s reached %d bytes: renamed %s, a new one begun", path, self.expired_log_max_bytes, rotated.name)
+        append_with_header(path, EXPIRED_LOG_HEADER, lines)
+
+    def forget(self, now: float, limit: int = SWEEP_CHUNK) -> int:
+        """Forget up to ``limit`` ids written more than WRITTEN_HORIZON_S ago, and up to ``limit``
+        expired more than HALF_RETENTION_S ago; how many."""
+        store = self.store
+        with store.transaction():
+            return store.forget_before(now - self.written_horizon_s, now - self.half_retention_s, limit)
 
     def count_dead_lettered(self, count: int) -> int:
         """Add ``count`` dead-lettered messages to the state's count; return the new total."""
