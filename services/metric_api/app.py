@@ -21,6 +21,7 @@ from services.common.contracts.summary import SUMMARY_ROUTE, Summary
 from services.common.http.app import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
+from services.common.snapshots import SNAPSHOT_PERIOD_S
 from services.metric_api.join import Kind
 from services.metric_api.ledger import SWEEP_CHUNK, LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor, Waiting
@@ -79,6 +80,8 @@ class MetricService:
         self._ledger_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._file_watch: asyncio.Task[None] | None = None
+        self._snapshots: asyncio.Task[None] | None = None
+        self._snapshot_of: tuple[int, ...] | None = None  # what the last snapshot written covered
         PENDING.labels(kind="y_true").set_function(lambda: self.ledger.pending("y_true"))
         PENDING.labels(kind="y_pred").set_function(lambda: self.ledger.pending("y_pred"))
         ORPHANS_NOW.labels(kind="y_true").set_function(lambda: self.ledger.orphans_by_kind["y_true"])
@@ -128,6 +131,7 @@ class MetricService:
         await self._open_until_ok()
         self._sweeper = asyncio.create_task(self._survey_waiting(), name="metric-waiting")
         self._file_watch = asyncio.create_task(self._watch_files(), name="metric-file-watch")
+        self._snapshots = asyncio.create_task(self._write_snapshots(), name="metric-snapshots")
         self.link.start()
 
     async def _open_until_ok(self) -> None:
@@ -264,8 +268,35 @@ class MetricService:
             if forgotten < SWEEP_CHUNK:  # (up to twice SWEEP_CHUNK: written and expired ids)
                 break
 
+    async def _write_snapshots(self) -> None:
+        """Every SNAPSHOT_PERIOD_S while rows come, a snapshot of the statistics and the CSV offset
+        they cover: the next start reads only the CSV's tail (services/common/snapshots.py)."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_PERIOD_S)
+            await self.write_snapshot()
+
+    async def write_snapshot(self) -> None:
+        if self.storage_problem is not None:
+            return
+        try:
+            async with self._ledger_lock:
+                position = self.ledger.csv.position()
+                if position is None or position == self._snapshot_of:
+                    return
+                snapshot = self.ledger.snapshot(self.quality.core)  # between batches: rows and offset agree
+            if snapshot is not None:
+                size = await asyncio.to_thread(self.ledger.write_snapshot, snapshot)
+                self._snapshot_of = position
+                log.debug("wrote %s (%d bytes)", self.ledger.snapshot_path, size)
+        except StorageErrors as exc:
+            log.error("cannot write %s: %s; the next start reads the whole CSV", self.ledger.snapshot_path, exc)
+
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            await asyncio.gather(self._snapshots, return_exceptions=True)
+            await self.write_snapshot()
         for task in (self._sweeper, self._file_watch):
             if task is not None:
                 task.cancel()

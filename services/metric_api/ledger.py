@@ -40,6 +40,7 @@ from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
+from services.common.snapshots import Snapshot, SnapshotUnusable, fingerprint, read_snapshot, write_snapshot
 from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import Conflict, Duplicate, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import QualityStats
@@ -58,6 +59,7 @@ AGE_BUCKETS: tuple[tuple[str, float], ...] = (
 ORPHAN_LINES_PER_WRITE = 1000
 EXPIRED_LOG_HEADER = "id,kind,value,arrived_at,ts,expired_at"
 EXPIRED_LOG_MAX_BYTES = 64 << 20  # then expired_halves.log is renamed (with the time) and a new one begun
+SNAPSHOT_VERSION = 1  # of metric_state.snapshot's content; another is read as no snapshot (the full read)
 SWEEP_CHUNK = 10_000  # halves expired / ids forgotten per transaction: the batches wait no longer than that
 
 
@@ -100,6 +102,7 @@ class MetricLedger:
         self.half_retention_s = half_retention_s
         self.written_horizon_s = written_horizon_s
         self.expired_log = logs_dir / files.EXPIRED_LOG
+        self.snapshot_path = logs_dir / files.METRIC_SNAPSHOT
         self.expired_log_max_bytes = EXPIRED_LOG_MAX_BYTES
         self.expired = 0  # halves expired since the state began (saved in it)
         self.csv = MetricLog(logs_dir / METRIC_LOG)
@@ -215,26 +218,35 @@ class MetricLedger:
         copy.replace(path)
         log.warning("%s; wrote the database in use back to it", moved)
 
-    def _reconcile(self, store: SqliteHalfStore, quality: QualityStats, now: float) -> None:
+    def _reconcile(self, store: SqliteHalfStore, quality: QualityStats, now: float, *, snapshot: bool = True) -> None:
         """Record the CSV rows the state does not know (appended just before a crash, or a CSV
         replaced by hand), append those it lost (deleted, truncated, replaced), and feed every
-        row to ``quality``."""
+        row to ``quality``: from the snapshot and the CSV's tail past it when the snapshot fits
+        the file, else from the whole file."""
         known = store.counter("csv_rows")
+        offset, count = self._load_snapshot(quality, known) if snapshot else (0, 0)
         new_rows: list[MetricRow] = []
+        tail: list[MetricRow] = []  # the rows read past a snapshot: their model versions come from the state
         chunk: list[MetricRow] = []
         newest_ids: deque[str] = deque(maxlen=quality.ring.capacity)
-        count = 0
-        for row in self.csv.rows():
+        for row in self.csv.rows(offset):
             count += 1
             chunk.append(row)
             if usable(row.y_true, row.y_pred):  # the rows the statistics take: their times line up with them
                 newest_ids.append(row.id)
+                if offset:
+                    tail.append(row)
             if count > known:
                 new_rows.append(row)
             if len(chunk) == READ_CHUNK_ROWS:
                 quality.add_history(chunk)
                 chunk = []
         quality.add_history(chunk)
+        if offset and count < known:
+            log.warning("%s has fewer rows than the state wrote: reading it whole", self.csv.path)
+            quality.reset()
+            self._reconcile(store, quality, now, snapshot=False)
+            return
         with store.transaction():
             if count < known:
                 # Rows the state wrote are missing from the file: they were acked and will never come
@@ -255,9 +267,60 @@ class MetricLedger:
             else:
                 store.record_rows_of_csv(new_rows)
             store.set_counter("csv_rows", count)
-        for version, y_true, y_pred in store.written_by_version():
-            quality.add_version_rows(version, y_true, y_pred)
-        quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
+        if offset:
+            for start in range(0, len(tail), READ_CHUNK_ROWS):
+                quality.add_rows_of_versions(tail[start : start + READ_CHUNK_ROWS], store.versions_of)
+        else:
+            for version, y_true, y_pred in store.written_by_version():
+                quality.add_version_rows(version, y_true, y_pred)
+        if newest_ids:
+            quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
+
+    # -- snapshots: the statistics and the CSV offset they cover (services/common/snapshots.py)
+    def _load_snapshot(self, quality: QualityStats, known: int) -> tuple[int, int]:
+        """Load the snapshot into ``quality`` if it fits the CSV and the state: (its offset, its rows);
+        else (0, 0) and ``quality`` as it was (fresh)."""
+        try:
+            snapshot = read_snapshot(self.snapshot_path, SNAPSHOT_VERSION)
+            offset, rows = self._covered(snapshot, known)
+            quality.load(snapshot)
+        except (SnapshotUnusable, KeyError, ValueError) as exc:
+            if self.snapshot_path.exists():
+                log.warning("cannot start from the snapshot: %s; reading %s whole", exc, self.csv.path)
+            quality.reset()
+            return 0, 0
+        return offset, rows
+
+    def _covered(self, snapshot: Snapshot, known: int) -> tuple[int, int]:
+        """The CSV offset and rows ``snapshot`` covers; SnapshotUnusable unless they are of this CSV and state."""
+        try:
+            csv = snapshot.meta["csv"]
+            offset, rows, device, inode = int(csv["offset"]), int(csv["rows"]), csv["device"], csv["inode"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotUnusable(f"{self.snapshot_path}: its meta is damaged ({exc!r})") from None
+        position = self.csv.position()
+        if position is None or (position[0], position[1]) != (device, inode):
+            raise SnapshotUnusable(f"{self.snapshot_path} was made for another {self.csv.path.name}")
+        if position[2] < offset or rows > known:
+            raise SnapshotUnusable(f"{self.csv.path} or the state has less than {self.snapshot_path} covers")
+        if csv.get("before_offset") != fingerprint(self.csv.path, offset):
+            raise SnapshotUnusable(f"{self.csv.path} is not the file {self.snapshot_path} was made of (its bytes differ)")
+        return offset, rows
+
+    def snapshot(self, quality: QualityStats) -> Snapshot | None:
+        """The statistics and the CSV position they cover, between batches (under the service's lock)."""
+        position = self.csv.position()
+        if self._store is None or position is None:
+            return None
+        snapshot = Snapshot({"csv": {"device": position[0], "inode": position[1], "offset": position[2]}})
+        snapshot.meta["csv"]["rows"] = self._store.counter("csv_rows")
+        snapshot.meta["csv"]["before_offset"] = fingerprint(self.csv.path, position[2])
+        quality.save(snapshot)
+        return snapshot
+
+    def write_snapshot(self, snapshot: Snapshot) -> int:
+        """Write a snapshot ``snapshot()`` made (atomically; outside the lock); its size in bytes."""
+        return write_snapshot(self.snapshot_path, SNAPSHOT_VERSION, snapshot)
 
     def record(self, halves: Sequence[tuple[Kind, LabelMessage | PredictionMessage]], now: float) -> Recorded:
         """One transaction: join every half, append the rows made (fsync), commit."""

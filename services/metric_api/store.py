@@ -212,6 +212,16 @@ class SqliteHalfStore:
                 mine = codes == code
                 yield names.get(int(code), UNKNOWN_VERSION), y_true[mine], y_pred[mine]
 
+    def versions_of(self, ids: Sequence[str], chunk: int = 500) -> list[str]:
+        """The model version of each of ``ids`` (UNKNOWN_VERSION where not recorded)."""
+        names = {code: name for name, code in self._version_codes.items()}
+        found: dict[str, int | None] = {}
+        for start in range(0, len(ids), chunk):
+            part = list(ids[start : start + chunk])
+            query = f"SELECT id, version FROM written WHERE id IN ({','.join('?' * len(part))})"  # noqa: S608 - only "?" marks
+            found.update(self._db.execute(query, part).fetchall())
+        return [names.get(code, UNKNOWN_VERSION) if (code := found.get(i)) is not None else UNKNOWN_VERSION for i in ids]
+
     def written_times(self, ids: Sequence[str], since: float, chunk: int = 500) -> list[float | None]:
         """When the rows of the newest of ``ids`` (oldest first) were joined (None: not recorded):
         read back from the newest in chunks, stopping after the first chunk all before ``since``."""

@@ -21,9 +21,10 @@ from prometheus_client import Counter, Histogram
 
 from services.common.contracts.drift import DriftReport
 from services.common.contracts.summary import MergedSummary, Summary
-from services.common.files import METRIC_LOG, atomic_write
+from services.common.files import METRIC_LOG, PLOT_SNAPSHOT, atomic_write
 from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
+from services.common.snapshots import SNAPSHOT_PERIOD_S, Snapshot, SnapshotUnusable, read_snapshot, write_snapshot
 from services.plot_api.charts import CHARTS, PLOT_ROUTE, Charts, DriftRows, Window, charts_to_draw, rows_for
 from services.plot_api.drift_feed import DriftFeed, DriftUnreadable
 from services.plot_api.shards import ShardRowsTail
@@ -53,6 +54,9 @@ class RenderedPng:
         return cls(data, f'"{hashlib.sha256(data).hexdigest()[:20]}"', format_datetime(drawn_at, usegmt=True))
 
 
+PLOT_SNAPSHOT_VERSION = 1  # of plot_state.snapshot's content; another is read as none (everything read again)
+
+
 class PlotService:
     """Every PLOT_INTERVAL_S: take in new CSV rows and redraw the registry's charts behind them
     (see ``charts_to_draw``), and the drift charts when model_api's drift report changed, writing their PNGs."""
@@ -70,6 +74,32 @@ class PlotService:
         self.refreshes = 0
         self.last_problem: str | None = None
         self._loop: asyncio.Task[None] | None = None
+        self.snapshot_path = settings.LOGS_DIR / PLOT_SNAPSHOT
+        self._snapshot_of: int | None = None  # tail.changes when the last snapshot was written
+        self._snapshot_at = time.monotonic()
+        self._start_from_snapshot()
+
+    def _start_from_snapshot(self) -> None:
+        """Go on from the last snapshot of what was read (only the rows since are read at start);
+        without a usable one, read everything (services/common/snapshots.py)."""
+        try:
+            self.tail.load(read_snapshot(self.snapshot_path, PLOT_SNAPSHOT_VERSION))
+        except (SnapshotUnusable, KeyError, TypeError, ValueError) as exc:
+            if self.snapshot_path.exists():
+                log.warning("cannot start from the snapshot: %s; reading %s from the start", exc, self.tail.describe())
+            return
+        self._snapshot_of = self.tail.changes
+        log.info("started from %s: %d rows; reading what came since", self.snapshot_path, self.tail.count)
+
+    def write_snapshot(self) -> None:
+        """A snapshot of what was read, when it changed since the last (between reads: runs after one)."""
+        if self._snapshot_of == self.tail.changes:
+            return
+        changes = self.tail.changes
+        snapshot = Snapshot({})
+        self.tail.save(snapshot)
+        write_snapshot(self.snapshot_path, PLOT_SNAPSHOT_VERSION, snapshot)
+        self._snapshot_of, self._snapshot_at = changes, time.monotonic()
 
     def problem(self) -> str | None:
         if self._loop is None or self._loop.done():
@@ -83,6 +113,10 @@ class PlotService:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.write_snapshot)
+        except OSError as exc:
+            log.error("cannot write %s: %s; the next start reads every row", self.snapshot_path, exc)
         await self.drift.close()
         self.tail.close()
 
@@ -90,6 +124,8 @@ class PlotService:
         while True:
             try:
                 await self.refresh()
+                if time.monotonic() - self._snapshot_at >= SNAPSHOT_PERIOD_S:
+                    await asyncio.to_thread(self.write_snapshot)
                 self.last_problem = None
             except OSError as exc:
                 self.last_problem = f"cannot refresh the charts in {self.settings.LOGS_DIR}: {exc}"
