@@ -225,6 +225,7 @@ class MetricLedger:
         the file, else from the whole file."""
         known = store.counter("csv_rows")
         offset, count = self._load_snapshot(quality, known) if snapshot else (0, 0)
+        covered = count
         new_rows: list[MetricRow] = []
         tail: list[MetricRow] = []  # the rows read past a snapshot: their model versions come from the state
         chunk: list[MetricRow] = []
@@ -268,6 +269,13 @@ class MetricLedger:
                 store.record_rows_of_csv(new_rows)
             store.set_counter("csv_rows", count)
         if offset:
+            log.info(
+                "started from %s (%d rows); read the %d rows of %s past it",
+                self.snapshot_path,
+                covered,
+                count - covered,
+                self.csv.path,
+            )
             for start in range(0, len(tail), READ_CHUNK_ROWS):
                 quality.add_rows_of_versions(tail[start : start + READ_CHUNK_ROWS], store.versions_of)
         else:

@@ -77,7 +77,6 @@ class PlotService:
         self.snapshot_path = settings.LOGS_DIR / PLOT_SNAPSHOT
         self._snapshot_of: int | None = None  # tail.changes when the last snapshot was written
         self._snapshot_at = time.monotonic()
-        self._start_from_snapshot()
 
     def _start_from_snapshot(self) -> None:
         """Go on from the last snapshot of what was read (only the rows since are read at start);
@@ -107,6 +106,7 @@ class PlotService:
         return self.last_problem
 
     def start(self) -> None:
+        self._start_from_snapshot()
         self._loop = asyncio.create_task(self._run(), name="plot-refresh")
 
     async def stop(self) -> None:

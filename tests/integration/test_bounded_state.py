@@ -1,9 +1,11 @@
 """The state bounded by policy, on the real broker: a prediction that waited past HALF_RETENTION_S
 leaves for expired_halves.log and is counted; its label coming after that is dead-lettered with the
-reason (docs/guarantees.md, "How long the state remembers"), and no row is ever written for it."""
+reason (docs/guarantees.md, "How long the state remembers"), and no row is ever written for it.
+metric_api and plot_api restart from their snapshots with what the whole CSV says."""
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -12,10 +14,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.pipeline import running_pipeline
 from harness.processes import ServiceProcess, free_port, service_env, stop_all, wait_until
 from harness.queues import delete_queues, unique_prefix
 from services.common.amqp.topology import dlq_name
 from services.common.messages import format_sample_id
+from tests.integration.test_metric_summary import assert_agrees_with_the_csv, training_mean
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -93,3 +97,30 @@ def test_a_label_after_its_prediction_expired_is_dead_lettered_with_the_reason(
     finally:
         stop_all([metric])
         delete_queues(amqp_url, prefix)
+
+
+def test_metric_api_and_plot_api_restart_from_their_snapshots_with_the_statistics_of_the_whole_csv(
+    tmp_path: Path, model_path: Path, amqp_url: str
+) -> None:
+    with running_pipeline(tmp_path, model_path, amqp_url) as pipeline:
+        pipeline.burst(300)
+        pipeline.wait_all_joined()
+        version = httpx.get(f"{pipeline.url('model_api')}/model/info").json()["model_version"]
+        charts = {route: answer.headers["etag"] for route, answer in pipeline.settled_charts().items()}
+        pipeline.restart("metric_api", signal.SIGTERM)  # each writes its snapshot as it stops
+        pipeline.restart("plot_api", signal.SIGTERM)
+        pipeline.burst(100)  # the tail past the snapshot
+        rows = pipeline.wait_all_joined()
+        pipeline.restart("metric_api", signal.SIGTERM)
+
+        assert (pipeline.logs_dir / "metric_state.snapshot").exists() and (pipeline.logs_dir / "plot_state.snapshot").exists()
+        assert "started from" in pipeline.services["metric_api"].output()
+        summary = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary").json()
+        assert_agrees_with_the_csv(summary, rows, training_mean(model_path), dict.fromkeys(rows["id"], version))
+        assert "started from" in pipeline.services["plot_api"].output()
+        after = {route: answer.headers["etag"] for route, answer in pipeline.settled_charts().items()}
+        assert after != charts  # redrawn with the 100 rows more...
+        pipeline.restart("plot_api", signal.SIGTERM)
+        assert {
+            route: answer.headers["etag"] for route, answer in pipeline.settled_charts().items()
+        } == after  # ...and the same after a restart

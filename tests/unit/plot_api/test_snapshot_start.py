@@ -21,7 +21,9 @@ ROWS = make_rows(3000, 11, "1700000000.")
 
 
 def service(logs: Path) -> PlotService:
-    return PlotService(Settings(LOGS_DIR=logs, METRIC_API_URL="http://127.0.0.1:9", MODEL_API_URL="http://127.0.0.1:9"))
+    plot = PlotService(Settings(LOGS_DIR=logs, METRIC_API_URL="http://127.0.0.1:9", MODEL_API_URL="http://127.0.0.1:9"))
+    plot._start_from_snapshot()  # what start() does first, without the refresh loop
+    return plot
 
 
 def assert_shows_the_csv(tail: MetricLogTail, rows_in_csv: int) -> None:
