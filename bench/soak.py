@@ -173,7 +173,8 @@ class Soak:
             self.samples.append(sample)
             say(
                 f"soak: {sample['t_s']:>6.0f}s {sample['predictions']:>9,} predictions, {sample['rows']:>8,} rows, "
-                f"{sample['waiting']:>8,} waiting, {sample['expired']:>9,} expired, state {sample['state_mb']:.1f} MB, "
+                f"{sample['waiting']:>8,} waiting, {sample['expired']:>9,} expired, {sample['queued']:>7,} queued, "
+                f"state {sample['state_mb']:.1f} MB, "
                 f"RSS metric {sample['rss_mb'].get('metric_api')} MB, join p99 {sample['join_p99_ms']} ms"
             )
             if done.is_set():
@@ -198,6 +199,8 @@ class Soak:
             "expired": summary["join"]["expired"],
             "dead_lettered": summary["join"]["dead_lettered"],
             "state_mb": round(state_bytes(self.pipeline.logs_dir) / 1e6, 2),
+            # the join's backlog on the broker: halves not yet taken by metric_api
+            "queued": sum(self.pipeline.queues()[name][0] for name in ("y_true", "y_pred")),
             "rss_mb": {name: rounded(rss_mb(pid)) for name, pid in self.pids.items()},
             "cpu_ms_per_prediction": {
                 name: round((after - before) * 1000 / new, 4)
@@ -330,13 +333,13 @@ def slope(samples: list[dict[str, Any]], key: str, since_t: float, sub: str | No
 
 def report(figures: dict[str, Any]) -> str:
     rows = [
-        [s["t_s"], f"{s['predictions']:,}", f"{s['rows']:,}", f"{s['waiting']:,}", f"{s['expired']:,}", s["state_mb"],
+        [s["t_s"], *(f"{s[key]:,}" for key in ("predictions", "rows", "waiting", "expired", "queued")), s["state_mb"],
          *(s["rss_mb"].get(name) for name in ("metric_api", "plot_api", "model_api", "features_api")),
          s["join_p99_ms"], round(sum(v for k, v in s["cpu_ms_per_prediction"].items() if k != "rabbitmq"), 3)]
         for s in figures["samples"]
     ]  # fmt: skip
     table = md_table(
-        ["t s", "predictions", "rows", "waiting", "expired", "state MB", "RSS metric", "RSS plot", "RSS model",
+        ["t s", "predictions", "rows", "waiting", "expired", "queued", "state MB", "RSS metric", "RSS plot", "RSS model",
          "RSS features", "join p99 ms", "services CPU ms / prediction"],
         rows,
     )  # fmt: skip

@@ -39,6 +39,7 @@ ORPHANS_NOW = Gauge("metric_orphans_waiting", "Halves waiting for their partner 
 EXPIRED = Counter("metric_expired_halves", "Halves that waited past HALF_RETENTION_S: moved to expired_halves.log", ["kind"])
 FORGOTTEN_IDS = Counter("metric_forgotten_ids", "Ids forgotten: written past WRITTEN_HORIZON_S, expired past HALF_RETENTION_S")
 RETRY_S = 2.0
+SWEEP_PERIOD_S = 60.0  # halves past HALF_RETENTION_S expired and ids past WRITTEN_HORIZON_S forgotten this often
 # The waiting halves are counted this often (and orphans.csv rewritten at most every LIST_PERIOD_S),
 # both at most every ORPHAN_TTL_S / 4; a count that takes long (millions waiting) is made less often.
 SURVEY_PERIOD_S = 5.0
@@ -81,6 +82,7 @@ class MetricService:
         self._sweeper: asyncio.Task[None] | None = None
         self._file_watch: asyncio.Task[None] | None = None
         self._snapshots: asyncio.Task[None] | None = None
+        self._bounds: asyncio.Task[None] | None = None
         self._snapshot_of: tuple[int, ...] | None = None  # what the last snapshot written covered
         PENDING.labels(kind="y_true").set_function(lambda: self.ledger.pending("y_true"))
         PENDING.labels(kind="y_pred").set_function(lambda: self.ledger.pending("y_pred"))
@@ -132,6 +134,7 @@ class MetricService:
         self._sweeper = asyncio.create_task(self._survey_waiting(), name="metric-waiting")
         self._file_watch = asyncio.create_task(self._watch_files(), name="metric-file-watch")
         self._snapshots = asyncio.create_task(self._write_snapshots(), name="metric-snapshots")
+        self._bounds = asyncio.create_task(self._sweep_often(), name="metric-bounds")
         self.link.start()
 
     async def _open_until_ok(self) -> None:
@@ -230,7 +233,6 @@ class MetricService:
             started = time.monotonic()
             write_list = started - listed_at >= list_period
             try:
-                await self._sweep()
                 async with self._ledger_lock:
                     survey = await asyncio.to_thread(self.ledger.survey, self.clock(), write_list=write_list)
             except StorageErrors as exc:
@@ -248,6 +250,18 @@ class MetricService:
                     "(they stay held: a partner that comes later still makes the row)",
                     newly, ttl, self.ledger.orphan_log,
                 )  # fmt: skip
+
+    async def _sweep_often(self) -> None:
+        """The bounds, kept every SWEEP_PERIOD_S (a tenth of HALF_RETENTION_S when that is shorter)."""
+        period = min(SWEEP_PERIOD_S, self.settings.HALF_RETENTION_S / 10, self.settings.WRITTEN_HORIZON_S / 10)
+        while True:
+            await asyncio.sleep(period)
+            if self.storage_problem is not None:
+                continue
+            try:
+                await self._sweep()
+            except StorageErrors as exc:
+                log.error("cannot expire halves or forget ids in %s: %s; will try again", self.settings.LOGS_DIR, exc)
 
     async def _sweep(self) -> None:
         """Expire the halves past HALF_RETENTION_S and forget the ids past WRITTEN_HORIZON_S, a chunk
@@ -297,7 +311,7 @@ class MetricService:
             self._snapshots.cancel()
             await asyncio.gather(self._snapshots, return_exceptions=True)
             await self.write_snapshot()
-        for task in (self._sweeper, self._file_watch):
+        for task in (self._sweeper, self._file_watch, self._bounds):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
