@@ -100,6 +100,14 @@ class PlotService:
         write_snapshot(self.snapshot_path, PLOT_SNAPSHOT_VERSION, snapshot)
         self._snapshot_of, self._snapshot_at = changes, time.monotonic()
 
+    async def _snapshot_quietly(self) -> None:
+        """A snapshot that cannot be written (a full disk) is logged: the charts are not the worse for it."""
+        try:
+            await asyncio.to_thread(self.write_snapshot)
+        except OSError as exc:
+            self._snapshot_at = time.monotonic()
+            log.error("cannot write %s: %s; the next start reads every row", self.snapshot_path, exc)
+
     def problem(self) -> str | None:
         if self._loop is None or self._loop.done():
             return "the refresh loop is not running"
@@ -113,10 +121,7 @@ class PlotService:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
-        try:
-            await asyncio.to_thread(self.write_snapshot)
-        except OSError as exc:
-            log.error("cannot write %s: %s; the next start reads every row", self.snapshot_path, exc)
+        await self._snapshot_quietly()
         await self.drift.close()
         self.tail.close()
 
@@ -124,9 +129,9 @@ class PlotService:
         while True:
             try:
                 await self.refresh()
-                if time.monotonic() - self._snapshot_at >= SNAPSHOT_PERIOD_S:
-                    await asyncio.to_thread(self.write_snapshot)
                 self.last_problem = None
+                if time.monotonic() - self._snapshot_at >= SNAPSHOT_PERIOD_S:
+                    await self._snapshot_quietly()
             except OSError as exc:
                 self.last_problem = f"cannot refresh the charts in {self.settings.LOGS_DIR}: {exc}"
                 log.error("%s", self.last_problem)
