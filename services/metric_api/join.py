@@ -14,6 +14,7 @@ same half delivered again is a duplicate.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -179,9 +180,10 @@ class MemoryHalfStore:
     def release(self, sample_id: str, kind: Kind) -> None:
         del self.halves[(sample_id, kind)]
 
-    def expire(self, sample_id: str, kind: Kind) -> None:
-        del self.halves[(sample_id, kind)]
-        self.expired.add((sample_id, kind))
+    def expire(self, halves: Sequence[tuple[str, Kind]], expired_at: float) -> None:  # noqa: ARG002 - SqliteHalfStore's signature; no clock here
+        for sample_id, kind in halves:
+            del self.halves[(sample_id, kind)]
+            self.expired.add((sample_id, kind))
 
     def expired_kinds(self, sample_id: str) -> set[Kind]:
         return {kind for kind in (LABEL, PREDICTION) if (sample_id, kind) in self.expired}
