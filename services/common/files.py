@@ -31,7 +31,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     atomic_write_chunks(path, [data])
 
 
-def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
     """``atomic_write`` of data made as it is written (a file larger than what memory should hold)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -46,7 +46,7 @@ def test_windows_come_back_bit_for_bit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda data: data[: len(data) // 2], "checksum"),
+        (lambda data: data[: len(data) // 2], "damaged: .* bytes of arrays"),
         (lambda data: data[:-9] + bytes([data[-9] ^ 1]) + data[-8:], "checksum"),
         (lambda data: b"garbage" + data, "not a snapshot"),
         (lambda data: data.replace(b'"version": 1', b'"version": 9', 1), "version 9"),
