@@ -42,15 +42,16 @@ def write_snapshot(path: Path, version: int, snapshot: Snapshot) -> int:
     """Write ``snapshot`` to ``path`` atomically (a reader sees the old file or the new, whole); its size.
     The arrays are written from their own memory (no copy of them is made: they may be large)."""
     arrays = [np.ascontiguousarray(array) for array in snapshot.arrays.values()]
+    raw = [array.reshape(-1).view(np.uint8).data for array in arrays]  # the bytes, in place (also of empty arrays)
     if any(array.dtype.hasobject for array in arrays):
         raise ValueError("a snapshot holds numbers, not objects")
     digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(array.data.cast("B"))
+    for data in raw:
+        digest.update(data)
     layout = [[name, array.dtype.str, list(array.shape)] for name, array in zip(snapshot.arrays, arrays, strict=True)]
     header = {"version": version, "sha256": digest.hexdigest(), "arrays": layout, "meta": snapshot.meta}
     head = MAGIC + json.dumps(header, allow_nan=False).encode() + b"\n"
-    atomic_write_chunks(path, [head, *(array.data.cast("B") for array in arrays)])
+    atomic_write_chunks(path, [head, *raw])
     return len(head) + sum(array.nbytes for array in arrays)
 
 

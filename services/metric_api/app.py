@@ -304,6 +304,8 @@ class MetricService:
                 log.debug("wrote %s (%d bytes)", self.ledger.snapshot_path, size)
         except StorageErrors as exc:
             log.error("cannot write %s: %s; the next start reads the whole CSV", self.ledger.snapshot_path, exc)
+        except Exception:  # a snapshot only saves start-up time: its bug must not stop the service or its shutdown
+            log.exception("cannot write %s; the next start reads the whole CSV", self.ledger.snapshot_path)
 
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first

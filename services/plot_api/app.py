@@ -107,6 +107,9 @@ class PlotService:
         except OSError as exc:
             self._snapshot_at = time.monotonic()
             log.error("cannot write %s: %s; the next start reads every row", self.snapshot_path, exc)
+        except Exception:  # a snapshot only saves start-up time: its bug must not stop the charts or the shutdown
+            self._snapshot_at = time.monotonic()
+            log.exception("cannot write %s; the next start reads every row", self.snapshot_path)
 
     def problem(self) -> str | None:
         if self._loop is None or self._loop.done():

@@ -63,6 +63,15 @@ def test_a_damaged_snapshot_is_refused_with_the_reason(tmp_path: Path, damage: C
         read_snapshot(path, 1)
 
 
+def test_windows_without_a_row_come_back_too(tmp_path: Path) -> None:
+    snapshot = Snapshot({})
+    save_windows(RowWindows(baseline=None, ring_rows=50), snapshot)
+    write_snapshot(tmp_path / "s.snapshot", 1, snapshot)
+    restored = RowWindows(baseline=None, ring_rows=50)
+    load_windows(restored, read_snapshot(tmp_path / "s.snapshot", 1))
+    assert restored.count == 0 and restored.summary(1.0) == RowWindows(baseline=None, ring_rows=50).summary(1.0)
+
+
 def test_a_missing_snapshot_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SnapshotUnusable, match="does not exist"):
         read_snapshot(tmp_path / "none.snapshot", 1)
