@@ -62,6 +62,16 @@ class CompensatedSum:
     def value(self) -> float:
         return self._sum + self._compensation
 
+    def parts(self) -> list[float]:
+        """The sum and its compensation, to be made again bit for bit (``of_parts``: snapshots)."""
+        return [self._sum, self._compensation]
+
+    @classmethod
+    def of_parts(cls, total: float, compensation: float) -> "CompensatedSum":
+        made = cls()
+        made._sum, made._compensation = float(total), float(compensation)
+        return made
+
 
 class BatchSums:
     """The sums of one batch of rows, computed once and merged into every window it belongs to."""

@@ -31,7 +31,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     atomic_write_chunks(path, [data])
 
 
-def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
     """``atomic_write`` of data made as it is written (a file larger than what memory should hold)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -56,6 +56,9 @@ ORPHAN_LOG = "orphans.csv"
 # orphans.csv as releases before late joins wrote it (halves dropped from the state), kept aside at the upgrade.
 RELEASED_ORPHAN_LOG = "orphans.released.csv"
 METRIC_STATE = "metric_state.sqlite3"
+METRIC_SNAPSHOT = "metric_state.snapshot"  # metric_api: its statistics and the CSV offset they cover
+PLOT_SNAPSHOT = "plot_state.snapshot"  # plot_api: its rows and distribution and the offsets they cover
+EXPIRED_LOG = "expired_halves.log"  # metric_api: halves that waited past HALF_RETENTION_S, one line each
 FEATURES_STATE = "features_state.json"  # features_api: whether its demo loop is paused
 
 

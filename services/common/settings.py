@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     # A half whose partner has not come within this time is counted an orphan (and listed in
     # orphans.csv); it stays held, so a partner that comes later still makes its row.
     ORPHAN_TTL_S: float = Field(3600.0, gt=0)
+    # metric_api's state is bounded by these (docs/guarantees.md, "How long the state remembers"): a
+    # half still without its partner after HALF_RETENTION_S (3 days) leaves for expired_halves.log (its
+    # id remembered as long again); a written id is remembered WRITTEN_HORIZON_S (7 days) for the
+    # exactly-once check.
+    HALF_RETENTION_S: float = Field(3 * 86400.0, gt=0)
+    WRITTEN_HORIZON_S: float = Field(7 * 86400.0, gt=0)
     # The demo's labels reach y_true this much later, waiting on the broker: seconds, or a
     # distribution (exp:MEAN, uniform:LOW:HIGH); services/common/delay.py.
     LABEL_DELAY_S: DelaySpec = "0"

@@ -22,8 +22,9 @@ from services.common.contracts.summary import SUMMARY_ROUTE, Summary
 from services.common.http.app import service_app
 from services.common.messages import LabelMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
+from services.common.snapshots import SNAPSHOT_PERIOD_S
 from services.metric_api.join import Kind
-from services.metric_api.ledger import LedgerFilesChanged, MetricLedger, StorageErrors
+from services.metric_api.ledger import SWEEP_CHUNK, LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor, Waiting
 from services.metric_api.rows_feed import read_chunk
 from services.metric_api.stats import RECENT_ROWS_SERVED
@@ -36,7 +37,10 @@ ORPHANS = Counter("metric_orphan_halves", "Halves counted orphans: no partner wi
 LATE_JOINS = Counter("metric_late_joins", "Rows whose first half had already been counted an orphan")
 PENDING = Gauge("metric_pending_halves", "Halves waiting for their partner, not yet past ORPHAN_TTL_S", ["kind"])
 ORPHANS_NOW = Gauge("metric_orphans_waiting", "Halves waiting for their partner past ORPHAN_TTL_S", ["kind"])
+EXPIRED = Counter("metric_expired_halves", "Halves that waited past HALF_RETENTION_S: moved to expired_halves.log", ["kind"])
+FORGOTTEN_IDS = Counter("metric_forgotten_ids", "Ids forgotten: written past WRITTEN_HORIZON_S, expired past HALF_RETENTION_S")
 RETRY_S = 2.0
+SWEEP_PERIOD_S = 60.0  # halves past HALF_RETENTION_S expired and ids past WRITTEN_HORIZON_S forgotten this often
 # The waiting halves are counted this often (and orphans.csv rewritten at most every LIST_PERIOD_S),
 # both at most every ORPHAN_TTL_S / 4; a count that takes long (millions waiting) is made less often.
 SURVEY_PERIOD_S = 5.0
@@ -58,7 +62,13 @@ class MetricService:
     def __init__(self, settings: Settings, link: Link | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock  # the wall-clock time: when a half came, a row was joined, a half became an orphan
-        self.ledger = MetricLedger(settings.LOGS_DIR, settings.ORPHAN_TTL_S, settings.segment_keys)
+        self.ledger = MetricLedger(
+            settings.LOGS_DIR,
+            settings.ORPHAN_TTL_S,
+            settings.HALF_RETENTION_S,
+            settings.WRITTEN_HORIZON_S,
+            settings.segment_keys,
+        )
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
         self.last_repair: str | None = None  # what happened to the files the last time they were repaired
@@ -76,6 +86,9 @@ class MetricService:
         self._ledger_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._file_watch: asyncio.Task[None] | None = None
+        self._snapshots: asyncio.Task[None] | None = None
+        self._bounds: asyncio.Task[None] | None = None
+        self._snapshot_of: tuple[int, ...] | None = None  # what the last snapshot written covered
         PENDING.labels(kind="y_true").set_function(lambda: self.ledger.pending("y_true"))
         PENDING.labels(kind="y_pred").set_function(lambda: self.ledger.pending("y_pred"))
         ORPHANS_NOW.labels(kind="y_true").set_function(lambda: self.ledger.orphans_by_kind["y_true"])
@@ -125,6 +138,8 @@ class MetricService:
         await self._open_until_ok()
         self._sweeper = asyncio.create_task(self._survey_waiting(), name="metric-waiting")
         self._file_watch = asyncio.create_task(self._watch_files(), name="metric-file-watch")
+        self._snapshots = asyncio.create_task(self._write_snapshots(), name="metric-snapshots")
+        self._bounds = asyncio.create_task(self._sweep_often(), name="metric-bounds")
         self.link.start()
 
     async def _open_until_ok(self) -> None:
@@ -243,9 +258,69 @@ class MetricService:
                     newly, ttl, self.ledger.orphan_log,
                 )  # fmt: skip
 
+    async def _sweep_often(self) -> None:
+        """The bounds, kept every SWEEP_PERIOD_S (a tenth of HALF_RETENTION_S when that is shorter)."""
+        period = min(SWEEP_PERIOD_S, self.settings.HALF_RETENTION_S / 10, self.settings.WRITTEN_HORIZON_S / 10)
+        while True:
+            await asyncio.sleep(period)
+            if self.storage_problem is not None:
+                continue
+            try:
+                await self._sweep()
+            except StorageErrors as exc:
+                log.error("cannot expire halves or forget ids in %s: %s; will try again", self.settings.LOGS_DIR, exc)
+
+    async def _sweep(self) -> None:
+        """Expire the halves past HALF_RETENTION_S and forget the ids past WRITTEN_HORIZON_S, a chunk
+        per transaction (the lock is let go between chunks, so batches go on)."""
+        while True:
+            async with self._ledger_lock:
+                expired = await asyncio.to_thread(self.ledger.expire, self.clock())
+            for kind, count in expired.items():
+                EXPIRED.labels(kind=kind).inc(count)
+            if total := sum(expired.values()):
+                log.info("%d halves waited past HALF_RETENTION_S: moved to %s", total, self.ledger.expired_log)
+            if total < SWEEP_CHUNK:
+                break
+        while True:
+            async with self._ledger_lock:
+                forgotten = await asyncio.to_thread(self.ledger.forget, self.clock())
+            FORGOTTEN_IDS.inc(forgotten)
+            if forgotten < SWEEP_CHUNK:  # (up to twice SWEEP_CHUNK: written and expired ids)
+                break
+
+    async def _write_snapshots(self) -> None:
+        """Every SNAPSHOT_PERIOD_S while rows come, a snapshot of the statistics and the CSV offset
+        they cover: the next start reads only the CSV's tail (services/common/snapshots.py)."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_PERIOD_S)
+            await self.write_snapshot()
+
+    async def write_snapshot(self) -> None:
+        if self.storage_problem is not None:
+            return
+        try:
+            async with self._ledger_lock:
+                position = self.ledger.csv.position()
+                if position is None or position == self._snapshot_of:
+                    return
+                snapshot = self.ledger.snapshot(self.quality.core)  # between batches: rows and offset agree
+            if snapshot is not None:
+                size = await asyncio.to_thread(self.ledger.write_snapshot, snapshot)
+                self._snapshot_of = position
+                log.debug("wrote %s (%d bytes)", self.ledger.snapshot_path, size)
+        except StorageErrors as exc:
+            log.error("cannot write %s: %s; the next start reads the whole CSV", self.ledger.snapshot_path, exc)
+        except Exception:  # a snapshot only saves start-up time: its bug must not stop the service or its shutdown
+            log.exception("cannot write %s; the next start reads the whole CSV", self.ledger.snapshot_path)
+
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first
-        for task in (self._sweeper, self._file_watch):
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            await asyncio.gather(self._snapshots, return_exceptions=True)
+            await self.write_snapshot()
+        for task in (self._sweeper, self._file_watch, self._bounds):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -300,6 +375,7 @@ async def summary(service: Service) -> Response:
         "orphans": ledger.orphans,
         "late_joins": ledger.late_joins,
         "dead_lettered": service.dead_lettered,
+        "expired": ledger.expired,
     }
     waiting = Waiting(predictions=ledger.waiting_halves("y_pred"), by_age=ledger.waiting)
     body = service.quality.summary(join, str(ledger.csv.path), service.clock(), waiting)

@@ -118,18 +118,27 @@ class MetricLog:
             return f"{self.path} was written to by another program ({stat.st_size - size} bytes this service did not write)"
         return None
 
-    def rows(self) -> Iterator[MetricRow]:
-        """Every row of the file, read from disk (after ``open_for_append()`` checked its header)."""
-        with self.path.open(encoding="utf-8") as f:
-            f.readline()  # the header
-            for number, line in enumerate(f, start=2):
+    def rows(self, offset: int = 0) -> Iterator[MetricRow]:
+        """Every row of the file from byte ``offset`` (0: after the header, which ``open_for_append()``
+        checked; else the start of a line), read from disk."""
+        with self.path.open("rb") as f:
+            if offset:
+                f.seek(offset)
+            else:
+                f.readline()  # the header
+            for number, raw in enumerate(f, start=2):
+                line = raw.decode("utf-8", errors="replace")
                 try:
                     yield parse_row(line)
                 except RowFormatError as exc:
+                    where = f"line {number}" if not offset else f"a line after byte {offset}"
                     raise MetricLogError(
-                        f"{self.path} line {number} is not a metric row ({exc}): {line[:80]!r}; "
-                        "fix or remove that line and start again"
+                        f"{self.path} {where} is not a metric row ({exc}): {line[:80]!r}; fix or remove that line and start again"
                     ) from None
+
+    def position(self) -> tuple[int, int, int] | None:
+        """(device, inode, size) of the file as this log's last write left it, or None when not open."""
+        return self._written
 
     def append(self, rows: list[MetricRow]) -> None:
         """Append rows and make them durable (fsync) before returning."""

@@ -6,9 +6,15 @@ partner comes the pair becomes a ``MetricRow`` and the id is recorded as written
 redelivered half is recognised as a duplicate and never makes a second row. A half that
 contradicts what is known of its id (another value for the same id) is a conflict.
 The store decides where halves live (memory in tests, SQLite in the service).
+
+A half that waited longer than HALF_RETENTION_S *expired*: it left the store for an archive
+file, its id remembered. A partner coming after that makes no row: it is a conflict (the
+service dead-letters it, the reason says so), since its half is no longer here to join; the
+same half delivered again is a duplicate.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -38,6 +44,9 @@ class HalfStore(Protocol):
     def hold(self, sample_id: str, kind: Kind, half: HeldHalf) -> None: ...
     def release(self, sample_id: str, kind: Kind) -> None: ...
     def record_written(self, row: MetricRow, written_at: float | None = None) -> None: ...
+    def expired_kinds(self, sample_id: str) -> set[Kind]:
+        """The kinds of ``sample_id``'s halves that expired (left for the archive) and are still remembered."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,14 @@ class LabelPredictionJoin:
             return Conflict(f"id {sample_id} already has {kind}={held.value!r} waiting; this message says {value!r}")
         partner = waiting.get(other(kind))
         if partner is None:
+            expired = self.store.expired_kinds(sample_id)
+            if kind in expired:
+                return Duplicate()
+            if expired:
+                return Conflict(
+                    f"id {sample_id}: its {other(kind)} waited longer than HALF_RETENTION_S and expired "
+                    f"(archived in expired_halves.log); this {kind} came too late to make its row"
+                )
             self.store.hold(sample_id, kind, HeldHalf(value, arrived_at, ts, model_version, tags, estimate))
             return Held()
         waited_s = max(0.0, arrived_at - partner.arrived_at)
@@ -153,6 +170,7 @@ class MemoryHalfStore:
     def __init__(self) -> None:
         self.rows: dict[str, MetricRow] = {}
         self.halves: dict[tuple[str, Kind], HeldHalf] = {}
+        self.expired: set[tuple[str, Kind]] = set()
 
     def written(self, sample_id: str) -> MetricRow | None:
         return self.rows.get(sample_id)
@@ -172,6 +190,14 @@ class MemoryHalfStore:
 
     def release(self, sample_id: str, kind: Kind) -> None:
         del self.halves[(sample_id, kind)]
+
+    def expire(self, halves: Sequence[tuple[str, Kind]], expired_at: float) -> None:  # noqa: ARG002 - SqliteHalfStore's signature; no clock here
+        for sample_id, kind in halves:
+            del self.halves[(sample_id, kind)]
+            self.expired.add((sample_id, kind))
+
+    def expired_kinds(self, sample_id: str) -> set[Kind]:
+        return {kind for kind in (LABEL, PREDICTION) if (sample_id, kind) in self.expired}
 
     def record_written(self, row: MetricRow, written_at: float | None = None) -> None:  # noqa: ARG002 - HalfStore's signature; no clock here
         self.rows[row.id] = row

@@ -12,7 +12,13 @@ halves older than that (and the waiting halves by age), and ``orphans.csv`` list
 those, rewritten when the list changed. A partner that comes later makes the row as any
 other would (exactly once: the id is then written) and takes its half off the list.
 
-The state knows every row ever written, so the CSV is never less than it: a CSV deleted,
+Expiry and the horizon (docs/guarantees.md, "How long the state remembers"): ``expire()`` moves
+the halves that waited longer than HALF_RETENTION_S to ``expired_halves.log`` (appended and
+fsynced before the state forgets them: a crash between repeats a line, never loses one) and
+counts them; ``forget()`` drops the written ids older than WRITTEN_HORIZON_S, and the ids of halves
+expired more than HALF_RETENTION_S ago (a partner so late is held as new, and expires in its turn).
+
+The state knows every row written within the horizon, so the CSV is never less than it: a CSV deleted,
 moved away (rotated) or truncated — while the service runs or while it is stopped — gets
 its header and its missing rows back, in the order they were first written. Each batch
 first checks that both files are still the ones being written (``changed()``); if not, it
@@ -28,12 +34,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import files
 from services.common.error_window import usable
 from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
 from services.common.messages import UNKNOWN_VERSION, LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
-from services.metric_api.csvlog import MetricLog, MetricLogError
+from services.common.snapshots import Snapshot, SnapshotUnusable, fingerprint, read_snapshot, write_snapshot
+from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
 from services.metric_api.join import Conflict, Duplicate, Held, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import QualityStats
 from services.metric_api.store import SqliteHalfStore
@@ -50,6 +58,10 @@ AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("<10s", 10.0), ("10s-1m", 60.0), ("1m-10m", 600.0), ("10m-1h", 3600.0), ("1h-1d", 86400.0), (">1d", math.inf),
 )  # fmt: skip
 ORPHAN_LINES_PER_WRITE = 1000
+EXPIRED_LOG_HEADER = "id,kind,value,arrived_at,ts,expired_at"
+EXPIRED_LOG_MAX_BYTES = 64 << 20  # then expired_halves.log is renamed (with the time) and a new one begun
+SNAPSHOT_VERSION = 1  # of metric_state.snapshot's content; another is read as no snapshot (the full read)
+SWEEP_CHUNK = 10_000  # halves expired / ids forgotten per transaction: the batches wait no longer than that
 
 
 class LedgerFilesChanged(MetricLogError):
@@ -82,10 +94,23 @@ def no_waiting() -> dict[str, dict[str, int]]:
 
 
 class MetricLedger:
-    def __init__(self, logs_dir: Path, orphan_ttl_s: float = 3600.0, segment_keys: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        logs_dir: Path,
+        orphan_ttl_s: float = 3600.0,
+        half_retention_s: float = math.inf,
+        written_horizon_s: float = math.inf,
+        segment_keys: tuple[str, ...] = (),
+    ) -> None:
         self.logs_dir = logs_dir
         self.segment_keys = segment_keys  # the tags a prediction keeps with it in the state (SEGMENT_KEYS)
         self.orphan_ttl_s = orphan_ttl_s
+        self.half_retention_s = half_retention_s
+        self.written_horizon_s = written_horizon_s
+        self.expired_log = logs_dir / files.EXPIRED_LOG
+        self.snapshot_path = logs_dir / files.METRIC_SNAPSHOT
+        self.expired_log_max_bytes = EXPIRED_LOG_MAX_BYTES
+        self.expired = 0  # halves expired since the state began (saved in it)
         self.csv = MetricLog(logs_dir / METRIC_LOG)
         self.orphan_log = logs_dir / ORPHAN_LOG
         self._store: SqliteHalfStore | None = None
@@ -150,6 +175,7 @@ class MetricLedger:
         self._store = store
         self.late_joins = store.counter("late_joins")
         self.dead_lettered = store.counter("dead_lettered")
+        self.expired = store.counter("expired")
         self._set_aside_released_orphans(store)
         self._orphan_cutoff = -math.inf
         self.survey(now)
@@ -198,26 +224,36 @@ class MetricLedger:
         copy.replace(path)
         log.warning("%s; wrote the database in use back to it", moved)
 
-    def _reconcile(self, store: SqliteHalfStore, quality: QualityStats, now: float) -> None:
+    def _reconcile(self, store: SqliteHalfStore, quality: QualityStats, now: float, *, snapshot: bool = True) -> None:
         """Record the CSV rows the state does not know (appended just before a crash, or a CSV
         replaced by hand), append those it lost (deleted, truncated, replaced), and feed every
-        row to ``quality``."""
+        row to ``quality``: from the snapshot and the CSV's tail past it when the snapshot fits
+        the file, else from the whole file."""
         known = store.counter("csv_rows")
+        offset, count = self._load_snapshot(quality, known) if snapshot else (0, 0)
+        covered = count
         new_rows: list[MetricRow] = []
+        tail: list[MetricRow] = []  # the rows read past a snapshot: their model versions come from the state
         chunk: list[MetricRow] = []
         newest_ids: deque[str] = deque(maxlen=quality.ring.capacity)
-        count = 0
-        for row in self.csv.rows():
+        for row in self.csv.rows(offset):
             count += 1
             chunk.append(row)
             if usable(row.y_true, row.y_pred):  # the rows the statistics take: their times line up with them
                 newest_ids.append(row.id)
+                if offset:
+                    tail.append(row)
             if count > known:
                 new_rows.append(row)
             if len(chunk) == READ_CHUNK_ROWS:
                 quality.add_history(chunk)
                 chunk = []
         quality.add_history(chunk)
+        if offset and count < known:
+            log.warning("%s has fewer rows than the state wrote: reading it whole", self.csv.path)
+            quality.reset()
+            self._reconcile(store, quality, now, snapshot=False)
+            return
         with store.transaction():
             if count < known:
                 # Rows the state wrote are missing from the file: they were acked and will never come
@@ -238,14 +274,72 @@ class MetricLedger:
             else:
                 store.record_rows_of_csv(new_rows)
             store.set_counter("csv_rows", count)
-        for version, y_true, y_pred in store.written_by_version():
-            quality.add_version_rows(version, y_true, y_pred)
+        if offset:
+            log.info(
+                "started from %s (%d rows); read the %d rows of %s past it",
+                self.snapshot_path,
+                covered,
+                count - covered,
+                self.csv.path,
+            )
+            for start in range(0, len(tail), READ_CHUNK_ROWS):
+                quality.add_rows_of_versions(tail[start : start + READ_CHUNK_ROWS], store.versions_of)
+        else:
+            for version, y_true, y_pred in store.written_by_version():
+                quality.add_version_rows(version, y_true, y_pred)
         if isinstance(quality, SegmentedStats):  # the segments and the buckets by prediction time: from the state
             for rows in store.written_for_segments():
                 quality.add_state_rows(rows, now)
             by_time = quality.config
             quality.add_predictions(store.held_prediction_times(now - by_time.bucket_s * (by_time.buckets_kept + 1)), now)
-        quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
+        if newest_ids:
+            quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
+
+    # -- snapshots: the statistics and the CSV offset they cover (services/common/snapshots.py)
+    def _load_snapshot(self, quality: QualityStats, known: int) -> tuple[int, int]:
+        """Load the snapshot into ``quality`` if it fits the CSV and the state: (its offset, its rows);
+        else (0, 0) and ``quality`` as it was (fresh)."""
+        try:
+            snapshot = read_snapshot(self.snapshot_path, SNAPSHOT_VERSION)
+            offset, rows = self._covered(snapshot, known)
+            quality.load(snapshot)
+        except (SnapshotUnusable, KeyError, ValueError) as exc:
+            if self.snapshot_path.exists():
+                log.warning("cannot start from the snapshot: %s; reading %s whole", exc, self.csv.path)
+            quality.reset()
+            return 0, 0
+        return offset, rows
+
+    def _covered(self, snapshot: Snapshot, known: int) -> tuple[int, int]:
+        """The CSV offset and rows ``snapshot`` covers; SnapshotUnusable unless they are of this CSV and state."""
+        try:
+            csv = snapshot.meta["csv"]
+            offset, rows, device, inode = int(csv["offset"]), int(csv["rows"]), csv["device"], csv["inode"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotUnusable(f"{self.snapshot_path}: its meta is damaged ({exc!r})") from None
+        position = self.csv.position()
+        if position is None or (position[0], position[1]) != (device, inode):
+            raise SnapshotUnusable(f"{self.snapshot_path} was made for another {self.csv.path.name}")
+        if position[2] < offset or rows > known:
+            raise SnapshotUnusable(f"{self.csv.path} or the state has less than {self.snapshot_path} covers")
+        if csv.get("before_offset") != fingerprint(self.csv.path, offset):
+            raise SnapshotUnusable(f"{self.csv.path} is not the file {self.snapshot_path} was made of (its bytes differ)")
+        return offset, rows
+
+    def snapshot(self, quality: QualityStats) -> Snapshot | None:
+        """The statistics and the CSV position they cover, between batches (under the service's lock)."""
+        position = self.csv.position()
+        if self._store is None or position is None:
+            return None
+        snapshot = Snapshot({"csv": {"device": position[0], "inode": position[1], "offset": position[2]}})
+        snapshot.meta["csv"]["rows"] = self._store.counter("csv_rows")
+        snapshot.meta["csv"]["before_offset"] = fingerprint(self.csv.path, position[2])
+        quality.save(snapshot)
+        return snapshot
+
+    def write_snapshot(self, snapshot: Snapshot) -> int:
+        """Write a snapshot ``snapshot()`` made (atomically; outside the lock); its size in bytes."""
+        return write_snapshot(self.snapshot_path, SNAPSHOT_VERSION, snapshot)
 
     def record(self, halves: Sequence[tuple[Kind, LabelMessage | PredictionMessage]], now: float) -> Recorded:
         """One transaction: join every half, append the rows made (fsync), commit."""
@@ -349,6 +443,43 @@ class MetricLedger:
         with self.store.transaction():
             self.store.set_counter("orphan_list", 1)
         return listed
+
+    def expire(self, now: float, limit: int = SWEEP_CHUNK) -> dict[Kind, int]:
+        """Move up to ``limit`` halves that waited longer than HALF_RETENTION_S to expired_halves.log
+        (appended, fsynced), then out of the state, in one transaction; how many of each kind."""
+        store = self.store
+        halves = store.held_oldest(now - self.half_retention_s, limit)
+        by_kind: dict[Kind, int] = dict.fromkeys(KINDS, 0)
+        if not halves:
+            return by_kind
+        lines = [f"{i},{kind},{value!r},{arrived!r},{ts!r},{now!r}\n" for i, kind, value, arrived, ts in halves]
+        self._append_expired(lines, now)
+        with store.transaction():
+            store.expire([(sample_id, kind) for sample_id, kind, *_ in halves], now)
+            store.add_to_counter("expired", len(halves))
+        self.expired += len(halves)
+        for _, kind, *_ in halves:
+            by_kind[kind] += 1
+        return by_kind
+
+    def _append_expired(self, lines: list[str], now: float) -> None:
+        path = self.expired_log
+        if path.exists() and path.stat().st_size >= self.expired_log_max_bytes:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            rotated = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+            n = 1
+            while rotated.exists():
+                rotated, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+            path.replace(rotated)
+            log.info("%s reached %d bytes: renamed %s, a new one begun", path, self.expired_log_max_bytes, rotated.name)
+        append_with_header(path, EXPIRED_LOG_HEADER, lines)
+
+    def forget(self, now: float, limit: int = SWEEP_CHUNK) -> int:
+        """Forget up to ``limit`` ids written more than WRITTEN_HORIZON_S ago, and up to ``limit``
+        expired more than HALF_RETENTION_S ago; how many."""
+        store = self.store
+        with store.transaction():
+            return store.forget_before(now - self.written_horizon_s, now - self.half_retention_s, limit)
 
     def count_dead_lettered(self, count: int) -> int:
         """Add ``count`` dead-lettered messages to the state's count; return the new total."""

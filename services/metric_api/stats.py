@@ -13,15 +13,16 @@ come only from a CSV an older release wrote.
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from services.common.error_window import STATS_ABS_MAX, finite_or_none
+from services.common.error_window import STATS_ABS_MAX, finite_or_none, usable
 from services.common.messages import UNKNOWN_VERSION
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import LAST_5M_MAX_ROWS, ErrorHistory, RowWindows, TakenRows
+from services.common.snapshots import Snapshot, load_history, load_windows, save_history, save_windows
 
 RECENT_ROWS_SERVED = 1000  # the newest rows kept whole for /metrics/recent
 TIMING_SAMPLES = 10_000  # latency and lag percentiles are over the newest rows joined by this process
@@ -88,11 +89,40 @@ class QualityStats(RowWindows):
         if len(y_true):
             self._version(version).add(y_true, y_pred)
 
+    def add_rows_of_versions(self, rows: Sequence[MetricRow], versions_of: Callable[[Sequence[str]], list[str]]) -> None:
+        """Rows already counted in ``all`` (read back past a snapshot), into their model versions' ``versions_of``."""
+        kept = [row for row in rows if usable(row.y_true, row.y_pred)]
+        if not kept:
+            return
+        labels = np.array(versions_of([row.id for row in kept]))
+        y_true = np.fromiter((row.y_true for row in kept), float, len(kept))
+        y_pred = np.fromiter((row.y_pred for row in kept), float, len(kept))
+        for version in dict.fromkeys(labels.tolist()):
+            mine = labels == version
+            self._version(version).add(y_true[mine], y_pred[mine])
+
     def _version(self, version: str) -> ErrorHistory:
         history = self.by_version.get(version)
         if history is None:
             history = self.by_version[version] = ErrorHistory(self.baseline)
         return history
+
+    # -- snapshots (services/common/snapshots.py): everything but the timings of this process
+    def save(self, snapshot: Snapshot) -> None:
+        save_windows(self, snapshot)
+        snapshot.meta["versions"] = list(self.by_version)
+        for number, history in enumerate(self.by_version.values()):
+            save_history(history, f"version{number}", snapshot)
+        snapshot.meta["recent_ids"] = [row.id for row in self.recent]
+        snapshot.arrays["recent"] = np.array([(row.y_true, row.y_pred) for row in self.recent], dtype=float).reshape(-1, 2)
+
+    def load(self, snapshot: Snapshot) -> None:
+        """Into a fresh core, what ``save`` saved (SnapshotUnusable if it does not fit)."""
+        load_windows(self, snapshot)
+        for number, version in enumerate(snapshot.meta["versions"]):
+            self.by_version[version] = load_history(self.baseline, f"version{number}", snapshot)
+        for sample_id, (y_true, y_pred) in zip(snapshot.meta["recent_ids"], snapshot.arrays["recent"], strict=True):
+            self.recent.append(MetricRow.of(sample_id, float(y_true), float(y_pred)))
 
     # -- reading
     def last(self, limit: int) -> list[MetricRow]:

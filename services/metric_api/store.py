@@ -9,6 +9,11 @@ the CSV rows the database knows of, updated in the same transaction that records
 so after a crash between appending rows and committing, the service can tell which
 rows are new to the database and record them (see MetricService._open).
 
+Bounded by policy (docs/guarantees.md, "How long the state remembers"): a half waiting longer than
+HALF_RETENTION_S leaves ``held`` for the archive (``expire``), its id kept in ``expired`` so that a
+late partner is told apart for another HALF_RETENTION_S; a written id is forgotten
+WRITTEN_HORIZON_S after it was written (``forget_before``).
+
 A held prediction keeps its estimated error (issue 24) until its label comes. Beside each
 written id it keeps what the CSV has no column for: the model version that made the
 prediction (as a small code into ``versions``), when the row was joined, so
@@ -46,7 +51,13 @@ CREATE TABLE IF NOT EXISTS written (
 CREATE TABLE IF NOT EXISTS versions (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tagsets (code INTEGER PRIMARY KEY, tags TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS expired (
+    id TEXT NOT NULL, kind TEXT NOT NULL, expired_at REAL NOT NULL, PRIMARY KEY (id, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expired_by_time ON expired (expired_at);
 """
+# Made after the columns are added (a state file from before has no written_at until then).
+INDEXES = "CREATE INDEX IF NOT EXISTS written_by_time ON written (written_at);"
 # Columns added after the first release: a state file from then gets them at start-up.
 ADDED_COLUMNS = {
     "held": {"ts": "REAL", "model_version": "TEXT", "tagset": "INTEGER", "estimate": "REAL"},
@@ -94,6 +105,7 @@ class SqliteHalfStore:
             for name, kind in columns.items():
                 if name not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        self._db.executescript(INDEXES)
         self._version_codes: dict[str, int] = {}
         self._load_versions()
         self._load_tagsets()
@@ -281,6 +293,16 @@ class SqliteHalfStore:
                 mine = codes == code
                 yield names.get(int(code), UNKNOWN_VERSION), y_true[mine], y_pred[mine]
 
+    def versions_of(self, ids: Sequence[str], chunk: int = 500) -> list[str]:
+        """The model version of each of ``ids`` (UNKNOWN_VERSION where not recorded)."""
+        names = {code: name for name, code in self._version_codes.items()}
+        found: dict[str, int | None] = {}
+        for start in range(0, len(ids), chunk):
+            part = list(ids[start : start + chunk])
+            query = f"SELECT id, version FROM written WHERE id IN ({','.join('?' * len(part))})"  # noqa: S608 - only "?" marks
+            found.update(self._db.execute(query, part).fetchall())
+        return [names.get(code, UNKNOWN_VERSION) if (code := found.get(i)) is not None else UNKNOWN_VERSION for i in ids]
+
     def written_times(self, ids: Sequence[str], since: float, chunk: int = 500) -> list[float | None]:
         """When the rows of the newest of ``ids`` (oldest first) were joined (None: not recorded):
         read back from the newest in chunks, stopping after the first chunk all before ``since``."""
@@ -358,6 +380,39 @@ class SqliteHalfStore:
         )
         while found := cursor.fetchmany(1000):
             yield from found
+
+    # -- the bounds: expiry of waiting halves, the horizon of written ids
+    def held_oldest(self, arrived_before: float, limit: int) -> list[tuple[str, Kind, float, float, float | None]]:
+        """Up to ``limit`` held halves that arrived before the given time, oldest first:
+        (id, kind, value, arrived_at, ts)."""
+        query = "SELECT id, kind, value, arrived_at, ts FROM held WHERE arrived_at < ? ORDER BY arrived_at LIMIT ?"
+        return self._db.execute(query, (arrived_before, limit)).fetchall()
+
+    def expire(self, halves: Sequence[tuple[str, Kind]], expired_at: float) -> None:
+        """Move halves from ``held`` to ``expired`` (their ids only: the archive file has the rest)."""
+        for sample_id, kind in halves:
+            self.release(sample_id, kind)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO expired (id, kind, expired_at) VALUES (?, ?, ?)",
+            ((sample_id, kind, expired_at) for sample_id, kind in halves),
+        )
+
+    def expired_kinds(self, sample_id: str) -> set[Kind]:
+        """The kinds of ``sample_id``'s halves that expired (within the horizon)."""
+        return {kind for (kind,) in self._db.execute("SELECT kind FROM expired WHERE id = ?", (sample_id,))}
+
+    def forget_before(self, written_before: float, expired_before: float, limit: int) -> int:
+        """Forget up to ``limit`` ids written before ``written_before`` and up to ``limit`` expired
+        before ``expired_before``; how many were forgotten. Rows recorded without a time (found in
+        the CSV after a crash, or in a CSV put there by hand) stay."""
+        forgotten: int = self._db.execute(
+            "DELETE FROM written WHERE id IN (SELECT id FROM written WHERE written_at < ? LIMIT ?)", (written_before, limit)
+        ).rowcount
+        forgotten += self._db.execute(
+            "DELETE FROM expired WHERE (id, kind) IN (SELECT id, kind FROM expired WHERE expired_at < ? LIMIT ?)",
+            (expired_before, limit),
+        ).rowcount
+        return forgotten
 
     def count_held_since(self, times: Sequence[float]) -> dict[str, list[int]]:
         """Per kind: how many held halves there are in all, then how many arrived at or after each

@@ -22,9 +22,10 @@ from prometheus_client import Counter, Histogram
 from services.common.contracts.by_time import ByTime
 from services.common.contracts.drift import DriftReport
 from services.common.contracts.summary import MergedSummary, Summary
-from services.common.files import METRIC_LOG, atomic_write
+from services.common.files import METRIC_LOG, PLOT_SNAPSHOT, atomic_write
 from services.common.http.app import service_app
 from services.common.settings import Settings, get_settings
+from services.common.snapshots import SNAPSHOT_PERIOD_S, Snapshot, SnapshotUnusable, read_snapshot, write_snapshot
 from services.plot_api.by_time_feed import ByTimeUnreadable, fetch_by_time, sharded_by_time
 from services.plot_api.charts import (
     CHARTS,
@@ -65,6 +66,9 @@ class RenderedPng:
         return cls(data, f'"{hashlib.sha256(data).hexdigest()[:20]}"', format_datetime(drawn_at, usegmt=True))
 
 
+PLOT_SNAPSHOT_VERSION = 1  # of plot_state.snapshot's content; another is read as none (everything read again)
+
+
 class PlotService:
     """Every PLOT_INTERVAL_S: take in new CSV rows and redraw the registry's charts behind them
     (see ``charts_to_draw``), and the drift charts when model_api's drift report changed, writing their PNGs."""
@@ -85,6 +89,42 @@ class PlotService:
         self.refreshes = 0
         self.last_problem: str | None = None
         self._loop: asyncio.Task[None] | None = None
+        self.snapshot_path = settings.LOGS_DIR / PLOT_SNAPSHOT
+        self._snapshot_of: int | None = None  # tail.changes when the last snapshot was written
+        self._snapshot_at = time.monotonic()
+
+    def _start_from_snapshot(self) -> None:
+        """Go on from the last snapshot of what was read (only the rows since are read at start);
+        without a usable one, read everything (services/common/snapshots.py)."""
+        try:
+            self.tail.load(read_snapshot(self.snapshot_path, PLOT_SNAPSHOT_VERSION))
+        except (SnapshotUnusable, KeyError, TypeError, ValueError) as exc:
+            if self.snapshot_path.exists():
+                log.warning("cannot start from the snapshot: %s; reading %s from the start", exc, self.tail.describe())
+            return
+        self._snapshot_of = self.tail.changes
+        log.info("started from %s: %d rows; reading what came since", self.snapshot_path, self.tail.count)
+
+    def write_snapshot(self) -> None:
+        """A snapshot of what was read, when it changed since the last (between reads: runs after one)."""
+        if self._snapshot_of == self.tail.changes:
+            return
+        changes = self.tail.changes
+        snapshot = Snapshot({})
+        self.tail.save(snapshot)
+        write_snapshot(self.snapshot_path, PLOT_SNAPSHOT_VERSION, snapshot)
+        self._snapshot_of, self._snapshot_at = changes, time.monotonic()
+
+    async def _snapshot_quietly(self) -> None:
+        """A snapshot that cannot be written (a full disk) is logged: the charts are not the worse for it."""
+        try:
+            await asyncio.to_thread(self.write_snapshot)
+        except OSError as exc:
+            self._snapshot_at = time.monotonic()
+            log.error("cannot write %s: %s; the next start reads every row", self.snapshot_path, exc)
+        except Exception:  # a snapshot only saves start-up time: its bug must not stop the charts or the shutdown
+            self._snapshot_at = time.monotonic()
+            log.exception("cannot write %s; the next start reads every row", self.snapshot_path)
 
     def problem(self) -> str | None:
         if self._loop is None or self._loop.done():
@@ -92,12 +132,14 @@ class PlotService:
         return self.last_problem
 
     def start(self) -> None:
+        self._start_from_snapshot()
         self._loop = asyncio.create_task(self._run(), name="plot-refresh")
 
     async def stop(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
+        await self._snapshot_quietly()
         await self.drift.close()
         await self._summaries.aclose()
         self.tail.close()
@@ -107,6 +149,8 @@ class PlotService:
             try:
                 await self.refresh()
                 self.last_problem = None
+                if time.monotonic() - self._snapshot_at >= SNAPSHOT_PERIOD_S:
+                    await self._snapshot_quietly()
             except OSError as exc:
                 self.last_problem = f"cannot refresh the charts in {self.settings.LOGS_DIR}: {exc}"
                 log.error("%s", self.last_problem)

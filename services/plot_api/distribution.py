@@ -106,6 +106,21 @@ class ErrorDistribution:
         counts[0] += self._zeros
         return counts, edges
 
+    # -- snapshots (services/common/snapshots.py)
+    def parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(count, sum, minimum, maximum, zeros) and the bucket counts: the whole state."""
+        return np.array([self.count, self._sum, self.minimum, self.maximum, self._zeros], dtype=float), self._buckets.copy()
+
+    @classmethod
+    def of_parts(cls, scalars: np.ndarray, buckets: np.ndarray) -> "ErrorDistribution":
+        made = cls()
+        if buckets.shape != made._buckets.shape or scalars.shape != (5,):
+            raise ValueError(f"{buckets.shape} buckets and {scalars.shape} numbers, not {made._buckets.shape} and (5,)")
+        count, made._sum, made.minimum, made.maximum, zeros = (float(x) for x in scalars)
+        made.count, made._zeros = int(count), int(zeros)
+        made._buckets = buckets.astype(np.int64)
+        return made
+
     def _need_rows(self) -> None:
         if self.count == 0:
             raise ValueError("no errors yet")

@@ -13,6 +13,7 @@ import httpx
 from services.common.contracts.rows_feed import REPLACED_STATUS, ROWS_ROUTE, RowsChunk
 from services.common.metric_rows import METRIC_LOG_HEADER, MetricRow, RowFormatError, parse_row
 from services.common.row_windows import RowWindows
+from services.common.snapshots import Snapshot, SnapshotUnusable, load_windows, save_windows
 from services.plot_api.tail import RECENT_ROWS_DRAWN, MetricLogTail
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,29 @@ class ShardRowsTail(MetricLogTail):
         for shard in self.shards:
             shard.offset, shard.log_id, shard.rows = 0, None, 0
         self.union.reset()
+
+    # -- snapshots: the shards' offsets and log ids (a shard whose file was replaced since says so
+    # at the next look, and everything is read again), and the union's windows
+    def save(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            super().save(snapshot)
+            save_windows(self.union, snapshot)
+
+    def _position(self) -> dict[str, Any]:
+        return {"shards": [[shard.url, shard.offset, shard.log_id, shard.rows] for shard in self.shards], "inode": None}
+
+    def _check_position(self, meta: dict[str, Any]) -> None:
+        if [shard[0] for shard in meta["shards"]] != [shard.url for shard in self.shards]:
+            raise SnapshotUnusable("made for other metric shards than METRIC_API_URL's")
+
+    def load(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            union = RowWindows()
+            load_windows(union, snapshot)
+            super().load(snapshot)
+            self.union = union
+            for shard, (_url, offset, log_id, rows) in zip(self.shards, snapshot.meta["tail"]["shards"], strict=True):
+                shard.offset, shard.log_id, shard.rows = offset, log_id, rows
 
     def read_new(self) -> int:
         """Take in the rows each shard appended since the last look; return how many."""

@@ -2,8 +2,10 @@
 
 import logging
 import math
+import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from services.common.metric_rows import (
     parse_number,
     split_line,
 )
+from services.common.snapshots import Snapshot, SnapshotUnusable, fingerprint
 from services.plot_api.distribution import ErrorDistribution
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class MetricLogTail:
     def __init__(self, path: Path, recent: int = RECENT_ROWS_DRAWN) -> None:
         self.path = path
         self.recent = recent
+        self._reading = threading.Lock()  # a snapshot is not taken halfway through a read
         self.skipped_lines = 0
         self.changes = 0  # goes up whenever what was read changes: rows added, or a new file
         self._start_over(None)
@@ -81,8 +85,57 @@ class MetricLogTail:
             return None
         return value if math.isfinite(value) else None
 
+    # -- snapshots: what was read, and where to go on (services/common/snapshots.py)
+    def save(self, snapshot: Snapshot) -> None:
+        with self._reading:
+            self._save(snapshot)
+
+    def _save(self, snapshot: Snapshot) -> None:
+        scalars, buckets = self.distribution.parts()
+        snapshot.arrays |= {"dist.scalars": scalars, "dist.buckets": buckets}
+        snapshot.arrays["recent"] = np.array([self._y_true, self._y_pred, self._errors], dtype=float).reshape(3, -1)
+        snapshot.meta["tail"] = {
+            "kind": type(self).__name__,
+            "last_id": self.last_id,
+            "skipped_lines": self.skipped_lines,
+            "recent": self.recent,
+            **self._position(),
+        }
+
+    def _position(self) -> dict[str, Any]:
+        return {"offset": self._offset, "inode": self._inode, "before_offset": fingerprint(self.path, self._offset)}
+
+    def load(self, snapshot: Snapshot) -> None:
+        """Go on from ``snapshot`` (SnapshotUnusable, and nothing changed, if it is not of these rows)."""
+        meta = snapshot.meta["tail"]
+        if meta["kind"] != type(self).__name__ or meta["recent"] != self.recent:
+            raise SnapshotUnusable(f"made by a {meta['kind']} of {meta['recent']} recent rows")
+        self._check_position(meta)
+        distribution = ErrorDistribution.of_parts(snapshot.arrays["dist.scalars"], snapshot.arrays["dist.buckets"])
+        self._start_over(meta["inode"])
+        self.distribution, self.last_id, self.skipped_lines = distribution, meta["last_id"], meta["skipped_lines"]
+        y_true, y_pred, errors = snapshot.arrays["recent"]
+        self._y_true.extend(y_true.tolist())
+        self._y_pred.extend(y_pred.tolist())
+        self._errors.extend(errors.tolist())
+        self._offset = meta.get("offset", 0)  # (the shards keep theirs: ShardRowsTail)
+
+    def _check_position(self, meta: dict[str, Any]) -> None:
+        try:
+            stat = self.path.stat()
+        except OSError as exc:
+            raise SnapshotUnusable(f"{self.path}: {exc}") from None
+        if stat.st_ino != meta["inode"] or stat.st_size < meta["offset"]:
+            raise SnapshotUnusable(f"{self.path} is not the file it was made of")
+        if fingerprint(self.path, meta["offset"]) != meta["before_offset"]:
+            raise SnapshotUnusable(f"{self.path} is not the file it was made of (its bytes differ)")
+
     def read_new(self) -> int:
         """Take in the rows appended since the last call; return how many."""
+        with self._reading:
+            return self._read_new()
+
+    def _read_new(self) -> int:
         try:
             stat = self.path.stat()
         except FileNotFoundError:

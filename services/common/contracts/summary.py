@@ -54,6 +54,7 @@ class JoinCounts(Contract):
     orphans: int
     late_joins: int
     dead_lettered: int
+    expired: int = 0  # halves that waited past HALF_RETENTION_S, moved to expired_halves.log (0 from an older shard)
     lag_p50_s: float | None
     lag_p99_s: float | None
 

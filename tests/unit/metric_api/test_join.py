@@ -121,6 +121,20 @@ def test_a_lone_half_is_held(join: JoinUnderTest, kind: Kind) -> None:
     assert join.store.written(ID) is None
 
 
+@pytest.mark.parametrize("kind", [LABEL, PREDICTION])
+def test_a_partner_after_its_half_expired_is_a_conflict_saying_so_and_the_half_again_a_duplicate(
+    join: JoinUnderTest, kind: Kind
+) -> None:
+    assert join.add(kind, ID, 151.0) == Held()
+    with join.transaction():
+        join.store.expire([(ID, kind)], 1669147200.0)  # type: ignore[attr-defined]  # both stores have it; not the join's protocol
+    assert join.nothing_held_for(ID)
+    late = join.add(other(kind), ID, 150.0)
+    assert isinstance(late, Conflict) and "expired" in late.reason and "HALF_RETENTION_S" in late.reason
+    assert join.add(kind, ID, 151.0) == Duplicate()
+    assert join.nothing_held_for(ID) and join.store.written(ID) is None
+
+
 def test_halves_of_different_ids_do_not_join(join: JoinUnderTest) -> None:
     assert join.add(LABEL, "1669147134.000001", 1.0) == Held()
     assert join.add(PREDICTION, "1669147134.000002", 2.0) == Held()
