@@ -3,7 +3,7 @@
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +14,12 @@ from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port,
 from harness.queues import delete_queues, queue_state, unique_prefix
 from services.common.files import METRIC_LOG
 from services.features_api.publisher import MAX_BURST
-from services.plot_api.charts import CHARTS
+from services.plot_api.charts import CHARTS, LOG_WINDOWS
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
 CHART_ROUTES = {chart.url: chart.file for chart in CHARTS.values()}
+# The charts of metric_log.csv's rows (not of model_api's drift report or of plot_api's own samples of the estimate).
+ROW_CHART_ROUTES = tuple(chart.url for chart in CHARTS.values() if chart.window in LOG_WINDOWS)
 RETRY_503_S = 0.2  # between tries of a publish refused while the broker connection is down
 
 
@@ -84,20 +86,21 @@ class Pipeline:
     def queues(self) -> dict[str, tuple[int, int]]:
         return queue_state(self.amqp_url, self.prefix, int(self.services["features_api"].env.get("METRIC_SHARDS", "1")))
 
-    def settled_charts(self, timeout: float = 30) -> dict[str, httpx.Response]:
-        """plot_api's charts once served and no longer changing (drawn from every row there is):
-        the same ETags before and after more than two refresh periods (PLOT_INTERVAL_S=0.5).
+    def settled_charts(self, timeout: float = 30, routes: Iterable[str] = CHART_ROUTES) -> dict[str, httpx.Response]:
+        """plot_api's charts (``routes``) once served and no longer changing (drawn from every row there
+        is): the same ETags before and after more than two refresh periods (PLOT_INTERVAL_S=0.5).
         A chart fetched earlier may still be redrawn from rows plot_api had not read yet."""
+        routes = tuple(routes)
 
         def get_all() -> dict[str, httpx.Response]:
-            return {route: httpx.get(f"{self.url('plot_api')}{route}") for route in CHART_ROUTES}
+            return {route: httpx.get(f"{self.url('plot_api')}{route}") for route in routes}
 
         def settled() -> dict[str, httpx.Response] | None:
             before = get_all()
             time.sleep(1.2)
             after = get_all()
             served = all(answer.status_code == 200 for answer in after.values())
-            same = all(before[route].headers.get("etag") == after[route].headers.get("etag") for route in CHART_ROUTES)
+            same = all(before[route].headers.get("etag") == after[route].headers.get("etag") for route in routes)
             return after if served and same else None
 
         return wait_until(settled, timeout, "the charts to be served and settled")
