@@ -40,12 +40,11 @@ from bench.figures import rounded
 from bench.machine import broker_pid, cpu_s, rss_mb
 from bench.progress import say
 from bench.report import md_table
-from harness.pipeline import Pipeline, running_pipeline
+from harness.pipeline import ROW_CHART_ROUTES, Pipeline, running_pipeline
 from harness.processes import ServiceProcess
 from services.common.files import METRIC_SNAPSHOT, METRIC_STATE, PLOT_SNAPSHOT
 from services.features_api.intake import MAX_ITEMS as LABELS_PER_REQUEST
 from services.model_api.train import train
-from services.plot_api.charts import CHARTS, LOG_WINDOWS
 
 LABELLED_SHARE = 0.2
 TIMEOUT_S = 120.0
@@ -279,13 +278,11 @@ def differing(summary: dict[str, Any], expected: dict[str, float]) -> list[str]:
     ]
 
 
-# The charts drawn from the metric log (the drift chart is model_api's, and moves with its window).
-LOG_CHART_ROUTES = {chart.url for chart in CHARTS.values() if chart.window in LOG_WINDOWS}
-
-
 def charts(pipeline: Pipeline) -> dict[str, str]:
-    answers = pipeline.settled_charts(timeout=600).items()
-    return {route: answer.headers.get("etag", "") for route, answer in answers if route in LOG_CHART_ROUTES}
+    """The ETags of the charts drawn from the metric log (the drift chart is model_api's, and moves with
+    its window; the estimate chart is plot_api's own samples of metric_api's estimate)."""
+    answers = pipeline.settled_charts(timeout=600, routes=ROW_CHART_ROUTES).items()
+    return {route: answer.headers.get("etag", "") for route, answer in answers}
 
 
 def after_the_run(pipeline: Pipeline, problems: list[str]) -> dict[str, Any]:
