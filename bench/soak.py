@@ -11,8 +11,8 @@ After the run: each service's start-up time (to a healthy ``/health``) from its 
 the snapshots removed, from the full read; and that the statistics metric_api starts with equal a
 recomputation from the CSV (pandas), and plot_api's charts are the same as before the restart.
 
-    python -m bench.soak --predictions 5000000 --rate 3000      # the issue's run
-    python -m bench.soak --smoke                                 # a few seconds (tests/test_bench_smoke... soak)
+    python -m bench.soak --predictions 3500000 --rate 2500 --every 30 --retention 120 --horizon 240 --label-delay 30
+    python -m bench.soak --smoke                                 # seconds: tests/test_soak_smoke.py runs it
 
 Not part of ``make test`` nor ``make bench``: figures in docs/performance.md ("Soak").
 """
