@@ -97,12 +97,16 @@ def test_a_bmi_shift_is_flagged_at_once_shown_on_the_dashboard_and_the_error_fol
     wait_until(lambda: gauges(pipeline).get(("model_drift_alert",)) == 1.0, 10, "the drift alert gauge")
     metrics = gauges(pipeline)
     assert metrics[("model_drift_detected", "bmi")] == 1.0 and metrics[("model_drift_detected", "age")] == 0.0
-    wait_until(lambda: webhook.posted, 10, "the drift alert to be posted")
-    assert [(p["alert"], p["state"], p["service"]) for p in webhook.posted] == [("drift", "raised", "model_api")]
+    # The webhook takes every alert; metric_api's MAE detector may also see the error rise (below).
+    def drift_posts() -> list[dict]:
+        return [p for p in webhook.posted if p["alert"] == "drift"]
+
+    wait_until(drift_posts, 10, "the drift alert to be posted")
+    assert [(p["alert"], p["state"], p["service"]) for p in drift_posts()] == [("drift", "raised", "model_api")]
     # Raised by the watch's first look that finds a drifted column, which may come in the middle of
     # the burst: bmi (shifted by 1 std) is flagged by then; the prediction (moved by 0.46 of its std)
     # may cross the line a moment later, after the alert is up (seen in about 1 run in 7).
-    drifted = webhook.posted[0]["details"]["drifted"]
+    drifted = drift_posts()[0]["details"]["drifted"]
     assert "bmi" in drifted and set(drifted) <= {"bmi", "prediction"}
     health = httpx.get(f"{pipeline.url('model_api')}/health").json()
     assert health["alerts"]["drift"]["state"] == "raised", health  # model_api's alerts, on its /health
@@ -124,5 +128,5 @@ def test_a_bmi_shift_is_flagged_at_once_shown_on_the_dashboard_and_the_error_fol
     pipeline.burst(WINDOW)
     wait_until(functools.partial(seen, pipeline, 3 * WINDOW), 30, "model_api to see the calm samples again")
     wait_until(lambda: drift(pipeline)["drifted"] == [], 5, "drift to clear once the window is calm again")
-    wait_until(lambda: len(webhook.posted) == 2, 10, "the cleared alert to be posted")
-    assert (webhook.posted[1]["alert"], webhook.posted[1]["state"]) == ("drift", "cleared")
+    wait_until(lambda: len(drift_posts()) == 2, 10, "the cleared alert to be posted")
+    assert (drift_posts()[1]["alert"], drift_posts()[1]["state"]) == ("drift", "cleared")
