@@ -22,7 +22,7 @@ the order rows were written in, so a CSV that lost rows is made whole in its own
 For segments and the error by prediction time (services/metric_api/segments.py, by_time.py) a
 held prediction and a written row keep their segment tags (as a small code into ``tagsets``,
 the JSON of the tags once per distinct set) and a written row when its prediction was made
-(``predicted_at``): both are rebuilt from here at start-up.
+(``predicted_at``): both are rebuilt from here at start-up (with a snapshot, those of the rows past it).
 """
 
 import json
