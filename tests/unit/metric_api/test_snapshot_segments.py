@@ -17,6 +17,7 @@ from services.common.metric_rows import MetricRow
 from services.common.snapshots import Snapshot, read_snapshot, write_snapshot
 from services.metric_api.join import Kind
 from services.metric_api.ledger import SNAPSHOT_VERSION, MetricLedger
+from services.metric_api.segments import OTHER, SegmentBook
 from services.metric_api.store import SqliteHalfStore
 from services.metric_api.where_when import SegmentedStats, WhereWhenConfig
 from tests.unit.metric_api.test_ledger import sid
@@ -187,3 +188,16 @@ def test_a_start_from_the_snapshot_and_the_tail_is_the_full_rebuild_without_read
     assert not same(views(from_snapshot, now), expected)
     assert not same(views(live, now), expected)  # and what the running service had: each prediction counted once
     assert sum(b["predictions"] for b in expected["by_time"]["buckets"]) == 1200  # every prediction once
+
+
+def test_values_promoted_and_replaced_within_one_batch_leave_their_rows_in_other() -> None:
+    # As the full rebuild at start-up feeds 50,000 rows at a time: b is promoted over a, then c over b,
+    # all in one batch (a segment's count is taken after the batch). This raised KeyError and stopped the start.
+    book = SegmentBook(("k",), 1, None)
+    values = ["a", "b", "b", "c", "c"]
+    rows = [MetricRow.of(str(i), 10.0, 10.0 + i, tags={"k": value}) for i, value in enumerate(values)]
+    book.add(rows, np.full(5, 10.0), 10.0 + np.arange(5.0))
+    summary = book.summary()["k"]
+    assert list(summary["values"]) == ["c", OTHER] and summary["promoted"] == 2
+    assert summary["values"]["c"]["windows"]["all"]["count"] == 1  # its row after its promotion
+    assert summary["values"][OTHER]["windows"]["all"]["count"] == 4  # every other row, once
