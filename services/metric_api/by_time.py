@@ -11,7 +11,10 @@ Bounded: the ``kept`` newest buckets up to now are kept; an older one is dropped
 predictions and labelled rows counted in ``dropped``), and a prediction or label for a bucket older
 than those, or more than one bucket in the future (a wrong clock), is counted there too. At start-up
 the buckets are rebuilt from the state: its written rows (each with when its prediction was made)
-and its waiting predictions.
+and its waiting predictions; or from a snapshot (``save``/``load``) and the rows written since, with
+the waiting predictions again from the state. So a snapshot keeps of each bucket its predictions
+that have a row (``written``), not those still waiting: these are counted once, from the state, at
+every start, whether they were counted on arrival before the snapshot or not.
 """
 
 import math
@@ -23,13 +26,15 @@ import numpy as np
 from services.common.error_window import usable
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import ErrorHistory
+from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
 
 
 class Bucket:
-    __slots__ = ("predictions", "rows")
+    __slots__ = ("predictions", "rows", "written")
 
     def __init__(self, baseline: float | None) -> None:
-        self.predictions = 0
+        self.predictions = 0  # every prediction that reached the join (on arrival)
+        self.written = 0  # those of them whose row was written (what a snapshot keeps)
         self.rows = ErrorHistory(baseline)
 
 
@@ -41,6 +46,7 @@ class ErrorByTime:
         self.buckets: dict[int, Bucket] = {}  # bucket number (start // bucket_s) -> bucket
         self.dropped_predictions = 0
         self.dropped_labelled = 0
+        self.dropped_written = 0  # of dropped_predictions, those whose row was written
 
     def _number(self, at: float) -> int:
         return math.floor(at / self.bucket_s)
@@ -72,12 +78,17 @@ class ErrorByTime:
         """Rows just joined: each revises the bucket of its prediction."""
         by_bucket: dict[int, list[MetricRow]] = {}
         for row in rows:
-            if row.predicted_at is not None and usable(row.y_true, row.y_pred):
+            if row.predicted_at is not None:
                 by_bucket.setdefault(self._number(row.predicted_at), []).append(row)
-        for number, mine in by_bucket.items():
+        for number, written in by_bucket.items():
             bucket = self._bucket(number, now)
+            mine = [row for row in written if usable(row.y_true, row.y_pred)]
             if bucket is None:
+                self.dropped_written += len(written)
                 self.dropped_labelled += len(mine)
+                continue
+            bucket.written += len(written)
+            if not mine:
                 continue
             y_true = np.fromiter((row.y_true for row in mine), float, len(mine))
             y_pred = np.fromiter((row.y_pred for row in mine), float, len(mine))
@@ -96,6 +107,35 @@ class ErrorByTime:
             bucket = self.buckets.pop(number)
             self.dropped_predictions += bucket.predictions
             self.dropped_labelled += bucket.rows.count
+            self.dropped_written += bucket.written
+
+    # -- snapshots (services/common/snapshots.py)
+    def save(self, snapshot: Snapshot) -> None:
+        """Each bucket's rows and its predictions that have a row; not the predictions still waiting."""
+        numbers = sorted(self.buckets)
+        snapshot.meta["by_time"] = {
+            "bucket_s": self.bucket_s,
+            "kept": self.kept,
+            "buckets": [[number, self.buckets[number].written] for number in numbers],
+            "dropped_written": self.dropped_written,
+            "dropped_labelled": self.dropped_labelled,
+        }
+        for index, number in enumerate(numbers):
+            save_history(self.buckets[number].rows, f"by_time{index}", snapshot)
+
+    def load(self, snapshot: Snapshot) -> None:
+        """Into fresh buckets, what ``save`` saved: each bucket counts its written predictions; the
+        waiting ones are added from the state (``add_predictions``)."""
+        meta = snapshot.meta["by_time"]
+        if (meta["bucket_s"], meta["kept"]) != (self.bucket_s, self.kept):
+            made, wanted = f"{meta['bucket_s']}s x {meta['kept']}", f"{self.bucket_s}s x {self.kept}"
+            raise SnapshotUnusable(f"made with buckets of {made}, not {wanted}")
+        for index, (number, written) in enumerate(meta["buckets"]):
+            bucket = self.buckets[int(number)] = Bucket(self.baseline)
+            bucket.rows = load_history(self.baseline, f"by_time{index}", snapshot)
+            bucket.predictions = bucket.written = int(written)
+        self.dropped_written = self.dropped_predictions = int(meta["dropped_written"])
+        self.dropped_labelled = int(meta["dropped_labelled"])
 
     def report(self, now: float) -> dict[str, Any]:
         """As ``ByTime``: the buckets oldest first."""

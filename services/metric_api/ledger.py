@@ -241,8 +241,8 @@ class MetricLedger:
             chunk.append(row)
             if usable(row.y_true, row.y_pred):  # the rows the statistics take: their times line up with them
                 newest_ids.append(row.id)
-                if offset:
-                    tail.append(row)
+            if offset:
+                tail.append(row)
             if count > known:
                 new_rows.append(row)
             if len(chunk) == READ_CHUNK_ROWS:
@@ -287,9 +287,15 @@ class MetricLedger:
         else:
             for version, y_true, y_pred in store.written_by_version():
                 quality.add_version_rows(version, y_true, y_pred)
-        if isinstance(quality, SegmentedStats):  # the segments and the buckets by prediction time: from the state
-            for rows in store.written_for_segments():
-                quality.add_state_rows(rows, now)
+        if isinstance(quality, SegmentedStats):  # the segments and the buckets by prediction time
+            if offset and quality.where_when_loaded:  # the snapshot's, and the state's rows of the tail
+                for start in range(0, len(tail), READ_CHUNK_ROWS):
+                    ids = [row.id for row in tail[start : start + READ_CHUNK_ROWS]]
+                    quality.add_state_rows(store.written_for_segments_of(ids), now)
+            else:  # every written row the state has
+                for rows in store.written_for_segments():
+                    quality.add_state_rows(rows, now)
+            # The waiting predictions, from the state in either case (a snapshot's buckets count only written ones).
             by_time = quality.config
             quality.add_predictions(store.held_prediction_times(now - by_time.bucket_s * (by_time.buckets_kept + 1)), now)
         if newest_ids:

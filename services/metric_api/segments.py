@@ -28,6 +28,7 @@ from services.common.error_window import BatchSums, ErrorSums, Window, window_of
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import ErrorHistory, RowRing
 from services.common.segment_rank import mae_low
+from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
 
 OTHER = "(other)"
 RING_ROWS = 1000
@@ -73,6 +74,21 @@ class SegmentStats:
     def nbytes(self) -> int:
         """The bytes of its arrays (the ring and the |e| values held)."""
         return 3 * self.ring.y_true.nbytes + self.all.absolute_errors._data.nbytes
+
+    def save(self, name: str, snapshot: Snapshot) -> None:
+        save_history(self.all, name, snapshot)
+        y_true, y_pred, _ = self.ring.last(self.ring.capacity)
+        snapshot.arrays[f"{name}.ring"] = np.stack((y_true, y_pred))
+        snapshot.meta[f"{name}.ring_total"] = self.ring.total
+
+    @classmethod
+    def load(cls, baseline: float | None, name: str, snapshot: Snapshot) -> "SegmentStats":
+        stats = cls(baseline)
+        stats.all = load_history(baseline, name, snapshot)
+        y_true, y_pred = snapshot.arrays[f"{name}.ring"]
+        stats.ring.total = int(snapshot.meta[f"{name}.ring_total"]) - len(y_true)
+        stats.ring.extend(y_true, y_pred, np.zeros(len(y_true)))
+        return stats
 
 
 def _as_batch(sums: ErrorSums, absolute_errors: np.ndarray) -> BatchSums:
@@ -153,11 +169,14 @@ class SegmentBook:
             return touched
         for key, book in self.by_key.items():
             names = [book.segment_of(tags[key]) if (tags := row.tags) and key in tags else None for row in rows]
+            segments = book.segments()
+            # A value promoted and then replaced within the batch (its count is taken after the batch):
+            # its rows go to (other), where it was folded.
+            names = [name if name is None or name in segments else OTHER for name in names]
             distinct = {name for name in names if name is not None}
             if not distinct:
                 continue
             labels = np.array([name or "" for name in names], dtype=object)
-            segments = book.segments()
             for name in distinct:
                 mine = labels == name
                 segments[name].add(y_true[mine], y_pred[mine])
@@ -186,3 +205,38 @@ class SegmentBook:
 
     def nbytes(self) -> int:
         return sum(stats.nbytes() for book in self.by_key.values() for stats in book.segments().values())
+
+    # -- snapshots (services/common/snapshots.py): every segment, the Misra–Gries counters, in their order
+    def save(self, snapshot: Snapshot) -> None:
+        keys = []
+        for number, book in enumerate(self.by_key.values()):
+            keys.append(
+                {
+                    "key": book.key,
+                    "values_max": book.values_max,
+                    "tracked": list(book.tracked),
+                    "sketch": list(book.sketch.items()),
+                    "promoted": book.promoted,
+                    "weakest_floor": book._weakest_floor,
+                }
+            )
+            for index, stats in enumerate(book.tracked.values()):
+                stats.save(f"segment{number}.{index}", snapshot)
+            book.other.save(f"segment{number}.other", snapshot)
+        snapshot.meta["segments"] = keys
+
+    def load(self, snapshot: Snapshot) -> None:
+        """Into a fresh book of the same keys and ``values_max``, what ``save`` saved."""
+        keys = snapshot.meta["segments"]
+        made = [(meta["key"], meta["values_max"]) for meta in keys]
+        wanted = [(book.key, book.values_max) for book in self.by_key.values()]
+        if made != wanted:
+            raise SnapshotUnusable(f"made with the segment keys (and values_max) {made}, not {wanted}")
+        for number, (book, meta) in enumerate(zip(self.by_key.values(), keys, strict=True)):
+            book.tracked = {
+                str(value): SegmentStats.load(book.baseline, f"segment{number}.{index}", snapshot)
+                for index, value in enumerate(meta["tracked"])
+            }
+            book.other = SegmentStats.load(book.baseline, f"segment{number}.other", snapshot)
+            book.sketch = {str(value): int(count) for value, count in meta["sketch"]}
+            book.promoted, book._weakest_floor = int(meta["promoted"]), int(meta["weakest_floor"])

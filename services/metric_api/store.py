@@ -22,7 +22,7 @@ the order rows were written in, so a CSV that lost rows is made whole in its own
 For segments and the error by prediction time (services/metric_api/segments.py, by_time.py) a
 held prediction and a written row keep their segment tags (as a small code into ``tagsets``,
 the JSON of the tags once per distinct set) and a written row when its prediction was made
-(``predicted_at``): both are rebuilt from here at start-up.
+(``predicted_at``): both are rebuilt from here at start-up (with a snapshot, those of the rows past it).
 """
 
 import json
@@ -258,6 +258,20 @@ class SqliteHalfStore:
             yield [
                 MetricRow.of(sample_id, t, p, predicted_at=at, tags=self._tags_of(code)) for sample_id, t, p, code, at in found
             ]
+
+    def written_for_segments_of(self, ids: Sequence[str], chunk: int = 500) -> list[MetricRow]:
+        """The written rows of ``ids`` (in that order) that have tags or a prediction time: the rows
+        past a snapshot, for the segments and the buckets by prediction time."""
+        found: dict[str, MetricRow] = {}
+        for start in range(0, len(ids), chunk):
+            part = list(ids[start : start + chunk])
+            query = (
+                "SELECT id, y_true, y_pred, tagset, predicted_at FROM written "  # noqa: S608 - only "?" marks; the ids are bound
+                f"WHERE id IN ({','.join('?' * len(part))}) AND (tagset IS NOT NULL OR predicted_at IS NOT NULL)"
+            )
+            for sample_id, t, p, code, at in self._db.execute(query, part):
+                found[sample_id] = MetricRow.of(sample_id, t, p, predicted_at=at, tags=self._tags_of(code))
+        return [row for sample_id in ids if (row := found.get(sample_id)) is not None]
 
     def held_prediction_times(self, since: float) -> Iterator[float]:
         """When each waiting prediction made at or after ``since`` was made (its ts, else when it came)."""

@@ -14,6 +14,7 @@ Against the whole traffic's recent MAE, a model that degrades everywhere raises 
 not every segment's; a segment that is most of the traffic cannot be far above it.
 """
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ import numpy as np
 
 from services.common.alerts import AlertBoard
 from services.common.metric_rows import MetricRow
+from services.common.snapshots import Snapshot, SnapshotUnusable
 from services.metric_api.by_time import ErrorByTime
 from services.metric_api.segments import SegmentBook
 from services.metric_api.stats import QualityStats
+
+log = logging.getLogger(__name__)
 
 SEGMENT_ALERT = "segment"
 ALERT_WINDOW_ROWS = 100
@@ -57,6 +61,7 @@ class SegmentedStats(QualityStats):
         self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline)
         self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline)
         self.touched: list[tuple[str, str]] = []  # the segments the last batch fed
+        self.where_when_loaded = False  # the segments and buckets came from a snapshot (else: from the state)
 
     def add_rows(self, rows: Sequence[MetricRow], now: float) -> tuple[list[float], list[float]]:
         timings = super().add_rows(rows, now)
@@ -78,6 +83,35 @@ class SegmentedStats(QualityStats):
 
     def summary(self, now: float) -> dict[str, Any]:
         return {**super().summary(now), "segments": self.segments.summary()}
+
+    # -- snapshots: QualityStats' and the segments and buckets
+    def save(self, snapshot: Snapshot) -> None:
+        super().save(snapshot)
+        self.segments.save(snapshot)
+        self.by_time.save(snapshot)
+
+    def load(self, snapshot: Snapshot) -> None:
+        """QualityStats' part (SnapshotUnusable if it does not fit), and the segments and buckets if
+        the snapshot has them for this configuration (``where_when_loaded``); else they stay empty,
+        to be rebuilt from the state's rows as without a snapshot."""
+        super().load(snapshot)
+        try:
+            self.segments.load(snapshot)
+            self.by_time.load(snapshot)
+        except KeyError as exc:  # a snapshot of a release before them
+            log.info("the snapshot has no %s: the segments and buckets are rebuilt from the state", exc)
+            self._no_where_when()
+            return
+        except (SnapshotUnusable, ValueError, TypeError) as exc:
+            log.warning("the snapshot's segments and buckets cannot be used (%s): rebuilt from the state", exc)
+            self._no_where_when()
+            return
+        self.where_when_loaded = True
+
+    def _no_where_when(self) -> None:
+        config = self.config
+        self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline)
+        self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline)
 
     def add_state_rows(self, rows: Sequence[MetricRow], now: float) -> None:
         """Rows read back from the state at start-up (already in ``all``): their segments and buckets."""
