@@ -97,6 +97,7 @@ def test_a_bmi_shift_is_flagged_at_once_shown_on_the_dashboard_and_the_error_fol
     wait_until(lambda: gauges(pipeline).get(("model_drift_alert",)) == 1.0, 10, "the drift alert gauge")
     metrics = gauges(pipeline)
     assert metrics[("model_drift_detected", "bmi")] == 1.0 and metrics[("model_drift_detected", "age")] == 0.0
+
     # The webhook takes every alert; metric_api's MAE detector may also see the error rise (below).
     def drift_posts() -> list[dict]:
         return [p for p in webhook.posted if p["alert"] == "drift"]
