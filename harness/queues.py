@@ -1,7 +1,9 @@
 """A run's queues on the broker: a prefix no other run uses, their state, deleting them afterwards."""
 
 import asyncio
+import json
 import uuid
+from typing import Any
 
 import aio_pika
 
@@ -84,3 +86,40 @@ def ready_messages(amqp_url: str, names: list[str]) -> dict[str, int]:
             return counts
 
     return asyncio.run(read())
+
+
+def publish_json(amqp_url: str, queue: str, messages: list[dict[str, Any]]) -> None:
+    """Publish each message as JSON, persistent, straight to ``queue`` (as a producer of ours would)."""
+
+    async def send() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            for message in messages:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(json.dumps(message).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=queue,
+                )
+
+    asyncio.run(send())
+
+
+def dead_letters(amqp_url: str, queue: str, count: int, timeout: float = 30) -> dict[str, str]:
+    """The first ``count`` messages of ``queue``'s DLQ, taken off it: each id's x-dlq-reason."""
+
+    async def take() -> dict[str, str]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            dlq = await channel.declare_queue(f"{queue}.dlq", passive=True)
+            reasons: dict[str, str] = {}
+            async with asyncio.timeout(timeout):
+                async with dlq.iterator() as messages:
+                    async for message in messages:
+                        await message.ack()
+                        reasons[json.loads(message.body)["id"]] = str(message.headers["x-dlq-reason"])
+                        if len(reasons) == count:
+                            break
+            return reasons
+
+    return asyncio.run(take())

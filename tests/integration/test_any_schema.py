@@ -6,13 +6,10 @@ predictions queues — its labels sent later; every bad input refused naming the
 flagged by name for a shifted numeric and a shifted categorical column, and nothing on a calm
 stream; and a model served elsewhere (a profile, no model file) monitored the same way."""
 
-import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import numpy as np
 import pandas as pd
@@ -21,6 +18,7 @@ import pytest
 from harness.datasets import HOUSE_FEATURES, UserModel, feature_bodies, house_prices, write_user_model
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
+from harness.queues import dead_letters, publish_json
 from services.model_api.register import register_elsewhere
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -44,41 +42,6 @@ def pipeline(tmp_path: Path, house: UserModel, amqp_url: str) -> Iterator[Pipeli
 
 def post(pipeline: Pipeline, service: str, path: str, body: Any) -> httpx.Response:
     return httpx.post(f"{pipeline.url(service)}{path}", json=body, timeout=60)
-
-
-def publish(amqp_url: str, queue: str, messages: list[dict[str, Any]]) -> None:
-    async def send() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            for message in messages:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(json.dumps(message).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=queue,
-                )
-
-    asyncio.run(send())
-
-
-def dead_letters(amqp_url: str, queue: str, count: int, timeout: float = 30) -> dict[str, str]:
-    """The first ``count`` messages of ``queue``'s DLQ: each id's x-dlq-reason."""
-
-    async def take() -> dict[str, str]:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            dlq = await channel.declare_queue(f"{queue}.dlq", passive=True)
-            reasons: dict[str, str] = {}
-            async with asyncio.timeout(timeout):
-                async with dlq.iterator() as messages:
-                    async for message in messages:
-                        await message.ack()
-                        reasons[json.loads(message.body)["id"]] = str(message.headers["x-dlq-reason"])
-                        if len(reasons) == count:
-                            break
-            return reasons
-
-    return asyncio.run(take())
 
 
 def drift(pipeline: Pipeline, seen: int = 0) -> dict[str, Any]:
@@ -127,13 +90,13 @@ def test_every_way_in_gives_one_row_per_labelled_id_holding_the_served_or_logged
     prefix = pipeline.prefix
     queued = {f"row-{n}": 100_000.0 + n for n in range(200, 250)}
     reported = zip(queued.items(), bodies(frame.iloc[200:250]), strict=True)
-    publish(
+    publish_json(
         amqp_url,
         f"{prefix}predictions",
         [{"id": sample_id, "body": value, "features": body} for (sample_id, value), body in reported],
     )
     expected.update(queued)
-    publish(
+    publish_json(
         amqp_url,
         f"{prefix}features",
         [{"id": f"row-{n}", "body": body} for n, body in zip(range(250, 300), bodies(frame.iloc[250:300]), strict=True)],
@@ -241,13 +204,13 @@ def test_each_bad_input_over_http_is_a_422_naming_the_feature_and_nothing_is_tak
 def test_each_bad_input_on_the_queues_is_dead_lettered_naming_the_feature(pipeline: Pipeline, amqp_url: str) -> None:
     good = {"sqft": 1200.0, "city": "Lyon", "built_year": 1990.0, "channel": "web", "garden_m2": None}
     prefix = pipeline.prefix
-    publish(amqp_url, f"{prefix}features", [
+    publish_json(amqp_url, f"{prefix}features", [
         {"id": "bad-1", "body": {**good, "sqft": "big"}},
         {"id": "bad-2", "body": {k: v for k, v in good.items() if k != "city"}},
         {"id": "bad-3", "body": [1200.0, "Lyon", 1990.0, "web"]},
         {"id": "bad-4", "body": [1200.0, "Lyon", 1990.0, "web", None], "schema_id": "0123456789ab"},
     ])  # fmt: skip
-    publish(amqp_url, f"{prefix}predictions", [
+    publish_json(amqp_url, f"{prefix}predictions", [
         {"id": "bad-5", "body": 1.0, "features": {**good, "channel": 3}},
         {"id": "bad-6", "body": 1.0, "features": {**good, "pool": True}},
     ])  # fmt: skip

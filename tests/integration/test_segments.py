@@ -21,6 +21,7 @@ import pytest
 from harness.datasets import UserModel, feature_bodies, house_prices
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import wait_until
+from harness.queues import dead_letters, publish_json
 from services.common.messages import format_sample_id
 from tests.browser import Chromium
 from tests.json_stub import JsonStub
@@ -39,39 +40,6 @@ def get(pipeline: Pipeline, path: str) -> dict[str, Any]:
     answer = httpx.get(f"{pipeline.url('metric_api')}{path}", timeout=30)
     assert answer.status_code == 200, answer.text
     return dict(answer.json())
-
-
-def publish(amqp_url: str, queue: str, messages: list[dict[str, Any]]) -> None:
-    async def send() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            for message in messages:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(json.dumps(message).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=queue,
-                )
-
-    asyncio.run(send())
-
-
-def dead_letter_reasons(amqp_url: str, queue: str, count: int, timeout: float = 30) -> dict[str, str]:
-    async def take() -> dict[str, str]:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            dlq = await channel.declare_queue(f"{queue}.dlq", passive=True)
-            reasons: dict[str, str] = {}
-            async with asyncio.timeout(timeout):
-                async with dlq.iterator() as messages:
-                    async for message in messages:
-                        await message.ack()
-                        reasons[json.loads(message.body)["id"]] = str(message.headers["x-dlq-reason"])
-                        if len(reasons) == count:
-                            break
-            return reasons
-
-    return asyncio.run(take())
 
 
 def post_labels(pipeline: Pipeline, labels: dict[str, float]) -> None:
@@ -141,8 +109,10 @@ def test_segments_and_buckets_equal_pandas_over_what_was_sent_revised_by_late_la
         assert (
             "9 tags given, at most 8" in post(pipeline, "model_api", "/predict", {"features": bodies[0], "tags": too_many}).text
         )
-        publish(amqp_url, f"{pipeline.prefix}features", [{"id": "9.000001", "body": bodies[0], "tags": {"region": "x" * 129}}])
-        reasons = dead_letter_reasons(amqp_url, f"{pipeline.prefix}features", 1)
+        publish_json(
+            amqp_url, f"{pipeline.prefix}features", [{"id": "9.000001", "body": bodies[0], "tags": {"region": "x" * 129}}]
+        )
+        reasons = dead_letters(amqp_url, f"{pipeline.prefix}features", 1)
         assert "the tag 'region' is 129 characters long" in reasons["9.000001"]
 
         # /predictions: 300 made elsewhere over the last five hours, with features (city) and tags (region).
@@ -176,7 +146,7 @@ def test_segments_and_buckets_equal_pandas_over_what_was_sent_revised_by_late_la
             assert answer.status_code == 200, answer.text
             later[f"prd-{n}"] = prices[n]
         # The features queue, with tags.
-        publish(
+        publish_json(
             amqp_url,
             f"{pipeline.prefix}features",
             [{"id": f"{before:.6f}", "body": bodies[n], "ts": before, "tags": {"region": region[n]}} for n in [550]],
