@@ -12,10 +12,9 @@ import asyncio
 from collections.abc import Sequence
 
 import httpx
-from pydantic import ValidationError
 
-from services.common.contracts import refusal
 from services.common.contracts.by_time import BY_TIME_ROUTE, ByTime, Dropped, TimeBucket
+from services.plot_api.fetching import fetch_contract
 from services.plot_api.merged_summary import merge_windows
 
 
@@ -25,14 +24,9 @@ class ByTimeUnreadable(Exception):
 
 async def fetch_by_time(client: httpx.AsyncClient, url: str) -> ByTime:
     url = url.rstrip("/")
-    try:
-        answer = await client.get(f"{url}{BY_TIME_ROUTE}")
-        answer.raise_for_status()
-        return ByTime.model_validate_json(answer.content)
-    except httpx.HTTPError as exc:
-        raise ByTimeUnreadable(f"metric_api at {url} did not answer {BY_TIME_ROUTE}: {type(exc).__name__}: {exc}") from exc
-    except ValidationError as exc:
-        raise ByTimeUnreadable(f"metric_api at {url} answered no by-time view plot_api can read: {refusal(exc)}") from exc
+    return await fetch_contract(
+        client, url, BY_TIME_ROUTE, ByTime.model_validate_json, ByTimeUnreadable, f"metric_api at {url}", "by-time view"
+    )
 
 
 def merge_by_time(views: Sequence[ByTime], missing: Sequence[str] = ()) -> ByTime:

@@ -3,10 +3,9 @@
 drift chart. One HTTP client to ``MODEL_API_URL`` for both."""
 
 import httpx
-from pydantic import ValidationError
 
-from services.common.contracts import refusal
 from services.common.contracts.drift import DRIFT_REPORT, DRIFT_ROUTE, DriftReport
+from services.plot_api.fetching import fetch_contract
 
 TIMEOUT_S = 2.0
 
@@ -29,15 +28,18 @@ class DriftFeed:
         if self._client is None:
             self._client = httpx.AsyncClient(base_url=self.url, timeout=self._timeout_s)
         try:
-            answer = await self._client.get(DRIFT_ROUTE)
-            answer.raise_for_status()
-            report = DRIFT_REPORT.validate_json(answer.content)
-        except httpx.HTTPError as exc:
-            self.problem = f"model_api at {self.url} did not answer GET /drift: {type(exc).__name__}: {exc}"
-            raise DriftUnreadable(self.problem) from exc
-        except ValidationError as exc:
-            self.problem = f"model_api at {self.url} answered GET /drift with no drift report plot_api can read: {refusal(exc)}"
-            raise DriftUnreadable(self.problem) from exc
+            report: DriftReport = await fetch_contract(
+                self._client,
+                "",
+                DRIFT_ROUTE,
+                DRIFT_REPORT.validate_json,
+                DriftUnreadable,
+                f"model_api at {self.url}",
+                "drift report",
+            )
+        except DriftUnreadable as exc:
+            self.problem = str(exc)
+            raise
         self.problem = None
         return report
 

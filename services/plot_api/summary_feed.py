@@ -6,10 +6,9 @@ import asyncio
 import time
 
 import httpx
-from pydantic import ValidationError
 
-from services.common.contracts import refusal
 from services.common.contracts.summary import SUMMARY_ROUTE, MergedSummary, Summary
+from services.plot_api.fetching import fetch_contract
 from services.plot_api.merged_summary import ShardSummary, merge_summaries
 from services.plot_api.shards import ShardRowsTail
 
@@ -21,14 +20,9 @@ class SummaryUnreadable(Exception):
 async def fetch_summary(client: httpx.AsyncClient, url: str) -> Summary:
     """The summary of the metric_api at ``url``; SummaryUnreadable saying why there is none."""
     url = url.rstrip("/")
-    try:
-        answer = await client.get(f"{url}{SUMMARY_ROUTE}")
-        answer.raise_for_status()
-        return Summary.model_validate_json(answer.content)
-    except httpx.HTTPError as exc:
-        raise SummaryUnreadable(f"metric_api at {url} did not answer: {type(exc).__name__}: {exc}") from exc
-    except ValidationError as exc:
-        raise SummaryUnreadable(f"metric_api at {url} answered no summary plot_api can read: {refusal(exc)}") from exc
+    return await fetch_contract(
+        client, url, SUMMARY_ROUTE, Summary.model_validate_json, SummaryUnreadable, f"metric_api at {url}", "summary"
+    )
 
 
 async def sharded_summary(client: httpx.AsyncClient, tail: ShardRowsTail) -> MergedSummary:
