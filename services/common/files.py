@@ -1,9 +1,11 @@
 """Writing files so that a reader never sees half of one."""
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 FileIdentity = tuple[int, int]  # (device, inode): the file itself, whatever its name
 
@@ -69,3 +71,30 @@ def metadata_path(model_path: Path) -> Path:
     does not import scikit-learn for it: that alone was ~110 MB of its memory.
     """
     return model_path.with_name(model_path.name + ".json")
+
+
+def read_vouched(
+    model_path: Path, metadata: dict[str, Any], key: str, what: str, again: str, suffix: str | None = None
+) -> tuple[Path, bytes, str] | str:
+    """The file beside ``model_path`` that the sidecar's ``metadata[key]`` (``{"file", "sha256"}``)
+    names and vouches for: its path, bytes and sha256; or why there is none to use (``again`` says
+    what to do about it). Only a bare file name is followed, never a path elsewhere; a file not ending
+    in ``suffix`` (when given) is of an older version of this system."""
+    sidecar = metadata_path(model_path)
+    record = metadata.get(key)
+    if record is None:
+        return f"the model's metadata {sidecar} names no {what}: {again}"
+    name, expected = (record.get("file"), record.get("sha256")) if isinstance(record, dict) else (None, None)
+    if not isinstance(name, str) or not isinstance(expected, str) or Path(name).name != name:
+        return f'the model\'s metadata {sidecar} has no usable "{key}" entry ({record!r}): {again}'
+    path = model_path.with_name(name)
+    if suffix is not None and path.suffix != suffix:
+        return f"the {what} {path} was written by an older version of this system (not a {suffix} file): {again}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read the {what} {path} ({type(exc).__name__}: {exc}): {again}"
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 != expected:
+        return f"the {what} {path} has sha256 {sha256} but {sidecar} expects {expected}: it changed after it was written; {again}"
+    return path, data, sha256

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.common.files import atomic_write, metadata_path
+from services.common.files import atomic_write, read_vouched
 from services.common.schema import FeatureSchema
 
 TARGET_COLUMN = "__target__"
@@ -161,26 +161,10 @@ class LoadedReference:
 
 def read_reference(model_path: Path, metadata: dict[str, Any], schema: FeatureSchema) -> LoadedReference | str:
     """The reference the model's sidecar vouches for, or why there is none to use."""
-    sidecar = metadata_path(model_path)
-    record = metadata.get("reference")
-    if record is None:
-        return f"the model's metadata {sidecar} names no reference: {REWRITE}"
-    name, expected = (record.get("file"), record.get("sha256")) if isinstance(record, dict) else (None, None)
-    if not isinstance(name, str) or not isinstance(expected, str) or Path(name).name != name:
-        return f'the model\'s metadata {sidecar} has no usable "reference" entry ({record!r}): {REWRITE}'
-    path = model_path.with_name(name)
-    if path.suffix != ".parquet":
-        return f"the reference {path} was written by an older version of this system (a .json reference): {REWRITE}"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"cannot read the reference {path} ({type(exc).__name__}: {exc}): {REWRITE}"
-    sha256 = hashlib.sha256(data).hexdigest()
-    if sha256 != expected:
-        return (
-            f"the reference {path} has sha256 {sha256} but {sidecar} expects {expected}: "
-            f"it changed after it was written; {REWRITE}"
-        )
+    vouched = read_vouched(model_path, metadata, "reference", "reference", REWRITE, suffix=".parquet")
+    if isinstance(vouched, str):
+        return vouched
+    path, data, sha256 = vouched
     try:
         table = ReferenceTable.from_parquet(data, schema)
     except (BadReference, ValueError) as exc:

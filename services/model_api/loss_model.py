@@ -30,7 +30,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from threadpoolctl import ThreadpoolController
 
 from services.common.estimate import LOSS_MODEL, Calibration, loss_model_path
-from services.common.files import atomic_write, metadata_path
+from services.common.files import atomic_write, read_vouched
 from services.common.schema import FeatureSchema
 
 FOLDS = 5
@@ -131,22 +131,11 @@ def write_loss_model(model_path: Path, loss: LossModel, fitted_on: str) -> dict[
 
 def read_loss_model(model_path: Path, metadata: dict[str, Any], schema: FeatureSchema) -> LossModel | str:
     """The loss model the sidecar vouches for, or why there is none ("estimate unavailable, because …")."""
-    sidecar = metadata_path(model_path)
     again = "register the model again (train, for the demo), which fits one"
-    record = metadata.get(LOSS_MODEL)
-    if not isinstance(record, dict):
-        return f"the model's metadata {sidecar} names no loss model: {again}"
-    name, expected = record.get("file"), record.get("sha256")
-    if not isinstance(name, str) or not isinstance(expected, str) or Path(name).name != name:
-        return f'the model\'s metadata {sidecar} has no usable "{LOSS_MODEL}" entry: {again}'
-    path = model_path.with_name(name)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"cannot read the loss model {path} ({type(exc).__name__}: {exc}): {again}"
-    sha256 = hashlib.sha256(data).hexdigest()
-    if sha256 != expected:
-        return f"the loss model {path} has sha256 {sha256} but {sidecar} expects {expected}: it changed after it was written"
+    vouched = read_vouched(model_path, metadata, LOSS_MODEL, "loss model", again)
+    if isinstance(vouched, str):
+        return vouched
+    path, data, _sha256 = vouched
     try:
         loss = pickle.loads(data)  # noqa: S301 - verified against the sidecar's sha256, as the model file is
     except Exception as exc:  # noqa: BLE001 - any unpickling failure makes the estimate unavailable, never the model
