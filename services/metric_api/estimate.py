@@ -92,6 +92,21 @@ class _Version:
     raised: bool = False
 
 
+def check_window(
+    loss: np.ndarray, estimate: np.ndarray, bias: float, raised: bool, alert_z: float = ALERT_Z
+) -> tuple[float, float, float, bool]:
+    """The check of some joined rows (at least 2): their realized MAE, their estimated MAE, the excess
+    allowed (``tolerance + z·sd/√n``, ``z`` = ``alert_z`` to raise, ``CLEAR_Z`` to stay raised; the
+    tolerance the larger of ``bias`` and ``ALERT_REL_TOL`` of the estimate), and whether the alert is
+    raised after it (``raised``: whether it was before)."""
+    n = len(loss)
+    realized, estimated = float(loss.mean()), float(estimate.mean())
+    sd = float(np.std(loss - estimate, ddof=1))
+    tolerance = max(bias, ALERT_REL_TOL * estimated)
+    allowed = tolerance + (CLEAR_Z if raised else alert_z) * sd / math.sqrt(n)
+    return realized, estimated, allowed, realized - estimated > allowed
+
+
 def _mean(values: Sequence[float] | np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -150,16 +165,15 @@ class EstimateTracker:
         if state is None or len(state.pairs) < CHECK_MIN_ROWS:
             return None
         pairs = np.array(_newest(state.pairs, CHECK_ROWS))
-        loss, estimate = pairs[:, 0], pairs[:, 1]
-        n = len(pairs)
-        realized, estimated = float(loss.mean()), float(estimate.mean())
-        sd = float(np.std(loss - estimate, ddof=1))
         calibration = self.calibrations.get(version)
-        tolerance = max(abs(calibration.bias) if calibration else 0.0, ALERT_REL_TOL * estimated)
-        z = CLEAR_Z if state.raised else self.alert_z
-        allowed = tolerance + z * sd / math.sqrt(n)
-        state.raised = realized - estimated > allowed
-        return CheckResult(version, n, realized, estimated, allowed, state.raised)
+        bias = abs(calibration.bias) if calibration else 0.0
+        realized, estimated, allowed, state.raised = check_window(pairs[:, 0], pairs[:, 1], bias, state.raised, self.alert_z)
+        return CheckResult(version, len(pairs), realized, estimated, allowed, state.raised)
+
+    def largest_bias(self) -> float:
+        """The largest |bias| any known version's calibration records (0 without one): the tolerance a
+        check of rows of several versions (a segment's) starts from."""
+        return max((abs(calibration.bias) for calibration in self.calibrations.values()), default=0.0)
 
     # -- read by the summary
     def _prediction_band(self, version: str, state: _Version, n: int) -> tuple[float | None, str | None]:

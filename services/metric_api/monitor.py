@@ -171,10 +171,12 @@ class QualityMonitor:
         self.alerts = AlertBoard(service, str(url) if url is not None else None)  # every alert of metric_api
         if self.alert is not None:
             self.alerts.declare(MAE_ALERT_NAME, about)
-        self.segment_alerts = SegmentAlerts(self.alerts, settings.SEGMENT_ALERT_FACTOR, settings.SEGMENT_ALERT_MIN_ROWS)
         self.settings = settings
         self.estimate_profile = read_estimate_profile(settings)
         self.estimates = EstimateTracker(self.estimate_profile.calibrations)
+        self.segment_alerts = SegmentAlerts(
+            self.alerts, settings.SEGMENT_ALERT_FACTOR, settings.SEGMENT_ALERT_MIN_ROWS, self.estimates.largest_bias
+        )
         self._core_cached: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._cached: tuple[tuple[Any, ...], bytes] | None = None
         _COLLECTOR.monitor = self

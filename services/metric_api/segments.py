@@ -15,20 +15,24 @@ from then on: its earlier rows stay in ``(other)``. With at most ``values_max`` 
 nothing is ever folded: each value's statistics are exactly those of its rows.
 
 Per segment: ``all`` (running sums and one float64 |e| a row, as the global ``all``) and a ring of
-the newest ``RING_ROWS`` rows for ``last_100`` and ``last_1000``: 3 × 8 × 1,000 bytes, plus 8 bytes
-a row.
+the newest ``RING_ROWS`` rows for ``last_100`` and ``last_1000`` and for the segment's check of the
+estimate (y_true, y_pred and the estimated error each prediction carried, NaN where none):
+3 × 8 × 1,000 bytes, plus 8 bytes a row.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from services.common.error_window import BatchSums, ErrorSums, Window, window_of
+from services.common.estimate import BAND_Z
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import ErrorHistory, RowRing
 from services.common.segment_rank import mae_low
 from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
+from services.metric_api.estimate import CHECK_ROWS
 
 OTHER = "(other)"
 RING_ROWS = 1000
@@ -38,7 +42,7 @@ PROMOTE_FACTOR = 2.0
 
 
 class SegmentStats:
-    """One segment's rows: ``all`` and a ring of the newest."""
+    """One segment's rows: ``all`` and a ring of the newest (its third column: their estimated errors)."""
 
     __slots__ = ("all", "ring", "baseline")
 
@@ -51,9 +55,9 @@ class SegmentStats:
     def count(self) -> int:
         return self.all.count
 
-    def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
+    def add(self, y_true: np.ndarray, y_pred: np.ndarray, estimates: np.ndarray) -> None:
         self.all.add(y_true, y_pred)
-        self.ring.extend(y_true, y_pred, np.zeros(len(y_true)))
+        self.ring.extend(y_true, y_pred, estimates)
 
     def fold_into(self, other: "SegmentStats") -> None:
         """Add this segment's ``all`` to ``other``'s (its sums and errors, not its ring)."""
@@ -63,6 +67,23 @@ class SegmentStats:
     def recent_mae(self, rows: int) -> tuple[float | None, int]:
         y_true, y_pred, _ = self.ring.last(rows)
         return (float(np.mean(np.abs(y_pred - y_true))) if len(y_true) else None), len(y_true)
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def estimated(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """|e| and the estimated error of the newest ``rows`` rows that carried an estimate (of the ring's)."""
+        y_true, y_pred, estimates = self.ring.last(self.ring.capacity)
+        known = np.isfinite(estimates) & np.isfinite(y_true - y_pred)
+        loss, estimate = np.abs(y_pred - y_true)[known], estimates[known]
+        return loss[-rows:], estimate[-rows:]
+
+    def checked(self) -> dict[str, Any] | None:
+        """Its estimate checked: the newest ``CHECK_ROWS`` rows with an estimate, realized MAE beside
+        estimated, and the band (as a model version's ``checked``); None while no row had an estimate."""
+        loss, estimate = self.estimated(CHECK_ROWS)
+        if not len(loss):
+            return None
+        band = BAND_Z * float(np.std(loss - estimate, ddof=1)) / math.sqrt(len(loss)) if len(loss) >= 2 else None
+        return {"rows": len(loss), "realized_mae": float(loss.mean()), "estimated_mae": float(estimate.mean()), "band": band}
 
     def windows(self) -> dict[str, Window]:
         out = {"all": self.all.window()}
@@ -77,17 +98,18 @@ class SegmentStats:
 
     def save(self, name: str, snapshot: Snapshot) -> None:
         save_history(self.all, name, snapshot)
-        y_true, y_pred, _ = self.ring.last(self.ring.capacity)
-        snapshot.arrays[f"{name}.ring"] = np.stack((y_true, y_pred))
+        snapshot.arrays[f"{name}.ring"] = np.stack(self.ring.last(self.ring.capacity))
         snapshot.meta[f"{name}.ring_total"] = self.ring.total
 
     @classmethod
     def load(cls, baseline: float | None, name: str, snapshot: Snapshot) -> "SegmentStats":
         stats = cls(baseline)
         stats.all = load_history(baseline, name, snapshot)
-        y_true, y_pred = snapshot.arrays[f"{name}.ring"]
+        ring = snapshot.arrays[f"{name}.ring"]
+        y_true, y_pred = ring[0], ring[1]
+        estimates = ring[2] if len(ring) > 2 else np.full(len(y_true), np.nan)  # a snapshot of a release before them
         stats.ring.total = int(snapshot.meta[f"{name}.ring_total"]) - len(y_true)
-        stats.ring.extend(y_true, y_pred, np.zeros(len(y_true)))
+        stats.ring.extend(y_true, y_pred, estimates)
         return stats
 
 
@@ -162,11 +184,16 @@ class SegmentBook:
         self.keys = tuple(keys)
         self.by_key = {key: KeySegments(key, values_max, baseline) for key in self.keys}
 
-    def add(self, rows: Sequence[MetricRow], y_true: np.ndarray, y_pred: np.ndarray) -> list[tuple[str, str]]:
-        """Rows (and their columns) of one batch; returns the segments (key, value) that took rows."""
+    def add(
+        self, rows: Sequence[MetricRow], y_true: np.ndarray, y_pred: np.ndarray, estimates: np.ndarray | None = None
+    ) -> list[tuple[str, str]]:
+        """Rows (and their columns: the estimated errors NaN where none; None: none had one) of one
+        batch; returns the segments (key, value) that took rows."""
         touched: list[tuple[str, str]] = []
         if not self.keys:
             return touched
+        if estimates is None:
+            estimates = np.full(len(rows), np.nan)
         for key, book in self.by_key.items():
             names = [book.segment_of(tags[key]) if (tags := row.tags) and key in tags else None for row in rows]
             segments = book.segments()
@@ -179,7 +206,7 @@ class SegmentBook:
             labels = np.array([name or "" for name in names], dtype=object)
             for name in distinct:
                 mine = labels == name
-                segments[name].add(y_true[mine], y_pred[mine])
+                segments[name].add(y_true[mine], y_pred[mine], estimates[mine])
                 touched.append((key, name))
         return touched
 
@@ -196,7 +223,7 @@ class SegmentBook:
                 if stats.count == 0 and name == OTHER:
                     continue
                 windows = stats.windows()
-                values[name] = {"windows": windows, "mae_low": mae_low(windows["last_1000"])}
+                values[name] = {"windows": windows, "mae_low": mae_low(windows["last_1000"]), "checked": stats.checked()}
             out[key] = {"values": values, "tracked": len(book.tracked), "values_max": book.values_max, "promoted": book.promoted}
         return out
 

@@ -196,7 +196,9 @@ def _segments(answered: list[Summary]) -> dict[str, Any]:
         for value in dict.fromkeys(value for book in books for value in book.values):
             mine = [book.values[value].windows for book in books if value in book.values]
             windows = {name: merge_windows([getattr(w, name) for w in mine]) for name in ("all", "last_100", "last_1000")}
-            values[value] = {"windows": windows, "mae_low": mae_low(windows["last_1000"].model_dump())}
+            checks = [check.model_dump() for book in books if value in book.values and (check := book.values[value].checked)]
+            checked = _merge_counted(checks, "rows", ("realized_mae", "estimated_mae")) if checks else None
+            values[value] = {"windows": windows, "mae_low": mae_low(windows["last_1000"].model_dump()), "checked": checked}
         out[key] = {
             "values": values,
             "tracked": max(book.tracked for book in books),

@@ -240,8 +240,11 @@ def test_the_demo_with_labels_exp_late_fills_each_bucket_to_a_labelled_share_of_
 SETTINGS = {"FEATURES_LOOP": "false", "SEGMENT_KEYS": "city", "MAE_ALERT": "15"}
 
 
-def publish_halves(amqp_url: str, prefix: str, halves: list[tuple[str, float, float, dict[str, str]]]) -> None:
-    """Each (id, y_true, y_pred, tags) as its prediction (with the tags) and its label, on the queues."""
+def publish_halves(
+    amqp_url: str, prefix: str, halves: list[tuple[str, float, float, dict[str, str]]], estimate: float | None = None
+) -> None:
+    """Each (id, y_true, y_pred, tags) as its prediction (with the tags, and ``estimate`` as its
+    estimated error if given) and its label, on the queues."""
 
     async def send() -> None:
         connection = await aio_pika.connect(amqp_url, timeout=10)
@@ -250,7 +253,11 @@ def publish_halves(amqp_url: str, prefix: str, halves: list[tuple[str, float, fl
             for sample_id, y_true, y_pred, tags in halves:
                 ts = time.time()
                 for queue, body in (
-                    ("y_pred", {"id": sample_id, "body": y_pred, "ts": ts, "model_version": "v1", "tags": tags}),
+                    (
+                        "y_pred",
+                        {"id": sample_id, "body": y_pred, "ts": ts, "model_version": "v1", "tags": tags}
+                        | ({} if estimate is None else {"estimated_error": estimate}),
+                    ),
                     ("y_true", {"id": sample_id, "body": y_true, "ts": ts}),
                 ):
                     await channel.default_exchange.publish(
@@ -305,6 +312,80 @@ def test_one_degraded_segment_raises_its_alert_within_150_of_its_rows_and_the_gl
         assert details["mae"] > 1.5 * details["reference_mae"] and details["rows"] >= 50
         global_mae = summary["windows"]["last_100"]["mae"]
         print(f"segment alert raised after {lyon_degraded} degraded Lyon rows; global last_100 MAE {global_mae:.2f}")
+
+
+def test_a_concept_shift_in_one_segment_raises_its_estimate_check_through_the_webhook(
+    tmp_path: Path, model_path: Path, amqp_url: str, browser: Chromium
+) -> None:
+    """Predictions come with the estimate of their error (8: that of a calm row, E|N(0, 10)|); Lyon's
+    start to err 12 more, unseen by the estimate and too little for Lyon's MAE alert (factor 3)."""
+    rng = np.random.default_rng(11)
+    cities = np.array(["Paris", "Lyon", "Nice", "Lille"])
+    with (
+        JsonStub("/alerts") as receiver,
+        running_pipeline(
+            tmp_path,
+            model_path,
+            amqp_url,
+            FEATURES_LOOP="false",
+            SEGMENT_KEYS="city",
+            SEGMENT_ALERT_FACTOR="3",
+            MAE_DETECTOR="threshold",
+            MAE_ALERT="1000",
+            ALERT_WEBHOOK_URL=receiver.url,
+        ) as pipeline,
+    ):
+        first_us = int(time.time() * 1_000_000)
+        sent = lyon_degraded = 0
+
+        def segment_posts() -> list[tuple[str, str]]:
+            return [(body["alert"], body["state"]) for body in receiver.posted if body["alert"].startswith("segment")]
+
+        for batch in range(60):
+            degraded = batch >= 20  # 400 calm rows, then Lyon's predictions 12 too high
+            city = rng.choice(cities, 20)
+            y_true = rng.integers(25, 347, 20).astype(float)
+            y_pred = y_true + rng.normal(0, 10, 20) + np.where(degraded & (city == "Lyon"), 12.0, 0.0)
+            halves = [
+                (format_sample_id(first_us + sent + k), float(t), float(p), {"city": str(c)})
+                for k, (t, p, c) in enumerate(zip(y_true, y_pred, city, strict=True))
+            ]
+            publish_halves(amqp_url, pipeline.prefix, halves, estimate=8.0)
+            sent += len(halves)
+            wait_until(lambda n=sent: get(pipeline, "/metrics/summary")["count"] == n, 30, f"{sent} rows")  # type: ignore[misc]  # n binds the count now
+            lyon_degraded += int(np.count_nonzero(city == "Lyon")) if degraded else 0
+            if segment_posts():
+                break
+        assert segment_posts() == [("segment-estimate/city=Lyon", "raised")]
+        assert 0 < lyon_degraded <= 150
+        summary = get(pipeline, "/metrics/summary")
+        alert = summary["alerts"]["segment-estimate/city=Lyon"]
+        assert alert["state"] == "raised" and alert["details"]["rows"] >= 50
+        lyon = summary["segments"]["city"]["values"]["Lyon"]["checked"]
+        paris = summary["segments"]["city"]["values"]["Paris"]["checked"]
+        assert lyon["realized_mae"] > lyon["estimated_mae"] + lyon["band"]
+        assert abs(paris["realized_mae"] - paris["estimated_mae"]) < 2 * paris["band"]
+        wait_until(  # plot_api's merged summary carries the checks too
+            lambda: (
+                (merged := httpx.get(f"{pipeline.url('plot_api')}/api/summary", timeout=30).json()["segments"])
+                and merged["city"]["values"]["Lyon"]["checked"] == lyon
+            ),
+            30,
+            "plot_api's summary to show Lyon's check",
+        )
+        print(f"segment estimate alert raised after {lyon_degraded} shifted Lyon rows: {alert['summary']}")
+        page = browser.open(f"{pipeline.url('plot_api')}/")
+        lyon_row = wait_until(
+            lambda: page.evaluate(
+                "[...document.querySelectorAll('#segments_body tr')]"
+                ".map(r => [r.className, ...[...r.cells].map(c => c.textContent)]).find(r => r[1] === 'city = Lyon')"
+            ),
+            15,
+            "Lyon's row in the segments table",
+        )
+        realized, estimated = (float(x) for x in lyon_row[7].split(" / "))
+        assert lyon_row[0] == "raised" and realized > estimated  # red, its realized MAE beside the estimated
+        assert page.exceptions() == []
 
 
 def test_the_dashboard_ranks_segments_by_their_bound_and_shows_the_unsettled_hours(

@@ -149,6 +149,9 @@ class Segment(Contract):
     # The lower bound of the 95% confidence interval of the last_1000 MAE (mae - 1.96 sd(|e|)/sqrt(n)):
     # what the dashboard ranks segments by, worst first, so a segment of 3 rows does not top it by chance.
     mae_low: float | None
+    # Its newest joined rows that carried an estimate (at most 300): realized MAE beside estimated
+    # (null while none had one); the segment-estimate alert tests these rows.
+    checked: EstimateCheck | None = None
 
 
 class SegmentKey(Contract):

@@ -205,3 +205,88 @@ def test_a_core_rebuilt_at_start_up_raises_the_alert_of_a_segment_already_bad() 
     board = Board()
     SegmentAlerts(board, factor=1.5, min_rows=50).check_all(stats, T0)
     assert board.changes == [("segment/city=Lyon", True)]
+
+
+def concept_batch(rng: np.random.Generator, i: int, shift: float, estimate: float = 8.0) -> list[MetricRow]:
+    """20 rows over four cities, each with the loss model's estimate of its error (that of a calm row:
+    E|N(0, 10)| ≈ 7.98); Lyon's predictions ``shift`` too high, which the estimate cannot know."""
+    cities = rng.choice(["Paris", "Lyon", "Nice", "Lille"], 20)
+    y_true = rng.integers(25, 347, 20).astype(float)
+    noise = rng.normal(0, 10, 20) + np.where(cities == "Lyon", shift, 0.0)
+    return [
+        MetricRow.of(f"{i}.{k}", float(t), float(t + e), tags={"city": str(c)}, estimated_error=estimate)
+        for k, (t, e, c) in enumerate(zip(y_true, noise, cities, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_concept_shift_in_one_segment_raises_its_estimate_check_alone(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    stats = SegmentedStats(None, WhereWhenConfig(("city",), 50))
+    board = Board()
+    alerts = SegmentAlerts(board, factor=3.0, min_rows=50)  # factor 3: the MAE alert stays out of it
+    for i in range(150):  # 3,000 calm rows: the estimate holds everywhere
+        stats.add_rows(concept_batch(rng, i, 0.0), float(i))
+        alerts.check(stats, float(i))
+    assert board.changes == []
+    lyon_rows = 0
+    for i in range(150, 250):
+        rows = concept_batch(rng, i, 12.0)  # Lyon's MAE ≈ 14 against the 8 estimated: 1.4 x the rest's
+        lyon_rows += sum(1 for r in rows if r.tags == {"city": "Lyon"})
+        stats.add_rows(rows, float(i))
+        alerts.check(stats, float(i))
+        if board.changes:
+            break
+    assert board.changes == [("segment-estimate/city=Lyon", True)]
+    assert lyon_rows <= 150
+    alert = board.to_json()["segment-estimate/city=Lyon"]
+    assert alert["details"]["realized_mae"] > alert["details"]["estimated_mae"] + alert["details"]["band"]
+    assert "city=Lyon" in alert["summary"]
+    for i in range(250, 400):  # Lyon mended: cleared, once
+        stats.add_rows(concept_batch(rng, i, 0.0), float(i))
+        alerts.check(stats, float(i))
+    assert board.changes == [("segment-estimate/city=Lyon", True), ("segment-estimate/city=Lyon", False)]
+
+
+def test_each_segments_check_is_its_newest_300_rows_with_an_estimate_as_pandas_says() -> None:
+    rng = np.random.default_rng(9)
+    rows = [
+        MetricRow.of(
+            str(i),
+            float(t),
+            float(t + rng.normal(0, 20)),
+            tags={"city": str(rng.choice(["Paris", "Lyon"]))},
+            estimated_error=None if rng.random() < 0.3 else float(rng.uniform(5, 25)),
+        )
+        for i, t in enumerate(rng.integers(25, 347, 2500))
+    ]
+    stats = SegmentedStats(None, WhereWhenConfig(("city",), 50))
+    for start in range(0, len(rows), 113):
+        stats.add_rows(rows[start : start + 113], T0)
+    table = pd.DataFrame(
+        {
+            "city": [(r.tags or {})["city"] for r in rows],
+            "loss": [abs(r.y_true - r.y_pred) for r in rows],
+            "estimate": [r.estimated_error for r in rows],
+        }
+    )
+    values = stats.summary(T0)["segments"]["city"]["values"]
+    for city, group in table.groupby("city"):
+        # The segment's ring holds its newest 1,000 rows; of them, the newest 300 that had an estimate.
+        checked = group.tail(1000).dropna(subset=["estimate"]).tail(300)
+        got = values[city]["checked"]
+        assert got["rows"] == len(checked) == 300
+        assert got["realized_mae"] == pytest.approx(checked["loss"].mean(), rel=1e-9)
+        assert got["estimated_mae"] == pytest.approx(checked["estimate"].mean(), rel=1e-9)
+        residual_sd = (checked["loss"] - checked["estimate"]).std(ddof=1)
+        assert got["band"] == pytest.approx(1.96 * residual_sd / np.sqrt(300), rel=1e-9)
+
+
+def test_a_segment_without_estimates_has_no_check_and_no_estimate_alert() -> None:
+    stats = SegmentedStats(None, WhereWhenConfig(("city",), 50))
+    board = Board()
+    rows = [MetricRow.of(str(i), 100.0, 130.0, tags={"city": "Lyon"}) for i in range(400)]
+    stats.add_rows(rows, T0)
+    SegmentAlerts(board, factor=1.5, min_rows=50).check_all(stats, T0)
+    assert stats.summary(T0)["segments"]["city"]["values"]["Lyon"]["checked"] is None
+    assert not [name for name, _ in board.changes if name.startswith("segment-estimate/")]

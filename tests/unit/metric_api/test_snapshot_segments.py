@@ -76,7 +76,8 @@ def fed(core: SegmentedStats, rows: list[MetricRow]) -> None:
 
 def test_segments_and_buckets_saved_and_loaded_are_what_they_were_and_go_on_alike(tmp_path: Path) -> None:
     core = SegmentedStats(BASELINE, CONFIG)
-    fed(core, skewed_rows(3000, 1))
+    rows = skewed_rows(3000, 1)  # most with the estimate of their error they were predicted with, for the segments' checks
+    fed(core, [replace(row, estimated_error=30.0 + i % 17) if i % 4 else row for i, row in enumerate(rows)])
     core.add_predictions([T0 + 3000 * 7.0 + 1.0] * 5, T0 + 3000 * 7.0 + 5)  # waiting predictions: not kept
     books = core.segments.by_key
     assert books["region"].promoted > 0 and books["region"].other.count > 0 and books["region"].sketch  # all exercised
@@ -94,6 +95,7 @@ def test_segments_and_buckets_saved_and_loaded_are_what_they_were_and_go_on_alik
         bucket["labelled_share"] = 1.0 if bucket["labelled"] else None
     expected["by_time"]["dropped"]["predictions"] = core.by_time.dropped_written
     assert not same(views(loaded, now), expected)
+    assert expected["segments"]["channel"]["values"]["mobile"]["checked"]["rows"] == 300  # the checks were saved too
     for key, book in books.items():
         mine = loaded.segments.by_key[key]
         assert list(mine.sketch.items()) == list(book.sketch.items())  # the Misra–Gries counters, in order
