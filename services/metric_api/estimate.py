@@ -100,8 +100,9 @@ def check_window(
     tolerance the larger of ``bias`` and ``ALERT_REL_TOL`` of the estimate), and whether the alert is
     raised after it (``raised``: whether it was before)."""
     n = len(loss)
-    realized, estimated = float(loss.mean()), float(estimate.mean())
-    sd = float(np.std(loss - estimate, ddof=1))
+    realized, estimated = float(loss.sum()) / n, float(estimate.sum()) / n
+    residual = loss - estimate - (realized - estimated)  # centred: the sum of squares without cancellation
+    sd = math.sqrt(float(residual @ residual) / (n - 1))
     tolerance = max(bias, ALERT_REL_TOL * estimated)
     allowed = tolerance + (CLEAR_Z if raised else alert_z) * sd / math.sqrt(n)
     return realized, estimated, allowed, realized - estimated > allowed

@@ -44,12 +44,13 @@ PROMOTE_FACTOR = 2.0
 class SegmentStats:
     """One segment's rows: ``all`` and a ring of the newest (its third column: their estimated errors)."""
 
-    __slots__ = ("all", "ring", "baseline")
+    __slots__ = ("all", "ring", "baseline", "estimated_rows")
 
     def __init__(self, baseline: float | None) -> None:
         self.baseline = baseline
         self.all = ErrorHistory(baseline)
         self.ring = RowRing(RING_ROWS)
+        self.estimated_rows = 0  # rows that carried an estimate (those of the ring, after a load)
 
     @property
     def count(self) -> int:
@@ -58,6 +59,7 @@ class SegmentStats:
     def add(self, y_true: np.ndarray, y_pred: np.ndarray, estimates: np.ndarray) -> None:
         self.all.add(y_true, y_pred)
         self.ring.extend(y_true, y_pred, estimates)
+        self.estimated_rows += int(np.count_nonzero(np.isfinite(estimates)))
 
     def fold_into(self, other: "SegmentStats") -> None:
         """Add this segment's ``all`` to ``other``'s (its sums and errors, not its ring)."""
@@ -71,10 +73,16 @@ class SegmentStats:
     @np.errstate(over="ignore", invalid="ignore")
     def estimated(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """|e| and the estimated error of the newest ``rows`` rows that carried an estimate (of the ring's)."""
-        y_true, y_pred, estimates = self.ring.last(self.ring.capacity)
-        known = np.isfinite(estimates) & np.isfinite(y_true - y_pred)
-        loss, estimate = np.abs(y_pred - y_true)[known], estimates[known]
-        return loss[-rows:], estimate[-rows:]
+        if not self.estimated_rows:  # the common case without a loss model: nothing to look at
+            return np.zeros(0), np.zeros(0)
+        y_true, y_pred, estimates = self.ring.last(rows)  # the newest ``rows`` first: mostly each has its estimate
+        loss = np.abs(y_pred - y_true)
+        known = np.isfinite(estimates) & np.isfinite(loss)
+        if len(loss) == rows and not known.all():  # some had none: the rows before them may have one
+            y_true, y_pred, estimates = self.ring.last(self.ring.capacity)
+            loss = np.abs(y_pred - y_true)
+            known = np.isfinite(estimates) & np.isfinite(loss)
+        return loss[known][-rows:], estimates[known][-rows:]
 
     def checked(self) -> dict[str, Any] | None:
         """Its estimate checked: the newest ``CHECK_ROWS`` rows with an estimate, realized MAE beside
@@ -110,6 +118,7 @@ class SegmentStats:
         estimates = ring[2] if len(ring) > 2 else np.full(len(y_true), np.nan)  # a snapshot of a release before them
         stats.ring.total = int(snapshot.meta[f"{name}.ring_total"]) - len(y_true)
         stats.ring.extend(y_true, y_pred, estimates)
+        stats.estimated_rows = int(np.count_nonzero(np.isfinite(estimates)))
         return stats
 
 

@@ -386,6 +386,10 @@ def test_a_concept_shift_in_one_segment_raises_its_estimate_check_through_the_we
         realized, estimated = (float(x) for x in lyon_row[7].split(" / "))
         assert lyon_row[0] == "raised" and realized > estimated  # red, its realized MAE beside the estimated
         assert page.exceptions() == []
+        page.evaluate("document.getElementById('segments').scrollIntoView()")
+        shot = page.screenshot(tmp_path / "segments-estimate.png")
+        if copy_to := os.environ.get("SEGMENTS_ESTIMATE_SCREENSHOT"):  # e.g. docs/segments-estimate.png
+            shutil.copyfile(shot, copy_to)
 
 
 def test_the_dashboard_ranks_segments_by_their_bound_and_shows_the_unsettled_hours(
