@@ -121,3 +121,15 @@ def segment_feature_positions(keys: tuple[str, ...], names: tuple[str, ...], cat
     """Which of the segment keys are categorical features of a schema, and their positions in a row."""
     wanted = set(keys)
     return {names[i]: i for i in categorical if names[i] in wanted}
+
+
+def numeric_segment_keys(keys: tuple[str, ...], names: tuple[str, ...], categorical: tuple[int, ...]) -> str | None:
+    """A warning if SEGMENT_KEYS names numeric features of a schema (they are never segments: their
+    values are not a few categories), else None."""
+    numeric = [key for key in keys if key in names and names.index(key) not in categorical]
+    if not numeric:
+        return None
+    return (
+        f"SEGMENT_KEYS names {', '.join(map(repr, numeric))}: numeric feature(s) of the model's schema, never segments "
+        "(only categorical features and tags are); send a binned value as a tag of another name to segment by it"
+    )

@@ -30,7 +30,7 @@ from services.common.messages import (
 )
 from services.common.registration import EXTERNAL_VERSION
 from services.common.settings import Settings
-from services.common.tags import segment_feature_positions, segment_tags
+from services.common.tags import numeric_segment_keys, segment_feature_positions, segment_tags
 from services.model_api.drift_watch import DriftWatch
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
 
@@ -73,6 +73,7 @@ class ModelService:
         self.settings = settings
         # The model in service. Swapped whole by reload(); each batch reads it once.
         self.model = self._log_loaded(load_model(settings.MODEL_PATH, allow_unverified=settings.MODEL_ALLOW_UNVERIFIED))
+        self._warn_of_numeric_segment_keys(self.model)
         self.served: dict[str, Tally[str]] = {}  # model_version -> {"queue": n, "http": n}
         self.ids = SampleIdClock(suffix=f"{secrets.randbelow(10**ID_SUFFIX_DIGITS):0{ID_SUFFIX_DIGITS}d}")
         self._reload_lock = asyncio.Lock()
@@ -245,6 +246,11 @@ class ModelService:
         self.served.setdefault(version, Tally())[path] += count
         SERVED.labels(path=path, model_version=version).inc(count)
 
+    def _warn_of_numeric_segment_keys(self, model: LoadedModel) -> None:
+        schema = model.schema
+        if (warning := numeric_segment_keys(self.settings.segment_keys, schema.names, schema.categorical)) is not None:
+            log.warning("%s", warning)
+
     @staticmethod
     def _log_loaded(model: LoadedModel) -> LoadedModel:
         log.info(
@@ -276,6 +282,7 @@ class ModelService:
                 raise
             monitor = await asyncio.to_thread(self.drift.monitor_for, new)
             old, self.model = self.model, self._log_loaded(new)
+            self._warn_of_numeric_segment_keys(new)
             self.drift.use(new, monitor)
             MODEL_RELOADS.labels(outcome="loaded").inc()
             log.info("model reloaded: %s -> %s", old.version, new.version)

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from services.common.messages import FeaturesMessage, PredictionMessage, ReportedPrediction
 from services.common.settings import Settings
-from services.common.tags import parse_segment_keys, segment_feature_positions, segment_tags
+from services.common.tags import numeric_segment_keys, parse_segment_keys, segment_feature_positions, segment_tags
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,10 @@ def test_a_segment_features_value_joins_the_tags_and_a_callers_tag_of_that_name_
     assert segment_tags({"city": "mine"}, [120.0, "Lyon", "web"], positions) == {"city": "mine"}
     assert segment_tags(None, [120.0, None, "web"], positions) is None
     assert segment_tags(None, None, positions) is None
+
+
+def test_a_numeric_feature_named_as_a_segment_key_is_warned_of_by_name() -> None:
+    names, categorical = ("area", "district", "rooms"), (1,)
+    warning = numeric_segment_keys(("district", "area", "region", "rooms"), names, categorical)
+    assert warning is not None and "'area', 'rooms'" in warning and "district" not in warning
+    assert numeric_segment_keys(("district", "region"), names, categorical) is None  # a categorical, and a tag
