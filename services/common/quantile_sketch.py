@@ -2,19 +2,20 @@
 
 DDSketch's logarithmic mapping (Masson, Rim and Lee, "DDSketch: A Fast and Fully-Mergeable Quantile
 Sketch with Relative-Error Guarantees", PVLDB 12(12), 2019; the ``ddsketch`` package's
-``LogarithmicMapping`` and ``CollapsingLowestDenseStore``): a value ``x > 0`` is counted in bucket
-``k = ceil(log_γ x)``, ``γ = (1 + α) / (1 - α)``, and every value of bucket ``k`` is read back as
-``2γ^k / (γ + 1)``, within ``α`` of it relatively. Zeros (an exact prediction) are counted apart and read
-back as 0. A quantile between two order statistics is interpolated as numpy's default ("linear")
-percentile is, from the two read back: a convex combination of two values each within ``α`` is within
-``α`` of the exact interpolation, so p50/p90/p95 are within ``RELATIVE_ACCURACY`` of numpy's.
+``LogarithmicMapping`` and ``CollapsingLowestDenseStore``): with ``a`` the relative accuracy and
+``gamma = (1 + a) / (1 - a)``, a value ``x > 0`` is counted in bucket ``k = ceil(log_gamma x)``, and
+every value of bucket ``k`` is read back as ``2 gamma^k / (gamma + 1)``, within ``a`` of it
+relatively. Zeros (an exact prediction) are counted apart and read back as 0. A quantile between two
+order statistics is interpolated as numpy's default ("linear") percentile is, from the two read back:
+a convex combination of two values each within ``a`` is within ``a`` of the exact interpolation, so
+p50/p90/p95 are within ``RELATIVE_ACCURACY`` of numpy's.
 
 Written here rather than taken from ``ddsketch`` 3.0.1: that package adds values one at a time in
 Python (about 1 µs each: a millisecond a batch of 1,000 rows, bench/quantile_sketch.py), this one a
 batch at a time with numpy (``log``, ``ceil``, ``bincount``).
 
 Memory: at most ``MAX_BINS`` int64 counters (32 KiB), whatever the number of values: they cover
-values from the largest down to ``γ^-MAX_BINS`` times it (about 6·10^-18 at α = 0.5 %). Smaller
+values from the largest down to ``gamma^-MAX_BINS`` times it (about 6e-18 at a = 0.5 %). Smaller
 positive values are counted in the lowest bucket (the ``CollapsingLowest`` rule: they read back too
 large, which only a quantile that falls among them shows).
 """

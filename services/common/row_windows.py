@@ -224,7 +224,9 @@ class TakenRows:
 class RowWindows:
     """``all`` and the ``last_*`` windows of the rows taken so far, the rows left out, the newest row."""
 
-    def __init__(self, baseline: float | None = None, ring_rows: int = LAST_5M_MAX_ROWS, exact_rows: int = ALL_EXACT_ROWS) -> None:
+    def __init__(
+        self, baseline: float | None = None, ring_rows: int = LAST_5M_MAX_ROWS, exact_rows: int = ALL_EXACT_ROWS
+    ) -> None:
         self.baseline = baseline
         self._ring_rows = ring_rows
         self.exact_rows = exact_rows

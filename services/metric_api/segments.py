@@ -29,8 +29,8 @@ import numpy as np
 from services.common.error_window import Window, window_of
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import PART_EXACT_ROWS, ErrorHistory, RowRing
-from services.common.settings import ALL_EXACT_ROWS
 from services.common.segment_rank import mae_low
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
 
 OTHER = "(other)"
@@ -197,7 +197,10 @@ class SegmentBook:
     def approximate(self) -> list[str]:
         """The segments whose ``all`` percentiles are a sketch's, as ``segments.<key>.<value>.all``."""
         return [
-            f"segments.{key}.{name}.all" for key, book in self.by_key.items() for name, stats in book.segments().items() if stats.all.approximate
+            f"segments.{key}.{name}.all"
+            for key, book in self.by_key.items()
+            for name, stats in book.segments().items()
+            if stats.all.approximate
         ]
 
     def segment_count(self) -> int:

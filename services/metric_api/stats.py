@@ -22,8 +22,8 @@ import numpy as np
 from services.common.error_window import STATS_ABS_MAX, finite_or_none, usable
 from services.common.messages import UNKNOWN_VERSION
 from services.common.metric_rows import MetricRow
-from services.common.settings import ALL_EXACT_ROWS
 from services.common.row_windows import LAST_5M_MAX_ROWS, ErrorHistory, RowWindows, TakenRows
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, load_history, load_windows, save_history, save_windows
 
 RECENT_ROWS_SERVED = 1000  # the newest rows kept whole for /metrics/recent

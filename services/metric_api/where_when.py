@@ -24,8 +24,8 @@ import numpy as np
 
 from services.common.alerts import AlertBoard
 from services.common.metric_rows import MetricRow
-from services.common.snapshots import Snapshot, SnapshotUnusable
 from services.common.settings import ALL_EXACT_ROWS
+from services.common.snapshots import Snapshot, SnapshotUnusable
 from services.metric_api.by_time import ErrorByTime
 from services.metric_api.segments import SegmentBook
 from services.metric_api.stats import QualityStats
@@ -85,7 +85,11 @@ class SegmentedStats(QualityStats):
 
     def summary(self, now: float) -> dict[str, Any]:
         summary = super().summary(now)
-        return {**summary, "segments": self.segments.summary(), "approximate": summary["approximate"] + self.segments.approximate()}
+        return {
+            **summary,
+            "segments": self.segments.summary(),
+            "approximate": summary["approximate"] + self.segments.approximate(),
+        }
 
     # -- snapshots: QualityStats' and the segments and buckets
     def save(self, snapshot: Snapshot) -> None:

@@ -45,7 +45,9 @@ APPROXIMATE = (
     "estimate: last_* windows are each shard's newest, merged; a band combines the shards' as independent errors",
 )
 
-SKETCHED_ALL = "windows.all: p50_ae, p90_ae, p95_ae from a quantile sketch of the union's rows (within 0.5 %; past ALL_EXACT_ROWS rows)"
+SKETCHED_ALL = (
+    "windows.all: p50_ae, p90_ae, p95_ae from a quantile sketch of the union's rows (within 0.5 %; past ALL_EXACT_ROWS rows)"
+)
 
 
 @dataclass(frozen=True)
