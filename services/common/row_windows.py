@@ -44,6 +44,7 @@ RATE_WINDOW_S = 60.0  # rows_per_s is over the last minute
 # A population that is one of many (a segment: up to SEGMENT_VALUES_MAX + 1 a key; a time bucket: up to
 # TIME_BUCKETS_KEPT) is exact up to at most this many rows: 0.8 MB each (1 MiB of capacity), not 8.
 PART_EXACT_ROWS = 100_000
+SEED_CHUNK = 65_536  # exact values given to a new sketch this many at a time
 
 
 class GrowingArray:
@@ -148,7 +149,9 @@ class ErrorHistory:
         """The sketch, made now of the exact values (then freed) if there is none yet."""
         if self.sketch is None:
             self.sketch = QuantileSketch()
-            self.sketch.add(self.exact().values)
+            values = self.exact().values
+            for start in range(0, len(values), SEED_CHUNK):  # the sketch's temporaries stay small
+                self.sketch.add(values[start : start + SEED_CHUNK])
             self.absolute_errors = None
         return self.sketch
 
