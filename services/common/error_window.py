@@ -22,6 +22,7 @@ from services.common.contracts.summary import WINDOW_FIELDS
 Window = dict[str, float | int | None]  # WINDOW_FIELDS -> value: a WindowStats as a dict
 # Beyond this, a value's square (and a sum of a billion of them) is no longer a finite float.
 STATS_ABS_MAX = 1e100
+PERCENTILES = (50, 90, 95)  # p50_ae, p90_ae, p95_ae
 
 
 def usable(y_true: float, y_pred: float) -> bool:
@@ -141,18 +142,26 @@ class ErrorSums:
     def window(self, absolute_errors: np.ndarray, *, ascending: bool) -> Window:
         """The window's numbers; ``absolute_errors`` are those of the same rows (``ascending``:
         already sorted, so percentiles are read off rather than searched for)."""
+        if self.count == 0:
+            return empty_window()
+        if ascending:
+            p50, p90, p95 = (percentile_of_sorted(absolute_errors, q) for q in PERCENTILES)
+            max_ae = absolute_errors[-1]
+        else:
+            p50, p90, p95 = np.percentile(absolute_errors, PERCENTILES)
+            max_ae = np.max(absolute_errors)
+        return self.window_of_percentiles((float(p50), float(p90), float(p95)), float(max_ae))
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def window_of_percentiles(self, percentiles: tuple[float, ...], max_ae: float) -> Window:
+        """The window's numbers, its p50/p90/p95 of |e| (``PERCENTILES``) and its max |e| given."""
         n = self.count
         if n == 0:
             return empty_window()
+        p50, p90, p95 = percentiles
         mae = self.sum_ae.value / n
         sum_e2 = self.sum_e2.value
         baseline_mae = self.sum_baseline_ae.value / n if self.baseline is not None else None
-        if ascending:
-            p50, p90, p95 = (percentile_of_sorted(absolute_errors, q) for q in (50, 90, 95))
-            max_ae = absolute_errors[-1]
-        else:
-            p50, p90, p95 = np.percentile(absolute_errors, [50, 90, 95])
-            max_ae = np.max(absolute_errors)
         window: Window = {
             "count": n,
             "mae": mae,
@@ -168,6 +177,19 @@ class ErrorSums:
             "skill": 1.0 - mae / baseline_mae if baseline_mae else None,
         }
         return {name: value if name == "count" else finite_or_none(value) for name, value in window.items()}
+
+
+def batch_of(sums: ErrorSums, absolute_errors: np.ndarray) -> BatchSums:
+    """A window's sums as one batch (with ``absolute_errors``, those of its rows or none), to merge
+    into another window (``ErrorSums.merge`` takes batches)."""
+    batch = BatchSums.__new__(BatchSums)
+    batch.count = sums.count
+    batch.sum_e, batch.sum_e2, batch.sum_ae = sums.sum_e.value, sums.sum_e2.value, sums.sum_ae.value
+    batch.sum_ape, batch.count_ape = sums.sum_ape.value, sums.count_ape
+    batch.sum_baseline_ae = sums.sum_baseline_ae.value
+    batch.mean_y, batch.m2_y = sums.mean_y, sums.m2_y
+    batch.absolute_errors = absolute_errors
+    return batch
 
 
 def window_of(y_true: np.ndarray, y_pred: np.ndarray, baseline: float | None) -> Window:

@@ -6,7 +6,8 @@ five minutes, at most ``LAST_5M_MAX_ROWS`` of them), each ``WindowStats``' twelv
 
 - ``all``: running sums, and a compact float64 array of absolute errors for the percentiles and
   the maximum (8 bytes a row), kept sorted lazily (rows since the last read are sorted and
-  merged in when asked).
+  merged in when asked); beyond ``exact_rows`` rows (ALL_EXACT_ROWS) a quantile sketch of 32 KiB
+  instead (services/common/quantile_sketch.py): the percentiles within 0.5 %, the maximum exact.
 - ``last_*``: a ring of the newest rows (y_true, y_pred, joined-at time), computed from directly
   when asked: at most ``LAST_5M_MAX_ROWS`` rows.
 
@@ -21,14 +22,29 @@ from typing import Any
 
 import numpy as np
 
-from services.common.error_window import BatchSums, ErrorSums, Window, finite_or_none, usable, window_of
+from services.common.error_window import (
+    PERCENTILES,
+    BatchSums,
+    ErrorSums,
+    Window,
+    batch_of,
+    finite_or_none,
+    usable,
+    window_of,
+)
 from services.common.metric_rows import MetricRow
+from services.common.quantile_sketch import QuantileSketch
+from services.common.settings import ALL_EXACT_ROWS
 
 LAST_N_WINDOWS = {"last_100": 100, "last_1000": 1000}
 LAST_5M_S = 300.0
 # 5 minutes at 1,000 rows/s: 7.2 MB of ring. Beyond that rate last_5m is the newest rows only.
 LAST_5M_MAX_ROWS = 300_000
 RATE_WINDOW_S = 60.0  # rows_per_s is over the last minute
+# A population that is one of many (a segment: up to SEGMENT_VALUES_MAX + 1 a key; a time bucket: up to
+# TIME_BUCKETS_KEPT) is exact up to at most this many rows: 0.8 MB each (1 MiB of capacity), not 8.
+PART_EXACT_ROWS = 100_000
+SEED_CHUNK = 65_536  # exact values given to a new sketch this many at a time
 
 
 class GrowingArray:
@@ -51,6 +67,10 @@ class GrowingArray:
     def values(self) -> np.ndarray:
         return self._data[: self.size]
 
+    @property
+    def capacity_nbytes(self) -> int:
+        return int(self._data.nbytes)
+
 
 class LazilySortedArray(GrowingArray):
     """Values whose order does not matter, sorted when read: only the ones added since the
@@ -70,27 +90,80 @@ class LazilySortedArray(GrowingArray):
 
 
 class ErrorHistory:
-    """Every row of one population (all rows, or one model version's): sums and |e| values."""
+    """Every row of one population (all rows, one model version's, one segment's): sums and the |e|
+    values, exactly while there are at most ``exact_rows`` of them (8 bytes a row); beyond that a
+    ``QuantileSketch`` of them (32 KiB, percentiles within ``RELATIVE_ACCURACY``), seeded with the exact
+    values, which are then freed. The maximum stays exact."""
 
-    def __init__(self, baseline: float | None) -> None:
+    def __init__(self, baseline: float | None, exact_rows: int = ALL_EXACT_ROWS) -> None:
         self.sums = ErrorSums(baseline)
-        self.absolute_errors = LazilySortedArray()
+        self.exact_rows = exact_rows
+        self.absolute_errors: LazilySortedArray | None = LazilySortedArray()  # None once sketched
+        self.sketch: QuantileSketch | None = None
         self._cached: tuple[int, Window] | None = None
 
     @property
     def count(self) -> int:
         return self.sums.count
 
+    @property
+    def approximate(self) -> bool:
+        """Whether the percentiles are the sketch's (within ``RELATIVE_ACCURACY``), not exact."""
+        return self.sketch is not None
+
+    def nbytes(self) -> int:
+        """The bytes of its arrays (the |e| values held, or the sketch's counters)."""
+        return self.sketch.nbytes if self.sketch is not None else int(self.exact().capacity_nbytes)
+
+    def exact(self) -> LazilySortedArray:
+        """The |e| values (only while not sketched)."""
+        assert self.absolute_errors is not None, "a sketched population has no exact values"
+        return self.absolute_errors
+
     def add(self, y_true: np.ndarray, y_pred: np.ndarray) -> None:
         self.merge(BatchSums(y_true, y_pred, self.sums.baseline))
 
     def merge(self, batch: BatchSums) -> None:
         self.sums.merge(batch)
-        self.absolute_errors.extend(batch.absolute_errors)
+        self.add_errors(batch.absolute_errors)
+
+    def absorb(self, other: "ErrorHistory") -> None:
+        """Add ``other``'s rows (its sums, and its |e| values or sketch)."""
+        if other.sketch is None:
+            self.merge(batch_of(other.sums, other.exact().values.copy()))
+            return
+        self.sums.merge(batch_of(other.sums, np.empty(0)))
+        self._sketched().merge(other.sketch)
+
+    def add_errors(self, absolute_errors: np.ndarray) -> None:
+        """The |e| of rows whose sums are in already (a snapshot's)."""
+        if self.sketch is not None:
+            self.sketch.add(absolute_errors)
+            return
+        values = self.exact()
+        values.extend(absolute_errors)
+        if values.size > self.exact_rows:
+            self._sketched()
+
+    def _sketched(self) -> QuantileSketch:
+        """The sketch, made now of the exact values (then freed) if there is none yet."""
+        if self.sketch is None:
+            self.sketch = QuantileSketch()
+            values = self.exact().values
+            for start in range(0, len(values), SEED_CHUNK):  # the sketch's temporaries stay small
+                self.sketch.add(values[start : start + SEED_CHUNK])
+            self.absolute_errors = None
+        return self.sketch
 
     def window(self) -> Window:
         if self._cached is None or self._cached[0] != self.count:
-            self._cached = (self.count, self.sums.window(self.absolute_errors.sorted(), ascending=True))
+            if self.sketch is None:
+                window = self.sums.window(self.exact().sorted(), ascending=True)
+            elif self.count == 0:
+                window = self.sums.window(np.empty(0), ascending=True)
+            else:
+                window = self.sums.window_of_percentiles(self.sketch.percentiles(PERCENTILES), self.sketch.max)
+            self._cached = (self.count, window)
         return self._cached[1]
 
 
@@ -154,14 +227,17 @@ class TakenRows:
 class RowWindows:
     """``all`` and the ``last_*`` windows of the rows taken so far, the rows left out, the newest row."""
 
-    def __init__(self, baseline: float | None = None, ring_rows: int = LAST_5M_MAX_ROWS) -> None:
+    def __init__(
+        self, baseline: float | None = None, ring_rows: int = LAST_5M_MAX_ROWS, exact_rows: int = ALL_EXACT_ROWS
+    ) -> None:
         self.baseline = baseline
         self._ring_rows = ring_rows
+        self.exact_rows = exact_rows
         self.reset()
 
     def reset(self) -> None:
         """No rows (as new; also for a read that has to start again)."""
-        self.all = ErrorHistory(self.baseline)
+        self.all = ErrorHistory(self.baseline, self.exact_rows)
         self.ring = RowRing(self._ring_rows)
         self.last_id: str | None = None
         self.last_row_at: float | None = None
@@ -222,4 +298,5 @@ class RowWindows:
             "last_row_at": self.last_row_at,
             "rows_per_s": int(np.count_nonzero(at >= now - RATE_WINDOW_S)) / RATE_WINDOW_S,
             "excluded_rows": self.excluded_rows,
+            "approximate": ["windows.all"] if self.all.approximate else [],  # whose percentiles are the sketch's
         }

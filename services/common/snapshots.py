@@ -22,7 +22,9 @@ import numpy as np
 
 from services.common.error_window import CompensatedSum, ErrorSums
 from services.common.files import atomic_write_chunks
+from services.common.quantile_sketch import QuantileSketch, SketchMismatch
 from services.common.row_windows import ErrorHistory, RowWindows
+from services.common.settings import ALL_EXACT_ROWS
 
 MAGIC = b"model-monitor snapshot\n"
 SNAPSHOT_PERIOD_S = 60.0  # how often a running service writes its snapshot (and once when it stops)
@@ -109,6 +111,8 @@ def _finite(value: float | None) -> float | None:
 
 
 def save_history(history: ErrorHistory, name: str, snapshot: Snapshot) -> None:
+    """Its sums, and its |e| values (``<name>.ae``) or, once sketched, its sketch (``<name>.bins``, and
+    an empty ``<name>.ae``: a release before sketches refuses the snapshot rather than misread it)."""
     sums = history.sums
     snapshot.meta[name] = {
         "count": sums.count,
@@ -117,21 +121,38 @@ def save_history(history: ErrorHistory, name: str, snapshot: Snapshot) -> None:
         "m2_y": sums.m2_y,
         **{s: getattr(sums, s).parts() for s in _SUMS},
     }
-    snapshot.arrays[f"{name}.ae"] = history.absolute_errors.sorted().copy()
+    if history.sketch is not None:
+        snapshot.meta[name]["sketch"] = history.sketch.meta()
+        snapshot.arrays[f"{name}.bins"] = history.sketch.bins.copy()
+        snapshot.arrays[f"{name}.ae"] = np.empty(0)
+    else:
+        snapshot.arrays[f"{name}.ae"] = history.exact().sorted().copy()
 
 
-def load_history(baseline: float | None, name: str, snapshot: Snapshot) -> ErrorHistory:
+def load_history(baseline: float | None, name: str, snapshot: Snapshot, exact_rows: int = ALL_EXACT_ROWS) -> ErrorHistory:
+    """What ``save_history`` saved (of a snapshot with or without sketches): exact values beyond
+    ``exact_rows`` are sketched now; a sketch stays one (its exact values are gone)."""
     meta = snapshot.meta[name]
-    history = ErrorHistory(baseline)
+    history = ErrorHistory(baseline, exact_rows)
     sums: ErrorSums = history.sums
     sums.count, sums.count_ape, sums.mean_y, sums.m2_y = meta["count"], meta["count_ape"], meta["mean_y"], meta["m2_y"]
     for s in _SUMS:
         setattr(sums, s, CompensatedSum.of_parts(*meta[s]))
     errors = snapshot.arrays[f"{name}.ae"]
+    if "sketch" in meta:
+        try:
+            sketch = QuantileSketch.of(meta["sketch"], snapshot.arrays[f"{name}.bins"])
+        except SketchMismatch as exc:
+            raise SnapshotUnusable(f"{name}: its sketch cannot be used ({exc})") from None
+        if sketch.count != sums.count or len(errors):
+            raise SnapshotUnusable(f"{name}: a sketch of {sketch.count} errors and {len(errors)} more for {sums.count} rows")
+        history.absolute_errors, history.sketch = None, sketch
+        return history
     if len(errors) != sums.count:
         raise SnapshotUnusable(f"{name}: {len(errors)} errors for {sums.count} rows")
-    history.absolute_errors.extend(errors)
-    history.absolute_errors.sorted()
+    history.add_errors(errors)  # sketched if beyond exact_rows
+    if history.sketch is None:
+        history.exact().sorted()
     return history
 
 
@@ -157,7 +178,7 @@ def load_windows(windows: RowWindows, snapshot: Snapshot) -> None:
         raise SnapshotUnusable(f"made with the baseline {meta['baseline']!r}, not {windows.baseline!r}")
     if meta["ring_capacity"] != windows.ring.capacity:
         raise SnapshotUnusable(f"made with a ring of {meta['ring_capacity']} rows, not {windows.ring.capacity}")
-    windows.all = load_history(windows.baseline, "all", snapshot)
+    windows.all = load_history(windows.baseline, "all", snapshot, windows.exact_rows)
     y_true, y_pred, at = (snapshot.arrays[f"ring.{column}"] for column in ("y_true", "y_pred", "at"))
     windows.ring.total = meta["ring_total"] - len(y_true)
     windows.ring.extend(y_true, y_pred, at)

@@ -25,21 +25,23 @@ import numpy as np
 
 from services.common.error_window import usable
 from services.common.metric_rows import MetricRow
-from services.common.row_windows import ErrorHistory
+from services.common.row_windows import PART_EXACT_ROWS, ErrorHistory
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
 
 
 class Bucket:
     __slots__ = ("predictions", "rows", "written")
 
-    def __init__(self, baseline: float | None) -> None:
+    def __init__(self, baseline: float | None, exact_rows: int = PART_EXACT_ROWS) -> None:
         self.predictions = 0  # every prediction that reached the join (on arrival)
         self.written = 0  # those of them whose row was written (what a snapshot keeps)
-        self.rows = ErrorHistory(baseline)
+        self.rows = ErrorHistory(baseline, exact_rows)
 
 
 class ErrorByTime:
-    def __init__(self, bucket_s: float, kept: int, baseline: float | None = None) -> None:
+    def __init__(self, bucket_s: float, kept: int, baseline: float | None = None, exact_rows: int = ALL_EXACT_ROWS) -> None:
+        self.exact_rows = min(exact_rows, PART_EXACT_ROWS)  # one of many populations
         self.bucket_s = bucket_s
         self.kept = kept
         self.baseline = baseline
@@ -61,7 +63,7 @@ class ErrorByTime:
             return None
         bucket = self.buckets.get(number)
         if bucket is None:
-            bucket = self.buckets[number] = Bucket(self.baseline)
+            bucket = self.buckets[number] = Bucket(self.baseline, self.exact_rows)
         return bucket
 
     def add_predictions(self, made_at: Iterable[float], now: float) -> None:
@@ -131,8 +133,8 @@ class ErrorByTime:
             made, wanted = f"{meta['bucket_s']}s x {meta['kept']}", f"{self.bucket_s}s x {self.kept}"
             raise SnapshotUnusable(f"made with buckets of {made}, not {wanted}")
         for index, (number, written) in enumerate(meta["buckets"]):
-            bucket = self.buckets[int(number)] = Bucket(self.baseline)
-            bucket.rows = load_history(self.baseline, f"by_time{index}", snapshot)
+            bucket = self.buckets[int(number)] = Bucket(self.baseline, self.exact_rows)
+            bucket.rows = load_history(self.baseline, f"by_time{index}", snapshot, self.exact_rows)
             bucket.predictions = bucket.written = int(written)
         self.dropped_written = self.dropped_predictions = int(meta["dropped_written"])
         self.dropped_labelled = int(meta["dropped_labelled"])

@@ -163,7 +163,11 @@ class QualityMonitor:
     def __init__(self, settings: Settings, service: str = "metric_api") -> None:
         self.baseline = read_baseline(settings)
         self.where_when = WhereWhenConfig(
-            settings.segment_keys, settings.SEGMENT_VALUES_MAX, settings.TIME_BUCKET_S, settings.TIME_BUCKETS_KEPT
+            settings.segment_keys,
+            settings.SEGMENT_VALUES_MAX,
+            settings.TIME_BUCKET_S,
+            settings.TIME_BUCKETS_KEPT,
+            settings.ALL_EXACT_ROWS,
         )
         self.core = self.new_core()
         self.alert, about = mae_alert(settings)
@@ -307,6 +311,7 @@ class QualityMonitor:
             alert=alert,
             alerts=self.alerts.to_json(),
             segments=core["segments"],
+            approximate=core["approximate"],
             baseline=self.baseline.describe(),
             csv=csv,
             estimate=self.estimate_summary(),

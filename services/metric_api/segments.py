@@ -14,10 +14,12 @@ least frequent tracked value takes its place. The value it replaces is folded in
 from then on: its earlier rows stay in ``(other)``. With at most ``values_max`` values per key,
 nothing is ever folded: each value's statistics are exactly those of its rows.
 
-Per segment: ``all`` (running sums and one float64 |e| a row, as the global ``all``) and a ring of
-the newest ``RING_ROWS`` rows for ``last_100`` and ``last_1000`` and for the segment's check of the
-estimate (y_true, y_pred and the estimated error each prediction carried, NaN where none):
-3 × 8 × 1,000 bytes, plus 8 bytes a row.
+Per segment: ``all`` (running sums and one float64 |e| a row, as the global ``all``, up to
+``PART_EXACT_ROWS`` rows or ALL_EXACT_ROWS if fewer; then a quantile sketch of 32 KiB: percentiles
+within 0.5 %) and a ring of the newest ``RING_ROWS`` rows for ``last_100`` and ``last_1000`` and for
+the segment's check of the estimate (y_true, y_pred and the estimated error each prediction carried,
+NaN where none): 3 × 8 × 1,000 bytes. So a segment holds at most 24 KB + 8 bytes a row up to
+100,000 rows (1 MiB of capacity at most), and 24 KB + 32 KiB beyond.
 """
 
 import math
@@ -26,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from services.common.error_window import BatchSums, ErrorSums, Window, window_of
+from services.common.error_window import Window, window_of
 from services.common.estimate import BAND_Z
 from services.common.metric_rows import MetricRow
-from services.common.row_windows import ErrorHistory, RowRing
+from services.common.row_windows import PART_EXACT_ROWS, ErrorHistory, RowRing
 from services.common.segment_rank import mae_low
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
 from services.metric_api.estimate import CHECK_ROWS
 
@@ -44,11 +47,12 @@ PROMOTE_FACTOR = 2.0
 class SegmentStats:
     """One segment's rows: ``all`` and a ring of the newest (its third column: their estimated errors)."""
 
-    __slots__ = ("all", "ring", "baseline", "estimated_rows")
+    __slots__ = ("all", "ring", "baseline", "exact_rows", "estimated_rows")
 
-    def __init__(self, baseline: float | None) -> None:
+    def __init__(self, baseline: float | None, exact_rows: int = PART_EXACT_ROWS) -> None:
         self.baseline = baseline
-        self.all = ErrorHistory(baseline)
+        self.exact_rows = exact_rows
+        self.all = ErrorHistory(baseline, exact_rows)
         self.ring = RowRing(RING_ROWS)
         self.estimated_rows = 0  # rows that carried an estimate (those of the ring, after a load)
 
@@ -63,7 +67,7 @@ class SegmentStats:
 
     def fold_into(self, other: "SegmentStats") -> None:
         """Add this segment's ``all`` to ``other``'s (its sums and errors, not its ring)."""
-        other.all.merge(_as_batch(self.all.sums, self.all.absolute_errors.values))
+        other.all.absorb(self.all)
 
     @np.errstate(over="ignore", invalid="ignore")
     def recent_mae(self, rows: int) -> tuple[float | None, int]:
@@ -101,8 +105,8 @@ class SegmentStats:
         return out
 
     def nbytes(self) -> int:
-        """The bytes of its arrays (the ring and the |e| values held)."""
-        return 3 * self.ring.y_true.nbytes + self.all.absolute_errors._data.nbytes
+        """The bytes of its arrays (the ring, and the |e| values held or the sketch)."""
+        return 3 * self.ring.y_true.nbytes + self.all.nbytes()
 
     def save(self, name: str, snapshot: Snapshot) -> None:
         save_history(self.all, name, snapshot)
@@ -110,9 +114,9 @@ class SegmentStats:
         snapshot.meta[f"{name}.ring_total"] = self.ring.total
 
     @classmethod
-    def load(cls, baseline: float | None, name: str, snapshot: Snapshot) -> "SegmentStats":
-        stats = cls(baseline)
-        stats.all = load_history(baseline, name, snapshot)
+    def load(cls, baseline: float | None, name: str, snapshot: Snapshot, exact_rows: int = PART_EXACT_ROWS) -> "SegmentStats":
+        stats = cls(baseline, exact_rows)
+        stats.all = load_history(baseline, name, snapshot, exact_rows)
         ring = snapshot.arrays[f"{name}.ring"]
         y_true, y_pred = ring[0], ring[1]
         estimates = ring[2] if len(ring) > 2 else np.full(len(y_true), np.nan)  # a snapshot of a release before them
@@ -122,27 +126,16 @@ class SegmentStats:
         return stats
 
 
-def _as_batch(sums: ErrorSums, absolute_errors: np.ndarray) -> BatchSums:
-    """A window's sums as one batch, to merge into another window (ErrorSums.merge takes batches)."""
-    batch = BatchSums.__new__(BatchSums)
-    batch.count = sums.count
-    batch.sum_e, batch.sum_e2, batch.sum_ae = sums.sum_e.value, sums.sum_e2.value, sums.sum_ae.value
-    batch.sum_ape, batch.count_ape = sums.sum_ape.value, sums.count_ape
-    batch.sum_baseline_ae = sums.sum_baseline_ae.value
-    batch.mean_y, batch.m2_y = sums.mean_y, sums.m2_y
-    batch.absolute_errors = absolute_errors.copy()
-    return batch
-
-
 class KeySegments:
     """The segments of one key: the tracked values, ``(other)``, and the frequencies of the untracked."""
 
-    def __init__(self, key: str, values_max: int, baseline: float | None) -> None:
+    def __init__(self, key: str, values_max: int, baseline: float | None, exact_rows: int = PART_EXACT_ROWS) -> None:
         self.key = key
+        self.exact_rows = exact_rows
         self.values_max = values_max
         self.baseline = baseline
         self.tracked: dict[str, SegmentStats] = {}
-        self.other = SegmentStats(baseline)
+        self.other = SegmentStats(baseline, exact_rows)
         self.sketch: dict[str, int] = {}  # Misra–Gries counters of untracked values
         self.promoted = 0
         self._weakest_floor = 0  # a lower bound of the least count tracked: a cheap first test
@@ -153,7 +146,7 @@ class KeySegments:
         if value in self.tracked:
             return value
         if len(self.tracked) < self.values_max and value != OTHER:
-            self.tracked[value] = SegmentStats(self.baseline)
+            self.tracked[value] = SegmentStats(self.baseline, self.exact_rows)
             return value
         count = self._count_untracked(value)
         if value != OTHER and count >= PROMOTE_FACTOR * max(1, self._weakest_floor):
@@ -162,7 +155,7 @@ class KeySegments:
             self._weakest_floor = least
             if count >= PROMOTE_FACTOR * max(1, least):
                 self.tracked.pop(weakest).fold_into(self.other)
-                self.tracked[value] = SegmentStats(self.baseline)
+                self.tracked[value] = SegmentStats(self.baseline, self.exact_rows)
                 del self.sketch[value]
                 self.promoted += 1
                 self._weakest_floor = 0
@@ -189,9 +182,10 @@ class KeySegments:
 class SegmentBook:
     """Every key's segments, fed the rows of each committed batch (those carrying tags)."""
 
-    def __init__(self, keys: Sequence[str], values_max: int, baseline: float | None) -> None:
+    def __init__(self, keys: Sequence[str], values_max: int, baseline: float | None, exact_rows: int = ALL_EXACT_ROWS) -> None:
         self.keys = tuple(keys)
-        self.by_key = {key: KeySegments(key, values_max, baseline) for key in self.keys}
+        exact_rows = min(exact_rows, PART_EXACT_ROWS)  # one of many populations
+        self.by_key = {key: KeySegments(key, values_max, baseline, exact_rows) for key in self.keys}
 
     def add(
         self, rows: Sequence[MetricRow], y_true: np.ndarray, y_pred: np.ndarray, estimates: np.ndarray | None = None
@@ -236,6 +230,15 @@ class SegmentBook:
             out[key] = {"values": values, "tracked": len(book.tracked), "values_max": book.values_max, "promoted": book.promoted}
         return out
 
+    def approximate(self) -> list[str]:
+        """The segments whose ``all`` percentiles are a sketch's, as ``segments.<key>.<value>.all``."""
+        return [
+            f"segments.{key}.{name}.all"
+            for key, book in self.by_key.items()
+            for name, stats in book.segments().items()
+            if stats.all.approximate
+        ]
+
     def segment_count(self) -> int:
         return sum(len(book.tracked) + 1 for book in self.by_key.values())
 
@@ -270,9 +273,9 @@ class SegmentBook:
             raise SnapshotUnusable(f"made with the segment keys (and values_max) {made}, not {wanted}")
         for number, (book, meta) in enumerate(zip(self.by_key.values(), keys, strict=True)):
             book.tracked = {
-                str(value): SegmentStats.load(book.baseline, f"segment{number}.{index}", snapshot)
+                str(value): SegmentStats.load(book.baseline, f"segment{number}.{index}", snapshot, book.exact_rows)
                 for index, value in enumerate(meta["tracked"])
             }
-            book.other = SegmentStats.load(book.baseline, f"segment{number}.other", snapshot)
+            book.other = SegmentStats.load(book.baseline, f"segment{number}.other", snapshot, book.exact_rows)
             book.sketch = {str(value): int(count) for value, count in meta["sketch"]}
             book.promoted, book._weakest_floor = int(meta["promoted"]), int(meta["weakest_floor"])

@@ -2,7 +2,8 @@
 
 The windows of every row (``all``, ``last_100``, ``last_1000``, ``last_5m``) are
 services/common/row_windows.py's, their numbers services/common/error_window.py's. Added here:
-``all`` again per model version (running sums and |e| values, 8 bytes a row), the newest rows
+``all`` again per model version (running sums and |e| values, 8 bytes a row, up to ALL_EXACT_ROWS;
+then a quantile sketch of 32 KiB), the newest rows
 whole for /metrics/recent, and the latency and lag percentiles of the newest rows this process
 joined.
 
@@ -22,6 +23,7 @@ from services.common.error_window import STATS_ABS_MAX, finite_or_none, usable
 from services.common.messages import UNKNOWN_VERSION
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import LAST_5M_MAX_ROWS, ErrorHistory, RowWindows, TakenRows
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, load_history, load_windows, save_history, save_windows
 
 RECENT_ROWS_SERVED = 1000  # the newest rows kept whole for /metrics/recent
@@ -36,9 +38,10 @@ class QualityStats(RowWindows):
         baseline: float | None = None,
         ring_rows: int = LAST_5M_MAX_ROWS,
         timing_samples: int = TIMING_SAMPLES,
+        exact_rows: int = ALL_EXACT_ROWS,
     ) -> None:
         self._timing_samples = timing_samples
-        super().__init__(baseline, ring_rows)
+        super().__init__(baseline, ring_rows, exact_rows)
 
     def reset(self) -> None:
         """No rows (as new; also for a read of the CSV that has to start again)."""
@@ -104,7 +107,7 @@ class QualityStats(RowWindows):
     def _version(self, version: str) -> ErrorHistory:
         history = self.by_version.get(version)
         if history is None:
-            history = self.by_version[version] = ErrorHistory(self.baseline)
+            history = self.by_version[version] = ErrorHistory(self.baseline, self.exact_rows)
         return history
 
     # -- snapshots (services/common/snapshots.py): everything but the timings of this process
@@ -120,7 +123,7 @@ class QualityStats(RowWindows):
         """Into a fresh core, what ``save`` saved (SnapshotUnusable if it does not fit)."""
         load_windows(self, snapshot)
         for number, version in enumerate(snapshot.meta["versions"]):
-            self.by_version[version] = load_history(self.baseline, f"version{number}", snapshot)
+            self.by_version[version] = load_history(self.baseline, f"version{number}", snapshot, self.exact_rows)
         for sample_id, (y_true, y_pred) in zip(snapshot.meta["recent_ids"], snapshot.arrays["recent"], strict=True):
             self.recent.append(MetricRow.of(sample_id, float(y_true), float(y_pred)))
 
@@ -133,8 +136,11 @@ class QualityStats(RowWindows):
 
     def summary(self, now: float) -> dict[str, Any]:
         """Everything this core knows, JSON-ready (no NaN: null instead)."""
+        windows = super().summary(now)
+        sketched = [f"by_model_version.{version}" for version, history in self.by_version.items() if history.approximate]
         return {
-            **super().summary(now),
+            **windows,
+            "approximate": windows["approximate"] + sketched,
             "by_model_version": {version: history.window() for version, history in self.by_version.items()},
             "latency": _p50_p99(self.latency_s),
             "lag": _p50_p99(self.lag_s),

@@ -30,6 +30,7 @@ import numpy as np
 
 from services.common.alerts import AlertBoard
 from services.common.metric_rows import MetricRow
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, SnapshotUnusable
 from services.metric_api.by_time import ErrorByTime
 from services.metric_api.estimate import ALERT_Z, CHECK_ROWS, check_window
@@ -58,6 +59,7 @@ class WhereWhenConfig:
     values_max: int = 50
     bucket_s: float = 3600.0
     buckets_kept: int = 168
+    exact_rows: int = ALL_EXACT_ROWS  # every population's percentiles exact up to this many rows (segments' and buckets' fewer)
 
 
 class SegmentedStats(QualityStats):
@@ -65,13 +67,13 @@ class SegmentedStats(QualityStats):
 
     def __init__(self, baseline: float | None, config: WhereWhenConfig, **kwargs: Any) -> None:
         self.config = config
-        super().__init__(baseline, **kwargs)
+        super().__init__(baseline, exact_rows=config.exact_rows, **kwargs)
 
     def reset(self) -> None:
         super().reset()
         config = self.config
-        self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline)
-        self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline)
+        self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline, config.exact_rows)
+        self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline, config.exact_rows)
         self.touched: list[tuple[str, str]] = []  # the segments the last batch fed
         self.where_when_loaded = False  # the segments and buckets came from a snapshot (else: from the state)
 
@@ -97,7 +99,12 @@ class SegmentedStats(QualityStats):
         self.by_time.add_predictions(made_at, now)
 
     def summary(self, now: float) -> dict[str, Any]:
-        return {**super().summary(now), "segments": self.segments.summary()}
+        summary = super().summary(now)
+        return {
+            **summary,
+            "segments": self.segments.summary(),
+            "approximate": summary["approximate"] + self.segments.approximate(),
+        }
 
     # -- snapshots: QualityStats' and the segments and buckets
     def save(self, snapshot: Snapshot) -> None:
@@ -125,8 +132,8 @@ class SegmentedStats(QualityStats):
 
     def _no_where_when(self) -> None:
         config = self.config
-        self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline)
-        self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline)
+        self.segments = SegmentBook(config.segment_keys, config.values_max, self.baseline, config.exact_rows)
+        self.by_time = ErrorByTime(config.bucket_s, config.buckets_kept, self.baseline, config.exact_rows)
 
     def add_state_rows(self, rows: Sequence[MetricRow], now: float) -> None:
         """Rows read back from the state at start-up (already in ``all``): their segments and buckets."""

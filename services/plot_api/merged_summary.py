@@ -45,6 +45,10 @@ APPROXIMATE = (
     "estimate: last_* windows are each shard's newest, merged; a band combines the shards' as independent errors",
 )
 
+SKETCHED_ALL = (
+    "windows.all: p50_ae, p90_ae, p95_ae from a quantile sketch of the union's rows (within 0.5 %; past ALL_EXACT_ROWS rows)"
+)
+
 
 @dataclass(frozen=True)
 class ShardSummary:
@@ -182,7 +186,7 @@ def merge_summaries(shards: Sequence[ShardSummary], union: Mapping[str, Any]) ->
             for shard in shards
         ],
         missing=[shard.url for shard in shards if shard.summary is None],
-        approximate=list(APPROXIMATE),
+        approximate=[*APPROXIMATE, *([SKETCHED_ALL] if "windows.all" in union.get("approximate", []) else [])],
     )
 
 

@@ -189,6 +189,9 @@ class Summary(SummaryNumbers):
 
     baseline: BaselineInfo
     csv: str
+    # The windows whose p50/p90/p95_ae are a quantile sketch's (within 0.5 %), not exact: a population past
+    # ALL_EXACT_ROWS rows, e.g. "windows.all", "by_model_version.<version>", "segments.<key>.<value>.all".
+    approximate: list[str] = Field(default_factory=list)
 
 
 class ShardState(Contract):
