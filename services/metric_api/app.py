@@ -326,18 +326,14 @@ class MetricService:
         kept. At offset 0, a generation no longer kept starts at the next one kept. Under the ledger's
         lock: a rotation is not halfway done while the file is chosen."""
         async with self._ledger_lock:
-            ledger = self.ledger
-            found = ledger.file_of(generation)
-            if found is None and generation is not None and offset == 0 and generation < ledger.generation:
-                later = [(number, path) for number, path in ledger.rotated() if number > generation]
-                found = later[0] if later else (ledger.generation, ledger.csv.path)
+            found = self.ledger.file_to_read(generation, offset)
             if found is None:
                 return None
             try:
                 f: BinaryIO | None = found[1].open("rb")
             except FileNotFoundError:
                 f = None
-            return f, found[0], ledger.generation
+            return f, found[0], self.ledger.generation
 
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first

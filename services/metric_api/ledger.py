@@ -395,6 +395,15 @@ class MetricLedger:
         path = rotated_metric_log(self.logs_dir, generation)
         return (generation, path) if path.exists() else None
 
+    def file_to_read(self, generation: int | None, offset: int) -> tuple[int, Path] | None:
+        """The file GET /metrics/rows reads for ``generation`` (None: the current) at ``offset``: ``file_of``,
+        except that at offset 0 a generation no longer kept starts at the next one kept."""
+        found = self.file_of(generation)
+        if found is None and generation is not None and offset == 0 and generation < self.generation:
+            later = [(number, path) for number, path in self.rotated() if number > generation]
+            found = later[0] if later else (self.generation, self.csv.path)
+        return found
+
     # -- snapshots: the statistics and the CSV offset they cover (services/common/snapshots.py)
     def _load_snapshot(self, quality: QualityStats, known: int) -> tuple[int, int, int] | None:
         """Load the snapshot into ``quality`` if it fits the CSV files and the state: (the generation
