@@ -9,8 +9,8 @@ being written (or cut by a crash): left out, and said. OUT is written atomically
 sees half of it) and may not be one of the inputs.
 
 A shard's log rotated by size (METRIC_LOG_MAX_BYTES) is read whole: each ``metric_log.csv`` named is
-read after the rotated files beside it (``metric_log.<generation>.csv``, oldest first); a file named
-twice (a glob of ``metric_log*.csv`` lists the rotated ones too) is read once.
+read after the rotated files beside it (``metric_log.<generation>.csv``, oldest first) that are not
+named themselves (a glob of ``metric_log*.csv`` names them, in that order).
 """
 
 import argparse
@@ -88,11 +88,14 @@ def merge(paths: Sequence[Path]) -> Merged:
 
 
 def with_rotated(paths: Sequence[Path]) -> list[Path]:
-    """``paths`` with the rotated files of each metric_log.csv before it, oldest first; each file once."""
+    """``paths`` with the rotated files of each metric_log.csv before it, oldest first, except those
+    named among ``paths`` already (a glob of ``metric_log*.csv`` lists them): read where named."""
+    named = {path.resolve() for path in paths}
     found: list[Path] = []
     for path in paths:
-        rotated = [older for _, older in rotated_metric_logs(path.parent)] if path.name == METRIC_LOG else []
-        found.extend(p for p in [*rotated, path] if p.resolve() not in {f.resolve() for f in found})
+        if path.name == METRIC_LOG:
+            found.extend(older for _, older in rotated_metric_logs(path.parent) if older.resolve() not in named)
+        found.append(path)
     return found
 
 
