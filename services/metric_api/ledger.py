@@ -354,8 +354,8 @@ class MetricLedger:
         the state goes on to the next generation, and open_for_append begins the new file."""
         self.generation = store.counter("csv_generation") or 1
         rotated = rotated_metric_log(self.logs_dir, self.generation)
-        if not rotated.exists():
-            return
+        if not rotated.exists() or store.counter("csv_rows") == 0:
+            return  # (a file of that name beside a state without rows is not of this state: rotation will say so)
         log.warning(
             "%s exists: a rotation of %s was cut short; going on with generation %d",
             rotated, self.csv.path, self.generation + 1,

@@ -199,3 +199,14 @@ def test_a_rotation_that_fails_keeps_the_batch_and_the_next_batch_repairs_first(
     assert ledger.record(pairs(61, 62), now=2.0).rotated == rotated_metric_log(tmp_path, 1)
     assert list(all_rows(tmp_path)["id"]) == [sid(n) for n in range(1, 63)]
     ledger.close()
+
+
+def test_rotated_files_left_from_another_state_are_not_read_nor_overwritten(tmp_path: Path) -> None:
+    stale = rotated_metric_log(tmp_path, 1)
+    stale.write_text(METRIC_LOG_HEADER + "\n1600000000.000001,1.0,2.0,1.0\n")
+    ledger, quality = opened(tmp_path)
+    assert ledger.generation == 1 and quality.count == 0  # a fresh state: not a rotation cut short
+    ledger.record(pairs(1, 60), now=1.0)  # full: the rotation is refused, the batch kept
+    assert "already exists" in (ledger.changed() or "")
+    assert stale.read_text().count("\n") == 2
+    ledger.close()
