@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.metric_rows import METRIC_LOG_HEADER, RowFormatError, parse_row
+from services.metric_api.merge import with_rotated
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ def check(published: list[str], csv: Path) -> Verdict:
 
 
 def check_all(published: list[str], csvs: Sequence[Path]) -> Verdict:
-    """The verdict over the union of several metric_log.csv files (the join's shards)."""
-    ids = [sample_id for csv in csvs for sample_id in row_ids(csv)]
+    """The verdict over the union of several metric_log.csv files (the join's shards), each with the
+    rotated files beside it (METRIC_LOG_MAX_BYTES)."""
+    ids = [sample_id for csv in with_rotated(csvs) for sample_id in row_ids(csv)]
     counts = Counter(ids)
     expected = set(published)
     return Verdict(

@@ -14,6 +14,7 @@ from harness.checker import Verdict, check_all, row_ids
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import ServiceProcess, free_port
 from services.common.files import METRIC_LOG
+from services.metric_api.merge import with_rotated
 
 
 @contextlib.contextmanager
@@ -89,7 +90,7 @@ def shard_csvs(pipeline: Pipeline) -> list[Path]:
 
 def all_row_ids(pipeline: Pipeline) -> list[str]:
     """Every row's id over all the shards' CSVs."""
-    return [sample_id for csv in shard_csvs(pipeline) for sample_id in row_ids(csv)]
+    return [sample_id for csv in with_rotated(shard_csvs(pipeline)) for sample_id in row_ids(csv)]
 
 
 def verdict(pipeline: Pipeline, published: list[str]) -> Verdict:
@@ -98,7 +99,7 @@ def verdict(pipeline: Pipeline, published: list[str]) -> Verdict:
 
 
 def rows_per_shard(pipeline: Pipeline) -> list[int]:
-    return [len(row_ids(csv)) for csv in shard_csvs(pipeline)]
+    return [sum(len(row_ids(path)) for path in with_rotated([csv])) for csv in shard_csvs(pipeline)]
 
 
 def brokers_in_use(pipeline: Pipeline) -> Counter[str]:

@@ -14,6 +14,7 @@ from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port,
 from harness.queues import delete_queues, queue_state, unique_prefix
 from services.common.files import METRIC_LOG
 from services.features_api.publisher import MAX_BURST
+from services.metric_api.merge import with_rotated
 from services.plot_api.charts import CHARTS, LOG_WINDOWS
 
 # plot_api's chart routes and the file each is written to in LOGS_DIR
@@ -41,9 +42,11 @@ class Pipeline:
         return self.logs_dir / METRIC_LOG
 
     def rows(self) -> pd.DataFrame:
-        if not self.csv.exists():
+        """Every row of the log: the rotated files (METRIC_LOG_MAX_BYTES), oldest first, then metric_log.csv."""
+        files = [path for path in with_rotated([self.csv]) if path.exists()]
+        if not files:
             return pd.DataFrame({"id": []}, dtype=str)
-        return pd.read_csv(self.csv, dtype={"id": str})
+        return pd.concat([pd.read_csv(path, dtype={"id": str}) for path in files], ignore_index=True)
 
     def sent(self) -> int:
         sent: int = httpx.get(f"{self.url('features_api')}/features/status").json()["sent"]

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,6 +63,36 @@ METRIC_SNAPSHOT = "metric_state.snapshot"  # metric_api: its statistics and the 
 PLOT_SNAPSHOT = "plot_state.snapshot"  # plot_api: its rows and distribution and the offsets they cover
 EXPIRED_LOG = "expired_halves.log"  # metric_api: halves that waited past HALF_RETENTION_S, one line each
 FEATURES_STATE = "features_state.json"  # features_api: whether its demo loop is paused
+
+
+# metric_log.csv rotated by size (METRIC_LOG_MAX_BYTES): each full file is renamed with its generation,
+# numbered upward and never renamed again; six digits so that `ls logs/metric_log*.csv` lists them
+# oldest first and metric_log.csv (the newest rows) last: the order to read them in.
+ROTATED_METRIC_LOG = re.compile(r"metric_log\.(\d{6,})\.csv")
+
+
+def rotated_metric_log(logs_dir: Path, generation: int) -> Path:
+    """Where generation ``generation`` of metric_log.csv is kept once it is full."""
+    return logs_dir / f"metric_log.{generation:06d}.csv"
+
+
+def rotated_metric_logs(logs_dir: Path) -> list[tuple[int, Path]]:
+    """The rotated metric_log.csv files in ``logs_dir``, (generation, path) oldest first."""
+    try:
+        paths = list(logs_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    found = [(int(match[1]), path) for path in paths if (match := ROTATED_METRIC_LOG.fullmatch(path.name))]
+    return sorted(found)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (the entry, not only the file's bytes)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def metadata_path(model_path: Path) -> Path:

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # exactly-once check.
     HALF_RETENTION_S: float = Field(3 * 86400.0, gt=0)
     WRITTEN_HORIZON_S: float = Field(7 * 86400.0, gt=0)
+    # metric_api: once a batch leaves metric_log.csv over this many bytes, the file is renamed
+    # metric_log.<generation>.csv and a new one begun (docs/guarantees.md, "Rotation by size"); 0 never.
+    METRIC_LOG_MAX_BYTES: int = Field(0, ge=0)
     # The demo's labels reach y_true this much later, waiting on the broker: seconds, or a
     # distribution (exp:MEAN, uniform:LOW:HIGH); services/common/delay.py.
     LABEL_DELAY_S: DelaySpec = "0"

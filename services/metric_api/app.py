@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict, cast
+from typing import Annotated, Any, BinaryIO, TypedDict, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -26,12 +26,15 @@ from services.common.snapshots import SNAPSHOT_PERIOD_S
 from services.metric_api.join import Kind
 from services.metric_api.ledger import SWEEP_CHUNK, LedgerFilesChanged, MetricLedger, StorageErrors
 from services.metric_api.monitor import QualityMonitor, Waiting
-from services.metric_api.rows_feed import read_chunk
+from services.metric_api.rows_feed import read_open_chunk
 from services.metric_api.stats import RECENT_ROWS_SERVED
 
 log = logging.getLogger(__name__)
 
 ROWS_WRITTEN = Counter("metric_rows_written", "Rows appended to metric_log.csv")
+LOG_ROTATIONS = Counter(
+    "metric_log_rotations", "Times metric_log.csv passed METRIC_LOG_MAX_BYTES and was renamed with its generation"
+)
 DUPLICATE_HALVES = Counter("metric_duplicate_halves", "Halves seen again (redeliveries, repeated publishes)")
 ORPHANS = Counter("metric_orphan_halves", "Halves counted orphans: no partner within ORPHAN_TTL_S (still held)", ["kind"])
 LATE_JOINS = Counter("metric_late_joins", "Rows whose first half had already been counted an orphan")
@@ -68,6 +71,7 @@ class MetricService:
             settings.HALF_RETENTION_S,
             settings.WRITTEN_HORIZON_S,
             settings.segment_keys,
+            settings.METRIC_LOG_MAX_BYTES,
         )
         self.quality = QualityMonitor(settings)
         self.storage_problem: str | None = f"{self.ledger.csv.path} not opened yet"
@@ -178,6 +182,8 @@ class MetricService:
             self.storage_problem = f"cannot write to {self.settings.LOGS_DIR}: {exc}"
             raise HandBack(self.storage_problem) from exc
         ROWS_WRITTEN.inc(len(recorded.rows))
+        if recorded.rotated:
+            LOG_ROTATIONS.inc()
         DUPLICATE_HALVES.inc(recorded.duplicates)
         LATE_JOINS.inc(recorded.late_joins)
         return [(batch[index], reason) for index, reason in recorded.conflicts]
@@ -314,6 +320,21 @@ class MetricService:
         except Exception:  # a snapshot only saves start-up time: its bug must not stop the service or its shutdown
             log.exception("cannot write %s; the next start reads the whole CSV", self.ledger.snapshot_path)
 
+    async def open_log_file(self, generation: int | None, offset: int) -> tuple[BinaryIO | None, int, int] | None:
+        """The CSV file of ``generation`` (None: the current one) opened for GET /metrics/rows (None: not
+        there, it was missing), its generation and the current one; None when that generation is not
+        kept. At offset 0, a generation no longer kept starts at the next one kept. Under the ledger's
+        lock: a rotation is not halfway done while the file is chosen."""
+        async with self._ledger_lock:
+            found = self.ledger.file_to_read(generation, offset)
+            if found is None:
+                return None
+            try:
+                f: BinaryIO | None = found[1].open("rb")
+            except FileNotFoundError:
+                f = None
+            return f, found[0], self.ledger.generation
+
     async def stop(self) -> None:
         await self.link.close()  # the consumer finishes the batch in hand first
         if self._snapshots is not None:
@@ -402,20 +423,44 @@ async def recent(service: Service, limit: Annotated[int, Query(ge=1, le=RECENT_R
     ROWS_ROUTE.removeprefix(router.prefix),
     response_class=Response,
     responses={
-        200: {"content": {"text/csv": {}}, "description": "metric_log.csv from `offset`: whole lines only"},
-        REPLACED_STATUS: {"description": "`offset` is past the end of the file (it was replaced): read again from 0"},
+        200: {
+            "content": {"text/csv": {}},
+            "description": "metric_log.csv (or a rotated generation of it) from `offset`: whole lines only",
+        },
+        REPLACED_STATUS: {
+            "description": "`offset` is past the end of the file (it was replaced), or its generation is gone: read again from 0"
+        },
     },
 )
 async def rows(
     service: Service,
     offset: Annotated[int, Query(ge=0, description="the byte to start from: 0, then each answer's X-Next-Offset")] = 0,
     max_bytes: Annotated[int, Query(ge=1024, le=ROWS_MAX_BYTES)] = ROWS_MAX_BYTES,
+    generation: Annotated[
+        int | None, Query(ge=0, description="the file of this generation (X-Log-Generation); none: the current file")
+    ] = None,
 ) -> Response:
     """metric_log.csv itself, from byte ``offset`` (the header first when 0), whole lines only: how
     plot_api reads the rows of every shard over HTTP, a little more at each look.
     ``X-Next-Offset`` is where to go on; ``X-Log-Id`` changes when the file is replaced
-    (read again from 0 then)."""
-    chunk: RowsChunk | None = await asyncio.to_thread(read_chunk, service.ledger.csv.path, offset, max_bytes)
+    (read again from 0 then). With rotation (METRIC_LOG_MAX_BYTES), ``X-Log-Generation`` is the
+    generation of the file read and ``X-Log-Current-Generation`` the current file's: a reader finishes
+    its generation (an answer of an older generation bringing nothing), then reads the next from 0."""
+    opened = await service.open_log_file(generation, offset)
+    if opened is None:
+        return JSONResponse(
+            {"detail": f"generation {generation} of {service.ledger.csv.path.name} is not kept here; read again from 0"},
+            status_code=REPLACED_STATUS,
+        )
+    f, served, current = opened
+    if f is None:
+        chunk = (
+            None
+            if offset > 0
+            else RowsChunk(data=b"", next_offset=0, log_id="none", generation=served, current_generation=current)
+        )
+    else:
+        chunk = await asyncio.to_thread(read_open_chunk, f, offset, max_bytes, served, current)
     if chunk is None:
         return JSONResponse(
             {"detail": f"offset {offset} is past the end of {service.ledger.csv.path}: it was replaced; read again from 0"},

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from services.common.files import still_there
+from services.common.files import fsync_dir, still_there
 from services.common.metric_rows import METRIC_LOG_HEADER as CSV_HEADER
 from services.common.metric_rows import MetricRow, RowFormatError, format_rows, parse_row
 
@@ -41,6 +41,25 @@ def drop_torn_tail(path: Path) -> None:
         log.warning("%s ends in a partial line (%r); removing it", path, f.read(80))
         f.truncate(keep)
         os.fsync(f.fileno())
+
+
+def read_rows(path: Path, offset: int = 0) -> Iterator[MetricRow]:
+    """Every row of a metric log from byte ``offset`` (0: after the header; else the start of a
+    line), read from disk; MetricLogError naming the file and line at a line that is no row."""
+    with path.open("rb") as f:
+        if offset:
+            f.seek(offset)
+        else:
+            f.readline()  # the header
+        for number, raw in enumerate(f, start=2):
+            line = raw.decode("utf-8", errors="replace")
+            try:
+                yield parse_row(line)
+            except RowFormatError as exc:
+                where = f"line {number}" if not offset else f"a line after byte {offset}"
+                raise MetricLogError(
+                    f"{path} {where} is not a metric row ({exc}): {line[:80]!r}; fix or remove that line and start again"
+                ) from None
 
 
 class MetricLogError(RuntimeError):
@@ -121,20 +140,23 @@ class MetricLog:
     def rows(self, offset: int = 0) -> Iterator[MetricRow]:
         """Every row of the file from byte ``offset`` (0: after the header, which ``open_for_append()``
         checked; else the start of a line), read from disk."""
-        with self.path.open("rb") as f:
-            if offset:
-                f.seek(offset)
-            else:
-                f.readline()  # the header
-            for number, raw in enumerate(f, start=2):
-                line = raw.decode("utf-8", errors="replace")
-                try:
-                    yield parse_row(line)
-                except RowFormatError as exc:
-                    where = f"line {number}" if not offset else f"a line after byte {offset}"
-                    raise MetricLogError(
-                        f"{self.path} {where} is not a metric row ({exc}): {line[:80]!r}; fix or remove that line and start again"
-                    ) from None
+        return read_rows(self.path, offset)
+
+    def size(self) -> int:
+        """The file's size as this log's last write left it (0 when not open)."""
+        return self._written[2] if self._written is not None else 0
+
+    def rotate(self, rotated: Path) -> None:
+        """Rename the file (every row of it durable) to ``rotated``, begin a new one with the header,
+        and make both names durable (the folder fsynced) before returning; left open for appends.
+        A crash between the rename and the new file leaves ``rotated`` whole and the path missing
+        (or just a header): the ledger finishes the rotation at start-up."""
+        if rotated.exists():
+            raise MetricLogError(f"cannot rotate {self.path}: {rotated} already exists; move it away and start again")
+        self.close()
+        self.path.replace(rotated)
+        self.open_for_append()
+        fsync_dir(self.path.parent)
 
     def position(self) -> tuple[int, int, int] | None:
         """(device, inode, size) of the file as this log's last write left it, or None when not open."""

@@ -18,6 +18,13 @@ fsynced before the state forgets them: a crash between repeats a line, never los
 counts them; ``forget()`` drops the written ids older than WRITTEN_HORIZON_S, and the ids of halves
 expired more than HALF_RETENTION_S ago (a partner so late is held as new, and expires in its turn).
 
+Rotation (METRIC_LOG_MAX_BYTES; docs/guarantees.md, "Rotation by size"): after a batch is durable, a
+metric_log.csv over the limit is renamed ``metric_log.<generation>.csv`` and a new one begun with the
+header; the state's ``csv_generation`` then goes up and ``csv_rows`` starts again from 0, and
+``csv_first_line`` marks the first row of the new file. A crash between the rename and that commit is
+finished at start-up (the rotated file of the state's generation exists: it is whole). The statistics
+go on across files; a full read takes the rotated files still there, oldest first, then the current.
+
 The state knows every row written within the horizon, so the CSV is never less than it: a CSV deleted,
 moved away (rotated) or truncated — while the service runs or while it is stopped — gets
 its header and its missing rows back, in the order they were first written. Each batch
@@ -36,12 +43,20 @@ from pathlib import Path
 
 from services.common import files
 from services.common.error_window import usable
-from services.common.files import METRIC_LOG, METRIC_STATE, ORPHAN_LOG, RELEASED_ORPHAN_LOG, atomic_write_chunks
+from services.common.files import (
+    METRIC_LOG,
+    METRIC_STATE,
+    ORPHAN_LOG,
+    RELEASED_ORPHAN_LOG,
+    atomic_write_chunks,
+    rotated_metric_log,
+    rotated_metric_logs,
+)
 from services.common.messages import UNKNOWN_VERSION, LabelMessage, PredictionMessage
 from services.common.metric_rows import ORPHAN_LOG_HEADER, MetricRow, Orphan, format_orphan
 from services.common.row_windows import LAST_5M_S
 from services.common.snapshots import Snapshot, SnapshotUnusable, fingerprint, read_snapshot, write_snapshot
-from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header
+from services.metric_api.csvlog import MetricLog, MetricLogError, append_with_header, read_rows
 from services.metric_api.join import Conflict, Duplicate, Held, Joined, Kind, LabelPredictionJoin
 from services.metric_api.stats import QualityStats
 from services.metric_api.store import SqliteHalfStore
@@ -79,6 +94,7 @@ class Recorded:
     predicted_at: list[float] = field(default_factory=list)  # when each new prediction (held or joined) was made
     # Each prediction seen for the first time (held or joined): its model version and estimated error.
     predictions: list[tuple[str, float | None]] = field(default_factory=list)
+    rotated: Path | None = None  # metric_log.csv, full after this batch, renamed to this
 
 
 @dataclass
@@ -101,8 +117,13 @@ class MetricLedger:
         half_retention_s: float = math.inf,
         written_horizon_s: float = math.inf,
         segment_keys: tuple[str, ...] = (),
+        log_max_bytes: int = 0,
     ) -> None:
         self.logs_dir = logs_dir
+        self.log_max_bytes = log_max_bytes  # METRIC_LOG_MAX_BYTES: 0 never rotates
+        self.generation = 1  # of metric_log.csv (the state's csv_generation, as of the last open or rotation)
+        self.rotations = 0  # by this process
+        self._rotation_problem: str | None = None  # a rotation failed halfway: reopening finishes or undoes it
         self.segment_keys = segment_keys  # the tags a prediction keeps with it in the state (SEGMENT_KEYS)
         self.orphan_ttl_s = orphan_ttl_s
         self.half_retention_s = half_retention_s
@@ -152,6 +173,8 @@ class MetricLedger:
         store = SqliteHalfStore(self.logs_dir / METRIC_STATE)
         try:
             try:
+                self._rotation_problem = None
+                self._finish_rotation(store)
                 self.csv.open_for_append()
                 self._reconcile(store, quality, now)
             except LedgerFilesChanged:
@@ -200,6 +223,8 @@ class MetricLedger:
 
     def changed(self) -> str | None:
         """How the CSV or the state file is no longer the one being written, or None."""
+        if self._rotation_problem is not None:
+            return self._rotation_problem
         if self._store is not None and (moved := self._store.moved()) is not None:
             return moved
         return self.csv.changed()
@@ -228,28 +253,34 @@ class MetricLedger:
         """Record the CSV rows the state does not know (appended just before a crash, or a CSV
         replaced by hand), append those it lost (deleted, truncated, replaced), and feed every
         row to ``quality``: from the snapshot and the CSV's tail past it when the snapshot fits
-        the file, else from the whole file."""
+        the files, else from every file (the rotated ones still there, oldest first, then the current)."""
         known = store.counter("csv_rows")
-        offset, count = self._load_snapshot(quality, known) if snapshot else (0, 0)
-        covered = count
+        start = self._load_snapshot(quality, known) if snapshot else None
+        from_snapshot = start is not None
+        covered = start[2] if start is not None else 0
+        count = 0  # rows of the current file
         new_rows: list[MetricRow] = []
         tail: list[MetricRow] = []  # the rows read past a snapshot: their model versions come from the state
         chunk: list[MetricRow] = []
         newest_ids: deque[str] = deque(maxlen=quality.ring.capacity)
-        for row in self.csv.rows(offset):
-            count += 1
-            chunk.append(row)
-            if usable(row.y_true, row.y_pred):  # the rows the statistics take: their times line up with them
-                newest_ids.append(row.id)
-            if offset:
-                tail.append(row)
-            if count > known:
-                new_rows.append(row)
-            if len(chunk) == READ_CHUNK_ROWS:
-                quality.add_history(chunk)
-                chunk = []
+        for path, offset, current in self._files_from(start):
+            if current:
+                count = covered if start is not None and start[0] == self.generation else 0
+            for row in read_rows(path, offset) if current else self._rotated_rows(path, offset):
+                chunk.append(row)
+                if usable(row.y_true, row.y_pred):  # the rows the statistics take: their times line up with them
+                    newest_ids.append(row.id)
+                if from_snapshot:
+                    tail.append(row)
+                if current:
+                    count += 1
+                    if count > known:
+                        new_rows.append(row)
+                if len(chunk) == READ_CHUNK_ROWS:
+                    quality.add_history(chunk)
+                    chunk = []
         quality.add_history(chunk)
-        if offset and count < known:
+        if from_snapshot and count < known:
             log.warning("%s has fewer rows than the state wrote: reading it whole", self.csv.path)
             quality.reset()
             self._reconcile(store, quality, now, snapshot=False)
@@ -257,11 +288,12 @@ class MetricLedger:
         with store.transaction():
             if count < known:
                 # Rows the state wrote are missing from the file: they were acked and will never come
-                # again, so they are written back from the state. Rows of the file the state does not
-                # know (a file put there by hand) are recorded.
+                # again, so they are written back from the state (those of this file: the rotated files'
+                # are in them). Rows of the file the state does not know (a file put there by hand) are recorded.
                 store.record_rows_of_csv(self.csv.rows())
                 restored = 0
-                for missing in store.rows_missing_from(row.id for row in self.csv.rows()):
+                first_line = store.counter("csv_first_line")
+                for missing in store.rows_missing_from((row.id for row in self.csv.rows()), first_line):
                     self.csv.append(missing)
                     quality.add_history(missing)
                     newest_ids.extend(row.id for row in missing if usable(row.y_true, row.y_pred))
@@ -274,23 +306,17 @@ class MetricLedger:
             else:
                 store.record_rows_of_csv(new_rows)
             store.set_counter("csv_rows", count)
-        if offset:
-            log.info(
-                "started from %s (%d rows); read the %d rows of %s past it",
-                self.snapshot_path,
-                covered,
-                count - covered,
-                self.csv.path,
-            )
-            for start in range(0, len(tail), READ_CHUNK_ROWS):
-                quality.add_rows_of_versions(tail[start : start + READ_CHUNK_ROWS], store.versions_of)
+        if from_snapshot:
+            log.info("started from %s; read the %d rows past it, to the end of %s", self.snapshot_path, len(tail), self.csv.path)
+            for start_at in range(0, len(tail), READ_CHUNK_ROWS):
+                quality.add_rows_of_versions(tail[start_at : start_at + READ_CHUNK_ROWS], store.versions_of)
         else:
             for version, y_true, y_pred in store.written_by_version():
                 quality.add_version_rows(version, y_true, y_pred)
         if isinstance(quality, SegmentedStats):  # the segments and the buckets by prediction time
-            if offset and quality.where_when_loaded:  # the snapshot's, and the state's rows of the tail
-                for start in range(0, len(tail), READ_CHUNK_ROWS):
-                    ids = [row.id for row in tail[start : start + READ_CHUNK_ROWS]]
+            if from_snapshot and quality.where_when_loaded:  # the snapshot's, and the state's rows of the tail
+                for start_at in range(0, len(tail), READ_CHUNK_ROWS):
+                    ids = [row.id for row in tail[start_at : start_at + READ_CHUNK_ROWS]]
                     quality.add_state_rows(store.written_for_segments_of(ids), now)
             else:  # every written row the state has
                 for rows in store.written_for_segments():
@@ -301,36 +327,125 @@ class MetricLedger:
         if newest_ids:
             quality.set_times_of_last(store.written_times(list(newest_ids), since=now - LAST_5M_S))
 
+    # -- rotation by size (METRIC_LOG_MAX_BYTES)
+    def _files_from(self, start: tuple[int, int, int] | None) -> list[tuple[Path, int, bool]]:
+        """The files to read and the offset to read each from, oldest first: (path, offset, whether it
+        is the current file). From a snapshot's (generation, offset, rows): that generation's file from
+        the offset and every later one; else every rotated file still there, then the current file."""
+        generation, offset = (start[0], start[1]) if start is not None else (0, 0)
+        found = [(path, offset if number == generation else 0, False) for number, path in self.rotated() if number >= generation]
+        return [*found, (self.csv.path, offset if generation == self.generation else 0, True)]
+
+    def rotated(self) -> list[tuple[int, Path]]:
+        """The rotated files of this ledger's CSV still in LOGS_DIR, (generation, path) oldest first
+        (those of a later generation than the state's are not this state's: left out)."""
+        return [(number, path) for number, path in rotated_metric_logs(self.logs_dir) if number < self.generation]
+
+    def _rotated_rows(self, path: Path, offset: int) -> Iterator[MetricRow]:
+        """A rotated file's rows; one that cannot be read (or no longer can) is said and read no further:
+        it is the user's archive now, and its rows are in the statistics already (or lost with it)."""
+        try:
+            yield from read_rows(path, offset)
+        except (OSError, MetricLogError) as exc:
+            log.warning("cannot read the rotated %s (%s): its rows from there on are left out of the statistics", path, exc)
+
+    def _finish_rotation(self, store: SqliteHalfStore) -> None:
+        """A rotation cut short after its rename (the state's generation has its rotated file, whole):
+        the state goes on to the next generation, and open_for_append begins the new file."""
+        self.generation = store.counter("csv_generation") or 1
+        rotated = rotated_metric_log(self.logs_dir, self.generation)
+        if not rotated.exists() or store.counter("csv_rows") == 0:
+            return  # (a file of that name beside a state without rows is not of this state: rotation will say so)
+        log.warning(
+            "%s exists: a rotation of %s was cut short; going on with generation %d",
+            rotated, self.csv.path, self.generation + 1,
+        )  # fmt: skip
+        self._commit_rotation(store)
+
+    def _commit_rotation(self, store: SqliteHalfStore) -> None:
+        with store.transaction():
+            store.set_counter("csv_generation", self.generation + 1)
+            store.set_counter("csv_rows", 0)
+            store.set_counter("csv_first_line", store.next_line())
+        self.generation += 1
+
+    def _rotate_if_full(self) -> Path | None:
+        """After a batch is durable: a CSV over METRIC_LOG_MAX_BYTES is renamed with its generation and
+        a new one begun (both names fsynced), then the state goes on to the next generation; the
+        rotated file's path, or None."""
+        if self.log_max_bytes <= 0 or self.csv.size() <= self.log_max_bytes:
+            return None
+        rotated = rotated_metric_log(self.logs_dir, self.generation)
+        self.csv.rotate(rotated)
+        self._commit_rotation(self.store)
+        self.rotations += 1
+        log.info(
+            "%s passed METRIC_LOG_MAX_BYTES=%d: renamed %s; generation %d begun",
+            self.csv.path, self.log_max_bytes, rotated.name, self.generation,
+        )  # fmt: skip
+        return rotated
+
+    def file_of(self, generation: int | None) -> tuple[int, Path] | None:
+        """The generation and path of the CSV file of ``generation`` (None: the current one), or None
+        when there is none (a generation later than the current, or a rotated file no longer there)."""
+        if generation is None or generation == self.generation:
+            return self.generation, self.csv.path
+        if generation > self.generation:
+            return None
+        path = rotated_metric_log(self.logs_dir, generation)
+        return (generation, path) if path.exists() else None
+
+    def file_to_read(self, generation: int | None, offset: int) -> tuple[int, Path] | None:
+        """The file GET /metrics/rows reads for ``generation`` (None: the current) at ``offset``: ``file_of``,
+        except that at offset 0 a generation no longer kept starts at the next one kept."""
+        found = self.file_of(generation)
+        if found is None and generation is not None and offset == 0 and generation < self.generation:
+            later = [(number, path) for number, path in self.rotated() if number > generation]
+            found = later[0] if later else (self.generation, self.csv.path)
+        return found
+
     # -- snapshots: the statistics and the CSV offset they cover (services/common/snapshots.py)
-    def _load_snapshot(self, quality: QualityStats, known: int) -> tuple[int, int]:
-        """Load the snapshot into ``quality`` if it fits the CSV and the state: (its offset, its rows);
-        else (0, 0) and ``quality`` as it was (fresh)."""
+    def _load_snapshot(self, quality: QualityStats, known: int) -> tuple[int, int, int] | None:
+        """Load the snapshot into ``quality`` if it fits the CSV files and the state: (the generation
+        and offset it goes on from, its rows of that file); else None and ``quality`` as it was (fresh)."""
         try:
             snapshot = read_snapshot(self.snapshot_path, SNAPSHOT_VERSION)
-            offset, rows = self._covered(snapshot, known)
+            start = self._covered(snapshot, known)
             quality.load(snapshot)
         except (SnapshotUnusable, KeyError, ValueError) as exc:
             if self.snapshot_path.exists():
                 log.warning("cannot start from the snapshot: %s; reading %s whole", exc, self.csv.path)
             quality.reset()
-            return 0, 0
-        return offset, rows
+            return None
+        return start
 
-    def _covered(self, snapshot: Snapshot, known: int) -> tuple[int, int]:
-        """The CSV offset and rows ``snapshot`` covers; SnapshotUnusable unless they are of this CSV and state."""
+    def _covered(self, snapshot: Snapshot, known: int) -> tuple[int, int, int]:
+        """The generation, offset and rows ``snapshot`` covers; SnapshotUnusable unless they are of these
+        CSV files and state. A snapshot of a file rotated since goes on from that file while it is there."""
         try:
             csv = snapshot.meta["csv"]
             offset, rows, device, inode = int(csv["offset"]), int(csv["rows"]), csv["device"], csv["inode"]
+            generation = int(csv.get("generation", self.generation))  # none: made before rotation, of the current file
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotUnusable(f"{self.snapshot_path}: its meta is damaged ({exc!r})") from None
-        position = self.csv.position()
-        if position is None or (position[0], position[1]) != (device, inode):
-            raise SnapshotUnusable(f"{self.snapshot_path} was made for another {self.csv.path.name}")
-        if position[2] < offset or rows > known:
-            raise SnapshotUnusable(f"{self.csv.path} or the state has less than {self.snapshot_path} covers")
-        if csv.get("before_offset") != fingerprint(self.csv.path, offset):
-            raise SnapshotUnusable(f"{self.csv.path} is not the file {self.snapshot_path} was made of (its bytes differ)")
-        return offset, rows
+        found = self.file_of(generation)
+        if found is None:
+            raise SnapshotUnusable(f"{self.snapshot_path} was made of generation {generation} of {self.csv.path.name}, not here")
+        path = found[1]
+        if generation == self.generation:
+            position = self.csv.position()
+            if position is None or rows > known:
+                raise SnapshotUnusable(f"{self.csv.path} or the state has less than {self.snapshot_path} covers")
+        else:
+            stat = path.stat()
+            position = (stat.st_dev, stat.st_ino, stat.st_size)
+        if (position[0], position[1]) != (device, inode):
+            raise SnapshotUnusable(f"{self.snapshot_path} was made for another {path.name}")
+        if position[2] < offset:
+            raise SnapshotUnusable(f"{path} has less than {self.snapshot_path} covers")
+        if csv.get("before_offset") != fingerprint(path, offset):
+            raise SnapshotUnusable(f"{path} is not the file {self.snapshot_path} was made of (its bytes differ)")
+        return generation, offset, rows
 
     def snapshot(self, quality: QualityStats) -> Snapshot | None:
         """The statistics and the CSV position they cover, between batches (under the service's lock)."""
@@ -339,6 +454,7 @@ class MetricLedger:
             return None
         snapshot = Snapshot({"csv": {"device": position[0], "inode": position[1], "offset": position[2]}})
         snapshot.meta["csv"]["rows"] = self._store.counter("csv_rows")
+        snapshot.meta["csv"]["generation"] = self.generation
         snapshot.meta["csv"]["before_offset"] = fingerprint(self.csv.path, position[2])
         quality.save(snapshot)
         return snapshot
@@ -380,6 +496,12 @@ class MetricLedger:
             recorded.late_joins = sum(found_late.values())
             if recorded.late_joins:
                 store.add_to_counter("late_joins", recorded.late_joins)
+        if recorded.rows:  # the batch is durable (fsync, commit): a full file is rotated now, at its boundary
+            try:
+                recorded.rotated = self._rotate_if_full()
+            except StorageErrors as exc:  # the batch stands; the next batch (or the file watch) repairs first
+                self._rotation_problem = f"cannot rotate {self.csv.path}: {exc}"
+                log.error("%s; the files are made whole again before the next batch", self._rotation_problem)
         if recorded.late_joins:  # committed: those orphans are orphans no more
             for kind, count in found_late.items():
                 self.orphans_by_kind[kind] = max(0, self.orphans_by_kind[kind] - count)

@@ -7,6 +7,10 @@ the same row is written once; with different values it is a conflict: nothing is
 the error names the id, the files and the lines. A last line without its newline is a row still
 being written (or cut by a crash): left out, and said. OUT is written atomically (a reader never
 sees half of it) and may not be one of the inputs.
+
+A shard's log rotated by size (METRIC_LOG_MAX_BYTES) is read whole: each ``metric_log.csv`` named is
+read after the rotated files beside it (``metric_log.<generation>.csv``, oldest first) that are not
+named themselves (a glob of ``metric_log*.csv`` names them, in that order).
 """
 
 import argparse
@@ -15,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.files import atomic_write_chunks
+from services.common.files import METRIC_LOG, atomic_write_chunks, rotated_metric_logs
 from services.common.metric_rows import METRIC_LOG_HEADER, MetricRow, RowFormatError, format_rows, parse_row
 
 WRITE_ROWS = 10_000  # rows formatted per chunk of OUT
@@ -83,6 +87,18 @@ def merge(paths: Sequence[Path]) -> Merged:
     return merged
 
 
+def with_rotated(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` with the rotated files of each metric_log.csv before it, oldest first, except those
+    named among ``paths`` already (a glob of ``metric_log*.csv`` lists them): read where named."""
+    named = {path.resolve() for path in paths}
+    found: list[Path] = []
+    for path in paths:
+        if path.name == METRIC_LOG:
+            found.extend(older for _, older in rotated_metric_logs(path.parent) if older.resolve() not in named)
+        found.append(path)
+    return found
+
+
 def chunks(rows: list[MetricRow]) -> Iterator[bytes]:
     yield (METRIC_LOG_HEADER + "\n").encode()
     for start in range(0, len(rows), WRITE_ROWS):
@@ -95,13 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Merge the join's shards' metric_log.csv files into one CSV: one header, one row per id.",
     )
     parser.add_argument("out", type=Path, metavar="OUT.csv", help="the merged CSV to write (atomically)")
-    parser.add_argument("shards", type=Path, nargs="+", metavar="SHARD.csv", help="each shard's metric_log.csv")
+    parser.add_argument(
+        "shards", type=Path, nargs="+", metavar="SHARD.csv", help="each shard's metric_log.csv (its rotated files are read too)"
+    )
     args = parser.parse_args(argv)
-    inputs = {path.resolve() for path in args.shards}
+    shards = with_rotated(args.shards)
+    inputs = {path.resolve() for path in shards}
     if args.out.resolve() in inputs:
         parser.error(f"OUT.csv {args.out} is one of the shards' files: write the merged CSV elsewhere")
     try:
-        merged = merge(args.shards)
+        merged = merge(shards)
         atomic_write_chunks(args.out, chunks(merged.rows))
     except MergeError as exc:
         print(f"merge: {exc}", file=sys.stderr)
@@ -112,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in merged.unfinished or []:
         print(f"merge: {path} ends in an unfinished line (a row still being written): left out", file=sys.stderr)
     again = f"; {merged.duplicates} rows found twice, the same, written once" if merged.duplicates else ""
-    print(f"merged {len(merged.rows)} rows from {len(args.shards)} files into {args.out}{again}")
+    print(f"merged {len(merged.rows)} rows from {len(shards)} files into {args.out}{again}")
     return 0
 
 

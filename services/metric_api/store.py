@@ -114,7 +114,17 @@ class SqliteHalfStore:
         self._identity = identity(path.stat())
 
     def _load_last_line(self) -> None:
-        self._last_line: int = self._db.execute("SELECT coalesce(max(line), 0) FROM written").fetchone()[0]
+        # Never below the first line of the current CSV file (csv_first_line, set when metric_log.csv was
+        # rotated): its rows are told from those of the rotated files by their line, even after every
+        # written id was forgotten.
+        self._last_line: int = self._db.execute(
+            "SELECT max(coalesce((SELECT max(line) FROM written), 0), "
+            "coalesce((SELECT value FROM counters WHERE name = 'csv_first_line'), 1) - 1)"
+        ).fetchone()[0]
+
+    def next_line(self) -> int:
+        """The line the next row recorded gets."""
+        return self._last_line + 1
 
     def moved(self) -> str | None:
         """How the file at ``path`` is no longer this database (deleted, moved away, replaced), or None."""
@@ -356,15 +366,19 @@ class SqliteHalfStore:
         count: int = self._db.execute("SELECT count(*) FROM written").fetchone()[0]
         return count
 
-    def rows_missing_from(self, present: Iterable[str], chunk: int = 10_000) -> Iterator[list[MetricRow]]:
+    def rows_missing_from(self, present: Iterable[str], from_line: int = 0, chunk: int = 10_000) -> Iterator[list[MetricRow]]:
         """The written rows whose id is not among ``present`` (the ids a CSV holds), in the order
-        they were written (rows from before lines were numbered first, by join time), in chunks.
-        Within a transaction: the ids go through a temporary table, not memory."""
+        they were written (rows from before lines were numbered first, by join time), in chunks;
+        with ``from_line``, only the rows recorded at or after that line (those of the current file,
+        after a rotation). Within a transaction: the ids go through a temporary table, not memory."""
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS present (id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("DELETE FROM present")
         self._db.executemany("INSERT OR IGNORE INTO present (id) VALUES (?)", ((sample_id,) for sample_id in present))
+        since = "AND line >= ? " if from_line > 0 else ""
         cursor = self._db.execute(
-            "SELECT id, y_true, y_pred FROM written WHERE id NOT IN (SELECT id FROM present) ORDER BY line, written_at, id"
+            f"SELECT id, y_true, y_pred FROM written WHERE id NOT IN (SELECT id FROM present) {since}"  # noqa: S608 - a fixed clause
+            "ORDER BY line, written_at, id",
+            (from_line,) if from_line > 0 else (),
         )
         while found := cursor.fetchmany(chunk):
             yield [MetricRow.of(*row) for row in found]

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypedDict, cast
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.contracts.by_time import ByTime
 from services.common.contracts.drift import DriftReport
@@ -50,6 +50,7 @@ RENDER_SECONDS = Histogram(
     "plot_render_seconds", "Time of one refresh that redrew: read new rows, render and write the charts behind"
 )
 CHART_SECONDS = Histogram("plot_chart_render_seconds", "Time to render one chart to PNG bytes", ["chart"])
+ROWS_READ = Gauge("plot_rows_read", "Rows of metric_log.csv plot_api has read (every file kept, every shard): the charts' rows")
 DASHBOARD = files("services.plot_api").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
@@ -79,6 +80,7 @@ class PlotService:
         # One metric_api: its CSV in LOGS_DIR, as always. Several (the join's shards): their rows over HTTP.
         metric_apis = [str(url).rstrip("/") for url in settings.metric_apis]
         self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG) if len(metric_apis) == 1 else ShardRowsTail(metric_apis)
+        ROWS_READ.set_function(lambda: self.tail.count)
         self.drift = DriftFeed(str(settings.MODEL_API_URL))
         self.estimates = EstimateHistory()  # metric_api's estimate, sampled at each refresh (issue 24)
         self.estimate_problem: str | None = None

@@ -28,6 +28,7 @@ class ShardCursor:
     url: str
     offset: int = 0
     log_id: str | None = None
+    generation: int | None = None  # of the file being read (X-Log-Generation); None: a shard from before rotation
     rows: int = 0  # rows read from this shard
     problem: str | None = None  # why the last look failed, if it did
 
@@ -65,7 +66,7 @@ class ShardRowsTail(MetricLogTail):
         """Everything read again from the start, from every shard (the charts' rows cannot lose one shard's)."""
         super()._start_over(inode)
         for shard in self.shards:
-            shard.offset, shard.log_id, shard.rows = 0, None, 0
+            shard.offset, shard.log_id, shard.generation, shard.rows = 0, None, None, 0
         self.union.reset()
 
     # -- snapshots: the shards' offsets and log ids (a shard whose file was replaced since says so
@@ -76,7 +77,10 @@ class ShardRowsTail(MetricLogTail):
             save_windows(self.union, snapshot)
 
     def _position(self) -> dict[str, Any]:
-        return {"shards": [[shard.url, shard.offset, shard.log_id, shard.rows] for shard in self.shards], "inode": None}
+        return {
+            "shards": [[shard.url, shard.offset, shard.log_id, shard.rows, shard.generation] for shard in self.shards],
+            "inode": None,
+        }
 
     def _check_position(self, meta: dict[str, Any]) -> None:
         if [shard[0] for shard in meta["shards"]] != [shard.url for shard in self.shards]:
@@ -88,8 +92,11 @@ class ShardRowsTail(MetricLogTail):
             load_windows(union, snapshot)
             super().load(snapshot)
             self.union = union
-            for shard, (_url, offset, log_id, rows) in zip(self.shards, snapshot.meta["tail"]["shards"], strict=True):
+            for shard, (_url, offset, log_id, rows, *generation) in zip(
+                self.shards, snapshot.meta["tail"]["shards"], strict=True
+            ):
                 shard.offset, shard.log_id, shard.rows = offset, log_id, rows
+                shard.generation = generation[0] if generation else None  # (a snapshot from before rotation has none)
 
     def read_new(self) -> int:
         """Take in the rows each shard appended since the last look; return how many."""
@@ -117,16 +124,24 @@ class ShardRowsTail(MetricLogTail):
             return self.union.summary(now)
 
     def _read_shard(self, shard: ShardCursor) -> int:
+        """What the shard's log gained since the last look: its generation read to the end, then (when it
+        was rotated) the next from its start, and so on (services/common/contracts/rows_feed.py)."""
         added = 0
         for _ in range(LOOKS_PER_READ):
-            answer = self._client.get(f"{shard.url}{ROWS_ROUTE}", params={"offset": shard.offset})
+            params = {"offset": shard.offset}
+            if shard.generation is not None or shard.offset == 0:
+                params["generation"] = shard.generation or 0  # 0 at the start: the oldest generation kept
+            answer = self._client.get(f"{shard.url}{ROWS_ROUTE}", params=params)
             if answer.status_code == REPLACED_STATUS:
                 raise _Replaced
             answer.raise_for_status()
             chunk = RowsChunk.of_answer(answer.headers, answer.content)
             if shard.log_id is not None and chunk.log_id != shard.log_id:
                 raise _Replaced
-            shard.log_id = chunk.log_id
+            shard.log_id, shard.generation = chunk.log_id, chunk.generation
+            if chunk.finished and chunk.generation is not None:  # a rotated file read to its end: the next one
+                shard.offset, shard.log_id, shard.generation = 0, None, chunk.generation + 1
+                continue
             if chunk.next_offset == shard.offset:
                 break
             lines = chunk.data.decode("utf-8", errors="replace").splitlines()

@@ -1,7 +1,8 @@
-"""Following ``metric_log.csv``: read only what was appended since the last look."""
+"""Following ``metric_log.csv``: read only what was appended since the last look, across its rotation."""
 
 import logging
 import math
+import os
 import threading
 from collections import deque
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.files import rotated_metric_logs
 from services.common.metric_rows import (
     ID,
     METRIC_LOG_HEADER,
@@ -33,8 +35,11 @@ class MetricLogTail:
     """The CSV's rows, kept up to date by reading new complete lines, in bounded memory:
     the distribution of every ``absolute_error`` and the last ``recent`` rows in full.
 
-    A line still being written (no newline yet) is left for the next look. If the file is
-    replaced or truncated, it is read again from the start.
+    A line still being written (no newline yet) is left for the next look. The file is followed
+    by its inode: rotated (METRIC_LOG_MAX_BYTES, renamed ``metric_log.<generation>.csv``), it is
+    read to its end under its new name, then the later generations and the new file from their
+    start. Replaced, truncated or gone, everything kept (rotated files, oldest first, then the
+    current) is read again from the start.
     """
 
     def __init__(self, path: Path, recent: int = RECENT_ROWS_DRAWN) -> None:
@@ -48,6 +53,7 @@ class MetricLogTail:
     def _start_over(self, inode: int | None) -> None:
         self.changes += 1
         self._offset, self._inode = 0, inode
+        self._file = self.path  # the file being read: metric_log.csv, or a rotated one being finished
         self.distribution = ErrorDistribution()
         self._y_true: deque[float] = deque(maxlen=self.recent)
         self._y_pred: deque[float] = deque(maxlen=self.recent)
@@ -103,7 +109,7 @@ class MetricLogTail:
         }
 
     def _position(self) -> dict[str, Any]:
-        return {"offset": self._offset, "inode": self._inode, "before_offset": fingerprint(self.path, self._offset)}
+        return {"offset": self._offset, "inode": self._inode, "before_offset": fingerprint(self._file, self._offset)}
 
     def load(self, snapshot: Snapshot) -> None:
         """Go on from ``snapshot`` (SnapshotUnusable, and nothing changed, if it is not of these rows)."""
@@ -121,14 +127,24 @@ class MetricLogTail:
         self._offset = meta.get("offset", 0)  # (the shards keep theirs: ShardRowsTail)
 
     def _check_position(self, meta: dict[str, Any]) -> None:
-        try:
-            stat = self.path.stat()
-        except OSError as exc:
-            raise SnapshotUnusable(f"{self.path}: {exc}") from None
-        if stat.st_ino != meta["inode"] or stat.st_size < meta["offset"]:
-            raise SnapshotUnusable(f"{self.path} is not the file it was made of")
-        if fingerprint(self.path, meta["offset"]) != meta["before_offset"]:
-            raise SnapshotUnusable(f"{self.path} is not the file it was made of (its bytes differ)")
+        found = [(path, inode) for path, inode, size in self._files() if inode == meta["inode"] and size >= meta["offset"]]
+        if not found:
+            raise SnapshotUnusable(f"{self.path} (or a rotated one) is not the file it was made of")
+        if fingerprint(found[0][0], meta["offset"]) != meta["before_offset"]:
+            raise SnapshotUnusable(f"{found[0][0]} is not the file it was made of (its bytes differ)")
+
+    def _files(self, rotated: bool = True) -> list[tuple[Path, int, int]]:
+        """(path, inode, size) of the log's files there now, oldest first: the rotated ones (unless not
+        asked for), then metric_log.csv."""
+        found = []
+        paths = [path for _, path in rotated_metric_logs(self.path.parent)] if rotated else []
+        for path in [*paths, self.path]:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((path, stat.st_ino, stat.st_size))
+        return found
 
     def read_new(self) -> int:
         """Take in the rows appended since the last call; return how many."""
@@ -136,16 +152,42 @@ class MetricLogTail:
             return self._read_new()
 
     def _read_new(self) -> int:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return 0
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self._start_over(stat.st_ino)
-        if stat.st_size == self._offset:
-            return 0  # nothing appended: the file need not be opened
+        chain = self._files(rotated=False)
+        if not chain or chain[0][1] != self._inode or chain[0][2] < self._offset:
+            chain = self._files()  # a new file: the one read so far was rotated, replaced or cut (or none yet)
+            inodes = [inode for _, inode, _ in chain]
+            at = inodes.index(self._inode) if self._inode in inodes else None
+            if at is not None and chain[at][2] >= self._offset:
+                chain = chain[at:]  # finish the file being read, under its new name, then the later ones
+            elif self._inode is not None:
+                log.warning("%s was replaced or cut: reading it (and its rotated files) again from the start", self.path)
+                self._start_over(None)
         added = 0
-        with self.path.open("rb") as f:
+        for path, inode, size in chain:
+            if inode != self._inode:
+                self._offset, self._inode = 0, inode  # the next file, from its start
+            if size == self._offset:
+                continue  # nothing appended: the file need not be opened
+            taken = self._read_file(path, inode)
+            if taken is None:
+                break  # not the file listed (rotated meanwhile): the next look goes on from here
+            added += taken
+        if added:
+            self.changes += 1
+        return added
+
+    def _read_file(self, path: Path, inode: int) -> int | None:
+        """The rows of ``path`` from the offset reached; None when it is no longer the file of ``inode``."""
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return None
+        added = 0
+        with f:
+            stat = os.fstat(f.fileno())
+            if stat.st_ino != inode:
+                return None
+            self._file = path
             # In chunks: a first look at a large file never holds all of it in memory.
             while self._offset < stat.st_size:
                 f.seek(self._offset)
@@ -157,8 +199,6 @@ class MetricLogTail:
                     end = len(data)  # no newline in a whole chunk: not a metric row
                 added += self._take(data[:end].decode("utf-8", errors="replace").splitlines(), self._offset == 0)
                 self._offset += end
-        if added:
-            self.changes += 1
         return added
 
     def _take(self, lines: list[str], at_start: bool) -> int:

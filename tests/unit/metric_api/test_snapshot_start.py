@@ -10,7 +10,8 @@ import pytest
 
 from services.common.files import METRIC_LOG, METRIC_SNAPSHOT
 from services.common.metric_rows import MetricRow
-from services.metric_api.csvlog import MetricLog
+from services.metric_api import ledger as ledger_module
+from services.metric_api.csvlog import read_rows
 from services.metric_api.ledger import MetricLedger
 from services.metric_api.stats import QualityStats
 from tests.quality import differences, expected_window
@@ -53,13 +54,12 @@ def test_a_restart_reads_the_snapshot_and_only_the_tail(
 ) -> None:
     snapshot_then_more(tmp_path)
     read_from: list[int] = []
-    rows = MetricLog.rows
 
-    def spied(log: MetricLog, offset: int = 0) -> Iterator[MetricRow]:
+    def spied(path: Path, offset: int = 0) -> Iterator[MetricRow]:
         read_from.append(offset)
-        return rows(log, offset)
+        return read_rows(path, offset)
 
-    monkeypatch.setattr(MetricLog, "rows", spied)
+    monkeypatch.setattr(ledger_module, "read_rows", spied)
     ledger, quality = opened(tmp_path, 3.0)
     header_and_1200_rows = sum(len(line) for line in (tmp_path / METRIC_LOG).read_text().splitlines(keepends=True)[:1201])
     assert read_from == [header_and_1200_rows]
