@@ -79,7 +79,11 @@ class PlotService:
         self.charts = charts
         # One metric_api: its CSV in LOGS_DIR, as always. Several (the join's shards): their rows over HTTP.
         metric_apis = [str(url).rstrip("/") for url in settings.metric_apis]
-        self.tail = MetricLogTail(settings.LOGS_DIR / METRIC_LOG) if len(metric_apis) == 1 else ShardRowsTail(metric_apis)
+        self.tail = (
+            MetricLogTail(settings.LOGS_DIR / METRIC_LOG)
+            if len(metric_apis) == 1
+            else ShardRowsTail(metric_apis, exact_rows=settings.ALL_EXACT_ROWS)
+        )
         ROWS_READ.set_function(lambda: self.tail.count)
         self.drift = DriftFeed(str(settings.MODEL_API_URL))
         self.estimates = EstimateHistory()  # metric_api's estimate, sampled at each refresh (issue 24)

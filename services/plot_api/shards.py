@@ -13,6 +13,7 @@ import httpx
 from services.common.contracts.rows_feed import REPLACED_STATUS, ROWS_ROUTE, RowsChunk
 from services.common.metric_rows import METRIC_LOG_HEADER, MetricRow, RowFormatError, parse_row
 from services.common.row_windows import RowWindows
+from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, SnapshotUnusable, load_windows, save_windows
 from services.plot_api.tail import RECENT_ROWS_DRAWN, MetricLogTail
 
@@ -48,9 +49,11 @@ class ShardRowsTail(MetricLogTail):
         recent: int = RECENT_ROWS_DRAWN,
         timeout: float = 2.0,
         transport: httpx.BaseTransport | None = None,  # tests answer for the shards
+        exact_rows: int = ALL_EXACT_ROWS,  # the union's percentiles: exact up to this many rows, then sketched
     ) -> None:
         self.shards = [ShardCursor(url.rstrip("/")) for url in urls]
-        self.union = RowWindows()
+        self.exact_rows = exact_rows
+        self.union = RowWindows(exact_rows=exact_rows)
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=timeout, transport=transport)
         # Last: MetricLogTail's __init__ calls _start_over, which resets the above.
@@ -88,7 +91,7 @@ class ShardRowsTail(MetricLogTail):
 
     def load(self, snapshot: Snapshot) -> None:
         with self._lock:
-            union = RowWindows()
+            union = RowWindows(exact_rows=self.exact_rows)
             load_windows(union, snapshot)
             super().load(snapshot)
             self.union = union
