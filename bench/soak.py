@@ -44,7 +44,7 @@ from bench.progress import say
 from bench.report import md_table
 from harness.pipeline import ROW_CHART_ROUTES, Pipeline, running_pipeline
 from harness.processes import ServiceProcess
-from services.common.files import METRIC_SNAPSHOT, METRIC_STATE, PLOT_SNAPSHOT
+from services.common.files import METRIC_SNAPSHOT, METRIC_STATE, PLOT_SNAPSHOT, rotated_metric_logs
 from services.common.quantile_sketch import RELATIVE_ACCURACY
 from services.features_api.intake import MAX_ITEMS as LABELS_PER_REQUEST
 from services.model_api.train import train
@@ -257,8 +257,17 @@ def restart_time(pipeline: Pipeline, name: str) -> float:
     return round(time.monotonic() - started, 2)
 
 
-def recomputed(csv: Path) -> dict[str, float]:
-    rows = pd.read_csv(csv, dtype={"id": str})
+def metric_logs(logs: Path) -> list[Path]:
+    """metric_log.csv's rotated files, oldest first, and the current one."""
+    return [path for _, path in rotated_metric_logs(logs)] + [logs / "metric_log.csv"]
+
+
+def recomputed(logs: Path) -> dict[str, float]:
+    """The statistics of every row of every file of the metric log, by pandas."""
+    rows = pd.concat([pd.read_csv(path, dtype={"id": str}) for path in metric_logs(logs)], ignore_index=True)
+    twice = rows["id"][rows["id"].duplicated()]
+    if len(twice):
+        raise AssertionError(f"ids written twice across the metric log's files: {twice.head(5).tolist()}")
     e = (rows["y_pred"] - rows["y_true"]).to_numpy()
     ae = np.abs(e)
     return {
@@ -298,9 +307,10 @@ def after_the_run(pipeline: Pipeline, problems: list[str]) -> dict[str, Any]:
     logs = pipeline.logs_dir
     time.sleep(2.5 * PLOT_INTERVAL_S)  # a refresh after the last row (settled_charts sees 1.2 s of calm only)
     before_charts = charts(pipeline)
-    result: dict[str, Any] = {"csv_mb": round((logs / "metric_log.csv").stat().st_size / 1e6, 1)}
+    files = metric_logs(logs)
+    result: dict[str, Any] = {"csv_mb": round(sum(path.stat().st_size for path in files) / 1e6, 1), "csv_files": len(files)}
     result["start_s_snapshot"] = {name: restart_time(pipeline, name) for name in ("metric_api", "plot_api")}
-    expected = recomputed(logs / "metric_log.csv")
+    expected = recomputed(logs)
     summary = httpx.get(f"{pipeline.url('metric_api')}/metrics/summary", timeout=30).json()
     result["statistics_equal_recomputation"] = not (diff := differing(summary, expected))
     if diff:
@@ -366,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         default=100_000,
         help="metric_api's ALL_EXACT_ROWS of the run (its percentiles sketched past it)",
     )
+    parser.add_argument(
+        "--log-max-bytes", type=int, default=0, help="METRIC_LOG_MAX_BYTES of the run (0: metric_log.csv is not rotated)"
+    )
     parser.add_argument("--every", type=float, default=30.0, help="s between samples of the figures")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/")
     parser.add_argument("--work", type=Path, default=None, help="folder for the run's logs (default: a temporary one)")
@@ -377,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             30_000, 3000.0, 5000, 2.0, 4.0, 8.0, 3.0,
         )  # fmt: skip
         args.exact_rows = 2000  # the sketched percentiles checked too
+        args.log_max_bytes = 100_000  # and the statistics across a rotated metric log
     work = args.work or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
@@ -386,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         "ORPHAN_TTL_S": str(args.retention / 2),
         "PLOT_INTERVAL_S": str(PLOT_INTERVAL_S),
         "ALL_EXACT_ROWS": str(args.exact_rows),
+        "METRIC_LOG_MAX_BYTES": str(args.log_max_bytes),
     }
     say(f"soak: {args.predictions:,} predictions at {args.rate:g}/s, {LABELLED_SHARE:.0%} labelled after {args.label_delay:g}s, "
-        f"HALF_RETENTION_S={args.retention:g}, WRITTEN_HORIZON_S={args.horizon:g}, ALL_EXACT_ROWS={args.exact_rows}; "
+        f"HALF_RETENTION_S={args.retention:g}, WRITTEN_HORIZON_S={args.horizon:g}, ALL_EXACT_ROWS={args.exact_rows}, "
+        f"METRIC_LOG_MAX_BYTES={args.log_max_bytes}; "
         f"logs in {work}")  # fmt: skip
     model_path = work / "model" / "myfile.pkl"
     model_path.parent.mkdir(exist_ok=True)
