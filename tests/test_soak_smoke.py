@@ -1,5 +1,6 @@
 """The soak bench still runs: ``python -m bench.soak --smoke`` (30,000 predictions, the bounds a few
-seconds) ends well, the state reached its bound, and the restarts agree with the CSV."""
+seconds) ends well, the state reached its bound, and the restarts agree with the CSV (rotated into
+several files)."""
 
 import json
 import subprocess
@@ -39,3 +40,4 @@ def test_the_smoke_run_of_the_soak_passes(tmp_path: Path) -> None:
         after["statistics_equal_recomputation"] and after["charts_equal_before_restart"] and after["charts_equal_after_full_read"]
     )
     assert set(after["start_s_snapshot"]) == set(after["start_s_full_read"]) == {"metric_api", "plot_api"}
+    assert after["csv_files"] > 1  # metric_log.csv was rotated (--log-max-bytes): the statistics span the files
