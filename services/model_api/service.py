@@ -45,6 +45,11 @@ SERVED = Counter(
     ["path", "model_version"],
 )
 ESTIMATE_FAILURES = Counter("estimate_failures", "Predictions left without an estimated error because the loss model failed")
+PREDICT_GROUPS = Counter(
+    "http_predict_groups",
+    "Groups of concurrent POST /predict requests predicted and published together, and the requests in them",
+    ["what"],
+)
 MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
 # The most rows one POST /predict may carry in "instances".
 PREDICT_BATCH_MAX = 1000
@@ -265,6 +270,8 @@ class ModelService:
         return await self.http_group.submit(job)
 
     async def _serve_group(self, group: list[Pending[PredictJob, Outcome]]) -> None:
+        PREDICT_GROUPS.labels(what="groups").inc()
+        PREDICT_GROUPS.labels(what="requests").inc(len(group))
         by_model: dict[int, list[Pending[PredictJob, Outcome]]] = {}
         for pending in group:  # one model, but for the requests checked just before a reload
             by_model.setdefault(id(pending.item.model), []).append(pending)
