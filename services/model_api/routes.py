@@ -22,7 +22,7 @@ from services.model_api.bodies import (
     Unpredictable,
 )
 from services.model_api.modelstore import ModelFileError
-from services.model_api.service import ModelService, prediction_problem
+from services.model_api.service import ModelService, PredictJob, RefusedRows
 
 
 async def get_service(request: Request) -> ModelService:
@@ -54,14 +54,12 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
     one_row = "features" in request.model_fields_set
     bodies = [request.features] if one_row else request.instances
     rows = schema_rows(model.schema, bodies, lambda i: ("body", "features") if one_row else ("body", "instances", i))
-    outcomes = await service.predict(model, rows)
-    refused = [
-        (i, outcome if isinstance(outcome, str) else f"predicts {outcome:g} for this row: {problem}")
-        for i, outcome in enumerate(outcomes)
-        if isinstance(outcome, str) or (problem := prediction_problem(outcome)) is not None
-    ]
-    if refused:
-        service.drift.refuse("http", "unpredictable", len(refused))
+    given: list[str | None] = [request.id] if one_row else [None] * len(rows)
+    if request.ids is not None:
+        given = [*request.ids]
+    outcome = await service.serve(PredictJob(model, rows, given, request.tags))
+    if isinstance(outcome, RefusedRows):
+        service.drift.refuse("http", "unpredictable", len(outcome.rows))
         raise Unpredictable(
             [
                 {
@@ -70,23 +68,12 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
                     "msg": f"model {model.version}: {why}",
                     "input": bodies[i],
                 }
-                for i, why in refused
+                for i, why in outcome.rows
             ]
         )
-    values = [float(outcome) for outcome in outcomes]
-    served_at = time.time()
-    given: list[str | None] = [request.id] if one_row else [None] * len(rows)
-    if request.ids is not None:
-        given = [*request.ids]
-    ids = [sample_id if sample_id is not None else service.ids.next()[0] for sample_id in given]
-    if monitored:
-        estimates = service.estimates(model, rows, values)
-        await service.monitor(ids, values, model.version, served_at, estimates, request.tags, rows)
-    service.count_served(model.version, "http", len(rows))
-    service.drift.observe(rows, values)
     if one_row:
-        return PredictResponse(id=ids[0], prediction=values[0], model_version=model.version, monitored=monitored)
-    return BatchPredictResponse(ids=ids, predictions=values, model_version=model.version, monitored=monitored)
+        return PredictResponse(id=outcome.ids[0], prediction=outcome.values[0], model_version=model.version, monitored=monitored)
+    return BatchPredictResponse(ids=outcome.ids, predictions=outcome.values, model_version=model.version, monitored=monitored)
 
 
 @router.post(

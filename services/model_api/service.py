@@ -11,6 +11,7 @@ import signal
 import time
 from collections import Counter as Tally
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
@@ -20,6 +21,7 @@ from services.common.amqp.consumer import BatchConsumer, Delivery, Rejection
 from services.common.amqp.link import BrokerLink, Link
 from services.common.amqp.publisher import Outgoing
 from services.common.amqp.topology import FEATURES, PREDICTIONS, Y_PRED, half_queue, half_queues
+from services.common.group_commit import GroupCommit, Pending
 from services.common.messages import (
     SCHEMA_CONTEXT,
     FeaturesMessage,
@@ -43,9 +45,17 @@ SERVED = Counter(
     ["path", "model_version"],
 )
 ESTIMATE_FAILURES = Counter("estimate_failures", "Predictions left without an estimated error because the loss model failed")
+PREDICT_GROUPS = Counter(
+    "http_predict_groups",
+    "Groups of concurrent POST /predict requests predicted and published together, and the requests in them",
+    ["what"],
+)
 MODEL_RELOADS = Counter("model_reloads", "Model reloads (POST /model/reload, SIGHUP)", ["outcome"])
 # The most rows one POST /predict may carry in "instances".
 PREDICT_BATCH_MAX = 1000
+# The most rows of concurrent POST /predict requests predicted and published together (a larger
+# request goes alone).
+PREDICT_GROUP_MAX = 1000
 # Predictions made elsewhere in one POST /predictions, and how many are published at a time (confirms pipelined within).
 REPORTED_MAX = 10_000
 PUBLISH_CHUNK = 1000
@@ -64,6 +74,36 @@ def prediction_problem(value: float) -> str | None:
     except ValidationError as exc:
         return exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
     return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PredictJob:
+    """One POST /predict request: its rows (checked against ``model``'s schema), the ids it gave
+    (None where one is to be made) and its tags."""
+
+    model: LoadedModel
+    rows: list[list[Any]]
+    ids: Sequence[str | None]
+    tags: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A request's predictions, served (and, when monitored, confirmed by the broker)."""
+
+    ids: list[str]
+    values: list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRows:
+    """A request with rows the model refused or predicted no sane number for: (row, why) each;
+    none of its rows is served."""
+
+    rows: list[tuple[int, str]]
+
+
+Outcome = Served | RefusedRows
 
 
 class ModelService:
@@ -87,6 +127,10 @@ class ModelService:
         self.reports.subscribe(settings.queue(PREDICTIONS), ReportedPrediction, context)
         self.link = link or BrokerLink(
             settings, "model_api", publishes=half_queues(settings, Y_PRED), consumers=[self.consumer, self.reports]
+        )
+        # Concurrent POST /predict requests: one predict call and one publish round for all of them.
+        self.http_group: GroupCommit[PredictJob, Outcome] = GroupCommit(
+            self._serve_group, PREDICT_GROUP_MAX, lambda job: len(job.rows)
         )
 
     def validation_context(self) -> dict[str, Any]:
@@ -221,26 +265,81 @@ class ModelService:
         described = [(item.features, item.body) for item in reported if item.features is not None]
         self.drift.observe([features for features, _ in described], [value for _, value in described])
 
-    async def monitor(
-        self,
-        ids: list[str],
-        values: list[float],
-        version: str,
-        served_at: float,
-        estimates: Sequence[float | None],
-        tags: dict[str, str] | None = None,
-        rows: Sequence[list[Any]] | None = None,
-    ) -> None:
-        """Publish predictions served over HTTP to y_pred, as the queue path does; return once confirmed.
-        ``tags`` (the request's) go on every one, with the segment features' values of its row."""
-        positions = self.segment_positions(self.model)
-        each = rows if rows is not None else [None] * len(ids)
-        await self.link.publisher.publish_many(
-            [
-                self.prediction(sample_id, value, served_at, version, segment_tags(tags, row, positions), estimate)
-                for sample_id, value, row, estimate in zip(ids, values, each, estimates, strict=True)
+    async def serve(self, job: PredictJob) -> Outcome:
+        """A POST /predict request's predictions, served together with the requests that came in the
+        same event-loop turn (``_serve_group``); when monitored, returned once the broker confirmed them."""
+        return await self.http_group.submit(job)
+
+    async def _serve_group(self, group: list[Pending[PredictJob, Outcome]]) -> None:
+        PREDICT_GROUPS.labels(what="groups").inc()
+        PREDICT_GROUPS.labels(what="requests").inc(len(group))
+        by_model: dict[int, list[Pending[PredictJob, Outcome]]] = {}
+        for pending in group:  # one model, but for the requests checked just before a reload
+            by_model.setdefault(id(pending.item.model), []).append(pending)
+        await asyncio.gather(*(self._serve_with(same[0].item.model, same) for same in by_model.values()))
+
+    async def _serve_with(self, model: LoadedModel, group: list[Pending[PredictJob, Outcome]]) -> None:
+        """Predict every row of ``group`` in one call; a request with a row refused gets its RefusedRows
+        and nothing of it is served; the others' predictions are published to y_pred together (when
+        MONITOR_HTTP_PREDICTIONS), each request answered once its own are confirmed."""
+        outcomes = await self.predict(model, [row for pending in group for row in pending.item.rows])
+        served: list[tuple[Pending[PredictJob, Outcome], list[float]]] = []
+        at = 0
+        for pending in group:
+            mine = outcomes[at : at + len(pending.item.rows)]
+            at += len(pending.item.rows)
+            refused = [
+                (i, outcome if isinstance(outcome, str) else f"predicts {outcome:g} for this row: {problem}")
+                for i, outcome in enumerate(mine)
+                if isinstance(outcome, str) or (problem := prediction_problem(outcome)) is not None
             ]
+            if refused:
+                pending.settle(RefusedRows(refused))
+            else:
+                served.append((pending, [float(outcome) for outcome in mine]))
+        answers = [
+            (pending, Served([given if given is not None else self.ids.next()[0] for given in pending.item.ids], values))
+            for pending, values in served
+            if pending.waiting  # its client is gone: not served, not published
+        ]
+        if not self.settings.MONITOR_HTTP_PREDICTIONS:
+            self._answer(model, answers)
+            return
+        rows = [row for pending, _ in answers for row in pending.item.rows]
+        estimates = iter(self.estimates(model, rows, [value for _, answer in answers for value in answer.values]))
+        positions = self.segment_positions(model)
+        served_at = time.time()
+        messages: list[Outgoing] = []
+        owner: dict[int, int] = {}  # id(message) -> its request's index in answers
+        unconfirmed = [len(answer.ids) for _, answer in answers]
+        for k, (pending, answer) in enumerate(answers):
+            for sample_id, value, row in zip(answer.ids, answer.values, pending.item.rows, strict=True):
+                tags = segment_tags(pending.item.tags, row, positions)
+                message = self.prediction(sample_id, value, served_at, model.version, tags, next(estimates))
+                owner[id(message)] = k
+                messages.append(message)
+
+        def confirmed(round_: Sequence[Outgoing]) -> None:
+            done = []
+            for message in round_:
+                k = owner[id(message)]
+                unconfirmed[k] -= 1
+                if unconfirmed[k] == 0:
+                    done.append(answers[k])
+            self._answer(model, done)
+
+        await self.link.publisher.publish_many(messages, confirmed)
+
+    def _answer(self, model: LoadedModel, answers: Sequence[tuple[Pending[PredictJob, Outcome], Served]]) -> None:
+        """Count and observe (drift) what is served, then answer each request."""
+        if not answers:
+            return
+        self.count_served(model.version, "http", sum(len(answer.ids) for _, answer in answers))
+        self.drift.observe(
+            [row for pending, _ in answers for row in pending.item.rows], [v for _, answer in answers for v in answer.values]
         )
+        for pending, answer in answers:
+            pending.settle(answer)
 
     def count_served(self, version: str, path: str, count: int) -> None:
         self.served.setdefault(version, Tally())[path] += count
@@ -310,5 +409,6 @@ class ModelService:
     async def stop(self) -> None:
         with contextlib.suppress(RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.http_group.close()
         await self.link.close()
         await self.drift.stop()

@@ -4,7 +4,7 @@ tests/integration and tests/faults."""
 
 from collections.abc import Sequence
 
-from services.common.amqp.publisher import Outgoing
+from services.common.amqp.publisher import Confirmed, Outgoing
 
 
 class StandInLink:
@@ -18,8 +18,10 @@ class StandInLink:
     def publisher(self) -> "StandInLink":
         return self
 
-    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+    async def publish_many(self, messages: Sequence[Outgoing], confirmed: Confirmed | None = None) -> None:
         self.published.extend(messages)
+        if confirmed is not None:
+            confirmed(messages)
 
     def start(self) -> None:
         self.state = "started"

@@ -20,10 +20,15 @@ __all__ = ["ConfirmedPublisher", "Outgoing", "Publisher"]
 log = logging.getLogger(__name__)
 
 
+# Told, after each round of a publish_many, the messages the broker confirmed in it (a caller that
+# publishes several callers' messages together answers each caller as soon as its own are confirmed).
+Confirmed = Callable[[Sequence[Outgoing]], None]
+
+
 class Publisher(Protocol):
     """What services and consumers publish through (a ConfirmedPublisher; a recorder in tests)."""
 
-    async def publish_many(self, messages: Sequence[Outgoing]) -> None: ...
+    async def publish_many(self, messages: Sequence[Outgoing], confirmed: Confirmed | None = None) -> None: ...
 
 
 # Rounds in a row in which the broker refused a publish on one channel (nacked it, or sent no
@@ -61,8 +66,10 @@ class ConfirmedPublisher:
     def channel(self) -> AbstractRobustChannel:
         return self._channel
 
-    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """Publish every message; return once the broker has confirmed them all."""
+    async def publish_many(self, messages: Sequence[Outgoing], confirmed: Confirmed | None = None) -> None:
+        """Publish every message; return once the broker has confirmed them all. ``confirmed``, if
+        given, is told after each round which messages the broker confirmed in it (before the retry
+        of the others)."""
         pending = list(messages)
         delay = 0.05
         while pending:
@@ -78,6 +85,8 @@ class ConfirmedPublisher:
             _count(MESSAGES_PUBLISHED, pending, minus=failed)
             if len(failed) < len(pending):
                 self._refused_rounds = 0
+                if confirmed is not None:
+                    confirmed(_without(pending, failed))
             if not failed:
                 return
             _count(PUBLISH_RETRIES, failed)
@@ -151,6 +160,13 @@ class ConfirmedPublisher:
                 refused = True
             failed.append(message)
         return failed, problem, refused
+
+
+def _without(messages: list[Outgoing], failed: list[Outgoing]) -> list[Outgoing]:
+    if not failed:
+        return messages
+    left_out = {id(message) for message in failed}
+    return [message for message in messages if id(message) not in left_out]
 
 
 def _count(counter: Any, messages: Sequence[Outgoing], minus: Sequence[Outgoing] = ()) -> None:

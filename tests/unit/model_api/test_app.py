@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ from services.common.amqp.consumer import Delivery
 from services.common.messages import ID_RULE, FeaturesMessage, PredictionMessage
 from services.common.settings import Settings, get_settings
 from services.model_api.app import create_app
+from services.model_api.drift import REASSESS_S
 from services.model_api.service import ModelService
 from tests.unit.in_process import in_process
 from tests.unit.stand_in_link import StandInLink
@@ -267,7 +268,9 @@ def test_drift_sees_what_predict_served_and_names_the_ten_features(settings: Set
     async def scenario(client: AsyncClient) -> dict[str, Any]:
         await client.post("/predict", json={"instances": rows[:39]})
         await client.post("/predict", json={"features": rows[39]})
-        return (await client.get("/drift")).json()
+        # A window that changed is assessed again REASSESS_S after the last assessment (the watch's, at start).
+        await asyncio.sleep(REASSESS_S)
+        return cast(dict[str, Any], (await client.get("/drift")).json())
 
     drift = in_process(create_app(settings, StandInLink()), scenario)
     assert drift["window"]["count"] == 40 and drift["window"]["seen"] == 40

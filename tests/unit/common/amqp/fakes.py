@@ -9,6 +9,7 @@ from typing import Any
 from pamqp.commands import Basic
 
 from services.common.amqp.outgoing import Outgoing
+from services.common.amqp.publisher import Confirmed
 from services.common.messages import FeaturesMessage
 
 WAIT_S = 5.0  # a guard against a hang, never a duration a test relies on
@@ -169,9 +170,11 @@ class DeadLetters:
     def release(self) -> None:
         self.confirmed.set()
 
-    async def publish_many(self, messages: Sequence[Outgoing]) -> None:
+    async def publish_many(self, messages: Sequence[Outgoing], confirmed: Confirmed | None = None) -> None:
         self.published.extend(messages)
         await self.confirmed.wait()
+        if confirmed is not None:
+            confirmed(messages)
 
     def reasons(self) -> dict[str, str]:
         return {m.sample_id: (m.headers or {})["x-dlq-reason"] for m in self.published}

@@ -95,3 +95,18 @@ def test_concurrent_publishes_on_a_stuck_channel_renew_it_once() -> None:
 
     asyncio.run(scenario())
     assert renewals == 1 and len(fresh.acked) == 10
+
+
+def test_confirmed_is_told_each_rounds_confirmed_messages_before_the_rest_are_retried() -> None:
+    """Publishing several callers' messages together, each caller is answered on its own messages' confirms."""
+    channel = StandInChannel(nacking=2)  # the first two publishes of the first round are nacked
+    rounds: list[list[str]] = []
+
+    async def scenario() -> None:
+        publisher = ConfirmedPublisher(StandInRobustChannel(channel), 1.0)  # type: ignore[arg-type]  # a stand-in, as above
+        await asyncio.wait_for(
+            publisher.publish_many(messages(5), lambda confirmed: rounds.append([m.sample_id for m in confirmed])), 10
+        )
+
+    asyncio.run(scenario())
+    assert rounds == [["2", "3", "4"], ["0", "1"]]
