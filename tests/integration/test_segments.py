@@ -4,11 +4,13 @@ pandas over metric_log.csv joined with the tags and times the test sent, revised
 and the same after metric_api is killed and started again."""
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,11 +270,9 @@ def publish_halves(
     asyncio.run(send())
 
 
-def test_one_degraded_segment_raises_its_alert_within_150_of_its_rows_and_the_global_alert_stays_calm(
-    tmp_path: Path, model_path: Path, amqp_url: str
-) -> None:
-    rng = np.random.default_rng(8)
-    cities = np.array(["Paris", "Lyon", "Nice", "Lille"])
+@contextlib.contextmanager
+def cities_pipeline(tmp_path: Path, model_path: Path, amqp_url: str, **settings: str) -> Iterator[tuple[JsonStub, Pipeline]]:
+    """The pipeline with the segment key ``city``, its alerts posted to a webhook the test reads."""
     with (
         JsonStub("/alerts") as receiver,
         running_pipeline(
@@ -281,27 +281,53 @@ def test_one_degraded_segment_raises_its_alert_within_150_of_its_rows_and_the_gl
             amqp_url,
             FEATURES_LOOP="false",
             SEGMENT_KEYS="city",
-            MAE_ALERT="15",
             ALERT_WEBHOOK_URL=receiver.url,
+            model_replicas=1,
+            **settings,
         ) as pipeline,
     ):
-        first_us = int(time.time() * 1_000_000)
-        sent = lyon_degraded = 0
-        for batch in range(60):
-            degraded = batch >= 30  # 600 healthy rows, then Lyon's predictions 25 too high
-            city = rng.choice(cities, 20)
-            y_true = rng.integers(25, 347, 20).astype(float)
-            y_pred = y_true + rng.normal(0, 10, 20) + np.where(degraded & (city == "Lyon"), 25.0, 0.0)
-            halves = [
-                (format_sample_id(first_us + sent + k), float(t), float(p), {"city": str(c)})
-                for k, (t, p, c) in enumerate(zip(y_true, y_pred, city, strict=True))
-            ]
-            publish_halves(amqp_url, pipeline.prefix, halves)
-            sent += len(halves)
-            wait_until(lambda n=sent: get(pipeline, "/metrics/summary")["count"] == n, 30, f"{sent} rows")  # type: ignore[misc]  # n binds the count now
-            lyon_degraded += int(np.count_nonzero(city == "Lyon")) if degraded else 0
-            if receiver.posted:
-                break
+        yield receiver, pipeline
+
+
+def stream_cities(
+    pipeline: Pipeline,
+    amqp_url: str,
+    rng: np.random.Generator,
+    calm_batches: int,
+    shift: float,
+    stop: Callable[[], bool],
+    estimate: float | None = None,
+) -> int:
+    """Batches of 20 rows over four cities (noise N(0, 10)) on the queues, each waited for in the summary:
+    ``calm_batches`` calm, then Lyon's predictions ``shift`` too high, until ``stop()`` (60 batches at
+    most); returns how many of Lyon's shifted rows were sent."""
+    first_us = int(time.time() * 1_000_000)
+    sent = lyon_shifted = 0
+    for batch in range(60):
+        shifted = batch >= calm_batches
+        city = rng.choice(np.array(["Paris", "Lyon", "Nice", "Lille"]), 20)
+        y_true = rng.integers(25, 347, 20).astype(float)
+        y_pred = y_true + rng.normal(0, 10, 20) + np.where(shifted & (city == "Lyon"), shift, 0.0)
+        halves = [
+            (format_sample_id(first_us + sent + k), float(t), float(p), {"city": str(c)})
+            for k, (t, p, c) in enumerate(zip(y_true, y_pred, city, strict=True))
+        ]
+        publish_halves(amqp_url, pipeline.prefix, halves, estimate=estimate)
+        sent += len(halves)
+        wait_until(lambda n=sent: get(pipeline, "/metrics/summary")["count"] == n, 30, f"{sent} rows")  # type: ignore[misc]  # n binds the count now
+        lyon_shifted += int(np.count_nonzero(city == "Lyon")) if shifted else 0
+        if stop():
+            break
+    return lyon_shifted
+
+
+def test_one_degraded_segment_raises_its_alert_within_150_of_its_rows_and_the_global_alert_stays_calm(
+    tmp_path: Path, model_path: Path, amqp_url: str
+) -> None:
+    rng = np.random.default_rng(8)
+    with cities_pipeline(tmp_path, model_path, amqp_url, MAE_ALERT="15") as (receiver, pipeline):
+        # 600 healthy rows, then Lyon's predictions 25 too high
+        lyon_degraded = stream_cities(pipeline, amqp_url, rng, 30, 25.0, lambda: bool(receiver.posted))
         posted = [(body["alert"], body["state"]) for body in receiver.posted]
         assert posted == [("segment/city=Lyon", "raised")], posted
         assert 0 < lyon_degraded <= 150
@@ -320,42 +346,14 @@ def test_a_concept_shift_in_one_segment_raises_its_estimate_check_through_the_we
     """Predictions come with the estimate of their error (8: that of a calm row, E|N(0, 10)|); Lyon's
     start to err 12 more, unseen by the estimate and too little for Lyon's MAE alert (factor 3)."""
     rng = np.random.default_rng(11)
-    cities = np.array(["Paris", "Lyon", "Nice", "Lille"])
-    with (
-        JsonStub("/alerts") as receiver,
-        running_pipeline(
-            tmp_path,
-            model_path,
-            amqp_url,
-            FEATURES_LOOP="false",
-            SEGMENT_KEYS="city",
-            SEGMENT_ALERT_FACTOR="3",
-            MAE_DETECTOR="threshold",
-            MAE_ALERT="1000",
-            ALERT_WEBHOOK_URL=receiver.url,
-        ) as pipeline,
-    ):
-        first_us = int(time.time() * 1_000_000)
-        sent = lyon_degraded = 0
+    settings = {"SEGMENT_ALERT_FACTOR": "3", "MAE_DETECTOR": "threshold", "MAE_ALERT": "1000"}
+    with cities_pipeline(tmp_path, model_path, amqp_url, **settings) as (receiver, pipeline):
 
         def segment_posts() -> list[tuple[str, str]]:
             return [(body["alert"], body["state"]) for body in receiver.posted if body["alert"].startswith("segment")]
 
-        for batch in range(60):
-            degraded = batch >= 20  # 400 calm rows, then Lyon's predictions 12 too high
-            city = rng.choice(cities, 20)
-            y_true = rng.integers(25, 347, 20).astype(float)
-            y_pred = y_true + rng.normal(0, 10, 20) + np.where(degraded & (city == "Lyon"), 12.0, 0.0)
-            halves = [
-                (format_sample_id(first_us + sent + k), float(t), float(p), {"city": str(c)})
-                for k, (t, p, c) in enumerate(zip(y_true, y_pred, city, strict=True))
-            ]
-            publish_halves(amqp_url, pipeline.prefix, halves, estimate=8.0)
-            sent += len(halves)
-            wait_until(lambda n=sent: get(pipeline, "/metrics/summary")["count"] == n, 30, f"{sent} rows")  # type: ignore[misc]  # n binds the count now
-            lyon_degraded += int(np.count_nonzero(city == "Lyon")) if degraded else 0
-            if segment_posts():
-                break
+        # 400 calm rows, then Lyon's predictions 12 too high
+        lyon_degraded = stream_cities(pipeline, amqp_url, rng, 20, 12.0, lambda: bool(segment_posts()), estimate=8.0)
         assert segment_posts() == [("segment-estimate/city=Lyon", "raised")]
         assert 0 < lyon_degraded <= 150
         summary = get(pipeline, "/metrics/summary")
