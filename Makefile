@@ -96,12 +96,8 @@ prometheus:
 	    echo "make: the Prometheus tests need Prometheus and promtool: sudo apt-get install -y prometheus (or set PROMETHEUS_BIN and PROMTOOL_BIN)"; exit 1; \
 	  fi
 
-# Two runs of one suite: the tests that only share the broker (each its own QUEUE_PREFIX, ports and
-# files) in two processes, a test file to a process at a time (pytest-xdist); then, alone, those that
-# restart the broker (faults) or start a three-node cluster, which would pull it from under the others.
 test: $(VENV)/.installed-test broker browser prometheus
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not faults and not cluster"
-	$(BIN)/python -m pytest -m "faults or cluster"
+	$(BIN)/python -m pytest
 
 # deploy/compose.yml built, run and faulted for real (tests/compose, docs/containers.md). It needs a
 # Docker engine: as root, DOCKER_STANDIN_SCRIPT (by default shared/tools/docker-standin-images.sh
