@@ -136,6 +136,10 @@ def copy_sources(arguments: str) -> tuple[list[str], str, str | None]:
     return paths[:-1], paths[-1], stage
 
 
+# Settings of deploy/.env.example that may stay empty (the rest of the empty ones are secrets to choose).
+OPTIONAL_SETTINGS = frozenset({"SEGMENT_KEYS"})
+
+
 def env_example() -> dict[str, str]:
     values = {}
     for raw in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():

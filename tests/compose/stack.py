@@ -27,7 +27,7 @@ from harness.processes import wait_until
 from services.common.files import METRIC_LOG
 from services.features_api.publisher import MAX_BURST
 from tests.compose.engine import Engine
-from tests.deploy_files import COMPOSE_FILE, REPO_ROOT, env_example
+from tests.deploy_files import COMPOSE_FILE, OPTIONAL_SETTINGS, REPO_ROOT, env_example
 
 PROJECT_PREFIX = "mqm-test-"
 REPO_LOGS = REPO_ROOT / "logs"
@@ -103,9 +103,13 @@ class ComposeStack:
 
     def write_env(self, **changes: str) -> None:
         """A .env made for the test: every setting of deploy/.env.example, the empty ones
-        (the password, tokens) filled with fresh secrets, the services' uid the logs folder's."""
+        (the password, tokens; not the optional ones) filled with fresh secrets, the services' uid
+        the logs folder's."""
         if not self.settings:
-            self.settings = {name: value or secrets.token_urlsafe(18) for name, value in env_example().items()}
+            self.settings = {
+                name: value or ("" if name in OPTIONAL_SETTINGS else secrets.token_urlsafe(18))
+                for name, value in env_example().items()
+            }
             self.settings.update(APP_UID=str(self.app_uid), APP_GID=str(self.app_uid))
         self.settings.update(changes)
         self.env_file.write_text("".join(f"{name}={value}\n" for name, value in self.settings.items()))
