@@ -1,6 +1,7 @@
 """Latency: samples offered at fixed rates, each timed from its id (its publish time) to its row in the CSV;
 beside each rate the broker's version, and whether the pipeline kept up with the rate."""
 
+import os
 import sys
 import threading
 import time
@@ -11,6 +12,8 @@ import httpx
 
 from bench.broker import broker_version
 from bench.figures import percentile, rounded
+from bench.ingest import machine_busy_s
+from bench.machine import cpu_use
 from bench.progress import say, wait_for_progress
 from harness.pipeline import Pipeline
 from services.features_api.publisher import MAX_BURST
@@ -75,6 +78,9 @@ def latency(
     """Each rate offered for ``seconds``; a row per rate with ``broker`` (where the broker runs) and its
     version as the broker announces it."""
     version = broker_version(pipeline.amqp_url)
+    pids: dict[str, int | None] = {
+        name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
+    }
     features = pipeline.url("features_api")
     tail = CsvTail(pipeline.csv)
     switch_interval = sys.getswitchinterval()
@@ -88,6 +94,7 @@ def latency(
                 say(f"latency: {rate:g} samples/s for {seconds:g}s ({total} samples), RabbitMQ {version} ({broker})")
                 ids: list[str] = []
                 requests = 0
+                cpu_before, busy_before = cpu_use(pids), machine_busy_s()
                 started = time.time()
                 next_tick = started
                 while len(ids) < total:
@@ -106,6 +113,8 @@ def latency(
                     else:
                         next_tick = time.time()  # behind: no catching up tick by tick, `due` does that
                 published_s = time.time() - started
+                cpu_after, busy_after = cpu_use(pids), machine_busy_s()
+                services_s = sum((cpu_after[n] or 0.0) - (cpu_before[n] or 0.0) for n in pids)
                 all_ids.extend(ids)
 
                 def arrived(ids: list[str] = ids) -> int:
@@ -131,6 +140,10 @@ def latency(
                     "drain_s": round(max(0.0, last_row - started - published_s), 3),
                     "sustained": sustained(rate, achieved, completed, complete),
                     "rows_seen": len(latencies),
+                    # the machine while the rate was offered: every process (others' too), and the four services' part
+                    "machine_busy_cores": round((busy_after - busy_before) / published_s, 2),
+                    "services_cores": round(services_s / published_s, 2),
+                    "load_1m": round(os.getloadavg()[0], 2),
                     "p50_ms": rounded(percentile(latencies, 50)),
                     "p95_ms": rounded(percentile(latencies, 95)),
                     "p99_ms": rounded(percentile(latencies, 99)),

@@ -47,6 +47,9 @@ def latency_row(r: dict[str, Any]) -> list[Any]:
         r["seconds"],
         r["samples"],
         *figures,
+        r.get("machine_busy_cores"),
+        r.get("services_cores"),
+        r.get("load_1m"),
     ]
 
 
@@ -186,7 +189,10 @@ def report(results: dict[str, Any]) -> str:
                 "÷ the time from the first request to the last row (the drain included); backlog = samples published "
                 f"but not yet in the CSV as the offer ended. A rate counts as sustained when both reach "
                 f"{SUSTAINED_SHARE:.0%} of it: where it is not, the percentiles are left out (they grow with the "
-                "length of the run, not with the rate)."
+                "length of the run, not with the rate). Machine busy: every process over the "
+                f"{(results.get('machine') or {}).get('nproc', '?')} cores while the rate was offered (/proc/stat; "
+                "others' work too, on a shared machine), of it the four services'; load: the 1-minute load average "
+                "at the end."
             ),
             "",
             md_table(
@@ -203,6 +209,9 @@ def report(results: dict[str, Any]) -> str:
                     "p95 ms",
                     "p99 ms",
                     "max ms",
+                    "machine busy (cores)",
+                    "of it the services'",
+                    "load",
                 ],
                 [latency_row(r) for r in lat],
             ),

@@ -27,6 +27,9 @@ def row(broker: str, version: str, offered: float, verdict: str, p99: float) -> 
         "p95_ms": 10.5,
         "p99_ms": p99,
         "max_ms": 43.7,
+        "machine_busy_cores": 1.23,
+        "services_cores": 0.45,
+        "load_1m": 2.5,
     }
 
 
@@ -58,10 +61,12 @@ def test_the_table_has_the_broker_version_on_every_row_and_no_percentiles_where_
     }
     lines = report(results).splitlines()
     table = [line for line in lines if line.startswith("| ") and "offered" not in line]
+    machine = " | 1.23 | 0.45 | 2.5 |"
     assert table == [
-        "| 3.10.8 (host) | 200 | 200 | 200 | yes | 5 | 30 | 6,000 | 8.4 | 10.5 | 12.3 | 43.7 |",
-        "| 3.10.8 (host) | 1,000 | 1,000 | 500 | no: rows written at 500/s | 12,345 | 30 | 30,000 | – | – | – | – |",
-        "| 4.0.5 (container rabbitmq:4.4-management) | 200 | 200 | 200 | yes | 5 | 30 | 6,000 | 8.4 | 10.5 | 11.1 | 43.7 |",
+        "| 3.10.8 (host) | 200 | 200 | 200 | yes | 5 | 30 | 6,000 | 8.4 | 10.5 | 12.3 | 43.7" + machine,
+        "| 3.10.8 (host) | 1,000 | 1,000 | 500 | no: rows written at 500/s | 12,345 | 30 | 30,000 | – | – | – | –" + machine,
+        "| 4.0.5 (container rabbitmq:4.4-management) | 200 | 200 | 200 | yes | 5 | 30 | 6,000 | 8.4 | 10.5 | 11.1 | 43.7"
+        + machine,
     ]
     heading = next(line for line in lines if line.startswith("**Latency**"))
     assert "RabbitMQ 3.10.8 (host), 4.0.5 (container rabbitmq:4.4-management)" in heading
