@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: ingest(pipeline, args.ingest_clients, args.ingest_seconds, samples_per_s, problems),
                 )
             if "latency" in args.only:
-                results["latency"] = latency_section(pipeline, "host", args, results, problems)
+                where = "host" if args.amqp_url is None else f"--amqp-url {redacted(amqp_url)}"
+                results["latency"] = latency_section(pipeline, where, args, results, problems)
             if "http" in args.only:
                 results["http"] = section(
                     "http",
