@@ -1,5 +1,7 @@
-"""Latency: samples offered at fixed rates, each timed from its id (its publish time) to its row in the CSV."""
+"""Latency: samples offered at fixed rates, each timed from its id (its publish time) to its row in the CSV;
+beside each rate the broker's version, and whether the pipeline kept up with the rate."""
 
+import os
 import sys
 import threading
 import time
@@ -8,12 +10,16 @@ from typing import Any
 
 import httpx
 
+from bench.broker import broker_version
 from bench.figures import percentile, rounded
+from bench.ingest import machine_busy_s
+from bench.machine import cpu_use
 from bench.progress import say, wait_for_progress
 from harness.pipeline import Pipeline
 from services.features_api.publisher import MAX_BURST
 
 TAIL_POLL_S = 0.002
+SUSTAINED_SHARE = 0.95  # of the offered rate, offered and written, for the rate to count as sustained
 
 
 class CsvTail(threading.Thread):
@@ -51,9 +57,30 @@ class CsvTail(threading.Thread):
         self.join(2)
 
 
+def sustained(offered_per_s: float, achieved_per_s: float, completed_per_s: float, complete: bool) -> str:
+    """Whether the run kept up with the offered rate: "yes", or "no: " and what fell short. The load
+    generator must have offered ≥ 95 % of the rate, and the pipeline written the rows at ≥ 95 % of it
+    (every row, from the first request to the last row): a pipeline that falls behind builds a backlog,
+    and its percentiles then grow with the length of the run, not with the rate."""
+    floor = SUSTAINED_SHARE * offered_per_s
+    if not complete:
+        return "no: rows never came"
+    if achieved_per_s < floor:
+        return f"no: offered only {achieved_per_s:,.0f}/s"
+    if completed_per_s < floor:
+        return f"no: rows written at {completed_per_s:,.0f}/s"
+    return "yes"
+
+
 def latency(
-    pipeline: Pipeline, rates: list[float], seconds: float, all_ids: list[str], problems: list[str]
+    pipeline: Pipeline, rates: list[float], seconds: float, all_ids: list[str], problems: list[str], broker: str
 ) -> list[dict[str, Any]]:
+    """Each rate offered for ``seconds``; a row per rate with ``broker`` (where the broker runs) and its
+    version as the broker announces it."""
+    version = broker_version(pipeline.amqp_url)
+    pids: dict[str, int | None] = {
+        name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
+    }
     features = pipeline.url("features_api")
     tail = CsvTail(pipeline.csv)
     switch_interval = sys.getswitchinterval()
@@ -64,9 +91,10 @@ def latency(
         with httpx.Client(timeout=600) as client:
             for rate in rates:
                 total = max(1, round(rate * seconds))
-                say(f"latency: {rate:g} samples/s for {seconds:g}s ({total} samples)")
+                say(f"latency: {rate:g} samples/s for {seconds:g}s ({total} samples), RabbitMQ {version} ({broker})")
                 ids: list[str] = []
                 requests = 0
+                cpu_before, busy_before = cpu_use(pids), machine_busy_s()
                 started = time.time()
                 next_tick = started
                 while len(ids) < total:
@@ -85,21 +113,37 @@ def latency(
                     else:
                         next_tick = time.time()  # behind: no catching up tick by tick, `due` does that
                 published_s = time.time() - started
+                cpu_after, busy_after = cpu_use(pids), machine_busy_s()
+                services_s = sum((cpu_after[n] or 0.0) - (cpu_before[n] or 0.0) for n in pids)
                 all_ids.extend(ids)
 
                 def arrived(ids: list[str] = ids) -> int:
                     return sum(1 for i in ids if i in tail.seen)
 
+                backlog = len(ids) - arrived()  # published, not yet in the CSV, as the offer ends
                 complete = wait_for_progress(arrived, len(ids), f"latency rows at {rate:g}/s")
                 latencies = [(tail.seen[i] - float(i)) * 1000 for i in ids if i in tail.seen]
+                last_row = max((tail.seen[i] for i in ids if i in tail.seen), default=time.time())
+                # samples over the window, or over the time it took to publish them if that was longer
+                achieved = len(ids) / max(published_s, seconds)
+                completed = len(latencies) / max(last_row - started, seconds)  # rows written, the drain included
                 result = {
+                    "broker": broker,
+                    "broker_version": version,
                     "offered_per_s": rate,
                     "seconds": seconds,
                     "samples": len(ids),
                     "requests": requests,
-                    # samples over the window, or over the time it took to publish them if that was longer
-                    "achieved_per_s": round(len(ids) / max(published_s, seconds), 1),
+                    "achieved_per_s": round(achieved, 1),
+                    "completed_per_s": round(completed, 1),
+                    "backlog_at_end": backlog,
+                    "drain_s": round(max(0.0, last_row - started - published_s), 3),
+                    "sustained": sustained(rate, achieved, completed, complete),
                     "rows_seen": len(latencies),
+                    # the machine while the rate was offered: every process (others' too), and the four services' part
+                    "machine_busy_cores": round((busy_after - busy_before) / published_s, 2),
+                    "services_cores": round(services_s / published_s, 2),
+                    "load_1m": round(os.getloadavg()[0], 2),
                     "p50_ms": rounded(percentile(latencies, 50)),
                     "p95_ms": rounded(percentile(latencies, 95)),
                     "p99_ms": rounded(percentile(latencies, 99)),
@@ -107,7 +151,9 @@ def latency(
                 }
                 results.append(result)
                 if not complete:
-                    problems.append(f"latency at {rate:g}/s: {len(ids) - len(latencies)} of {len(ids)} rows never came")
+                    problems.append(
+                        f"latency at {rate:g}/s ({broker}): {len(ids) - len(latencies)} of {len(ids)} rows never came"
+                    )
                 time.sleep(0.5)  # a quiet moment between rates
     finally:
         tail.stop()

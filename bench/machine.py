@@ -1,16 +1,13 @@
 """The machine the benchmark ran on, and what its processes use: memory (VmRSS) and CPU, from /proc."""
 
-import asyncio
 import os
 import platform
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-
+from bench.broker import broker_version
 from harness.processes import ServiceProcess
 
 
@@ -87,35 +84,6 @@ class RssSampler(threading.Thread):
         self.join(2)
 
 
-def rabbitmq_version(amqp_url: str) -> str:
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    if rabbitmqctl:
-        try:
-            done = subprocess.run([rabbitmqctl, "version"], capture_output=True, text=True, timeout=20, check=False)
-            if done.returncode == 0 and done.stdout.strip():
-                return done.stdout.strip().splitlines()[-1]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-
-    async def ask() -> str:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            assert connection.transport is not None  # connected
-            properties = connection.transport.connection.server_properties
-            version = properties.get("version", "?")
-            product = properties.get("product", "")
-            if isinstance(version, bytes):
-                version = version.decode()
-            if isinstance(product, bytes):
-                product = product.decode()
-            return f"{version} ({product}, from the AMQP handshake)".replace("(, ", "(")
-
-    try:
-        return asyncio.run(ask())
-    except Exception as exc:  # noqa: BLE001 - the version is only a label in the report: whatever fails, "unknown"
-        return f"unknown ({exc})"
-
-
 def machine(amqp_url: str) -> dict[str, Any]:
     cpu_model, mem_total = "unknown", None
     try:
@@ -134,6 +102,6 @@ def machine(amqp_url: str) -> dict[str, Any]:
         "cpu_model": cpu_model,
         "mem_total_gb": mem_total,
         "python": platform.python_version(),
-        "rabbitmq": rabbitmq_version(amqp_url),
+        "rabbitmq": broker_version(amqp_url),
         "kernel": platform.release(),
     }

@@ -3,6 +3,7 @@
 from typing import Any
 
 from bench.ingest import ITEMS_PER_REQUEST
+from bench.latency import SUSTAINED_SHARE
 from bench.scale import SCALE_APPEND_ROWS, SCALE_APPENDS
 from bench.throughput import MAX_PUBLISH_COUNT
 from services.common.schema import DIABETES
@@ -22,6 +23,34 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def broker_label(row: dict[str, Any]) -> str:
+    """The broker of a latency row: its version and where it runs (rows of older runs have neither)."""
+    return f"{row.get('broker_version', '?')} ({row.get('broker', 'host')})"
+
+
+def brokers(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(broker_label(r) for r in rows))
+
+
+def latency_row(r: dict[str, Any]) -> list[Any]:
+    kept = r.get("sustained", "yes") == "yes"
+    figures = [r[name] if kept else None for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+    return [
+        broker_label(r),
+        r["offered_per_s"],
+        r["achieved_per_s"],
+        r.get("completed_per_s"),
+        r.get("sustained"),
+        r.get("backlog_at_end"),
+        r["seconds"],
+        r["samples"],
+        *figures,
+        r.get("machine_busy_cores"),
+        r.get("services_cores"),
+        r.get("load_1m"),
+    ]
 
 
 def report(results: dict[str, Any]) -> str:
@@ -154,25 +183,37 @@ def report(results: dict[str, Any]) -> str:
             (
                 "**Latency** — end to end, from the sample's id (its publish timestamp) to its row first seen "
                 "in the CSV by a reader polling appended bytes every 2 ms (so it includes up to ~2 ms of polling "
-                "granularity); offered by one `POST /features/publish` per 10 ms tick with the samples due "
-                "(achieved = samples ÷ the longer of the window and the time it took to publish them)."
+                "granularity); offered by one `POST /features/publish` per 10 ms tick with the samples due. "
+                f"RabbitMQ {', '.join(brokers(lat))}: each version as the broker announces it in the AMQP handshake. "
+                "Achieved = samples ÷ the longer of the window and the time it took to publish them; written = rows "
+                "÷ the time from the first request to the last row (the drain included); backlog = samples published "
+                f"but not yet in the CSV as the offer ended. A rate counts as sustained when both reach "
+                f"{SUSTAINED_SHARE:.0%} of it: where it is not, the percentiles are left out (they grow with the "
+                "length of the run, not with the rate). Machine busy: every process over the "
+                f"{(results.get('machine') or {}).get('nproc', '?')} cores while the rate was offered (/proc/stat; "
+                "others' work too, on a shared machine), of it the four services'; load: the 1-minute load average "
+                "at the end."
             ),
             "",
             md_table(
-                ["offered /s", "achieved /s", "seconds", "samples", "p50 ms", "p95 ms", "p99 ms", "max ms"],
                 [
-                    [
-                        r["offered_per_s"],
-                        r["achieved_per_s"],
-                        r["seconds"],
-                        r["samples"],
-                        r["p50_ms"],
-                        r["p95_ms"],
-                        r["p99_ms"],
-                        r["max_ms"],
-                    ]
-                    for r in lat
+                    "RabbitMQ",
+                    "offered /s",
+                    "achieved /s",
+                    "written /s",
+                    "sustained",
+                    "backlog at end",
+                    "seconds",
+                    "samples",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "max ms",
+                    "machine busy (cores)",
+                    "of it the services'",
+                    "load",
                 ],
+                [latency_row(r) for r in lat],
             ),
             "",
         ]

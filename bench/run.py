@@ -6,8 +6,9 @@ to ``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json``.
 
 Sections: machine; throughput of a burst (with lost/duplicated ids and each service's RSS);
 ingest of predictions made elsewhere (``POST /predictions``); end-to-end latency at fixed offered
-rates; HTTP load (an async httpx load loop of our own); the throughput burst again on a pipeline
-serving a 100-feature model (wide); plot_api alone on CSVs of growing size.
+rates, with the broker's version beside each (``--broker-4x``: again on a RabbitMQ 4.x in a
+container); HTTP load (an async httpx load loop of our own); the throughput burst again on a
+pipeline serving a 100-feature model (wide); plot_api alone on CSVs of growing size.
 
 It is not a test: a slow machine only gives slow figures. It exits 1 only when something is
 broken (lost, duplicated or unexpected ids, a service that fails or does not stop cleanly, a
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.broker import COMPOSE_BROKER_IMAGE, rabbitmq_container, redacted
 from bench.cluster import add_arguments as add_cluster_arguments
 from bench.cluster import cluster_report, cluster_section
 from bench.http_load import http_load
@@ -70,7 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=50_000, help="samples in the throughput burst (50000)")
     parser.add_argument(
-        "--rates", type=numbers(float), default=[10.0, 200.0, 500.0], help="offered rates, samples/s (10,200,500)"
+        "--rates",
+        type=numbers(float),
+        default=[10.0, 200.0, 1000.0],
+        help="offered rates of the latency section, samples/s (10,200,1000: a quiet system, and under load)",
     )
     parser.add_argument("--rate-seconds", type=float, default=30.0, help="seconds per offered rate (30)")
     parser.add_argument("--http-seconds", type=float, default=10.0, help="seconds of load per endpoint (10)")
@@ -104,6 +109,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=list(SECTIONS),
         help=f"run only these sections, comma-separated, of {','.join(SECTIONS)} (all); ingest and wide also run "
         "throughput, the diabetes figure they are compared with; --cluster adds the cluster section either way",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=None,
+        help="the broker the services run on (AMQP_URL, else amqp://guest:guest@localhost:5672/)",
+    )
+    parser.add_argument(
+        "--broker-4x",
+        action="store_true",
+        help="add the latency section again on a RabbitMQ 4.x in a container: the image deploy/compose.yml names, "
+        "started on a free port and removed afterwards (needs Docker, or root to start it: bench/broker.py)",
     )
     add_cluster_arguments(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny everything, to check the benchmark itself works")
@@ -171,11 +187,43 @@ def with_pipeline(
     return peaks
 
 
+def latency_section(
+    pipeline: Pipeline, broker: str, args: argparse.Namespace, results: dict[str, Any], problems: list[str]
+) -> list[dict[str, Any]]:
+    """The latency section on ``pipeline``; its rows added to the results' latency rows (one per rate and
+    broker), and every id it published checked in the CSV (``latency_check``, one entry per broker)."""
+    all_ids: list[str] = []
+    rows = section(
+        f"latency ({broker})", problems, lambda: latency(pipeline, args.rates, args.rate_seconds, all_ids, problems, broker)
+    )
+    if all_ids:
+        verdict = check(all_ids, pipeline.csv)
+        results.setdefault("latency_check", []).append(
+            {"broker": broker, "published": verdict.published, "lost": verdict.lost, "duplicated": verdict.duplicated}
+        )
+        if verdict.lost or verdict.duplicated:
+            problems.append(f"latency ({broker}): lost {verdict.lost}, duplicated {verdict.duplicated} ids")
+    return [*(results.get("latency") or []), *(rows or [])]
+
+
+def latency_on_4x(work: Path, model_path: Path, args: argparse.Namespace, results: dict[str, Any], problems: list[str]) -> None:
+    """The latency section again, on fresh services over a RabbitMQ 4.x in a container (``--broker-4x``)."""
+    say(f"latency (4.x): starting {COMPOSE_BROKER_IMAGE} in a container")
+    with rabbitmq_container() as broker:
+        say(f"latency (4.x): {broker.image} answers ({broker.how})")
+        where = f"container {broker.image}"
+
+        def run(pipeline: Pipeline, _rss: RssSampler) -> None:
+            results["latency"] = latency_section(pipeline, where, args, results, problems)
+
+        with_pipeline("diabetes, RabbitMQ 4.x", work / "pipeline-4x", model_path, broker.amqp_url, problems, run)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    amqp_url = str(Settings().AMQP_URL)
+    amqp_url = args.amqp_url or str(Settings().AMQP_URL)
     if (reason := unreachable(amqp_url)) is not None:
         print(f"bench: no RabbitMQ answers at {amqp_url} ({reason}); `make bench` starts one", file=sys.stderr)
         return 1
@@ -197,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             "ingest_clients": args.ingest_clients,
             "wide_samples": args.wide_samples,
             "only": args.only,
+            "amqp_url": redacted(amqp_url),
+            "broker_4x": COMPOSE_BROKER_IMAGE if args.broker_4x else None,
             "pipeline_env": PIPELINE_ENV,
             "cluster": (
                 {"samples": args.cluster_samples, "shards": args.cluster_shards, "model_replicas": args.cluster_replicas}
@@ -226,20 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                     problems,
                     lambda: ingest(pipeline, args.ingest_clients, args.ingest_seconds, samples_per_s, problems),
                 )
-            all_ids: list[str] = []
             if "latency" in args.only:
-                results["latency"] = section(
-                    "latency", problems, lambda: latency(pipeline, args.rates, args.rate_seconds, all_ids, problems)
-                )
-            if all_ids:
-                verdict = check(all_ids, pipeline.csv)
-                results["latency_check"] = {
-                    "published": verdict.published,
-                    "lost": verdict.lost,
-                    "duplicated": verdict.duplicated,
-                }
-                if verdict.lost or verdict.duplicated:
-                    problems.append(f"latency: lost {verdict.lost}, duplicated {verdict.duplicated} ids")
+                where = "host" if args.amqp_url is None else f"--amqp-url {redacted(amqp_url)}"
+                results["latency"] = latency_section(pipeline, where, args, results, problems)
             if "http" in args.only:
                 results["http"] = section(
                     "http",
@@ -249,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if any(name in args.only for name in ("throughput", "ingest", "latency", "http")):
             results["peak_rss_mb"] = with_pipeline("diabetes", work / "pipeline", model_path, amqp_url, problems, diabetes)
+
+        if args.broker_4x:
+            section("latency (4.x)", problems, lambda: latency_on_4x(work, model_path, args, results, problems))
 
         if "wide" in args.only:
             say("wide: registering the 100-feature model")

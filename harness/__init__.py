@@ -5,4 +5,5 @@
 ``queues``     a run's queue prefix, the state of its queues, deleting them afterwards
 ``proxy``      a TCP proxy between the services and the broker, to cut or stall connections
 ``checker``    the ids published against the rows of metric_log.csv: lost, duplicated, unexpected
+``docker_engine``  a Docker engine (or the stand-in script that starts one) for tests/compose and the bench
 """

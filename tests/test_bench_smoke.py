@@ -1,6 +1,7 @@
 """The benchmark still runs: ``python -m bench.run --smoke`` (tiny figures) ends well."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,13 @@ def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path) -> None:
     assert throughput["samples_per_s"] > 0
     assert [r["offered_per_s"] for r in results["latency"]] == [10, 50]
     assert all(r["rows_seen"] == r["samples"] and r["p99_ms"] is not None for r in results["latency"])
+    assert all(r["sustained"] == "yes" and r["completed_per_s"] > 0 for r in results["latency"])
+    # the broker's version beside every figure: the one it announces, the machine's, in each row of the table
+    version = results["machine"]["rabbitmq"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", version), version
+    assert {(r["broker"], r["broker_version"]) for r in results["latency"]} == {("host", version)}
+    assert done.stdout.count(f"| {version} (host) | ") == 2
+    assert [(c["broker"], c["lost"], c["duplicated"]) for c in results["latency_check"]] == [("host", 0, 0)]
     assert {r["endpoint"] for r in results["http"]} >= {"GET /plot/latest.png", "POST /predict"}
     assert results["scale"][0]["rows"] == 1000 and results["scale"][0]["first_png_s"] > 0
 

