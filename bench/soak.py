@@ -44,9 +44,10 @@ from bench.progress import say
 from bench.report import md_table
 from harness.pipeline import ROW_CHART_ROUTES, Pipeline, running_pipeline
 from harness.processes import ServiceProcess
-from services.common.files import METRIC_SNAPSHOT, METRIC_STATE, PLOT_SNAPSHOT, rotated_metric_logs
+from services.common.files import METRIC_LOG, METRIC_SNAPSHOT, METRIC_STATE, PLOT_SNAPSHOT
 from services.common.quantile_sketch import RELATIVE_ACCURACY
 from services.features_api.intake import MAX_ITEMS as LABELS_PER_REQUEST
+from services.metric_api.merge import with_rotated
 from services.model_api.train import train
 
 LABELLED_SHARE = 0.2
@@ -259,7 +260,7 @@ def restart_time(pipeline: Pipeline, name: str) -> float:
 
 def metric_logs(logs: Path) -> list[Path]:
     """metric_log.csv's rotated files, oldest first, and the current one."""
-    return [path for _, path in rotated_metric_logs(logs)] + [logs / "metric_log.csv"]
+    return with_rotated([logs / METRIC_LOG])
 
 
 def recomputed(logs: Path) -> dict[str, float]:

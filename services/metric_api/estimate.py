@@ -108,6 +108,14 @@ def check_window(
     return realized, estimated, allowed, realized - estimated > allowed
 
 
+def checked_rows(loss: np.ndarray, estimate: np.ndarray) -> dict[str, Any]:
+    """Joined rows with an estimate, as a ``checked`` window: their count, realized MAE, estimated MAE
+    and the band (``BAND_Z``·sd(|e| − estimate)/√n, null below 2 rows)."""
+    n = len(loss)
+    band = BAND_Z * float(np.std(loss - estimate, ddof=1)) / math.sqrt(n) if n >= 2 else None
+    return {"rows": n, "realized_mae": _mean(loss), "estimated_mae": _mean(estimate), "band": band}
+
+
 def _mean(values: Sequence[float] | np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -213,13 +221,7 @@ class EstimateTracker:
         for name, size in CHECK_WINDOWS.items():
             newest = _newest(state.pairs, size)
             pairs = np.array(newest) if newest else np.zeros((0, 2))
-            width = BAND_Z * float(np.std(pairs[:, 0] - pairs[:, 1], ddof=1)) / math.sqrt(len(pairs)) if len(pairs) >= 2 else None
-            checked[name] = {
-                "rows": len(pairs),
-                "realized_mae": _mean(pairs[:, 0]),
-                "estimated_mae": _mean(pairs[:, 1]),
-                "band": width,
-            }
+            checked[name] = checked_rows(pairs[:, 0], pairs[:, 1])
         return {
             "windows": windows,
             "checked": checked,

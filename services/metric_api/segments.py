@@ -22,20 +22,18 @@ NaN where none): 3 × 8 × 1,000 bytes. So a segment holds at most 24 KB + 8 byt
 100,000 rows (1 MiB of capacity at most), and 24 KB + 32 KiB beyond.
 """
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from services.common.error_window import Window, window_of
-from services.common.estimate import BAND_Z
 from services.common.metric_rows import MetricRow
 from services.common.row_windows import PART_EXACT_ROWS, ErrorHistory, RowRing
 from services.common.segment_rank import mae_low
 from services.common.settings import ALL_EXACT_ROWS
 from services.common.snapshots import Snapshot, SnapshotUnusable, load_history, save_history
-from services.metric_api.estimate import CHECK_ROWS
+from services.metric_api.estimate import CHECK_ROWS, checked_rows
 
 OTHER = "(other)"
 RING_ROWS = 1000
@@ -92,10 +90,7 @@ class SegmentStats:
         """Its estimate checked: the newest ``CHECK_ROWS`` rows with an estimate, realized MAE beside
         estimated, and the band (as a model version's ``checked``); None while no row had an estimate."""
         loss, estimate = self.estimated(CHECK_ROWS)
-        if not len(loss):
-            return None
-        band = BAND_Z * float(np.std(loss - estimate, ddof=1)) / math.sqrt(len(loss)) if len(loss) >= 2 else None
-        return {"rows": len(loss), "realized_mae": float(loss.mean()), "estimated_mae": float(estimate.mean()), "band": band}
+        return checked_rows(loss, estimate) if len(loss) else None
 
     def windows(self) -> dict[str, Window]:
         out = {"all": self.all.window()}
