@@ -2,6 +2,7 @@
 one that cannot be read as JSON (not UTF-8, nested too deeply), 422 for JSON of the wrong shape,
 quoting only a short excerpt of the bad input. ``service_app`` installs the two handlers."""
 
+import json
 from typing import Any
 
 from fastapi import Request, Response
@@ -22,6 +23,14 @@ MAX_ERRORS = 20
 DECODER_ERRORS = (ValueError, RecursionError)
 
 
+class QuotingResponse(JSONResponse):
+    """JSON in ASCII (``\\uXXXX`` escapes): an answer that quotes what was sent must not fail on it,
+    and JSON text may hold a lone surrogate (``"\\ud800"``), which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, but one that never fails on what it quotes (bytes, NaN, 10 MB, deep nesting),
     and a 415 when the body was not sent as JSON (FastAPI then hands the raw bytes over)."""
@@ -31,7 +40,7 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         isinstance(error.get("input"), bytes | bytearray) and tuple(error.get("loc", ()))[:1] == ("body",) for error in errors
     ):
         return JSONResponse({"detail": _not_json_detail(request)}, status_code=415)
-    return JSONResponse({"detail": [_readable(error) for error in errors[:MAX_ERRORS]]}, status_code=422)
+    return QuotingResponse({"detail": [_readable(error) for error in errors[:MAX_ERRORS]]}, status_code=422)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -132,3 +132,13 @@ def test_a_422_names_at_most_twenty_problems() -> None:
     app, _ = tiny_app()
     [answer] = post_each(app, [{"json": {f"field{i}": i for i in range(100)}}])
     assert answer.status_code == 422 and len(answer.json()["detail"]) == 20
+
+
+def test_a_lone_surrogate_in_the_body_is_quoted_in_a_422_not_a_500() -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"): Python reads it, UTF-8 cannot encode it,
+    and an answer quoting it failed with a 500."""
+    app, changes = tiny_app()
+    [answer] = post_each(app, [{"content": b'{"count": "\\ud800"}', "headers": {"content-type": "application/json"}}])
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "count"] and answer.json()["detail"][0]["input"] == "\ud800"
+    assert changes == []
