@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.common.contracts.drift import DriftReport
 from services.common.http.bodies import schema_rows
+from services.common.http.direct import DirectRoute
 from services.common.messages import ReportedPrediction
 from services.model_api.bodies import (
     BatchPredictResponse,
@@ -33,31 +34,22 @@ Service = Annotated[ModelService, Depends(get_service)]
 router = APIRouter(tags=["model"])
 
 
-@router.post(
-    "/predict",
-    responses={
-        400: {"description": "the body is not UTF-8 JSON"},
-        422: {"description": "a row that does not fit the schema (the answer names the feature), or that the model refuses"},
-        503: {
-            "description": "no model file is registered (a profile of a model served elsewhere), or MONITOR_HTTP_PREDICTIONS "
-            "is on and the broker is not connected: nothing was served"
-        },
-    },
-)
-async def predict(request: PredictRequest, service: Service) -> PredictResponse | BatchPredictResponse:
+async def predict(body: PredictRequest, request: Request) -> PredictResponse | BatchPredictResponse:
+    # A DirectRoute (services/common/http/direct.py, below): the request path of the user's application.
+    service = await get_service(request)
     model = service.model
     if model.unservable is not None:
         raise HTTPException(503, detail=model.unservable)
     monitored = service.settings.MONITOR_HTTP_PREDICTIONS
     if monitored and (problem := service.link.problem()) is not None:
         raise HTTPException(503, detail=f"cannot monitor this prediction now, so it is not served: {problem}")
-    one_row = "features" in request.model_fields_set
-    bodies = [request.features] if one_row else request.instances
+    one_row = "features" in body.model_fields_set
+    bodies = [body.features] if one_row else body.instances
     rows = schema_rows(model.schema, bodies, lambda i: ("body", "features") if one_row else ("body", "instances", i))
-    given: list[str | None] = [request.id] if one_row else [None] * len(rows)
-    if request.ids is not None:
-        given = [*request.ids]
-    outcome = await service.serve(PredictJob(model, rows, given, request.tags))
+    given: list[str | None] = [body.id] if one_row else [None] * len(rows)
+    if body.ids is not None:
+        given = [*body.ids]
+    outcome = await service.serve(PredictJob(model, rows, given, body.tags))
     if isinstance(outcome, RefusedRows):
         service.drift.refuse("http", "unpredictable", len(outcome.rows))
         raise Unpredictable(
@@ -74,6 +66,22 @@ async def predict(request: PredictRequest, service: Service) -> PredictResponse 
     if one_row:
         return PredictResponse(id=outcome.ids[0], prediction=outcome.values[0], model_version=model.version, monitored=monitored)
     return BatchPredictResponse(ids=outcome.ids, predictions=outcome.values, model_version=model.version, monitored=monitored)
+
+
+router.add_api_route(
+    "/predict",
+    predict,
+    methods=["POST"],
+    route_class_override=DirectRoute,
+    responses={
+        400: {"description": "the body is not UTF-8 JSON"},
+        422: {"description": "a row that does not fit the schema (the answer names the feature), or that the model refuses"},
+        503: {
+            "description": "no model file is registered (a profile of a model served elsewhere), or MONITOR_HTTP_PREDICTIONS "
+            "is on and the broker is not connected: nothing was served"
+        },
+    },
+)
 
 
 @router.post(

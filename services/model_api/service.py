@@ -31,7 +31,7 @@ from services.common.messages import (
     Target,
 )
 from services.common.registration import EXTERNAL_VERSION
-from services.common.settings import Settings
+from services.common.settings import Settings, get_settings
 from services.common.tags import numeric_segment_keys, segment_feature_positions, segment_tags
 from services.model_api.drift_watch import DriftWatch
 from services.model_api.modelstore import LoadedModel, ModelFileError, load_model
@@ -69,6 +69,8 @@ def prediction_problem(value: float) -> str | None:
     """Why a model's output cannot be a prediction (not finite, beyond TARGET_ABS_MAX), or None."""
     if not math.isfinite(value):
         return "not a finite number"
+    if abs(value) <= get_settings().TARGET_ABS_MAX:
+        return None  # what Target takes (the same bound), without a validation per prediction
     try:
         _TARGET.validate_python(value)
     except ValidationError as exc:
