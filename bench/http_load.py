@@ -2,13 +2,16 @@
 
 import asyncio
 import json
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.figures import percentile, rounded
+from bench.machine import cpu_use
 from bench.progress import say
 from harness.pipeline import Pipeline
 from harness.processes import wait_until
@@ -100,8 +103,9 @@ class RawSession:
 
 async def _load(
     url: str, method: str, body: Callable[[int], Any] | None, clients: int, seconds: float, kind: str
-) -> dict[str, Any]:
-    """``clients`` loops, each sending its next request as soon as its last one is answered."""
+) -> tuple[dict[str, Any], list[float]]:
+    """``clients`` loops, each sending its next request as soon as its last one is answered: the
+    window's figures, and its latencies (ms)."""
     session_type = RawSession if kind == "raw" else HttpxSession
     sessions = [session_type(url, method, body) for _ in range(clients)]
     latencies: list[float] = []
@@ -130,41 +134,120 @@ async def _load(
 
     failed = sum(errors.values())
     done = len(latencies) + failed
-    return {
+    figures = {
         "requests": done,
         "ok": len(latencies),
         "errors": failed,
         "error_kinds": errors,
         "seconds": round(elapsed, 2),
         "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
-        "p50_ms": rounded(percentile(latencies, 50), 2),
-        "p99_ms": rounded(percentile(latencies, 99), 2),
-        "max_ms": rounded(max(latencies) if latencies else None, 2),
         # the load generator's own CPU: near 1 core busy means it, not the service, is the limit
         "loadgen_cpu_share": round(cpu / elapsed, 2) if elapsed > 0 else None,
         "loadgen_cpu_ms_per_req": round(cpu / done * 1000, 3) if done else None,
     }
+    return figures, latencies
 
 
-def http_load(pipeline: Pipeline, clients: int, seconds: float, kind: str, problems: list[str]) -> list[dict[str, Any]]:
+HEALTH = "GET /health (metric_api)"
+PREDICT = "POST /predict"
+
+
+def _predict_groups(model_api: str) -> tuple[float, float]:
+    """model_api's http_predict_groups_total: (groups, requests) so far."""
+    text = httpx.get(f"{model_api}/metrics", timeout=5).text
+    found = {"groups": 0.0, "requests": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "http_predict_groups_total":
+                found[sample.labels["what"]] = sample.value
+    return found["groups"], found["requests"]
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def http_load(
+    pipeline: Pipeline,
+    clients: int,
+    seconds: float,
+    kind: str,
+    problems: list[str],
+    rounds: int = 1,
+    pids: dict[str, int | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Each endpoint under ``clients`` concurrent clients for ``seconds``, in ``rounds`` rounds, the
+    endpoints' order rotated each round, so that a slow stretch of a shared machine falls on every
+    endpoint alike. Per endpoint: req/s (median of its rounds), its share of ``GET /health``'s req/s
+    (the median over rounds of the ratio within a round), p50/p99 of every latency, and each
+    process's CPU per request (``pids``: name -> pid, from /proc), /predict's group size."""
     from sklearn.datasets import load_diabetes
 
     rows = load_diabetes().data.tolist()
-    plot = pipeline.url("plot_api")
+    plot, model_api = pipeline.url("plot_api"), pipeline.url("model_api")
     # The histogram is drawn within PLOT_INTERVAL_S of the rows; wait for it before loading it.
     wait_until(lambda: httpx.get(f"{plot}/plot/latest.png", timeout=5).status_code == 200, 60, "the first histogram", 0.2)
     targets: list[tuple[str, str, str, Callable[[int], Any] | None]] = [
+        (HEALTH, "GET", f"{pipeline.url('metric_api')}/health", None),
         ("GET /plot/latest.png", "GET", f"{plot}/plot/latest.png", None),
         ("GET /metrics/summary", "GET", f"{pipeline.url('metric_api')}/metrics/summary", None),
-        ("POST /predict", "POST", f"{pipeline.url('model_api')}/predict", lambda n: {"features": rows[n % len(rows)]}),
-        ("GET /health (metric_api)", "GET", f"{pipeline.url('metric_api')}/health", None),
+        (PREDICT, "POST", f"{model_api}/predict", lambda n: {"features": rows[n % len(rows)]}),
     ]
+    pids = pids or {}
+    windows: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in targets}
+    latencies: dict[str, list[float]] = {label: [] for label, *_ in targets}
+    for round_ in range(rounds):
+        for label, method, url, body in targets[round_ % len(targets) :] + targets[: round_ % len(targets)]:
+            say(f"http: {label}, {clients} {kind} clients for {seconds:g}s (round {round_ + 1} of {rounds})")
+            groups_before = _predict_groups(model_api) if label == PREDICT else None
+            cpu_before = cpu_use(pids)
+            figures, taken = asyncio.run(_load(url, method, body, clients, seconds, kind))
+            cpu_after = cpu_use(pids)
+            served = figures["requests"]
+            figures["cpu_ms_per_req"] = {
+                name: round((after - before) / served * 1000, 3)
+                for name, after in cpu_after.items()
+                if served and after is not None and (before := cpu_before.get(name)) is not None
+            }
+            if groups_before is not None:
+                groups, requests = (now - then for now, then in zip(_predict_groups(model_api), groups_before, strict=True))
+                figures["requests_per_group"] = round(requests / groups, 2) if groups else None
+            windows[label].append(figures)
+            latencies[label].extend(taken)
     results = []
-    for label, method, url, body in targets:
-        say(f"http: {label}, {clients} {kind} clients for {seconds:g}s")
-        figures = asyncio.run(_load(url, method, body, clients, seconds, kind))
-        result = {"endpoint": label, "clients": clients, "client": kind, **figures}
+    for label, *_ in targets:
+        runs = windows[label]
+        ok = sum(run["ok"] for run in runs)
+        ratios = [
+            run["req_per_s"] / health["req_per_s"]
+            for run, health in zip(runs, windows[HEALTH], strict=True)
+            if run["req_per_s"] is not None and health["req_per_s"]
+        ]
+        processes = dict.fromkeys(name for run in runs for name in run["cpu_ms_per_req"])
+        result = {
+            "endpoint": label,
+            "clients": clients,
+            "client": kind,
+            "rounds": runs,
+            "ok": ok,
+            "errors": sum(run["errors"] for run in runs),
+            "req_per_s": rounded(_median([run["req_per_s"] for run in runs if run["req_per_s"] is not None])),
+            "of_health": rounded(_median(ratios), 3),
+            "of_health_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
+            "p50_ms": rounded(percentile(latencies[label], 50), 2),
+            "p99_ms": rounded(percentile(latencies[label], 99), 2),
+            "max_ms": rounded(max(latencies[label]) if latencies[label] else None, 2),
+            "loadgen_cpu_share": rounded(_median([run["loadgen_cpu_share"] for run in runs if run["loadgen_cpu_share"]]), 2),
+            "cpu_ms_per_req": {
+                name: rounded(_median([run["cpu_ms_per_req"][name] for run in runs if name in run["cpu_ms_per_req"]]), 3)
+                for name in processes
+            },
+        }
+        if label == PREDICT:
+            result["requests_per_group"] = rounded(
+                _median([run["requests_per_group"] for run in runs if run.get("requests_per_group")]), 2
+            )
         results.append(result)
-        if result["ok"] == 0:
-            problems.append(f"http: {label} answered no request successfully ({result['error_kinds']})")
+        if ok == 0:
+            problems.append(f"http: {label} answered no request successfully ({runs[0]['error_kinds']})")
     return results

@@ -15,7 +15,7 @@ import httpx
 from sklearn.datasets import load_diabetes
 
 from bench.figures import percentile, rounded
-from bench.machine import broker_pid, cpu_use
+from bench.machine import broker_pid, cpu_use, service_pids
 from bench.progress import say, wait_for_progress
 from bench.throughput import LineCounter
 from harness.checker import check_all
@@ -137,9 +137,7 @@ def ingest(
         return sum(counter.rows() for counter in counters)
 
     baseline = rows_now()
-    pids: dict[str, int | None] = {
-        name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
-    }
+    pids = service_pids(pipeline)
     pids["rabbitmq"] = broker_pid()
     say(f"ingest: {clients} clients POSTing /predictions of {ITEMS_PER_REQUEST} items for {seconds:g}s")
     cpu_before, busy_before, began = cpu_use(pids), machine_busy_s(), time.perf_counter()

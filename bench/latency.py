@@ -13,7 +13,7 @@ import httpx
 from bench.broker import broker_version
 from bench.figures import percentile, rounded
 from bench.ingest import machine_busy_s
-from bench.machine import cpu_use
+from bench.machine import cpu_use, service_pids
 from bench.progress import say, wait_for_progress
 from harness.pipeline import Pipeline
 from services.features_api.publisher import MAX_BURST
@@ -78,9 +78,7 @@ def latency(
     """Each rate offered for ``seconds``; a row per rate with ``broker`` (where the broker runs) and its
     version as the broker announces it."""
     version = broker_version(pipeline.amqp_url)
-    pids: dict[str, int | None] = {
-        name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
-    }
+    pids = service_pids(pipeline)
     features = pipeline.url("features_api")
     tail = CsvTail(pipeline.csv)
     switch_interval = sys.getswitchinterval()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.broker import broker_version
+from harness.pipeline import Pipeline
 from harness.processes import ServiceProcess
 
 
@@ -39,6 +40,11 @@ def broker_pid() -> int | None:
     """The local RabbitMQ's Erlang VM (beam.smp), if the broker runs on this machine."""
     found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True, check=False).stdout.split()
     return int(found[0]) if found else None
+
+
+def service_pids(pipeline: Pipeline) -> dict[str, int | None]:
+    """The pid of each service of ``pipeline`` that runs as a process here."""
+    return {name: service.process.pid for name, service in pipeline.services.items() if service.process is not None}
 
 
 def cpu_use(pids: dict[str, int | None]) -> dict[str, float | None]:

@@ -1,5 +1,6 @@
 """The benchmark's results as Markdown: the tables printed at the end of a run."""
 
+import statistics
 from typing import Any
 
 from bench.ingest import ITEMS_PER_REQUEST
@@ -219,6 +220,8 @@ def report(results: dict[str, Any]) -> str:
         ]
     http = results.get("http")
     if http:
+        settings = results["settings"]
+        processes = list(dict.fromkeys(name for r in http for name in r.get("cpu_ms_per_req", {})))
         out += [
             (
                 f"**HTTP** — our own async httpx load loop, not wrk/locust: {http[0]['clients']} concurrent clients "
@@ -227,24 +230,52 @@ def report(results: dict[str, Any]) -> str:
                 else f"**HTTP** — our own async load loop, not wrk/locust: {http[0]['clients']} concurrent clients, "
                 "each a minimal HTTP/1.1 client on one kept-alive asyncio connection (`--http-client raw`)"
             )
-            + f", {results['settings']['http_seconds']:g} s per endpoint after a warm-up, in one Python process "
-            "sharing the cores with the services and the broker. The load generator's own CPU is shown "
+            + f", {settings['http_seconds']:g} s per endpoint after a warm-up, in {settings.get('http_rounds', 1)} "
+            "round(s), the endpoints' order rotated each round; req/s is the median of the rounds, ÷ /health the "
+            "median of the ratios within a round (their range beside it), p50/p99 of every request. The load "
+            "generator is one Python process sharing the cores with the services and the broker; its CPU is shown "
             "(1.0 = one core, its ceiling): near 1, it, not the service, limits req/s"
             + (
                 " — httpx costs 1–2 ms of CPU per request; `--http-client raw` about a tenth of that."
                 if http[0]["client"] == "httpx"
                 else "."
-            ),
+            )
+            + " Then each process's CPU per request (ms of one core, from /proc over the window, median of the rounds).",
             "",
             md_table(
-                ["endpoint", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "load-gen CPU (cores)"],
+                ["endpoint", "req/s", "÷ /health", "p50 ms", "p99 ms", "max ms", "errors", "load-gen CPU (cores)"],
                 [
-                    [r["endpoint"], r["req_per_s"], r["p50_ms"], r["p99_ms"], r["max_ms"], r["errors"], r["loadgen_cpu_share"]]
+                    [
+                        r["endpoint"],
+                        r["req_per_s"],
+                        _share(r.get("of_health"), r.get("of_health_range")),
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r["max_ms"],
+                        r["errors"],
+                        r["loadgen_cpu_share"],
+                    ]
                     for r in http
                 ],
             ),
             "",
         ]
+        if processes:
+            out += [
+                md_table(
+                    ["endpoint", *processes, "load generator", "requests per /predict group"],
+                    [
+                        [
+                            r["endpoint"],
+                            *(r.get("cpu_ms_per_req", {}).get(name, "–") for name in processes),
+                            _median_of(r.get("rounds", []), "loadgen_cpu_ms_per_req"),
+                            r.get("requests_per_group", "–"),
+                        ]
+                        for r in http
+                    ],
+                ),
+                "",
+            ]
     wide = results.get("wide")
     if wide:
         diabetes = results.get("throughput") or {}
@@ -326,3 +357,17 @@ def report(results: dict[str, Any]) -> str:
         ]
     out.append(f"Reproduce: `make bench` (here: `python -m bench.run {results['argv']}`).")
     return "\n".join(out)
+
+
+def _share(ratio: float | None, spread: list[float] | None) -> str:
+    """A ratio as a percentage, with the range of the rounds' ratios."""
+    if ratio is None:
+        return "–"
+    if not spread or spread[0] == spread[1]:
+        return f"{ratio:.0%}"
+    return f"{ratio:.0%} ({spread[0]:.0%}–{spread[1]:.0%})"
+
+
+def _median_of(rounds: list[dict[str, Any]], key: str) -> float | str:
+    values = [run[key] for run in rounds if run.get(key) is not None]
+    return round(statistics.median(values), 3) if values else "–"

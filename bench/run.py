@@ -38,7 +38,7 @@ from bench.cluster import cluster_report, cluster_section
 from bench.http_load import http_load
 from bench.ingest import ingest
 from bench.latency import latency
-from bench.machine import RssSampler, machine
+from bench.machine import RssSampler, broker_pid, machine, service_pids
 from bench.progress import interrupted, on_signal, say
 from bench.report import report
 from bench.scale import scale_one
@@ -78,7 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="offered rates of the latency section, samples/s (10,200,1000: a quiet system, and under load)",
     )
     parser.add_argument("--rate-seconds", type=float, default=30.0, help="seconds per offered rate (30)")
-    parser.add_argument("--http-seconds", type=float, default=10.0, help="seconds of load per endpoint (10)")
+    parser.add_argument("--http-seconds", type=float, default=5.0, help="seconds of load per endpoint and round (5)")
+    parser.add_argument(
+        "--http-rounds",
+        type=int,
+        default=3,
+        help="rounds of the HTTP section, each endpoint once a round, the order rotated (3): ratios to /health within a round",
+    )
     parser.add_argument("--http-clients", type=int, default=50, help="concurrent HTTP clients (50)")
     parser.add_argument(
         "--scale-rows",
@@ -127,7 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.samples, args.rates, args.rate_seconds = 200, [10.0, 50.0], 3.0
-        args.http_seconds, args.http_clients, args.scale_rows = 2.0, 10, [1000]
+        args.http_seconds, args.http_clients, args.http_rounds, args.scale_rows = 2.0, 10, 1, [1000]
         args.cluster_samples = 200
         args.ingest_seconds, args.ingest_clients, args.wide_samples = 2.0, 2, 300
     if any(name in args.only for name in NEEDS_THROUGHPUT) and "throughput" not in args.only:
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "rates": args.rates,
             "rate_seconds": args.rate_seconds,
             "http_seconds": args.http_seconds,
+            "http_rounds": args.http_rounds,
             "http_clients": args.http_clients,
             "http_client": args.http_client,
             "scale_rows": args.scale_rows,
@@ -283,7 +290,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["http"] = section(
                     "http",
                     problems,
-                    lambda: http_load(pipeline, args.http_clients, args.http_seconds, args.http_client, problems),
+                    lambda: http_load(
+                        pipeline,
+                        args.http_clients,
+                        args.http_seconds,
+                        args.http_client,
+                        problems,
+                        args.http_rounds,
+                        service_pids(pipeline) | ({"rabbitmq": broker_pid()} if args.amqp_url is None else {}),
+                    ),
                 )
 
         if any(name in args.only for name in ("throughput", "ingest", "latency", "http")):

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from bench.figures import rounded
-from bench.machine import RssSampler, broker_pid, cpu_use, rss_mb
+from bench.machine import RssSampler, broker_pid, cpu_use, rss_mb, service_pids
 from bench.progress import COUNT_POLL_S, say, wait_for_progress
 from harness.checker import check_all
 from harness.cluster import shard_csvs
@@ -72,10 +72,7 @@ def throughput(
 
     if rss is not None:
         rss.take_window()
-    pids: dict[str, int | None] = {
-        name: service.process.pid for name, service in pipeline.services.items() if service.process is not None
-    }
-    pids |= {"rabbitmq": broker_pid()} if broker_pids is None else broker_pids
+    pids = service_pids(pipeline) | ({"rabbitmq": broker_pid()} if broker_pids is None else broker_pids)
     cpu_before = cpu_use(pids)
     ids: list[str] = []
     watcher = threading.Thread(target=watch, daemon=True, name="row-count")
