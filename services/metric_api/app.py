@@ -385,10 +385,13 @@ router = APIRouter(prefix="/metrics", tags=["metrics"])
 
 
 @router.get(SUMMARY_ROUTE.removeprefix(router.prefix), response_model=Summary)
-async def summary(service: Service) -> Response:
+async def summary(request: Request) -> Response:
     """count, mae, rmse; per window and per model version the twelve numbers docs/monitoring.md
     lists; the join, the labels (share, lag, waiting by age), latency, alert and baseline. Numbers
     are never NaN (null instead). The JSON is the ``Summary`` model's, kept while nothing in it changes."""
+    # The service from the request, not as a dependency: FastAPI's solving of one cost a tenth of a
+    # summary's CPU (the route is polled by plot_api and dashboards).
+    service = await get_service(request)
     ledger = service.ledger
     join = {
         "pending_y_true": ledger.pending("y_true"),
