@@ -16,7 +16,7 @@ Prints a Markdown table and writes the figures as JSON to
 ``bench/results/fastpath-<UTC timestamp>.json`` (and ``fastpath-latest.json``). Exits 1 when
 something is broken (lost, duplicated or unexpected ids; a service that fails or does not stop
 cleanly; the setting not reaching a service), 130 when interrupted. Measure on a quiet machine:
-one run of the defaults takes about 10 minutes on 2 cores.
+one run of the defaults takes 6-10 minutes on 2 cores.
 """
 
 from __future__ import annotations
