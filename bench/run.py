@@ -35,6 +35,9 @@ from typing import Any
 from bench.broker import COMPOSE_BROKER_IMAGE, rabbitmq_container, redacted
 from bench.cluster import add_arguments as add_cluster_arguments
 from bench.cluster import cluster_report, cluster_section
+from bench.fastpath import WARMUP as FASTPATH_WARMUP
+from bench.fastpath import measure as measure_fastpath
+from bench.fastpath import report as fastpath_report
 from bench.http_load import http_load
 from bench.ingest import ingest
 from bench.latency import latency
@@ -52,6 +55,8 @@ from services.model_api.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("throughput", "ingest", "latency", "http", "wide", "scale")
+# Sections run only when --only names them: fastpath starts the pipeline a dozen times (bench/fastpath.py).
+OPT_IN_SECTIONS = ("fastpath",)
 # Sections that compare with the throughput burst or need its rows (the HTTP section asks for the histogram it draws).
 NEEDS_THROUGHPUT = ("ingest", "wide", "http")
 PIPELINE_ENV = {"FEATURES_INTERVAL_S": "3600", "PLOT_INTERVAL_S": "10"}
@@ -59,9 +64,12 @@ PIPELINE_ENV = {"FEATURES_INTERVAL_S": "3600", "PLOT_INTERVAL_S": "10"}
 
 def sections(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in chosen if name not in SECTIONS]
+    unknown = [name for name in chosen if name not in (*SECTIONS, *OPT_IN_SECTIONS)]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'none'}: the sections are {','.join(SECTIONS)}")
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'none'}: the sections are {','.join(SECTIONS)} (and, only when named, "
+            f"{','.join(OPT_IN_SECTIONS)})"
+        )
     return chosen
 
 
@@ -114,7 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=sections,
         default=list(SECTIONS),
         help=f"run only these sections, comma-separated, of {','.join(SECTIONS)} (all); ingest and wide also run "
-        "throughput, the diabetes figure they are compared with; --cluster adds the cluster section either way",
+        "throughput, the diabetes figure they are compared with; --cluster adds the cluster section either way; "
+        "fastpath (what each part of services/common/amqp/fastpath buys: python -m bench.fastpath) runs only when named",
     )
     parser.add_argument(
         "--amqp-url",
@@ -127,6 +136,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="add the latency section again on a RabbitMQ 4.x in a container: the image deploy/compose.yml names, "
         "started on a free port and removed afterwards (needs Docker, or root to start it: bench/broker.py)",
     )
+    parser.add_argument(
+        "--fastpath-samples", type=int, default=20_000, help="samples in each burst of the fastpath section (20000)"
+    )
+    parser.add_argument("--fastpath-rounds", type=int, default=3, help="rounds over the fastpath section's configurations (3)")
     add_cluster_arguments(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny everything, to check the benchmark itself works")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="folder for the JSON (bench/results)")
@@ -136,6 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.http_seconds, args.http_clients, args.http_rounds, args.scale_rows = 2.0, 10, 1, [1000]
         args.cluster_samples = 200
         args.ingest_seconds, args.ingest_clients, args.wide_samples = 2.0, 2, 300
+        args.fastpath_samples, args.fastpath_rounds = 200, 1
     if any(name in args.only for name in NEEDS_THROUGHPUT) and "throughput" not in args.only:
         args.only = ["throughput", *args.only]
     return args
@@ -251,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "ingest_seconds": args.ingest_seconds,
             "ingest_clients": args.ingest_clients,
             "wide_samples": args.wide_samples,
+            "fastpath": ({"samples": args.fastpath_samples, "rounds": args.fastpath_rounds} if "fastpath" in args.only else None),
             "only": args.only,
             "amqp_url": redacted(amqp_url),
             "broker_4x": COMPOSE_BROKER_IMAGE if args.broker_4x else None,
@@ -329,6 +344,23 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in args.only:
             results["scale"] = scale
 
+        if "fastpath" in args.only:
+            fastpath_dir = work / "fastpath"
+            fastpath_dir.mkdir()
+            results["fastpath"] = section(
+                "fastpath",
+                problems,
+                lambda: measure_fastpath(
+                    fastpath_dir,
+                    model_path,
+                    amqp_url,
+                    args.fastpath_samples,
+                    args.fastpath_rounds,
+                    min(FASTPATH_WARMUP, args.fastpath_samples),
+                    problems,
+                ),
+            )
+
         if args.cluster:
             cluster_dir = work / "cluster"
             cluster_dir.mkdir()
@@ -352,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = round(time.monotonic() - began, 1)
 
     text = report(results)
+    if results.get("fastpath"):
+        text += "\n\n" + fastpath_report(results["fastpath"])
     if results.get("cluster"):
         text += "\n\n" + cluster_report(results["cluster"])
     print()

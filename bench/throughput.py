@@ -4,6 +4,7 @@ with lost/duplicated/unexpected ids, each process's CPU per sample and the servi
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,12 @@ def throughput(
     samples: int,
     problems: list[str],
     broker_pids: dict[str, int | None] | None = None,
+    earlier: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One burst; the figures. ``broker_pids``: the broker's VMs whose CPU to count (default: the
-    local RabbitMQ's, as ``rabbitmq``). Rows are counted over every metric_api shard's CSV."""
+    local RabbitMQ's, as ``rabbitmq``). Rows are counted over every metric_api shard's CSV.
+    ``earlier``: the ids of samples sent before on this pipeline (a warm-up), whose rows are
+    expected in the CSV too (and checked: lost or duplicated alike)."""
     features = pipeline.url("features_api")
     csvs = shard_csvs(pipeline)
     counters = [LineCounter(csv) for csv in csvs]
@@ -105,7 +109,7 @@ def throughput(
     assert metric_api is not None  # the pipeline started it
     metric_after = rss_mb(metric_api.pid)
 
-    verdict = check_all(ids, csvs)
+    verdict = check_all([*earlier, *ids], csvs)
     result: dict[str, Any] = {
         "samples": samples,
         "publish_requests": math.ceil(samples / MAX_PUBLISH_COUNT),
@@ -114,7 +118,7 @@ def throughput(
         "complete": complete,
         "end_to_end_s": round(done_at[0] - started, 3) if done_at else None,
         "samples_per_s": round(samples / (done_at[0] - started), 1) if done_at else None,
-        "published": verdict.published,
+        "published": verdict.published - len(set(earlier)),
         "rows": verdict.rows - baseline,
         "lost": verdict.lost,
         "duplicated": verdict.duplicated,

@@ -63,3 +63,32 @@ def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path) -> None:
     assert wide["features"] == 100 and wide["samples"] == wide["published"] == 300
     assert wide["lost"] == wide["duplicated"] == wide["unexpected"] == 0 and wide["samples_per_s"] > 0
     assert wide["cpu_ms_per_sample"]["model_api"] > 0
+
+
+# Two pipelines (all on, publish off) of 200 samples each: about 30 s.
+FASTPATH_SMOKE = ("--parts", "publish", "--samples", "200", "--rounds", "1", "--warmup", "0")
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.usefixtures("amqp_url")
+def test_the_fastpath_bench_measures_each_configuration_and_judges_the_part(tmp_path: Path) -> None:
+    """``python -m bench.fastpath``, tiny: all on and one part off; each run exact, a verdict on the part."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.fastpath", *FASTPATH_SMOKE, "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    results = json.loads((tmp_path / "fastpath-latest.json").read_text())
+    assert results["problems"] == []
+    assert [row["configuration"] for row in results["configurations"]] == ["all on", "publish off"]
+    (run,) = results["runs"]
+    assert all(one["published"] == one["samples"] == 200 and one["lost"] == one["duplicated"] == 0 for one in run.values())
+    publish_off = results["configurations"][1]
+    assert publish_off["rounds"] == 1 and publish_off["cpu_ms_per_sample_total"] > 0
+    assert publish_off["verdict"] in ("keep (≥ 5 %)", "remove (< 5 %)")
+    (printed,) = [line for line in done.stdout.splitlines() if line.startswith("| publish off | `publish` | ")]
+    assert printed.endswith(f"| {publish_off['verdict']} |")

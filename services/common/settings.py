@@ -3,7 +3,7 @@
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast, get_args
 
 from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, TypeAdapter, UrlConstraints, model_validator
 from pydantic_core import Url
@@ -83,6 +83,30 @@ def _delay_spec(spec: str) -> str:
 
 
 DelaySpec = Annotated[str, AfterValidator(_delay_spec)]
+
+# The parts of services/common/amqp/fastpath (each a gate.Part with its key), as FASTPATH_OFF names them.
+FastpathPart = Literal["publish", "deliveries", "frames", "frame_buffer"]
+FASTPATH_PARTS: tuple[FastpathPart, ...] = get_args(FastpathPart)
+
+
+def parse_fastpath_off(value: str) -> frozenset[FastpathPart]:
+    """The fastpath parts a FASTPATH_OFF turns off: comma-separated keys, or ``all``; a ValueError naming the keys."""
+    keys = [key.strip().lower() for key in value.split(",") if key.strip()]
+    unknown = [key for key in keys if key != "all" and key not in FASTPATH_PARTS]
+    if unknown:
+        raise ValueError(
+            f"FASTPATH_OFF: {', '.join(repr(key) for key in unknown)} is not a part of fastpath; "
+            f"the parts are {', '.join(FASTPATH_PARTS)} (or all), comma-separated"
+        )
+    return frozenset(FASTPATH_PARTS) if "all" in keys else frozenset(cast(list[FastpathPart], keys))
+
+
+def _fastpath_off(value: str) -> str:
+    parse_fastpath_off(value)
+    return value
+
+
+FastpathOff = Annotated[str, AfterValidator(_fastpath_off)]
 
 # The exact percentiles of a population of rows (every row, one model version's) keep 8 bytes a row;
 # beyond ALL_EXACT_ROWS rows a quantile sketch of 32 KiB takes over (services/common/quantile_sketch.py,
@@ -181,6 +205,11 @@ class Settings(BaseSettings):
     # at most PART_EXACT_ROWS) are exact up to this many rows, then approximate (docs/monitoring.md,
     # "How it is computed"); see ALL_EXACT_ROWS above for why 1,000,000.
     ALL_EXACT_ROWS: int = Field(ALL_EXACT_ROWS, ge=1)
+    # The parts of the AMQP fast path (services/common/amqp/fastpath, on aiormq internals) turned off in this
+    # process, comma-separated (publish, deliveries, frames, frame_buffer; all): each then takes aiormq's
+    # public path, correct and slower. For measuring what a part buys (python -m bench.fastpath), and an
+    # escape hatch when a part is suspected of a fault (docs/operations.md, "Settings").
+    FASTPATH_OFF: FastpathOff = Field("", max_length=200)
 
     @model_validator(mode="after")
     def _segment_keys_valid(self) -> "Settings":
@@ -195,6 +224,11 @@ class Settings(BaseSettings):
                 f"the shards are numbered 0 to {self.METRIC_SHARDS - 1}"
             )
         return self
+
+    @property
+    def fastpath_off(self) -> frozenset[FastpathPart]:
+        """The fastpath parts FASTPATH_OFF turns off."""
+        return parse_fastpath_off(self.FASTPATH_OFF)
 
     @property
     def segment_keys(self) -> tuple[str, ...]:

@@ -8,6 +8,8 @@
 - ``frames``      frames read in two reads and decoded directly, per connection (our transport's)
 
 Each part was measured (docs/performance.md); without it the services are correct, just slower.
+FASTPATH_OFF (a setting: ``publish``, ``deliveries``, ``frames``, ``frame_buffer``, ``all``) turns
+parts off, for ``python -m bench.fastpath`` to measure what each buys, or to step around one.
 """
 
 from services.common.amqp.fastpath.deliveries import InlineConsumer, cancel, consume

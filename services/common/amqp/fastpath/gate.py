@@ -8,6 +8,10 @@ A part whose functions differ (or whose source cannot be read) is not used; its 
 (correct, slower), and a warning names what changed. ``python -m
 services.common.amqp.fastpath.gate`` prints the fingerprints of the aiormq installed, for the
 review that comes with a new aiormq.
+
+A part is also off where the setting FASTPATH_OFF names its key (``Part.key``; ``all`` for every
+part): to measure what it buys (``python -m bench.fastpath``), or to step around a fault suspected
+in it. Said once, at WARNING, as the process first asks.
 """
 
 import functools
@@ -17,6 +21,8 @@ import inspect
 import logging
 from dataclasses import dataclass
 from importlib.metadata import version
+
+from services.common.settings import FastpathPart, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +56,15 @@ FINGERPRINTS = {
 
 @dataclass(frozen=True, eq=False)  # each part is itself: hashed by identity (usable() is asked per batch)
 class Part:
-    """A fast part and the aiormq functions it copies, replaces or calls."""
+    """A fast part, its key in FASTPATH_OFF, and the aiormq functions it copies, replaces or calls."""
 
+    key: FastpathPart
     name: str
     relies_on: tuple[str, ...]
 
 
 BATCHED_PUBLISH = Part(
+    "publish",
     "a batch of publishes in one write",
     (
         "aiormq.channel:Channel.__init__", "aiormq.channel:Channel.lock", "aiormq.channel:Channel.basic_publish",
@@ -66,6 +74,7 @@ BATCHED_PUBLISH = Part(
     ),
 )  # fmt: skip
 INLINE_DELIVERIES = Part(
+    "deliveries",
     "deliveries without a task each",
     (
         "aiormq.channel:Channel._reader", "aiormq.channel:Channel._on_deliver_frame",
@@ -74,13 +83,16 @@ INLINE_DELIVERIES = Part(
     ),
 )  # fmt: skip
 FAST_FRAMES = Part(
+    "frames",
     "frames read and decoded directly",
     (
         "aiormq.connection:FrameReceiver", "aiormq.connection:Connection.connect",
         "aiormq.connection:Connection._Connection__reader",
     ),
 )  # fmt: skip
-LARGE_FRAME_BUFFER = Part("a writer queue with room for a batch of frames", ("aiormq.connection:Connection.__init__",))
+LARGE_FRAME_BUFFER = Part(
+    "frame_buffer", "a writer queue with room for a batch of frames", ("aiormq.connection:Connection.__init__",)
+)
 PARTS = (BATCHED_PUBLISH, INLINE_DELIVERIES, FAST_FRAMES, LARGE_FRAME_BUFFER)
 
 
@@ -105,8 +117,23 @@ def changed(part: Part) -> list[str]:
 
 
 @functools.cache
+def switched_off() -> frozenset[FastpathPart]:
+    """The keys of the parts FASTPATH_OFF turns off in this process (said once)."""
+    off = get_settings().fastpath_off
+    if off:
+        log.warning(
+            "FASTPATH_OFF=%s turns off %s: the public path is used instead (correct, slower)",
+            get_settings().FASTPATH_OFF, "; ".join(f"{part.key} ({part.name})" for part in PARTS if part.key in off),
+        )  # fmt: skip
+    return off
+
+
+@functools.cache
 def usable(part: Part) -> bool:
-    """Whether ``part`` may be used with the aiormq installed (said once when not)."""
+    """Whether ``part`` may be used: FASTPATH_OFF does not turn it off, and the aiormq installed still
+    has what it relies on (said once when not)."""
+    if part.key in switched_off():
+        return False
     differ = changed(part)
     if differ:
         log.warning(

@@ -4,6 +4,7 @@ A stand-in channel here; tests/integration/test_consuming.py runs both ways on t
 """
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -118,3 +119,20 @@ def test_where_aiormq_changed_what_it_relies_on_each_delivery_runs_in_a_task(mon
         return consumer
 
     assert asyncio.run(scenario()).taken == [("task", (4, b"{}"))]
+
+
+def test_with_fastpath_off_deliveries_each_delivery_runs_in_a_task(fastpath_off: Callable[[str], None]) -> None:
+    fastpath_off("deliveries")
+
+    async def scenario() -> tuple[DeliveringChannel, Recording]:
+        channel, consumer = DeliveringChannel(), Recording()
+        tag = await fastpath.consume(channel, "q", consumer)  # type: ignore[arg-type]  # a stand-in channel
+        with pytest.raises(AssertionError, match="aiormq's own way"):  # the channel's reader was left as it is
+            await channel.deliver(tag, 5)
+        await channel.consumers[tag]((4, b"{}"))  # what aiormq's own _on_deliver_frame awaits in its task
+        await fastpath.cancel(channel, tag)  # type: ignore[arg-type]  # a stand-in channel
+        return channel, consumer
+
+    channel, consumer = asyncio.run(scenario())
+    assert consumer.taken == [("task", (4, b"{}"))]
+    assert channel.consumers == {}

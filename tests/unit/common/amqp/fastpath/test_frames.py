@@ -1,6 +1,7 @@
 """fastpath.frames: frames read in two reads and decoded directly, for our transport's connections only."""
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiormq
@@ -126,4 +127,20 @@ def test_where_aiormq_changed_its_frame_reading_every_connection_reads_as_aiormq
         return aiormq.connection.FrameReceiver(frames.stream_reader(2**16, asyncio.get_running_loop()))
 
     assert type(asyncio.run(receiver())) is AIORMQ_FRAME_RECEIVER
+    assert aiormq.connection.FrameReceiver is AIORMQ_FRAME_RECEIVER  # the name was left alone
+
+
+def test_with_fastpath_off_frames_a_connection_gets_a_plain_reader_read_as_aiormq_reads(
+    fastpath_off: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", AIORMQ_FRAME_RECEIVER)  # as aiormq has it; restored after
+    fastpath_off("frames")
+
+    async def reader_and_receiver() -> tuple[asyncio.StreamReader, Any]:
+        reader = frames.stream_reader(2**16, asyncio.get_running_loop())
+        return reader, aiormq.connection.FrameReceiver(reader)
+
+    reader, receiver = asyncio.run(reader_and_receiver())
+    assert type(reader) is asyncio.StreamReader
+    assert type(receiver) is AIORMQ_FRAME_RECEIVER
     assert aiormq.connection.FrameReceiver is AIORMQ_FRAME_RECEIVER  # the name was left alone

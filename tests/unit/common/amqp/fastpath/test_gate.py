@@ -1,14 +1,18 @@
 """fastpath.gate: each fast part is on only while the aiormq functions it relies on are as written for."""
 
 import logging
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiormq.channel
 import pytest
+from pydantic import ValidationError
 
 from services.common.amqp.fastpath import gate
+from services.common.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[5]
 
@@ -53,3 +57,42 @@ def test_the_module_prints_the_fingerprints_of_the_aiormq_installed() -> None:
     assert lines[0].startswith("aiormq ") and "written against 7.2.4" in lines[0]
     assert len(lines) == 1 + len(gate.FINGERPRINTS) and "changed" not in done.stdout
     assert '"aiormq.channel:Channel.basic_publish": "' in done.stdout
+
+
+@pytest.mark.parametrize("part", gate.PARTS, ids=lambda part: part.key)
+def test_fastpath_off_turns_off_the_part_it_names_and_only_it(
+    fastpath_off: Callable[[str], None], caplog: pytest.LogCaptureFixture, part: gate.Part
+) -> None:
+    fastpath_off(part.key)
+    with caplog.at_level(logging.WARNING, logger=gate.__name__):
+        verdicts = {other.key: gate.usable(other) for other in gate.PARTS}
+        gate.usable(part)
+    assert verdicts == {other.key: other is not part for other in gate.PARTS}
+    # said once, naming the part, however often the parts are asked about
+    assert [record.getMessage() for record in caplog.records] == [
+        f"FASTPATH_OFF={part.key} turns off {part.key} ({part.name}): the public path is used instead (correct, slower)"
+    ]
+
+
+def test_fastpath_off_all_turns_off_every_part(fastpath_off: Callable[[str], None]) -> None:
+    fastpath_off(" All ")
+    assert [gate.usable(part) for part in gate.PARTS] == [False] * len(gate.PARTS)
+
+
+def test_without_fastpath_off_every_part_is_on_and_nothing_is_said(
+    fastpath_off: Callable[[str], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    fastpath_off("")
+    with caplog.at_level(logging.INFO, logger=gate.__name__):
+        assert all(gate.usable(part) for part in gate.PARTS)
+    assert caplog.records == []
+
+
+def test_a_key_of_fastpath_off_that_names_no_part_is_refused_with_the_keys_that_do() -> None:
+    with pytest.raises(ValidationError, match=r"FASTPATH_OFF: 'publsh' is not a part of fastpath; the parts are "):
+        Settings(FASTPATH_OFF="publsh,frames")
+    # the keys the message lists are the parts' own
+    message = "the parts are " + ", ".join(part.key for part in gate.PARTS) + " (or all)"
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(FASTPATH_OFF="fast")
+    assert Settings(FASTPATH_OFF="publish, frame_buffer").fastpath_off == {"publish", "frame_buffer"}

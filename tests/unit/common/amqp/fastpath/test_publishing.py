@@ -7,9 +7,11 @@ import asyncio
 import subprocess
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiormq
 import pytest
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
@@ -19,6 +21,7 @@ from pamqp.header import ContentHeader
 
 from services.common.amqp import fastpath
 from services.common.amqp.fastpath import gate
+from services.common.amqp.fastpath.publishing import FRAME_BUFFER_SIZE
 from services.common.amqp.outgoing import Outgoing
 from services.common.amqp.topology import PERSISTENT
 
@@ -218,3 +221,30 @@ def test_the_frames_are_the_bytes_pamqp_would_send(message: Outgoing) -> None:
         *(ContentBody(message.body[at : at + step]) for at in range(0, len(message.body), step)),
     ]
     assert asyncio.run(scenario()) == b"".join(marshal(frame, 7) for frame in expected) * 2
+
+
+def test_with_fastpath_off_publish_the_batch_takes_the_public_path(fastpath_off: Callable[[str], None]) -> None:
+    fastpath_off("publish")
+
+    async def scenario() -> tuple[InternalsChannel, PublicChannel, list[Any]]:
+        channel, public = InternalsChannel(), PublicChannel()
+        channel.basic_publish = public.basic_publish  # type: ignore[attr-defined]  # internals and the public method
+        confirmations = await fastpath.publish(channel, BATCH)  # type: ignore[arg-type]  # a stand-in channel
+        return channel, public, await asyncio.gather(*confirmations)
+
+    channel, public, results = asyncio.run(scenario())
+    assert channel.frames == [] and channel.delivery_tag == 41  # the internals were not touched
+    assert [call["body"] for call in public.calls] == [message.body for message in BATCH]  # aiormq's basic_publish each
+    assert all(isinstance(result, Basic.Ack) for result in results)
+
+
+def test_with_fastpath_off_frame_buffer_the_writer_queue_stays_as_aiormq_has_it(
+    fastpath_off: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aiormq.Connection, "FRAME_BUFFER_SIZE", 10)  # as aiormq has it; restored after
+    fastpath_off("frame_buffer")
+    fastpath.enlarge_frame_buffer()
+    assert aiormq.Connection.FRAME_BUFFER_SIZE == 10
+    fastpath_off("")
+    fastpath.enlarge_frame_buffer()
+    assert aiormq.Connection.FRAME_BUFFER_SIZE == FRAME_BUFFER_SIZE
