@@ -391,7 +391,11 @@ async def summary(request: Request) -> Response:
     are never NaN (null instead). The JSON is the ``Summary`` model's, kept while nothing in it changes."""
     # The service from the request, not as a dependency: FastAPI's solving of one cost a tenth of a
     # summary's CPU (the route is polled by plot_api and dashboards).
-    service = await get_service(request)
+    return Response(summary_of(await get_service(request)), media_type="application/json")
+
+
+def summary_of(service: MetricService) -> bytes:
+    """The summary's JSON now."""
     ledger = service.ledger
     join = {
         "pending_y_true": ledger.pending("y_true"),
@@ -402,8 +406,7 @@ async def summary(request: Request) -> Response:
         "expired": ledger.expired,
     }
     waiting = Waiting(predictions=ledger.waiting_halves("y_pred"), by_age=ledger.waiting)
-    body = service.quality.summary(join, str(ledger.csv.path), service.clock(), waiting)
-    return Response(body, media_type="application/json")
+    return service.quality.summary(join, str(ledger.csv.path), service.clock(), waiting)
 
 
 @router.get(BY_TIME_ROUTE.removeprefix(router.prefix), response_model=ByTime)

@@ -17,7 +17,7 @@ from services.common.files import METRIC_LOG
 from services.common.messages import LabelMessage, PredictionMessage, SampleMessage
 from services.common.metric_rows import parse_row
 from services.common.settings import Settings
-from services.metric_api.app import MetricService, create_app, summary
+from services.metric_api.app import MetricService, create_app, summary_of
 from tests.unit.in_process import in_process
 from tests.unit.metric_log import append, metric_rows
 from tests.unit.stand_in_link import StandInLink
@@ -210,7 +210,7 @@ def test_the_summary_says_which_share_of_predictions_has_its_label_how_late_and_
             await service._record_batch([label(1, 110.0), label(9, 1.0)])  # a late label; a label for no prediction yet
             async with service._ledger_lock:
                 service.ledger.survey(clock())
-            return dict(json.loads(bytes((await summary(service)).body)))
+            return dict(json.loads(summary_of(service)))
         finally:
             await service.stop()
 
