@@ -126,6 +126,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "fastpath (what each part of services/common/amqp/fastpath buys: python -m bench.fastpath) runs only when named",
     )
     parser.add_argument(
+        "--services-from",
+        type=Path,
+        default=REPO_ROOT,
+        help="the checkout whose services run (this one's): another's gives a before-figure under the same "
+        "benchmark, e.g. a git worktree of an older commit",
+    )
+    parser.add_argument(
         "--amqp-url",
         default=None,
         help="the broker the services run on (AMQP_URL, else amqp://guest:guest@localhost:5672/)",
@@ -177,6 +184,7 @@ def with_pipeline(
     amqp_url: str,
     problems: list[str],
     run: Callable[[Pipeline, RssSampler], None],
+    services_root: Path = REPO_ROOT,
 ) -> dict[str, float]:
     """Start the four services serving ``model_path``, ``run`` the sections against them, stop them;
     the peak RSS of each service over the whole run. A service that does not start or stop cleanly is
@@ -189,6 +197,7 @@ def with_pipeline(
             folder,
             model_path,
             amqp_url,
+            services_root=services_root,
             FEATURES_INTERVAL_S=PIPELINE_ENV["FEATURES_INTERVAL_S"],
             PLOT_INTERVAL_S=PIPELINE_ENV["PLOT_INTERVAL_S"],
         ) as pipeline:
@@ -236,7 +245,9 @@ def latency_on_4x(work: Path, model_path: Path, args: argparse.Namespace, result
         def run(pipeline: Pipeline, _rss: RssSampler) -> None:
             results["latency"] = latency_section(pipeline, where, args, results, problems)
 
-        with_pipeline("diabetes, RabbitMQ 4.x", work / "pipeline-4x", model_path, broker.amqp_url, problems, run)
+        with_pipeline(
+            "diabetes, RabbitMQ 4.x", work / "pipeline-4x", model_path, broker.amqp_url, problems, run, args.services_from
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "fastpath": ({"samples": args.fastpath_samples, "rounds": args.fastpath_rounds} if "fastpath" in args.only else None),
             "only": args.only,
             "amqp_url": redacted(amqp_url),
+            "services_from": str(args.services_from),
             "broker_4x": COMPOSE_BROKER_IMAGE if args.broker_4x else None,
             "pipeline_env": PIPELINE_ENV,
             "cluster": (
@@ -317,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         if any(name in args.only for name in ("throughput", "ingest", "latency", "http")):
-            results["peak_rss_mb"] = with_pipeline("diabetes", work / "pipeline", model_path, amqp_url, problems, diabetes)
+            results["peak_rss_mb"] = with_pipeline(
+                "diabetes", work / "pipeline", model_path, amqp_url, problems, diabetes, args.services_from
+            )
 
         if args.broker_4x:
             section("latency (4.x)", problems, lambda: latency_on_4x(work, model_path, args, results, problems))
@@ -333,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                         "wide", problems, lambda: wide(pipeline, rss, args.wide_samples, features, problems)
                     )
 
-                with_pipeline("wide", work / "wide-pipeline", wide_path, amqp_url, problems, wide_burst)
+                with_pipeline("wide", work / "wide-pipeline", wide_path, amqp_url, problems, wide_burst, args.services_from)
 
         scale = []
         for rows in args.scale_rows if "scale" in args.only else []:

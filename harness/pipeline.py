@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from harness.processes import PORT_SETTING, SERVICES, ServiceProcess, free_port, service_env, stop_all, wait_until
+from harness.processes import PORT_SETTING, REPO_ROOT, SERVICES, ServiceProcess, free_port, service_env, stop_all, wait_until
 from harness.queues import delete_queues, queue_state, unique_prefix
 from services.common.files import METRIC_LOG
 from services.features_api.publisher import MAX_BURST
@@ -124,9 +124,18 @@ class Pipeline:
 
 @contextlib.contextmanager
 def running_pipeline(
-    work_dir: Path, model_path: Path, amqp_url: str, *, model_replicas: int = 1, **settings: str
+    work_dir: Path,
+    model_path: Path,
+    amqp_url: str,
+    *,
+    model_replicas: int = 1,
+    services_root: Path | str = REPO_ROOT,
+    **settings: str,
 ) -> Iterator[Pipeline]:
     """Start the four services against ``amqp_url`` (or, via AMQP_URL in ``settings``, a proxy).
+
+    ``services_root``: the checkout whose ``services`` run (another's, for a before-figure in the
+    same benchmark); this one's by default.
 
     ``model_replicas`` > 1 starts that many model_api processes, each on its own port and
     log folder, all on the same queues: ``services["model_api"]``, ``["model_api-2"]``, ...
@@ -149,12 +158,13 @@ def running_pipeline(
             **settings,
         }
     )
-    services = {name: ServiceProcess(name, env, work_dir) for name in SERVICES}
+    root = Path(services_root)
+    services = {name: ServiceProcess(name, env, work_dir, root) for name in SERVICES}
     for replica in range(2, model_replicas + 1):
         replica_dir = work_dir / f"model_api-{replica}"
         replica_dir.mkdir(exist_ok=True)
         replica_env = {**env, PORT_SETTING["model_api"]: str(free_port())}
-        services[f"model_api-{replica}"] = ServiceProcess("model_api", replica_env, replica_dir)
+        services[f"model_api-{replica}"] = ServiceProcess("model_api", replica_env, replica_dir, root)
     pipeline = Pipeline(services, logs_dir, model_path, amqp_url, prefix)
     try:
         for service in services.values():
