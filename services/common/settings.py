@@ -85,7 +85,7 @@ def _delay_spec(spec: str) -> str:
 DelaySpec = Annotated[str, AfterValidator(_delay_spec)]
 
 # The parts of services/common/amqp/fastpath (each a gate.Part with its key), as FASTPATH_OFF names them.
-FastpathPart = Literal["publish", "deliveries", "frames", "frame_buffer"]
+FastpathPart = Literal["publish", "deliveries", "frames"]
 FASTPATH_PARTS: tuple[FastpathPart, ...] = get_args(FastpathPart)
 
 
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     # "How it is computed"); see ALL_EXACT_ROWS above for why 1,000,000.
     ALL_EXACT_ROWS: int = Field(ALL_EXACT_ROWS, ge=1)
     # The parts of the AMQP fast path (services/common/amqp/fastpath, on aiormq internals) turned off in this
-    # process, comma-separated (publish, deliveries, frames, frame_buffer; all): each then takes aiormq's
+    # process, comma-separated (publish, deliveries, frames; all): each then takes aiormq's
     # public path, correct and slower. For measuring what a part buys (python -m bench.fastpath), and an
     # escape hatch when a part is suspected of a fault (docs/operations.md, "Settings").
     FASTPATH_OFF: FastpathOff = Field("", max_length=200)

@@ -11,7 +11,6 @@ from aio_pika.exceptions import AMQPError, ProbableAuthenticationError
 from aiormq.exceptions import ChannelPreconditionFailed
 from yarl import URL
 
-from services.common.amqp import fastpath
 from services.common.amqp.consumer import BatchConsumer
 from services.common.amqp.errors import BROKER_GONE
 from services.common.amqp.instruments import BROKER_RECONNECTS
@@ -94,7 +93,6 @@ class BrokerLink:
         return self._publisher
 
     def start(self) -> None:
-        fastpath.enlarge_frame_buffer()
         self._task = asyncio.create_task(self._connect_until_up(), name=f"{self._service}-broker-connect")
 
     async def ready(self) -> None:

@@ -46,7 +46,6 @@ FINGERPRINTS = {
     "aiormq.channel:Channel._read_content": "0fc20efc56f8c5f6",
     "aiormq.channel:Channel._on_consumer_done": "81de4ecbbb0ee668",
     "aiormq.channel:Channel.basic_consume": "dc972a7ac27f7e73",
-    "aiormq.connection:Connection.__init__": "a5333ae86333bacf",
     "aiormq.connection:Connection.connect": "76f0d237ca4d63cf",
     "aiormq.connection:Connection._Connection__reader": "4c85e094b91e25af",
     "aiormq.connection:Connection._Connection__writer": "056f3288feafdd41",
@@ -90,10 +89,7 @@ FAST_FRAMES = Part(
         "aiormq.connection:Connection._Connection__reader",
     ),
 )  # fmt: skip
-LARGE_FRAME_BUFFER = Part(
-    "frame_buffer", "a writer queue with room for a batch of frames", ("aiormq.connection:Connection.__init__",)
-)
-PARTS = (BATCHED_PUBLISH, INLINE_DELIVERIES, FAST_FRAMES, LARGE_FRAME_BUFFER)
+PARTS = (BATCHED_PUBLISH, INLINE_DELIVERIES, FAST_FRAMES)
 
 
 def fingerprint(name: str) -> str | None:

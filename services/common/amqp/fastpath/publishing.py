@@ -9,8 +9,7 @@ transport, a 5,000-sample burst went from ~10,000 socket writes per service to ~
 pipeline from ~3.6 to ~1.4 ms of CPU per sample (docs/performance.md).
 
 What it relies on is ``gate.BATCHED_PUBLISH``; the channel attributes it touches are checked on
-each channel too (``CHANNEL_INTERNALS``). Otherwise: gathered ``basic_publish`` calls. Also here:
-room in aiormq's writer queue for a batch of single frames (``enlarge_frame_buffer``).
+each channel too (``CHANNEL_INTERNALS``). Otherwise: gathered ``basic_publish`` calls.
 """
 
 import asyncio
@@ -29,25 +28,9 @@ from services.common.amqp.fastpath import gate
 from services.common.amqp.outgoing import Outgoing
 from services.common.amqp.topology import PERSISTENT
 
-# aiormq's writer queue holds 10 frames by default; past that each frame waits a loop turn (and
-# a publish holds the channel lock meanwhile). Single acks, nacks and dead-letter publishes are a
-# frame each: with room for a batch of them, they leave in one write. A frame is a few hundred
-# bytes: ~1 MB at most.
-FRAME_BUFFER_SIZE = 4096
 CHANNEL_INTERNALS = (
     "lock", "delivery_tag", "confirmations", "message_id_delivery_tag", "write_queue", "max_content_size", "number",
 )  # fmt: skip
-
-
-def enlarge_frame_buffer() -> None:
-    """Give aiormq's writer queue room for a batch of single frames (see FRAME_BUFFER_SIZE).
-
-    A class attribute (aiormq reads it when it makes a connection, and has no other way in): it
-    applies to every connection this process makes from now on, which are all BrokerLink's.
-    Called explicitly by BrokerLink, never by importing a module.
-    """
-    if gate.usable(gate.LARGE_FRAME_BUFFER):
-        aiormq.Connection.FRAME_BUFFER_SIZE = max(aiormq.Connection.FRAME_BUFFER_SIZE, FRAME_BUFFER_SIZE)
 
 
 def has_internals(channel: object) -> bool:

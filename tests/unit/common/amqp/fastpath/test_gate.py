@@ -95,4 +95,4 @@ def test_a_key_of_fastpath_off_that_names_no_part_is_refused_with_the_keys_that_
     message = "the parts are " + ", ".join(part.key for part in gate.PARTS) + " (or all)"
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings(FASTPATH_OFF="fast")
-    assert Settings(FASTPATH_OFF="publish, frame_buffer").fastpath_off == {"publish", "frame_buffer"}
+    assert Settings(FASTPATH_OFF="publish, frames").fastpath_off == {"publish", "frames"}

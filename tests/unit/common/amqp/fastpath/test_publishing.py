@@ -4,14 +4,11 @@ Stand-in channels here; tests/integration/test_publishing.py runs both paths on 
 """
 
 import asyncio
-import subprocess
-import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiormq
 import pytest
 from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
@@ -21,7 +18,6 @@ from pamqp.header import ContentHeader
 
 from services.common.amqp import fastpath
 from services.common.amqp.fastpath import gate
-from services.common.amqp.fastpath.publishing import FRAME_BUFFER_SIZE
 from services.common.amqp.outgoing import Outgoing
 from services.common.amqp.topology import PERSISTENT
 
@@ -177,22 +173,6 @@ def test_a_channel_without_the_internals_takes_the_public_path_with_the_same_mes
     assert [r.delivery_tag for r in results] == [1, 2]
 
 
-def test_the_frame_buffer_is_enlarged_only_when_asked() -> None:
-    """In a fresh interpreter (in this one, the services were imported long ago): importing them
-    leaves aiormq's writer queue as it is; BrokerLink.start's call enlarges it."""
-    script = (
-        "import aiormq\n"
-        "before = aiormq.Connection.FRAME_BUFFER_SIZE\n"
-        "import services.common.amqp.link, services.features_api.app, services.model_api.app, services.metric_api.app\n"
-        "imported = aiormq.Connection.FRAME_BUFFER_SIZE\n"
-        "from services.common.amqp import fastpath\n"
-        "fastpath.enlarge_frame_buffer()\n"
-        "print(before, imported, aiormq.Connection.FRAME_BUFFER_SIZE)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["10", "10", "4096"]
-
-
 @pytest.mark.parametrize(
     "message",
     [
@@ -236,15 +216,3 @@ def test_with_fastpath_off_publish_the_batch_takes_the_public_path(fastpath_off:
     assert channel.frames == [] and channel.delivery_tag == 41  # the internals were not touched
     assert [call["body"] for call in public.calls] == [message.body for message in BATCH]  # aiormq's basic_publish each
     assert all(isinstance(result, Basic.Ack) for result in results)
-
-
-def test_with_fastpath_off_frame_buffer_the_writer_queue_stays_as_aiormq_has_it(
-    fastpath_off: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(aiormq.Connection, "FRAME_BUFFER_SIZE", 10)  # as aiormq has it; restored after
-    fastpath_off("frame_buffer")
-    fastpath.enlarge_frame_buffer()
-    assert aiormq.Connection.FRAME_BUFFER_SIZE == 10
-    fastpath_off("")
-    fastpath.enlarge_frame_buffer()
-    assert aiormq.Connection.FRAME_BUFFER_SIZE == FRAME_BUFFER_SIZE
