@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.progress import say
+from bench.progress import finish, say, start
 from bench.report import md_table
 from bench.throughput import throughput
 from harness import local_cluster as cluster
 from harness.cluster import rows_per_shard, running_on_cluster
 from harness.pipeline import running_pipeline
-from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
 
@@ -130,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     amqp_url = str(Settings().AMQP_URL)
-    if (reason := unreachable(amqp_url)) is not None:
-        print(f"bench.cluster: no RabbitMQ answers at {amqp_url} ({reason}); `make broker` starts one", file=sys.stderr)
+    if not start("bench.cluster", amqp_url, starts_one="make broker"):
         return 1
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as folder:
@@ -143,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(cluster_report(section))
-    if problems:
-        print("\nbench.cluster found something broken:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-        return 1
-    return 0
+    return finish("bench.cluster", problems)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ one run of the defaults takes 6-10 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import statistics
@@ -37,12 +36,11 @@ from typing import Any
 
 from bench.broker import redacted
 from bench.machine import broker_pid, machine
-from bench.progress import interrupted, on_signal, say
+from bench.progress import finish, interrupted, say, start, write_results
 from bench.report import md_table
 from bench.throughput import throughput
 from harness.pipeline import Pipeline, running_pipeline
 from services.common.amqp.fastpath import gate
-from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
 
@@ -273,11 +271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     amqp_url = args.amqp_url or str(Settings().AMQP_URL)
-    if (reason := unreachable(amqp_url)) is not None:
-        print(f"bench.fastpath: no RabbitMQ answers at {amqp_url} ({reason}); `make bench` starts one", file=sys.stderr)
+    if not start("bench.fastpath", amqp_url):
         return 1
     now = datetime.now(UTC)
     problems: list[str] = []
@@ -303,18 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(report(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    payload = json.dumps(results, indent=2) + "\n"
-    (args.out / f"fastpath-{stamp}.json").write_text(payload)
-    (args.out / "fastpath-latest.json").write_text(payload)
-    print(f"\nWrote {args.out / f'fastpath-{stamp}.json'} (and fastpath-latest.json); took {results['duration_s']:.0f}s.")
-    if problems:
-        print("\nbench.fastpath found something broken:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-        print(f"service logs kept in {work}", file=sys.stderr)
-        return 1
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    write_results(args.out, results, now.strftime("%Y%m%dT%H%M%SZ"), "fastpath-")
+    return finish("bench.fastpath", problems, work)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """What every section of the benchmark shares: progress on stderr, waiting for a count to reach its
 target, and whether the run has been interrupted (a section then stops instead of noting a problem)."""
 
+import json
+import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from services.common.ensure_broker import unreachable
 
 STALL_S = 60.0  # no new CSV row for this long (after publishing ended) = the pipeline is stuck
 COUNT_POLL_S = 0.1
@@ -48,3 +54,40 @@ def wait_for_progress(
             say(f"{what}: {last}/{target}")
             last_report = now
     return True
+
+
+def start(program: str, amqp_url: str, *, starts_one: str = "make bench") -> bool:
+    """A benchmark's start: SIGINT/SIGTERM stop it cleanly (``on_signal``); whether RabbitMQ answers at
+    ``amqp_url`` (if not, said on stderr, with the command that starts one)."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if (reason := unreachable(amqp_url)) is not None:
+        print(f"{program}: no RabbitMQ answers at {amqp_url} ({reason}); `{starts_one}` starts one", file=sys.stderr)
+        return False
+    return True
+
+
+def finish(program: str, problems: list[str], work: Path | None = None) -> int:
+    """A benchmark's exit status: 1 with what is broken said on stderr (and where the services' logs are
+    kept), else 0, its work folder removed."""
+    if problems:
+        print("\n" + "!" * 78, file=sys.stderr)
+        print(f"{program.upper()} FOUND SOMETHING BROKEN:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        if work is not None:
+            print(f"service logs kept in {work}", file=sys.stderr)
+        print("!" * 78, file=sys.stderr)
+        return 1
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_results(out: Path, results: dict[str, Any], stamp: str, prefix: str = "") -> None:
+    """``results`` as JSON to ``out/<prefix><stamp>.json`` and ``out/<prefix>latest.json``, said on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(results, indent=2) + "\n"
+    (out / f"{prefix}{stamp}.json").write_text(payload)
+    (out / f"{prefix}latest.json").write_text(payload)
+    print(f"\nWrote {out / f'{prefix}{stamp}.json'} (and {prefix}latest.json); took {results['duration_s']:.0f}s.")

@@ -12,7 +12,6 @@ Exits 1 when an id is lost, duplicated or unexpected, or a replica made no predi
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,12 +19,11 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.progress import say
+from bench.progress import finish, say, start
 from bench.report import md_table
 from bench.throughput import throughput
 from harness.pipeline import Pipeline, running_pipeline
 from harness.processes import ServiceProcess
-from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
 
@@ -51,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=20_000, help="samples in the burst (20000)")
     args = parser.parse_args(argv)
     amqp_url = str(Settings().AMQP_URL)
-    if (reason := unreachable(amqp_url)) is not None:
-        print(f"bench.replicas: no RabbitMQ answers at {amqp_url} ({reason}); `make bench` starts one", file=sys.stderr)
+    if not start("bench.replicas", amqp_url):
         return 1
 
     problems: list[str] = []
@@ -99,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     problems += [f"{key} made no prediction" for key, count in split.items() if count == 0]
-    if problems:
-        print("\nbench.replicas found something broken:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-        print(f"service logs kept in {work}", file=sys.stderr)
-        return 1
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return finish("bench.replicas", problems, work)
 
 
 if __name__ == "__main__":

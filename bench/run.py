@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import shutil
 import signal
 import sys
 import tempfile
@@ -42,14 +40,13 @@ from bench.http_load import http_load
 from bench.ingest import ingest
 from bench.latency import latency
 from bench.machine import RssSampler, broker_pid, machine, service_pids
-from bench.progress import interrupted, on_signal, say
+from bench.progress import finish, interrupted, say, start, write_results
 from bench.report import report
 from bench.scale import scale_one
 from bench.throughput import throughput
 from bench.wide import register_wide_model, wide
 from harness.checker import check
 from harness.pipeline import Pipeline, running_pipeline
-from services.common.ensure_broker import unreachable
 from services.common.settings import Settings
 from services.model_api.train import train
 
@@ -252,11 +249,8 @@ def latency_on_4x(work: Path, model_path: Path, args: argparse.Namespace, result
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     amqp_url = args.amqp_url or str(Settings().AMQP_URL)
-    if (reason := unreachable(amqp_url)) is not None:
-        print(f"bench: no RabbitMQ answers at {amqp_url} ({reason}); `make bench` starts one", file=sys.stderr)
+    if not start("bench", amqp_url):
         return 1
 
     now = datetime.now(UTC)
@@ -404,22 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n\n" + cluster_report(results["cluster"])
     print()
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    payload = json.dumps(results, indent=2) + "\n"
-    (args.out / f"{stamp}.json").write_text(payload)
-    (args.out / "latest.json").write_text(payload)
-    print(f"\nWrote {args.out / (stamp + '.json')} (and latest.json); took {results['duration_s']:.0f}s.")
-    if problems:
-        print("\n" + "!" * 78, file=sys.stderr)
-        print("BENCH FOUND SOMETHING BROKEN:", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        print(f"service logs kept in {work}", file=sys.stderr)
-        print("!" * 78, file=sys.stderr)
-        return 1
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    write_results(args.out, results, now.strftime("%Y%m%dT%H%M%SZ"))
+    return finish("bench", problems, work)
 
 
 if __name__ == "__main__":
