@@ -149,8 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="folder for the JSON (bench/results)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.samples, args.rates, args.rate_seconds = 200, [10.0, 50.0], 3.0
-        args.http_seconds, args.http_clients, args.http_rounds, args.scale_rows = 2.0, 10, 1, [1000]
+        args.samples, args.rates, args.rate_seconds = 200, [10.0, 50.0], 2.0
+        args.http_seconds, args.http_clients, args.http_rounds, args.scale_rows = 1.0, 10, 1, [1000]
         args.cluster_samples = 200
         args.ingest_seconds, args.ingest_clients, args.wide_samples = 2.0, 2, 300
         args.fastpath_samples, args.fastpath_rounds = 200, 1

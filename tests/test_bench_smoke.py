@@ -43,7 +43,7 @@ def test_the_smoke_run_of_the_benchmark_passes(tmp_path: Path) -> None:
     assert throughput["samples_per_s"] > 0
     assert [r["offered_per_s"] for r in results["latency"]] == [10, 50]
     assert all(r["rows_seen"] == r["samples"] and r["p99_ms"] is not None for r in results["latency"])
-    # A verdict on each rate (not necessarily "yes": in the smoke's 3-s windows the last rows' drain alone,
+    # A verdict on each rate (not necessarily "yes": in the smoke's 2-s windows the last rows' drain alone,
     # a few hundred ms on a busy machine, brings the written rate under 95 % of 10/s)
     assert all(r["sustained"].startswith(("yes", "no: ")) and r["completed_per_s"] > 0 for r in results["latency"])
     # the broker's version beside every figure: the one it announces, the machine's, in each row of the table

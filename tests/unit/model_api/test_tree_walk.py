@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 
+from harness.datasets import HOUSE_TARGET, UserModel
 from services.model_api.loss_model import LossModel
 from services.model_api.modelstore import load_model
-from services.model_api.train import train
 from services.model_api.tree_walk import ROWS_MAX, CompiledTrees, compile_trees
 
 
@@ -73,10 +74,8 @@ def test_a_walk_that_strays_from_scikit_learn_is_refused(monkeypatch: pytest.Mon
     assert isinstance(why, str) and "did not give scikit-learn's predictions" in why
 
 
-def test_the_demo_loss_model_estimates_with_the_walk_and_the_same_numbers(tmp_path: Path) -> None:
-    path = tmp_path / "model.pkl"
-    train(path)
-    loss = load_model(path).loss
+def test_the_demo_loss_model_estimates_with_the_walk_and_the_same_numbers(model_path: Path) -> None:
+    loss = load_model(model_path).loss
     assert isinstance(loss, LossModel)
     assert isinstance(loss.compiled, CompiledTrees)
     rng = np.random.default_rng(5)
@@ -86,3 +85,17 @@ def test_the_demo_loss_model_estimates_with_the_walk_and_the_same_numbers(tmp_pa
     for n in (1, 9, ROWS_MAX, len(rows)):
         expected = np.maximum(loss.model.predict(loss.inputs(np.array(rows[:n]), predictions[:n])), 0.0)
         assert loss.estimate(rows[:n], predictions[:n]) == expected.tolist()
+
+
+def test_a_registered_model_with_categorical_features_has_its_loss_model_walked(house: UserModel) -> None:
+    """The house-prices Pipeline (numeric and categorical columns), registered as a user does: its
+    loss model's trees split categories, and the walk still gives scikit-learn's numbers."""
+    loss = load_model(house.model_path).loss
+    assert isinstance(loss, LossModel)
+    assert isinstance(loss.compiled, CompiledTrees), loss.compiled
+    reference = pd.read_csv(house.reference_path).drop(columns=[HOUSE_TARGET]).head(60)
+    records = reference.astype(object).where(reference.notna(), None).to_dict("records")  # missing: null, as JSON sends it
+    rows = [loss.schema.row(record) for record in records]
+    predictions = np.linspace(1e5, 5e5, len(rows)).tolist()
+    expected = np.maximum(loss.model.predict(loss.inputs(loss.schema.encode(rows), predictions)), 0.0)
+    assert loss.estimate(rows, predictions) == expected.tolist()
