@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import figures
 from bench.broker import redacted
+from bench.figures import rounded
 from bench.machine import broker_pid, machine
 from bench.progress import finish, interrupted, say, start, write_results
 from bench.report import md_table
@@ -122,7 +123,7 @@ def cpu_figures(result: dict[str, Any]) -> dict[str, float]:
 
 
 def median(values: Sequence[float]) -> float | None:
-    return round(statistics.median(values), 4) if values else None
+    return rounded(figures.median(values), 4)
 
 
 def summarise(rounds: list[dict[str, dict[str, Any] | None]], order: Sequence[Configuration]) -> list[dict[str, Any]]:

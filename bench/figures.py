@@ -1,8 +1,14 @@
 """How the benchmark's figures are summarised and rounded."""
 
 import math
+import statistics
+from collections.abc import Sequence
 
 import numpy as np
+
+
+def median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.figures import percentile, rounded
+from bench.figures import median, percentile, rounded
 from bench.machine import cpu_use
 from bench.progress import say
 from harness.pipeline import Pipeline
@@ -163,10 +162,6 @@ def _predict_groups(model_api: str) -> tuple[float, float]:
     return found["groups"], found["requests"]
 
 
-def _median(values: list[float]) -> float | None:
-    return float(statistics.median(values)) if values else None
-
-
 def http_load(
     pipeline: Pipeline,
     clients: int,
@@ -231,21 +226,24 @@ def http_load(
             "rounds": runs,
             "ok": ok,
             "errors": sum(run["errors"] for run in runs),
-            "req_per_s": rounded(_median([run["req_per_s"] for run in runs if run["req_per_s"] is not None])),
-            "of_health": rounded(_median(ratios), 3),
+            "req_per_s": rounded(median([run["req_per_s"] for run in runs if run["req_per_s"] is not None])),
+            "of_health": rounded(median(ratios), 3),
             "of_health_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
             "p50_ms": rounded(percentile(latencies[label], 50), 2),
             "p99_ms": rounded(percentile(latencies[label], 99), 2),
             "max_ms": rounded(max(latencies[label]) if latencies[label] else None, 2),
-            "loadgen_cpu_share": rounded(_median([run["loadgen_cpu_share"] for run in runs if run["loadgen_cpu_share"]]), 2),
+            "loadgen_cpu_share": rounded(median([run["loadgen_cpu_share"] for run in runs if run["loadgen_cpu_share"]]), 2),
+            "loadgen_cpu_ms_per_req": rounded(
+                median([run["loadgen_cpu_ms_per_req"] for run in runs if run["loadgen_cpu_ms_per_req"] is not None]), 3
+            ),
             "cpu_ms_per_req": {
-                name: rounded(_median([run["cpu_ms_per_req"][name] for run in runs if name in run["cpu_ms_per_req"]]), 3)
+                name: rounded(median([run["cpu_ms_per_req"][name] for run in runs if name in run["cpu_ms_per_req"]]), 3)
                 for name in processes
             },
         }
         if label == PREDICT:
             result["requests_per_group"] = rounded(
-                _median([run["requests_per_group"] for run in runs if run.get("requests_per_group")]), 2
+                median([run["requests_per_group"] for run in runs if run.get("requests_per_group")]), 2
             )
         results.append(result)
         if ok == 0:

@@ -1,6 +1,5 @@
 """The benchmark's results as Markdown: the tables printed at the end of a run."""
 
-import statistics
 from typing import Any
 
 from bench.ingest import ITEMS_PER_REQUEST
@@ -268,7 +267,7 @@ def report(results: dict[str, Any]) -> str:
                         [
                             r["endpoint"],
                             *(r.get("cpu_ms_per_req", {}).get(name, "–") for name in processes),
-                            _median_of(r.get("rounds", []), "loadgen_cpu_ms_per_req"),
+                            r.get("loadgen_cpu_ms_per_req", "–"),
                             r.get("requests_per_group", "–"),
                         ]
                         for r in http
@@ -366,8 +365,3 @@ def _share(ratio: float | None, spread: list[float] | None) -> str:
     if not spread or spread[0] == spread[1]:
         return f"{ratio:.0%}"
     return f"{ratio:.0%} ({spread[0]:.0%}–{spread[1]:.0%})"
-
-
-def _median_of(rounds: list[dict[str, Any]], key: str) -> float | str:
-    values = [run[key] for run in rounds if run.get(key) is not None]
-    return round(statistics.median(values), 3) if values else "–"

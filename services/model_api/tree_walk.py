@@ -37,6 +37,7 @@ class CompiledTrees:
     missing_right: np.ndarray  # where a missing value (NaN) goes
     value: np.ndarray  # a leaf's value, 0 elsewhere
     categorical: np.ndarray  # the node splits a categorical feature
+    any_categorical: bool  # some node does
     left_categories: np.ndarray  # a categorical node's bitset (8 x 32 bits) of the categories that go left
     known_categories: np.ndarray  # the feature's bitset of the categories seen in fit (others go as missing)
     depth: int
@@ -54,15 +55,14 @@ class CompiledTrees:
         flat = np.ascontiguousarray(x).ravel()
         node = np.tile(self.roots, rows)
         at = np.repeat(np.arange(rows) * width, trees)
-        any_categorical = bool(self.categorical.any())
         any_missing = bool(np.isnan(flat).any())  # most rows have none: a step then costs a third less
         for _ in range(self.depth):
             value = flat.take(at + self.feature.take(node))
             right = value > self.threshold.take(node)
-            if any_missing or any_categorical:
+            if any_missing or self.any_categorical:
                 missing = np.isnan(value)
                 right |= missing & self.missing_right.take(node)
-                if any_categorical:
+                if self.any_categorical:
                     right = self._categorical(node, value, missing, right)
             node = self.children.take(node * 2 + right)
         summed = np.empty((rows, trees + 1))
@@ -181,6 +181,7 @@ def _compile(model: Any) -> CompiledTrees | str:
         missing_right=~joined["missing_go_to_left"].astype(bool),
         value=np.where(leaf, joined["value"].astype(float), 0.0),
         categorical=categorical,
+        any_categorical=bool(categorical.any()),
         left_categories=all_bitsets[bitset_row],  # row -1: the zero bitset, for the nodes that split no category
         known_categories=known_bitsets[known_row],
         depth=max(int(predictor.get_max_depth()) for predictor in predictors),

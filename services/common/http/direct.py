@@ -47,14 +47,10 @@ class DirectRoute(APIRoute):
         own = [_request_only(dependency.call) for dependency in self.dependant.dependencies]
         endpoint: Endpoint = self.endpoint
         status_code = self.status_code or 200
-        guards: dict[int, list[Callable[[Request], Awaitable[Any]]]] = {}  # id(app) -> its dependencies, then the route's
 
         async def handler(request: Request) -> Response:
-            app = request.app
-            if (found := guards.get(id(app))) is None:
-                shared = [_request_only(d.dependency) for d in app.router.dependencies]
-                found = guards[id(app)] = [*shared, *(guard for guard in own if guard not in shared)]
-            for guard in found:
+            shared = [_request_only(dependency.dependency) for dependency in request.app.router.dependencies]
+            for guard in [*shared, *(guard for guard in own if guard not in shared)]:
                 await guard(request)
             value = await valid_body(request, body_model)
             answer = await endpoint(value, request)
@@ -131,6 +127,7 @@ def _body_model(endpoint: Callable[..., Any]) -> type[BaseModel]:
     return model
 
 
+@functools.cache  # per function: its signature is read once, whichever app asks
 def _request_only(call: Callable[..., Any] | None) -> Callable[[Request], Awaitable[Any]]:
     if call is None or not inspect.iscoroutinefunction(call):
         raise TypeError(f"a DirectRoute's dependencies are coroutine functions of the Request alone, not {call!r}")
