@@ -334,6 +334,10 @@ def test_the_cluster_file_runs_three_clustered_nodes_quorum_queues_and_two_shard
     for node in nodes:
         [mount] = services[node]["configs"]
         assert mount["target"].startswith("/etc/rabbitmq/conf.d/")
+    # One node forms the cluster; the other two start once it is healthy and join it (no race to form it).
+    assert "depends_on" not in services["rabbitmq"]
+    for node in nodes[1:]:
+        assert {name: d["condition"] for name, d in services[node]["depends_on"].items()} == {"rabbitmq": "service_healthy"}
     # Each node its own data volume.
     data = [next(v["source"] for v in services[node]["volumes"] if v["target"] == "/var/lib/rabbitmq") for node in nodes]
     assert len(set(data)) == 3, data
