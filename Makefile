@@ -16,7 +16,7 @@ help:
 	@echo "make test   set up and run the whole test suite against a real RabbitMQ"
 	@echo "make test-compose  build and run deploy/compose.yml in Docker and drive it (needs root for Docker)"
 	@echo "make lint   the lint and type gate: ruff (lint and format) and mypy; fails on any finding"
-	@echo "make bench  set up and run the benchmark (about 7 min; BENCH_ARGS=--smoke for a quick check)"
+	@echo "make bench  set up and run the benchmark (about 5 min; BENCH_ARGS=--smoke for a quick check)"
 	@echo "make cluster       start (or complete) a local three-node RabbitMQ cluster on 127.0.0.1:5681-5683"
 	@echo "make cluster-stop  stop that cluster and remove its data"
 
@@ -96,8 +96,11 @@ prometheus:
 	    echo "make: the Prometheus tests need Prometheus and promtool: sudo apt-get install -y prometheus (or set PROMETHEUS_BIN and PROMTOOL_BIN)"; exit 1; \
 	  fi
 
+# Two steps: everything but the fault tests on two workers (pytest-xdist; each test has its own queue
+# prefix, ports and folders), then the fault tests alone, since they stop and start the broker itself.
 test: $(VENV)/.installed-test broker browser prometheus
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m 'not faults' -n 2
+	$(BIN)/python -m pytest -m faults
 
 # deploy/compose.yml built, run and faulted for real (tests/compose, docs/containers.md). It needs a
 # Docker engine: as root, DOCKER_STANDIN_SCRIPT (by default shared/tools/docker-standin-images.sh
