@@ -5,7 +5,7 @@ from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
-from harness.datasets import HOUSE_FEATURES, house_model, house_prices
+from harness.datasets import HOUSE_FEATURES, house_model, house_prices, wide_model, wide_numeric
 from services.common.schema import DIABETES, FeatureSchema, FeatureSpec
 from services.model_api.predictor import Predictor, schema_problem
 
@@ -100,6 +100,28 @@ def test_a_model_fitted_on_a_dataframe_is_fed_one_with_its_columns_and_dtypes(pi
     assert fed["sqft"].dtype == np.float64 and pd.api.types.is_string_dtype(fed["city"])
     assert fed["garden_m2"].isna().sum() == frame["garden_m2"].isna().sum()
     np.testing.assert_allclose(np.array(predictor.predict(rows)), pipeline.predict(frame[list(HOUSE_FEATURES)]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("count", [1, 14, 300])
+def test_a_wide_numeric_dataframe_model_gets_the_frame_and_the_predictions_of_one_built_column_by_column(count: int) -> None:
+    """100 named numeric features, the frame built as one float block: the same columns, dtypes, index
+    and NaNs as a frame built a column at a time, and the model's predictions on it equal to the last bit."""
+    train = wide_numeric(500, seed=3)
+    names = [name for name in train.columns if name != "y"]
+    pipeline = wide_model(train)
+    rows: list[list[float | None]] = wide_numeric(count, seed=4)[names].to_numpy().tolist()
+    predictor = Predictor(pipeline, "v1", FeatureSchema.numeric(names))
+
+    def by_column(rows: list[list[float | None]]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {name: pd.Series(column, dtype=float) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
+        )
+
+    assert predictor.predict(rows) == pipeline.predict(by_column(rows)).tolist()
+    np.testing.assert_allclose(predictor.predict(rows), pipeline.predict(pd.DataFrame(rows, columns=names)), rtol=1e-12)
+    rows[0][7] = None  # a missing value is NaN in its column, as it was
+    pd.testing.assert_frame_equal(predictor.model_input(rows), by_column(rows))
+    pd.testing.assert_frame_equal(predictor.model_input([]), by_column(rows).iloc[:0])
 
 
 def test_an_unseen_category_is_served_by_a_model_that_ignores_it(pipeline: Pipeline) -> None:
