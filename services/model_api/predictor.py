@@ -97,12 +97,10 @@ class Predictor:
     # -- what the model is fed
     def model_input(self, rows: Sequence[Row] | np.ndarray) -> Any:
         """Rows in schema order as the model takes them."""
+        if self.schema.numeric_only:  # one float block (None becomes NaN)
+            return self._numeric(np.asarray(rows, dtype=float).reshape(len(rows), len(self.schema.features)))
         if not self.by_name:
-            if self.schema.numeric_only:
-                return np.asarray(rows, dtype=float)  # None becomes NaN
             return np.array([list(row) for row in rows], dtype=object)
-        if self.schema.numeric_only:  # one float block, without a column at a time (None becomes NaN)
-            return self._numeric_frame(np.asarray(rows, dtype=float).reshape(len(rows), len(self.schema.features)))
         columns = list(zip(*rows, strict=True)) if len(rows) else [() for _ in self.schema.features]
         return self._frame(columns)
 
@@ -112,30 +110,28 @@ class Predictor:
             frame[spec.name].to_numpy(dtype=float, na_value=np.nan) if spec.numeric else categorical_objects(frame[spec.name])
             for spec in self.schema.features
         ]
+        if self.schema.numeric_only:
+            return self._numeric(np.column_stack(columns))
         if self.by_name:
             return self._frame(columns)
-        if self.schema.numeric_only:
-            return np.column_stack(columns) if columns else np.zeros((len(frame), 0))
         return np.column_stack([np.asarray(column, dtype=object) for column in columns])
 
-    def _frame(self, columns: Sequence[Any]) -> pd.DataFrame:
-        """The columns (sequences in schema order) as a DataFrame of the declared dtypes.
+    def _numeric(self, block: np.ndarray) -> Any:
+        """A (rows × features) float array as the model takes it: as it is, or as the DataFrame of the
+        schema's columns. From the one block, not a Series per column (which pandas aligns on their
+        indexes one by one: 2.9 ms for a 100-feature row, a quarter of model_api's CPU in the bench's
+        100-feature burst, py-spy), the frame costs 35 µs."""
+        return pd.DataFrame(block, columns=list(self.schema.names)) if self.by_name else block
 
-        Built from arrays, not Series: a dict of Series is aligned on their indexes column by column,
-        which cost 2.9 ms for a 100-feature row (a quarter of model_api's CPU in the bench's 100-feature
-        burst, py-spy); from one float block, 35 µs."""
-        if self.schema.numeric_only:
-            return self._numeric_frame(np.column_stack([np.asarray(column, dtype=float) for column in columns]))
+    def _frame(self, columns: Sequence[Any]) -> pd.DataFrame:
+        """A mixed schema's columns (sequences in schema order) as a DataFrame of the declared dtypes,
+        built from arrays (not Series, for the same reason as ``_numeric``)."""
         return pd.DataFrame(
             {
                 spec.name: np.asarray(column, dtype=float) if spec.numeric else pd.array(column, dtype=TEXT)
                 for spec, column in zip(self.schema.features, columns, strict=True)
             }
         )
-
-    def _numeric_frame(self, block: np.ndarray) -> pd.DataFrame:
-        """A (rows × features) float array as the DataFrame of the schema's columns."""
-        return pd.DataFrame(block, columns=list(self.schema.names))
 
     # -- predicting
     def predict(self, rows: Sequence[Row] | np.ndarray) -> list[float]:
